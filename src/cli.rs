@@ -1,0 +1,284 @@
+//! The command line (SPEC §2): `run`, `check` and `sign`.
+
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::config::{Config, LogFormat, Source};
+use crate::json::Object;
+use crate::platforms::Platform;
+use crate::server::{self, Server};
+
+#[derive(Parser, Debug)]
+#[command(name = "hookgate", version, about = "Verifying webhook gateway for chat platforms")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The config file.
+    #[arg(long, global = true, default_value = "config/hookgate.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve (the default).
+    Run,
+    /// Validate the config, print the routes, exit 0 or 2.
+    Check,
+    /// Print a curl command that delivers a signed body to the listener.
+    Sign {
+        /// The source's name.
+        #[arg(long)]
+        source: String,
+        /// The body to send (default: a sample of the platform).
+        #[arg(long)]
+        body: Option<PathBuf>,
+    },
+}
+
+/// Startup failures exit 2 with one line.
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("hookgate: {message}");
+    ExitCode::from(2)
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(config),
+        Command::Check => check(config),
+        Command::Sign { source, body } => sign(&config, &source, body.as_deref()),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn routes(config: &Config) -> Vec<String> {
+    config
+        .sources
+        .iter()
+        .map(|s| {
+            format!(
+                "POST {} -> source {:?} (platform {}, verify {}) -> {}",
+                s.path,
+                s.name,
+                s.platform.as_str(),
+                if s.verifier.is_none() { "none" } else { "platform proof" },
+                s.upstream
+            )
+        })
+        .collect()
+}
+
+fn check(config: Config) -> ExitCode {
+    for w in config.warnings() {
+        eprintln!("hookgate: {w}");
+    }
+    let lines = routes(&config);
+    let listen = config.server.listen;
+    let tls = config.server.tls.is_some();
+    if let Err(e) = server::prepare(config) {
+        return fail(e);
+    }
+    println!("listen {listen} ({})", if tls { "https" } else { "http" });
+    for l in lines {
+        println!("{l}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn run(config: Config) -> ExitCode {
+    init_logging(config.server.log_format);
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
+    let lines = routes(&config);
+    let prepared = match server::prepare(config) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let server = match Server::start(prepared).await {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        };
+        tracing::info!(listen = %server.local_addr, admin = ?server.admin_addr, "hookgate listening");
+        for l in lines {
+            tracing::info!("route {l}");
+        }
+        wait_for_signals(&server).await;
+        tracing::info!("shutting down: /readyz is 503, draining in-flight requests");
+        let clean = server.shutdown().await;
+        if clean {
+            tracing::info!("shutdown complete");
+        } else {
+            tracing::warn!("shutdown_grace_s elapsed with requests still in flight");
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+/// Serves until SIGTERM or SIGINT; SIGHUP reloads the config.
+async fn wait_for_signals(server: &Server) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; serving until killed");
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => match server.reload() {
+                Ok(later) if later.is_empty() => tracing::info!("config reloaded"),
+                Ok(later) => tracing::warn!(
+                    "config reloaded; these changes take effect at the next start: {}",
+                    later.join(", ")
+                ),
+                Err(e) => tracing::error!("config reload refused, the old config stays: {e}"),
+            },
+        }
+    }
+}
+
+/// The address a local curl reaches the listener at.
+fn local_url_host(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    match ip {
+        IpAddr::V4(v4) => format!("{v4}:{}", addr.port()),
+        IpAddr::V6(v6) => format!("[{v6}]:{}", addr.port()),
+    }
+}
+
+/// A string as one single-quoted shell word.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The body with `APIKey` set to the key, the other keys as they were.
+fn with_api_key(body: &str, key: &str) -> Result<String, String> {
+    let object = Object::parse(body.as_bytes())
+        .ok_or("the barertc body must be a JSON object")?;
+    let mut out = String::from("{\"APIKey\":");
+    out.push_str(&serde_json::to_string(key).map_err(|e| e.to_string())?);
+    let rest = serde_json::to_string(&object.raw_without(Some("APIKey")))
+        .map_err(|e| e.to_string())?;
+    if rest != "{}" {
+        out.push(',');
+        out.push_str(&rest[1..rest.len() - 1]);
+    }
+    out.push('}');
+    Ok(out)
+}
+
+/// The curl command for one delivery to `source`.
+pub fn sign_command(config: &Config, source: &Source, body: &str) -> Result<String, String> {
+    let scheme = if config.server.tls.is_some() { "https" } else { "http" };
+    let mut url = format!("{scheme}://{}{}", local_url_host(config.server.listen), source.path);
+    let mut headers = vec!["content-type: application/json".to_string()];
+    let mut body = body.to_string();
+    if let Some(secret) = source.verifier.first_secret() {
+        let text = String::from_utf8_lossy(secret.expose()).into_owned();
+        match source.platform {
+            Platform::Protocol => {
+                let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.expose())
+                    .map_err(|e| e.to_string())?;
+                mac.update(body.as_bytes());
+                headers.push(format!(
+                    "x-protocol-signature: {}",
+                    hex::encode(mac.finalize().into_bytes())
+                ));
+            }
+            Platform::Spika => headers.push(format!("verification-signature: {text}")),
+            Platform::Barertc => body = with_api_key(&body, &text)?,
+            Platform::Funtek => {
+                let token = percent_encoding::utf8_percent_encode(
+                    &text,
+                    percent_encoding::NON_ALPHANUMERIC,
+                );
+                url.push_str(&format!("?token={token}"));
+            }
+        }
+    }
+    let mut cmd = format!("curl -sS -i -X POST {}", shell_quote(&url));
+    for h in headers {
+        cmd.push_str(&format!(" -H {}", shell_quote(&h)));
+    }
+    cmd.push_str(&format!(" --data-binary {}", shell_quote(&body)));
+    Ok(cmd)
+}
+
+fn sign(config: &Config, name: &str, body: Option<&std::path::Path>) -> ExitCode {
+    let Some(source) = config.sources.iter().find(|s| s.name == name) else {
+        return fail(format!(
+            "{}: no source named {name:?}",
+            config.path.display()
+        ));
+    };
+    let body = match body {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(b) => b,
+            Err(e) => return fail(format!("{}: cannot read the body: {e}", path.display())),
+        },
+        None => source.platform.sample().to_string(),
+    };
+    match sign_command(config, source, &body) {
+        Ok(cmd) => {
+            let _ = writeln!(std::io::stdout(), "{cmd}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_and_hosts() {
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(local_url_host("0.0.0.0:8080".parse().expect("a")), "127.0.0.1:8080");
+        assert_eq!(local_url_host("[::]:8080".parse().expect("a")), "[::1]:8080");
+        assert_eq!(local_url_host("10.1.2.3:1".parse().expect("a")), "10.1.2.3:1");
+    }
+
+    #[test]
+    fn api_key_is_set_first_and_replaces_any_old_one() {
+        let out = with_api_key(r#"{"Action":"profile","APIKey":"old","Username":"x"}"#, "k&y")
+            .expect("object");
+        assert_eq!(out, r#"{"APIKey":"k&y","Action":"profile","Username":"x"}"#);
+        assert_eq!(with_api_key("{}", "k").expect("object"), r#"{"APIKey":"k"}"#);
+    }
+}

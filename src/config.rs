@@ -1,0 +1,786 @@
+//! The TOML config (SPEC §3): file types, then validated runtime types, built once.
+//!
+//! Takes the file's text; gives a [`Config`] whose every value is checked and resolved
+//! (secrets read, URLs parsed, defaults applied); refuses anything else with a
+//! [`ConfigError`] that names the file and the field in one line. Unknown keys are errors:
+//! in a security gateway a typo such as `secert` must stop startup, not be ignored.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use http::{HeaderValue, Uri};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::platforms::Platform;
+use crate::verify::{Secret, Verifier};
+
+/// A config that cannot be used: one line, naming the file and the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {field}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub field: String,
+    pub message: String,
+}
+
+// ---------------------------------------------------------------- file types
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    server: FileServer,
+    admin: Option<FileAdmin>,
+    upstream: Option<FileUpstream>,
+    #[serde(default, rename = "source")]
+    sources: Vec<FileSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileServer {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default = "default_max_body")]
+    max_body_bytes: u64,
+    tls: Option<FileTls>,
+    #[serde(default = "default_grace")]
+    shutdown_grace_s: u64,
+    #[serde(default)]
+    shutdown_delay_s: u64,
+    #[serde(default)]
+    log_format: LogFormat,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    client_rate_limit: Option<FileRate>,
+    #[serde(default = "default_header_timeout")]
+    header_timeout_s: u64,
+    #[serde(default = "default_body_timeout")]
+    body_timeout_s: u64,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+}
+
+impl Default for FileServer {
+    fn default() -> Self {
+        FileServer {
+            listen: default_listen(),
+            max_body_bytes: default_max_body(),
+            tls: None,
+            shutdown_grace_s: default_grace(),
+            shutdown_delay_s: 0,
+            log_format: LogFormat::Text,
+            trusted_proxies: Vec::new(),
+            client_rate_limit: None,
+            header_timeout_s: default_header_timeout(),
+            body_timeout_s: default_body_timeout(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8080".into()
+}
+fn default_max_body() -> u64 {
+    1_048_576
+}
+fn default_grace() -> u64 {
+    30
+}
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_body_timeout() -> u64 {
+    30
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert: String,
+    key: String,
+    client_ca: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+struct FileRate {
+    per_second: u32,
+    burst: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    listen: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUpstream {
+    url: Option<String>,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    ca: Option<String>,
+    signing_secret: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSource {
+    name: String,
+    platform: Platform,
+    path: String,
+    #[serde(default)]
+    secrets: Vec<String>,
+    verify: Option<VerifyMode>,
+    #[serde(default)]
+    forward: ForwardMode,
+    #[serde(default = "default_true")]
+    include_raw: bool,
+    rate_limit: Option<FileRate>,
+    dedupe_window_s: Option<u64>,
+    upstream: Option<String>,
+    timeout_ms: Option<u64>,
+    allow_cidrs: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+enum VerifyMode {
+    None,
+}
+
+/// What a source sends upstream.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardMode {
+    /// The normalized event (SPEC §7).
+    #[default]
+    Event,
+    /// The received bytes unchanged.
+    Raw,
+}
+
+/// `[server] log_format`.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+// ------------------------------------------------------------- runtime types
+
+/// The whole validated config.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it came from (for messages and for reloads).
+    pub path: PathBuf,
+    pub server: Server,
+    pub admin: Option<SocketAddr>,
+    pub upstream: UpstreamSettings,
+    pub sources: Vec<Arc<Source>>,
+}
+
+/// `[server]`, validated.
+#[derive(Debug)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub max_body_bytes: u64,
+    pub tls: Option<TlsFiles>,
+    pub shutdown_grace: Duration,
+    pub shutdown_delay: Duration,
+    pub log_format: LogFormat,
+    pub trusted_proxies: Vec<IpNet>,
+    pub client_rate_limit: Option<RateLimit>,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// Certificate files of `[server] tls`, resolved against the config's folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A token bucket: `per_second` refill, `burst` capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// `[upstream]`, validated.
+pub struct UpstreamSettings {
+    pub ca: Option<PathBuf>,
+    /// The Standard Webhooks key (base64-decoded part after `whsec_`).
+    pub signing_key: Option<Secret>,
+}
+
+impl fmt::Debug for UpstreamSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamSettings")
+            .field("ca", &self.ca)
+            .field("signing_key", &self.signing_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// One `[[source]]`, validated: everything the request path needs, ready to use.
+#[derive(Debug)]
+pub struct Source {
+    pub name: String,
+    pub platform: Platform,
+    pub path: String,
+    pub verifier: Verifier,
+    pub forward: ForwardMode,
+    pub include_raw: bool,
+    pub rate_limit: Option<RateLimit>,
+    pub dedupe_window: Duration,
+    pub upstream: Uri,
+    pub timeout: Duration,
+    pub allow_cidrs: Option<Vec<IpNet>>,
+    /// `x-hookgate-source`, made once.
+    pub source_header: HeaderValue,
+}
+
+// ------------------------------------------------------------------ loading
+
+impl Config {
+    /// Reads and validates the config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            field: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::from_toml_str(&text, path)
+    }
+
+    /// Validates config text; `path` names the file in errors and anchors relative paths.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let file_config: FileConfig =
+            toml::from_str(text).map_err(|e| toml_error(&file, text, &e))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Builder { file, base }.build(file_config, path)
+    }
+}
+
+/// Condenses the toml crate's multi-line error into "line N: table.key: message".
+fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().lines().next().unwrap_or("invalid TOML").to_string();
+    let Some(span) = e.span() else {
+        return ConfigError {
+            file: file.into(),
+            field: "(toml)".into(),
+            message,
+        };
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    // The table this line sits in: the last `[header]` above it.
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().to_string())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    let field = match (table, key) {
+        (Some(t), Some(k)) => format!("line {line_no}: {t}.{k}"),
+        (Some(t), None) => format!("line {line_no}: [{t}]"),
+        (None, Some(k)) => format!("line {line_no}: {k}"),
+        (None, None) => format!("line {line_no}"),
+    };
+    ConfigError {
+        file: file.into(),
+        field,
+        message,
+    }
+}
+
+struct Builder {
+    file: String,
+    base: PathBuf,
+}
+
+impl Builder {
+    fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn resolve_path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    /// `env:NAME`, `file:PATH` (trailing whitespace trimmed) or a literal. Never quotes the value.
+    fn secret(&self, field: &str, reference: &str) -> Result<Secret, ConfigError> {
+        let value: Vec<u8> = if let Some(name) = reference.strip_prefix("env:") {
+            std::env::var_os(name)
+                .ok_or_else(|| self.err(field, format!("environment variable {name} is not set")))?
+                .into_encoded_bytes()
+        } else if let Some(p) = reference.strip_prefix("file:") {
+            let path = self.resolve_path(p);
+            let mut bytes = std::fs::read(&path).map_err(|e| {
+                self.err(field, format!("cannot read secret file {}: {e}", path.display()))
+            })?;
+            let trimmed = bytes.trim_ascii_end().len();
+            bytes.truncate(trimmed);
+            bytes
+        } else {
+            reference.as_bytes().to_vec()
+        };
+        if value.is_empty() {
+            return Err(self.err(field, "the secret resolves to an empty string"));
+        }
+        Ok(Secret::new(value))
+    }
+
+    fn socket_addr(&self, field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+        s.parse()
+            .map_err(|_| self.err(field, format!("not an address:port: {s:?}")))
+    }
+
+    fn nets(&self, field: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+        list.iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| self.err(format!("{field}[{i}]"), format!("not a CIDR: {s:?}")))
+            })
+            .collect()
+    }
+
+    fn rate(&self, field: &str, r: FileRate) -> Result<RateLimit, ConfigError> {
+        let burst = r.burst.unwrap_or(r.per_second);
+        if r.per_second == 0 || burst == 0 {
+            return Err(self.err(field, "per_second and burst must be at least 1"));
+        }
+        Ok(RateLimit {
+            per_second: r.per_second,
+            burst,
+        })
+    }
+
+    fn positive(&self, field: &str, v: u64) -> Result<u64, ConfigError> {
+        if v == 0 {
+            Err(self.err(field, "must be greater than 0"))
+        } else {
+            Ok(v)
+        }
+    }
+
+    fn upstream_uri(&self, field: &str, s: &str) -> Result<Uri, ConfigError> {
+        let uri: Uri = s
+            .parse()
+            .map_err(|_| self.err(field, format!("not a URL: {s:?}")))?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") if uri.host().is_some() => Ok(uri),
+            _ => Err(self.err(field, format!("must be an http:// or https:// URL: {s:?}"))),
+        }
+    }
+
+    fn build(&self, f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
+        let s = &f.server;
+        let server = Server {
+            listen: self.socket_addr("server.listen", &s.listen)?,
+            max_body_bytes: self.positive("server.max_body_bytes", s.max_body_bytes)?,
+            tls: s.tls.as_ref().map(|t| TlsFiles {
+                cert: self.resolve_path(&t.cert),
+                key: self.resolve_path(&t.key),
+                client_ca: t.client_ca.as_deref().map(|c| self.resolve_path(c)),
+            }),
+            shutdown_grace: Duration::from_secs(s.shutdown_grace_s),
+            shutdown_delay: Duration::from_secs(s.shutdown_delay_s),
+            log_format: s.log_format,
+            trusted_proxies: self.nets("server.trusted_proxies", &s.trusted_proxies)?,
+            client_rate_limit: s
+                .client_rate_limit
+                .map(|r| self.rate("server.client_rate_limit", r))
+                .transpose()?,
+            header_timeout: Duration::from_secs(
+                self.positive("server.header_timeout_s", s.header_timeout_s)?,
+            ),
+            body_timeout: Duration::from_secs(
+                self.positive("server.body_timeout_s", s.body_timeout_s)?,
+            ),
+            max_connections: self.positive("server.max_connections", s.max_connections as u64)?
+                as usize,
+        };
+        let admin = f
+            .admin
+            .as_ref()
+            .map(|a| self.socket_addr("admin.listen", &a.listen))
+            .transpose()?;
+
+        let up = f.upstream.as_ref();
+        let default_url = up
+            .and_then(|u| u.url.as_deref())
+            .map(|u| self.upstream_uri("upstream.url", u))
+            .transpose()?;
+        let default_timeout_ms = match up {
+            Some(u) => self.positive("upstream.timeout_ms", u.timeout_ms)?,
+            None => default_timeout_ms(),
+        };
+        let upstream = UpstreamSettings {
+            ca: up.and_then(|u| u.ca.as_deref()).map(|c| self.resolve_path(c)),
+            signing_key: up
+                .and_then(|u| u.signing_secret.as_deref())
+                .map(|r| self.signing_key(r))
+                .transpose()?,
+        };
+
+        if f.sources.is_empty() {
+            return Err(self.err("source", "at least one [[source]] is required"));
+        }
+        let mut names = HashSet::new();
+        let mut paths = HashSet::new();
+        let mut sources = Vec::with_capacity(f.sources.len());
+        for (i, src) in f.sources.iter().enumerate() {
+            let at = |k: &str| format!("source[{i}].{k}");
+            if src.name.is_empty() {
+                return Err(self.err(at("name"), "must not be empty"));
+            }
+            let source_header = HeaderValue::from_str(&src.name).map_err(|_| {
+                self.err(at("name"), "must be printable ASCII (it is sent in a header)")
+            })?;
+            if !names.insert(src.name.clone()) {
+                return Err(self.err(at("name"), format!("duplicate source name {:?}", src.name)));
+            }
+            if !src.path.starts_with('/') || src.path.contains('?') {
+                return Err(self.err(at("path"), "must start with / and hold no query"));
+            }
+            if src.path == "/healthz" || src.path == "/readyz" {
+                return Err(self.err(at("path"), format!("{} is reserved", src.path)));
+            }
+            if !paths.insert(src.path.clone()) {
+                return Err(self.err(at("path"), format!("duplicate path {:?}", src.path)));
+            }
+            let verifier = match src.verify {
+                Some(VerifyMode::None) => {
+                    if !src.secrets.is_empty() {
+                        return Err(self.err(
+                            at("secrets"),
+                            "must be absent or empty with verify = \"none\"",
+                        ));
+                    }
+                    Verifier::none()
+                }
+                None => {
+                    if src.secrets.is_empty() {
+                        return Err(self.err(
+                            at("secrets"),
+                            "must list at least one secret (or say verify = \"none\")",
+                        ));
+                    }
+                    let secrets = src
+                        .secrets
+                        .iter()
+                        .enumerate()
+                        .map(|(j, r)| self.secret(&at(&format!("secrets[{j}]")), r))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Verifier::new(src.platform.scheme(), secrets)
+                }
+            };
+            if src.forward == ForwardMode::Raw
+                && matches!(src.platform, Platform::Barertc | Platform::Spika)
+            {
+                return Err(self.err(
+                    at("forward"),
+                    format!(
+                        "\"raw\" is refused for {} (its body can hold the secret)",
+                        src.platform.as_str()
+                    ),
+                ));
+            }
+            let upstream = match (&src.upstream, &default_url) {
+                (Some(u), _) => self.upstream_uri(&at("upstream"), u)?,
+                (None, Some(u)) => u.clone(),
+                (None, None) => {
+                    return Err(self.err(
+                        at("upstream"),
+                        "no upstream URL: set [upstream] url or the source's upstream",
+                    ));
+                }
+            };
+            let timeout_ms = match src.timeout_ms {
+                Some(t) => self.positive(&at("timeout_ms"), t)?,
+                // BareRTC gives up after 10 s: answer it before it stops listening.
+                None if src.platform == Platform::Barertc => default_timeout_ms.min(8000),
+                None => default_timeout_ms,
+            };
+            sources.push(Arc::new(Source {
+                name: src.name.clone(),
+                platform: src.platform,
+                path: src.path.clone(),
+                verifier,
+                forward: src.forward,
+                include_raw: src.include_raw,
+                rate_limit: src
+                    .rate_limit
+                    .map(|r| self.rate(&at("rate_limit"), r))
+                    .transpose()?,
+                dedupe_window: Duration::from_secs(
+                    src.dedupe_window_s
+                        .unwrap_or(src.platform.default_dedupe_window_s()),
+                ),
+                upstream,
+                timeout: Duration::from_millis(timeout_ms),
+                allow_cidrs: src
+                    .allow_cidrs
+                    .as_ref()
+                    .map(|l| self.nets(&at("allow_cidrs"), l))
+                    .transpose()?,
+                source_header,
+            }));
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            server,
+            admin,
+            upstream,
+            sources,
+        })
+    }
+
+    /// `whsec_` + standard base64 (padded) of at least 24 bytes: what every Standard
+    /// Webhooks library accepts as it is.
+    fn signing_key(&self, reference: &str) -> Result<Secret, ConfigError> {
+        let field = "upstream.signing_secret";
+        let secret = self.secret(field, reference)?;
+        let text = std::str::from_utf8(secret.expose())
+            .ok()
+            .and_then(|s| s.strip_prefix("whsec_"))
+            .ok_or_else(|| self.err(field, "must be whsec_ followed by base64"))?;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|_| self.err(field, "the part after whsec_ is not standard base64"))?;
+        if key.len() < 24 {
+            return Err(self.err(field, "the key must be at least 24 bytes"));
+        }
+        Ok(Secret::new(key))
+    }
+}
+
+impl Config {
+    /// Warnings an operator must see at startup and in `check`.
+    pub fn warnings(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .filter(|s| s.verifier.is_none())
+            .map(|s| {
+                format!(
+                    "warning: source {:?} has verify = \"none\": every request to {} is forwarded unverified",
+                    s.name, s.path
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[upstream]
+url = "http://127.0.0.1:3000/hooks"
+
+[[source]]
+name = "p"
+platform = "protocol"
+path = "/hooks/p"
+secrets = ["literal-secret"]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, Path::new("/etc/hookgate/test.toml"))
+    }
+
+    fn err(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("config was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_spec_defaults() {
+        let c = parse(MINIMAL).expect("valid");
+        assert_eq!(c.server.listen, "0.0.0.0:8080".parse().expect("addr"));
+        assert_eq!(c.server.max_body_bytes, 1_048_576);
+        assert_eq!(c.server.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.body_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.max_connections, 10_000);
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
+        let s = &c.sources[0];
+        assert_eq!(s.forward, ForwardMode::Event);
+        assert!(s.include_raw);
+        assert_eq!(s.timeout, Duration::from_millis(10_000));
+        assert_eq!(s.dedupe_window, Duration::from_secs(300));
+        assert!(s.rate_limit.is_none());
+        assert!(c.admin.is_none());
+    }
+
+    #[test]
+    fn barertc_timeout_defaults_below_its_ten_seconds() {
+        let text = MINIMAL.replace("\"protocol\"", "\"barertc\"");
+        let c = parse(&text).expect("valid");
+        assert_eq!(c.sources[0].timeout, Duration::from_millis(8000));
+        assert_eq!(c.sources[0].dedupe_window, Duration::ZERO);
+        let text = text.replace("[upstream]\n", "[upstream]\ntimeout_ms = 500\n");
+        assert_eq!(
+            parse(&text).expect("valid").sources[0].timeout,
+            Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_field_in_one_line() {
+        let e = err(&MINIMAL.replace("secrets =", "secert = [\"x\"]\nsecrets ="));
+        assert!(e.starts_with("/etc/hookgate/test.toml: line 9: source.secert:"), "{e}");
+        assert!(e.contains("unknown field"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let e = err(&format!("[server]\nmax_body_bytes = \"big\"\n{MINIMAL}"));
+        assert!(e.contains("server.max_body_bytes"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn missing_env_secret_names_the_field_but_never_a_value() {
+        let e = err(&MINIMAL.replace("literal-secret", "env:HOOKGATE_TEST_SURELY_UNSET"));
+        assert_eq!(
+            e,
+            "/etc/hookgate/test.toml: source[0].secrets[0]: environment variable HOOKGATE_TEST_SURELY_UNSET is not set"
+        );
+    }
+
+    #[test]
+    fn file_secret_is_relative_to_the_config_and_trimmed() {
+        let dir = std::env::temp_dir().join(format!("hookgate-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("s.txt"), "from-file\n\n").expect("write");
+        let text = MINIMAL.replace("literal-secret", "file:s.txt");
+        let c = Config::from_toml_str(&text, &dir.join("hookgate.toml")).expect("valid");
+        assert!(c.sources[0].verifier.secret_equals(0, b"from-file"));
+        std::fs::write(dir.join("s.txt"), " \n").expect("write");
+        let e = Config::from_toml_str(&text, &dir.join("hookgate.toml"))
+            .expect_err("empty secret refused");
+        assert!(e.to_string().contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn refusals() {
+        let cases = [
+            (MINIMAL.replace("literal-secret", ""), "source[0].secrets[0]"),
+            (MINIMAL.replace("secrets = [\"literal-secret\"]", ""), "source[0].secrets"),
+            (
+                MINIMAL.replace("secrets = [\"literal-secret\"]", "secrets = [\"x\"]\nverify = \"none\""),
+                "source[0].secrets",
+            ),
+            (MINIMAL.replace("/hooks/p", "/healthz"), "source[0].path"),
+            (MINIMAL.replace("/hooks/p", "/readyz"), "source[0].path"),
+            (
+                MINIMAL.replace("\"protocol\"", "\"spika\"").replace("secrets", "forward = \"raw\"\nsecrets"),
+                "source[0].forward",
+            ),
+            (
+                MINIMAL.replace("\"protocol\"", "\"barertc\"").replace("secrets", "forward = \"raw\"\nsecrets"),
+                "source[0].forward",
+            ),
+            (format!("{MINIMAL}\n{}", &MINIMAL[MINIMAL.find("[[source]]").unwrap_or(0)..]), "source[1].name"),
+            (MINIMAL.replace("http://127.0.0.1:3000/hooks", "ftp://x/"), "upstream.url"),
+            (
+                format!("[upstream]\nurl=\"http://a/\"\nsigning_secret = \"whsec_c2hvcnQ=\"\n{}", &MINIMAL[MINIMAL.find("[[source]]").unwrap_or(0)..]),
+                "upstream.signing_secret",
+            ),
+            (
+                MINIMAL.replace("secrets", "allow_cidrs = [\"10.0.0.0/33\"]\nsecrets"),
+                "source[0].allow_cidrs[0]",
+            ),
+        ];
+        for (text, field) in cases {
+            let e = err(&text);
+            assert!(e.contains(field), "expected {field} in: {e}");
+        }
+    }
+
+    #[test]
+    fn signing_secret_must_be_whsec_base64_of_24_bytes() {
+        let src = &MINIMAL[MINIMAL.find("[[source]]").unwrap_or(0)..];
+        // 24 bytes of key, padded base64.
+        let good = base64::engine::general_purpose::STANDARD.encode([7u8; 24]);
+        let text = format!("[upstream]\nurl=\"http://a/\"\nsigning_secret=\"whsec_{good}\"\n{src}");
+        let c = parse(&text).expect("valid");
+        assert_eq!(c.upstream.signing_key.as_ref().map(|k| k.expose().len()), Some(24));
+        // Debug output of the config never prints the key.
+        assert!(!format!("{c:?}").contains(&good));
+        let unpadded = good.trim_end_matches('=');
+        let text = format!("[upstream]\nurl=\"http://a/\"\nsigning_secret=\"whsec_{unpadded}x\"\n{src}");
+        assert!(err(&text).contains("upstream.signing_secret"));
+    }
+
+    #[test]
+    fn verify_none_is_allowed_and_warned_about() {
+        let text = MINIMAL.replace("secrets = [\"literal-secret\"]", "verify = \"none\"");
+        let c = parse(&text).expect("valid");
+        let w = c.warnings();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("warning") && w[0].contains("\"p\""), "{w:?}");
+    }
+
+    #[test]
+    fn debug_never_prints_secrets() {
+        let c = parse(MINIMAL).expect("valid");
+        assert!(!format!("{c:?}").contains("literal-secret"));
+    }
+
+    #[test]
+    fn the_shipped_example_config_parses() {
+        let text = include_str!("../config/hookgate.toml");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/hookgate.toml");
+        let c = Config::from_toml_str(text, &dir).expect("example config is valid");
+        assert!(c.sources.len() >= 4);
+    }
+}

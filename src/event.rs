@@ -1,0 +1,113 @@
+//! The normalized event (SPEC §7, `schema/event.v1.schema.json`): what the upstream gets
+//! in event mode. Every key is always written (`null` where the platform has nothing),
+//! except `raw`, which is left out when a source says `include_raw = false`.
+
+use std::borrow::Cow;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::json::RawObject;
+use crate::time::Millis;
+
+#[derive(Serialize)]
+pub struct Event<'a> {
+    pub schema: &'static str,
+    pub id: Cow<'a, str>,
+    pub source: &'a str,
+    pub platform: &'static str,
+    #[serde(rename = "type")]
+    pub kind: Cow<'a, str>,
+    pub platform_type: Cow<'a, str>,
+    pub occurred_at: Option<Millis>,
+    pub received_at: Millis,
+    pub room: Option<Room<'a>>,
+    pub actor: Option<User<'a>>,
+    pub subject: Option<User<'a>>,
+    pub message: Option<Message<'a>>,
+    pub members: Option<Vec<User<'a>>>,
+    pub report: Option<Report<'a>>,
+    pub state: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<RawObject<'a, 'a>>,
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct Room<'a> {
+    pub id: Cow<'a, str>,
+    pub name: Option<Cow<'a, str>>,
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct User<'a> {
+    pub id: Cow<'a, str>,
+    pub name: Option<Cow<'a, str>>,
+    pub is_bot: Option<bool>,
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct Message<'a> {
+    pub id: Option<Cow<'a, str>>,
+    pub text: Option<Cow<'a, str>>,
+    pub kind: Option<Cow<'a, str>>,
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct Report<'a> {
+    pub reason: Option<Cow<'a, str>>,
+    pub comment: Option<Cow<'a, str>>,
+}
+
+pub const SCHEMA: &str = "hookgate.event.v1";
+
+/// The id of a delivery that carries none: the first 32 hex digits of SHA-256 of the raw
+/// body, so a re-delivery of the same bytes gets the same id.
+pub fn derived_id(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    hex::encode(&digest[..16])
+}
+
+/// The event `type` for a platform type the mapping table does not list:
+/// `<platform>.<name>`, name cleaned to `[a-z0-9_.]` segments, `unknown` if nothing is left.
+pub fn unlisted_type(platform: &str, platform_type: &str) -> String {
+    let cleaned: String = platform_type
+        .chars()
+        .map(|c| match c {
+            'A'..='Z' => c.to_ascii_lowercase(),
+            'a'..='z' | '0'..='9' | '_' | '.' => c,
+            _ => '_',
+        })
+        .collect();
+    let name = cleaned
+        .split('.')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(".");
+    if name.is_empty() {
+        format!("{platform}.unknown")
+    } else {
+        format!("{platform}.{name}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unlisted_types_are_cleaned_per_the_rule() {
+        assert_eq!(unlisted_type("protocol", "Call.Started"), "protocol.call.started");
+        assert_eq!(unlisted_type("protocol", ".x."), "protocol.x");
+        assert_eq!(unlisted_type("protocol", "..Poll.V2--Closed.."), "protocol.poll.v2__closed");
+        assert_eq!(unlisted_type("protocol", "..."), "protocol.unknown");
+        assert_eq!(unlisted_type("funtek", ""), "funtek.unknown");
+        // Each non-ASCII scalar value becomes one `_`; non-ASCII letters are not lower-cased.
+        assert_eq!(unlisted_type("spika", "Ünï.😀"), "spika._n_._");
+        assert_eq!(unlisted_type("barertc", "ban_user"), "barertc.ban_user");
+    }
+
+    #[test]
+    fn derived_id_is_32_hex_of_sha256() {
+        assert_eq!(derived_id(b""), "e3b0c44298fc1c149afbf4c8996fb924");
+    }
+}

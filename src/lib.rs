@@ -1,0 +1,32 @@
+//! hookgate: a webhook gateway for chat platforms.
+//!
+//! A delivery takes one way through the crate, one module per stage:
+//!
+//! ```text
+//! server    accept (HTTP/1.1 + HTTP/2), head deadline, health endpoints
+//! pipeline  route → admit (allow_cidrs) → read body → verify → normalize → forward → reply
+//! admit     who the client is (X-Forwarded-For rules) and whether it may come in
+//! verify    the proof schemes, constant time; the only producer of `Verified`
+//! platforms one file per platform: its proof scheme, its event mapping, its reply format
+//! event     the normalized event: the only thing sent upstream in event mode
+//! upstream  one pooled client, timeouts, header hygiene, Standard Webhooks signing
+//! error     every refusal as one enum, mapped to a status in one place
+//! ```
+//!
+//! `config` turns the TOML file into validated runtime types once, at startup (and on
+//! SIGHUP), so the request path never re-checks it.
+
+pub mod admit;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod json;
+pub mod pipeline;
+pub mod platforms;
+pub mod reply;
+pub mod server;
+pub mod time;
+pub mod tls;
+pub mod upstream;
+pub mod verify;

@@ -1,0 +1,368 @@
+//! One request's way through hookgate, in the order of SPEC §4's table:
+//! health → route (404) → method (405) → allow_cidrs (403) → client rate limit (429) →
+//! body limit (413) → content-encoding (415) → proof (401) → platform JSON (400) →
+//! source rate limit (429) → dedupe → forward (502/504) → answer (§6).
+//!
+//! A request that fails a check is not counted by the later ones. Every answer carries
+//! `x-request-id`; every refusal is a short JSON code, its reason in the log only.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+
+use crate::admit;
+use crate::config::{Config, ForwardMode, Source};
+use crate::error::{Refusal, error_body};
+use crate::json::Object;
+use crate::platforms::{Delivery, Platform};
+use crate::reply::{self, Answer};
+use crate::time::Millis;
+use crate::upstream::{self, Forward, Upstream};
+use crate::verify::Carriers;
+
+/// Everything one config makes: swapped whole on reload, so a request in flight finishes
+/// on the config it started with.
+pub struct Gateway {
+    pub config: Config,
+    routes: HashMap<String, Arc<Source>>,
+    upstream: Upstream,
+}
+
+impl Gateway {
+    pub fn new(config: Config) -> Result<Gateway, upstream::ClientSetupError> {
+        let upstream = Upstream::new(
+            config.upstream.ca.as_deref(),
+            config.upstream.signing_key.as_ref(),
+            config.server.max_body_bytes,
+        )?;
+        let routes = config
+            .sources
+            .iter()
+            .map(|s| (s.path.clone(), Arc::clone(s)))
+            .collect();
+        Ok(Gateway {
+            config,
+            routes,
+            upstream,
+        })
+    }
+}
+
+/// The connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Process-wide state the request path reads.
+pub struct Health {
+    /// False from SIGTERM/SIGINT on: `/readyz` answers 503.
+    pub ready: std::sync::atomic::AtomicBool,
+}
+
+pub type Body = Full<Bytes>;
+
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+static X_HOOKGATE_DUPLICATE: header::HeaderName =
+    header::HeaderName::from_static("x-hookgate-duplicate");
+
+/// What a request turned into, for the log line.
+#[derive(Default)]
+struct Outcome {
+    source: Option<Arc<Source>>,
+    client: Option<std::net::IpAddr>,
+    event_id: Option<HeaderValue>,
+    event_type: Option<String>,
+}
+
+/// Handles one request.
+pub async fn handle(
+    gateway: Arc<Gateway>,
+    health: &Health,
+    conn: Conn,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let request_id = request
+        .headers()
+        .get(&upstream::X_REQUEST_ID)
+        .cloned()
+        .unwrap_or_else(new_request_id);
+    let version = request.version();
+
+    let path = request.uri().path();
+    if path == "/healthz" || path == "/readyz" {
+        let mut response = health_answer(path, request.method(), health);
+        response
+            .headers_mut()
+            .insert(upstream::X_REQUEST_ID.clone(), request_id);
+        return response;
+    }
+
+    let mut outcome = Outcome::default();
+    let method = request.method().clone();
+    let path = path.to_string();
+    let result = deliver(&gateway, conn, request, &request_id, &mut outcome).await;
+    let barertc = outcome
+        .source
+        .as_ref()
+        .is_some_and(|s| s.platform == Platform::Barertc);
+
+    let mut response = match &result {
+        Ok(Delivered::Answered(answer)) => {
+            let mut r = Response::new(Full::new(answer.body.clone()));
+            *r.status_mut() = answer.status;
+            if let Some(ct) = &answer.content_type {
+                r.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+            }
+            if let Some(ra) = &answer.retry_after {
+                r.headers_mut().insert(header::RETRY_AFTER, ra.clone());
+            }
+            r
+        }
+        Ok(Delivered::Duplicate) => {
+            let mut r = Response::new(Full::new(Bytes::from_static(b"{}")));
+            r.headers_mut().insert(header::CONTENT_TYPE, JSON.clone());
+            r.headers_mut()
+                .insert(X_HOOKGATE_DUPLICATE.clone(), HeaderValue::from_static("true"));
+            r
+        }
+        Err(refusal) => refusal_response(refusal, barertc, version),
+    };
+    response
+        .headers_mut()
+        .insert(upstream::X_REQUEST_ID.clone(), request_id.clone());
+
+    let status = response.status().as_u16();
+    let reason = result.as_ref().err().map(|r| r.reason());
+    let detail = result.as_ref().err().map(|r| r.to_string());
+    tracing::info!(
+        target: "hookgate::request",
+        source = outcome.source.as_ref().map_or("", |s| s.name.as_str()),
+        platform = outcome.source.as_ref().map_or("", |s| s.platform.as_str()),
+        status,
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        event_id = outcome.event_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+        event_type = outcome.event_type.as_deref().unwrap_or(""),
+        request_id = request_id.to_str().unwrap_or(""),
+        client = %outcome.client.map_or_else(|| conn.peer.ip().to_string(), |c| c.to_string()),
+        method = %method,
+        path = %path,
+        reason = reason.unwrap_or(""),
+        detail = detail.as_deref().unwrap_or(""),
+        "request"
+    );
+    response
+}
+
+/// A fresh request id: 32 hex digits (not a secret, so a fast generator does).
+fn new_request_id() -> HeaderValue {
+    let id = format!("{:032x}", fastrand::u128(..));
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn health_answer(path: &str, method: &Method, health: &Health) -> Response<Body> {
+    let mut response = if method != Method::GET && method != Method::HEAD {
+        let mut r = json_response(StatusCode::METHOD_NOT_ALLOWED, error_body(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", false));
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        r
+    } else if path == "/readyz" && !health.ready.load(std::sync::atomic::Ordering::Relaxed) {
+        json_response(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(br#"{"status":"shutting_down"}"#))
+    } else {
+        json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#))
+    };
+    if method == Method::HEAD {
+        *response.body_mut() = Full::new(Bytes::new());
+    }
+    response
+}
+
+/// `/healthz` and `/readyz` for the admin listener.
+pub fn admin_answer(request: &Request<Incoming>, health: &Health) -> Response<Body> {
+    let path = request.uri().path();
+    if path == "/healthz" || path == "/readyz" {
+        health_answer(path, request.method(), health)
+    } else {
+        json_response(StatusCode::NOT_FOUND, error_body(StatusCode::NOT_FOUND, "not_found", false))
+    }
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, JSON.clone());
+    r
+}
+
+/// The one place a refusal becomes a response.
+fn refusal_response(refusal: &Refusal, barertc: bool, version: Version) -> Response<Body> {
+    let (status, code) = refusal.status_code();
+    let mut r = json_response(status, error_body(status, code, barertc));
+    let h = r.headers_mut();
+    if matches!(refusal, Refusal::Method) {
+        h.insert(header::ALLOW, HeaderValue::from_static("POST"));
+    }
+    if let Some(s) = refusal.retry_after() {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    // The body was not read to its end: the connection cannot carry another request.
+    if refusal.closes_connection() && version <= Version::HTTP_11 {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+enum Delivered {
+    Answered(Answer),
+    Duplicate,
+}
+
+/// The checks and the forwarding, top to bottom.
+async fn deliver(
+    gateway: &Gateway,
+    conn: Conn,
+    request: Request<Incoming>,
+    request_id: &HeaderValue,
+    outcome: &mut Outcome,
+) -> Result<Delivered, Refusal> {
+    let server = &gateway.config.server;
+    let source = gateway
+        .routes
+        .get(request.uri().path())
+        .ok_or(Refusal::NoRoute)?;
+    outcome.source = Some(Arc::clone(source));
+    if request.method() != Method::POST {
+        return Err(Refusal::Method);
+    }
+    let scheme = if conn.tls { "https" } else { "http" };
+    let client = admit::client(conn.peer.ip(), request.headers(), &server.trusted_proxies, scheme);
+    outcome.client = Some(client.addr);
+    if !admit::allowed(client.addr, source.allow_cidrs.as_deref()) {
+        return Err(Refusal::Forbidden);
+    }
+    // (client_rate_limit belongs here: before the proof, so forged traffic cannot use up
+    // a source's budget.)
+
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body, server.max_body_bytes, server.body_timeout).await?;
+    if parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !is_identity(v))
+    {
+        return Err(Refusal::Encoding);
+    }
+
+    let carriers = Carriers {
+        headers: &parts.headers,
+        query: parts.uri.query(),
+    };
+    let verified = source.verifier.verify(&carriers, body)?;
+
+    let object = Object::parse(verified.body())
+        .ok_or(Refusal::NotPlatformJson("the body is not a JSON object"))?;
+    let delivery = Delivery {
+        source: &source.name,
+        body: verified.body(),
+        received_at: Millis::now(),
+        include_raw: source.include_raw,
+    };
+    let event = source
+        .platform
+        .normalize(&object, &delivery)
+        .map_err(|e| Refusal::NotPlatformJson(e.0))?;
+    let event_id = upstream::encode_id(&event.id);
+    outcome.event_id = Some(event_id.clone());
+    outcome.event_type = Some(event.kind.to_string());
+    let event_type = HeaderValue::from_str(&event.kind)
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+
+    // (The source's rate_limit and dedupe belong here: verified deliveries only.)
+
+    let forward_body = match source.forward {
+        ForwardMode::Event => {
+            let mut out = Vec::with_capacity(verified.body().len() + 512);
+            serde_json::to_writer(&mut out, &event)
+                .map_err(|e| Refusal::BadBody(format!("event serialization: {e}")))?;
+            Bytes::from(out)
+        }
+        ForwardMode::Raw => verified.body().clone(),
+    };
+    drop(event);
+
+    let mut headers = HeaderMap::with_capacity(12);
+    headers.insert(upstream::X_HOOKGATE_SOURCE.clone(), source.source_header.clone());
+    headers.insert(
+        upstream::X_HOOKGATE_PLATFORM.clone(),
+        HeaderValue::from_static(source.platform.as_str()),
+    );
+    headers.insert(upstream::X_HOOKGATE_EVENT_ID.clone(), event_id.clone());
+    headers.insert(upstream::X_HOOKGATE_EVENT_TYPE.clone(), event_type);
+    headers.insert(upstream::X_REQUEST_ID.clone(), request_id.clone());
+    if let Ok(v) = HeaderValue::from_str(&client.forwarded_for) {
+        headers.insert(upstream::X_FORWARDED_FOR.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&client.forwarded_proto) {
+        headers.insert(upstream::X_FORWARDED_PROTO.clone(), v);
+    }
+    if let Some(ua) = parts.headers.get(header::USER_AGENT) {
+        headers.insert(header::USER_AGENT, ua.clone());
+    }
+
+    let answer = gateway
+        .upstream
+        .send(Forward {
+            uri: &source.upstream,
+            timeout: source.timeout,
+            headers,
+            event_id_header: event_id,
+            body: forward_body,
+        })
+        .await?;
+    let retry_after = answer.retry_after.clone();
+    let mut translated =
+        reply::translate(source.platform, answer.status, answer.content_type, answer.body);
+    translated.retry_after = retry_after;
+    Ok(Delivered::Answered(translated))
+}
+
+fn is_identity(v: &HeaderValue) -> bool {
+    let s = v.as_bytes().trim_ascii();
+    s.is_empty() || s.eq_ignore_ascii_case(b"identity")
+}
+
+/// Reads the whole body within `max` bytes and `timeout`, never buffering past the limit.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    max: u64,
+    timeout: Duration,
+) -> Result<Bytes, Refusal> {
+    // A declared length over the limit is refused before reading a byte. With a
+    // Transfer-Encoding the body is read by it alone (RFC 9112 §6.1), never by the length.
+    if !headers.contains_key(header::TRANSFER_ENCODING) {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(Refusal::TooLarge);
+        }
+    }
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(Refusal::BodyTimeout),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(Refusal::TooLarge),
+        Ok(Err(e)) => Err(Refusal::BadBody(e.to_string())),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}

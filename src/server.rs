@@ -1,0 +1,395 @@
+//! The listeners: accept, TLS, HTTP/1.1 and HTTP/2, the head deadline, graceful drain,
+//! and reload (SPEC §3 defaults, §8).
+//!
+//! Takes a validated [`Config`]; gives a running [`Server`] whose requests go to
+//! [`pipeline::handle`]. A reload swaps the whole [`Gateway`] at once: a request in flight
+//! keeps the one it started with.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+use crate::pipeline::{self, Conn, Gateway, Health};
+use crate::tls;
+
+/// Why the gateway could not start (or a reload was refused): one line each.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{file}: server.tls: {source}")]
+    Tls {
+        file: String,
+        source: tls::TlsError,
+    },
+    #[error("{file}: upstream.ca: {source}")]
+    Upstream {
+        file: String,
+        source: crate::upstream::ClientSetupError,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+}
+
+/// A config with everything `run` needs loaded (secrets, certificates, upstream client),
+/// short of binding the ports. `check` stops here.
+pub struct Prepared {
+    pub gateway: Gateway,
+    pub tls: Option<TlsAcceptor>,
+}
+
+pub fn prepare(config: Config) -> Result<Prepared, StartError> {
+    let file = config.path.display().to_string();
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(tls::server_config)
+        .transpose()
+        .map_err(|source| StartError::Tls {
+            file: file.clone(),
+            source,
+        })?
+        .map(TlsAcceptor::from);
+    let gateway =
+        Gateway::new(config).map_err(|source| StartError::Upstream { file, source })?;
+    Ok(Prepared { gateway, tls })
+}
+
+struct State {
+    gateway: ArcSwap<Gateway>,
+    tls: ArcSwapOption<TlsAcceptor>,
+    health: Health,
+    builder: auto::Builder<TokioExecutor>,
+    header_timeout: Duration,
+}
+
+/// A running gateway.
+pub struct Server {
+    state: Arc<State>,
+    pub local_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    draining: watch::Sender<bool>,
+    connections: Arc<Semaphore>,
+    max_connections: u32,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+fn http_builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        // Counts again from the end of the previous answer on a kept-alive connection.
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(64 * 1024)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(64)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    b
+}
+
+impl Server {
+    /// Binds the listeners and starts serving.
+    pub async fn start(prepared: Prepared) -> Result<Server, StartError> {
+        let server_cfg = &prepared.gateway.config.server;
+        let listen = server_cfg.listen;
+        let header_timeout = server_cfg.header_timeout;
+        let max_connections = u32::try_from(server_cfg.max_connections).unwrap_or(u32::MAX);
+        let admin = prepared.gateway.config.admin;
+
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: listen, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr: listen, source })?;
+        let admin_listener = match admin {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        let state = Arc::new(State {
+            gateway: ArcSwap::from_pointee(prepared.gateway),
+            tls: ArcSwapOption::new(prepared.tls.map(Arc::new)),
+            health: Health {
+                ready: AtomicBool::new(true),
+            },
+            builder: http_builder(header_timeout),
+            header_timeout,
+        });
+        let (draining, drain_rx) = watch::channel(false);
+        let connections = Arc::new(Semaphore::new(max_connections as usize));
+
+        let accept_task = tokio::spawn(accept_loop(
+            listener,
+            Arc::clone(&state),
+            Arc::clone(&connections),
+            drain_rx,
+        ));
+        if let Some(l) = admin_listener {
+            tokio::spawn(admin_loop(l, Arc::clone(&state)));
+        }
+        Ok(Server {
+            state,
+            local_addr,
+            admin_addr,
+            draining,
+            connections,
+            max_connections,
+            accept_task,
+        })
+    }
+
+    /// The gateway now in force.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.state.gateway.load_full()
+    }
+
+    /// Re-reads the config file; on any error the old config stays and the error is returned.
+    pub fn reload(&self) -> Result<Vec<&'static str>, StartError> {
+        let old = self.state.gateway.load_full();
+        let config = Config::load(&old.config.path)?;
+        let prepared = prepare(config)?;
+        let (o, n) = (&old.config, &prepared.gateway.config);
+        let mut at_next_start = Vec::new();
+        if o.server.listen != n.server.listen {
+            at_next_start.push("server.listen");
+        }
+        if o.admin != n.admin {
+            at_next_start.push("admin");
+        }
+        if o.server.tls.is_some() != n.server.tls.is_some() {
+            at_next_start.push("server.tls (on/off)");
+        }
+        if o.server.max_connections != n.server.max_connections {
+            at_next_start.push("server.max_connections");
+        }
+        if o.server.log_format != n.server.log_format {
+            at_next_start.push("server.log_format");
+        }
+        // TLS stays as it was when it is switched on or off; new certificates take effect.
+        if o.server.tls.is_some() == n.server.tls.is_some() {
+            self.state.tls.store(prepared.tls.map(Arc::new));
+        }
+        self.state.gateway.store(Arc::new(prepared.gateway));
+        Ok(at_next_start)
+    }
+
+    /// `/readyz` turns 503 (the first step of a drain).
+    pub fn set_unready(&self) {
+        self.state.health.ready.store(false, Ordering::SeqCst);
+    }
+
+    /// Drains: `/readyz` 503, `shutdown_delay`, stop accepting, let in-flight requests
+    /// finish for up to `shutdown_grace`. Returns whether every connection finished in time.
+    pub async fn shutdown(self) -> bool {
+        self.set_unready();
+        let (delay, grace) = {
+            let g = self.state.gateway.load();
+            (g.config.server.shutdown_delay, g.config.server.shutdown_grace)
+        };
+        tokio::time::sleep(delay).await;
+        let _ = self.draining.send(true);
+        let _ = self.accept_task.await;
+        // Every connection holds a permit: all of them back means all connections closed.
+        tokio::time::timeout(grace, self.connections.acquire_many(self.max_connections))
+            .await
+            .is_ok()
+    }
+}
+
+/// Resolves once the drain has begun.
+async fn drained(rx: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone: that is a drain too.
+    let _ = rx.wait_for(|d| *d).await;
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    connections: Arc<Semaphore>,
+    mut draining: watch::Receiver<bool>,
+) {
+    loop {
+        // Past max_connections, new connections wait in the backlog.
+        let permit = tokio::select! {
+            p = Arc::clone(&connections).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = drained(&mut draining) => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = drained(&mut draining) => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&state);
+        let draining = draining.clone();
+        tokio::spawn(async move {
+            serve_connection(state, stream, peer, draining).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(
+    state: Arc<State>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    draining: watch::Receiver<bool>,
+) {
+    // One deadline from accept over the TLS handshake, the protocol detection and the first
+    // request head: hyper's own header timer starts only once it reads a head.
+    let head_pending = Arc::new(AtomicBool::new(true));
+    let io = HeadDeadline::new(stream, state.header_timeout, Arc::clone(&head_pending));
+    match state.tls.load_full() {
+        Some(acceptor) => match acceptor.accept(io).await {
+            Ok(tls) => serve_http(state, tls, Conn { peer, tls: true }, head_pending, draining).await,
+            Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        },
+        None => serve_http(state, io, Conn { peer, tls: false }, head_pending, draining).await,
+    }
+}
+
+async fn serve_http<IO>(
+    state: Arc<State>,
+    io: IO,
+    conn: Conn,
+    head_pending: Arc<AtomicBool>,
+    mut draining: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc_state = Arc::clone(&state);
+    let service = service_fn(move |request| {
+        head_pending.store(false, Ordering::Relaxed);
+        let state = Arc::clone(&svc_state);
+        async move {
+            let gateway = state.gateway.load_full();
+            Ok::<_, Infallible>(pipeline::handle(gateway, &state.health, conn, request).await)
+        }
+    });
+    let connection = state.builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        r = connection.as_mut() => r,
+        _ = drained(&mut draining) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    }
+}
+
+async fn admin_loop(listener: TcpListener, state: Arc<State>) {
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let state = Arc::clone(&state);
+        let builder = Arc::clone(&builder);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(pipeline::admin_answer(&request, &state.health)) }
+            });
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A socket with a deadline that holds until the first request head has arrived:
+    /// reads fail with `TimedOut` past it.
+    struct HeadDeadline<IO> {
+        #[pin]
+        io: IO,
+        deadline: Pin<Box<Sleep>>,
+        head_pending: Arc<AtomicBool>,
+    }
+}
+
+impl<IO> HeadDeadline<IO> {
+    fn new(io: IO, timeout: Duration, head_pending: Arc<AtomicBool>) -> Self {
+        HeadDeadline {
+            io,
+            deadline: Box::pin(tokio::time::sleep_until(Instant::now() + timeout)),
+            head_pending,
+        }
+    }
+}
+
+impl<IO: AsyncRead> AsyncRead for HeadDeadline<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if this.head_pending.load(Ordering::Relaxed) && this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request head not received within header_timeout_s",
+            )));
+        }
+        this.io.poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite> AsyncWrite for HeadDeadline<IO> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}

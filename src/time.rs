@@ -1,0 +1,343 @@
+//! Times as the event writes them (RFC 3339 UTC, milliseconds) and the timestamp forms
+//! BareRTC writes (SPEC §7).
+//!
+//! Written by hand on purpose: the accepted forms are an exact, narrow set (JavaScript's
+//! `Date.toString()`, Go's RFC 1123 with eight named US zones, RFC 3339 with either case
+//! of `T`/`Z`, 10 or 13 digits) that no crate's parser matches to the letter, and the
+//! civil-date arithmetic is twenty lines (Howard Hinnant's `days_from_civil`).
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Serialize, Serializer};
+
+use crate::json::MAX_UNIX_S;
+
+/// Milliseconds since the Unix epoch, within the years 0001–9999.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Millis(i64);
+
+/// 0001-01-01T00:00:00Z in milliseconds since the epoch.
+const MIN_MS: i64 = -62_135_596_800_000;
+const MAX_MS: i64 = MAX_UNIX_S * 1000 + 999;
+
+impl Millis {
+    /// `None` outside the years 0001–9999.
+    pub fn new(ms: i64) -> Option<Millis> {
+        (MIN_MS..=MAX_MS).contains(&ms).then_some(Millis(ms))
+    }
+
+    pub fn now() -> Millis {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        Millis(ms.clamp(0, MAX_MS))
+    }
+
+    pub fn as_i64(self) -> i64 {
+        self.0
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+    pub fn to_rfc3339(self) -> String {
+        let days = self.0.div_euclid(86_400_000);
+        let ms_of_day = self.0.rem_euclid(86_400_000);
+        let (y, m, d) = civil_from_days(days);
+        let s = ms_of_day / 1000;
+        let mut out = String::with_capacity(24);
+        // Writing to a String cannot fail.
+        let _ = write!(
+            out,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+            s / 3600,
+            s / 60 % 60,
+            s % 60,
+            ms_of_day % 1000
+        );
+        out
+    }
+}
+
+impl Serialize for Millis {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_rfc3339())
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        4 | 6 | 9 | 11 => 30,
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        _ => 31,
+    }
+}
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+const WEEKDAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+
+/// A local date-time and its UTC offset in minutes, checked, to UTC milliseconds.
+struct Parts {
+    y: i64,
+    mo: i64,
+    d: i64,
+    h: i64,
+    mi: i64,
+    s: i64,
+    ms: i64,
+    offset_min: i64,
+}
+
+impl Parts {
+    fn to_millis(&self) -> Option<Millis> {
+        let valid = (1..=9999).contains(&self.y)
+            && (1..=12).contains(&self.mo)
+            && (1..=days_in_month(self.y, self.mo)).contains(&self.d)
+            && (0..24).contains(&self.h)
+            && (0..60).contains(&self.mi)
+            && (0..60).contains(&self.s);
+        if !valid {
+            return None;
+        }
+        let days = days_from_civil(self.y, self.mo, self.d);
+        let local = ((days * 24 + self.h) * 60 + self.mi) * 60 + self.s;
+        Millis::new((local - self.offset_min * 60) * 1000 + self.ms)
+    }
+}
+
+/// A fixed number of ASCII digits.
+fn digits(s: &str, n: usize) -> Option<i64> {
+    (s.len() == n && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
+}
+
+/// `±hhmm` (or `±hh:mm` with `colon`) as minutes east of UTC.
+fn offset(s: &str, colon: bool) -> Option<i64> {
+    let sign = match s.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let rest = &s[1..];
+    let (h, m) = if colon {
+        let (h, m) = rest.split_once(':')?;
+        (digits(h, 2)?, digits(m, 2)?)
+    } else {
+        (digits(rest.get(..2)?, 2)?, digits(rest.get(2..)?, 2)?)
+    };
+    (h < 24 && m < 60).then_some(sign * (h * 60 + m))
+}
+
+/// `HH:MM:SS`.
+fn clock(s: &str) -> Option<(i64, i64, i64)> {
+    let mut it = s.split(':');
+    let t = (
+        digits(it.next()?, 2)?,
+        digits(it.next()?, 2)?,
+        digits(it.next()?, 2)?,
+    );
+    it.next().is_none().then_some(t)
+}
+
+fn month(s: &str) -> Option<i64> {
+    MONTHS.iter().position(|m| *m == s).map(|i| i as i64 + 1)
+}
+
+/// RFC 3339 with seconds and an offset; `T` and `Z` in either case.
+fn parse_rfc3339(s: &str) -> Option<Millis> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
+        return None;
+    }
+    let (h, mi, sec) = clock(s.get(11..19)?)?;
+    let mut rest = s.get(19..)?;
+    let mut ms = 0;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return None;
+        }
+        // Finer digits than milliseconds are cut, not rounded.
+        let first3 = format!("{:0<3}", &frac[..n.min(3)]);
+        ms = first3.parse().ok()?;
+        rest = &frac[n..];
+    }
+    let offset_min = match rest {
+        "Z" | "z" => 0,
+        _ => offset(rest, true)?,
+    };
+    Parts {
+        y: digits(s.get(..4)?, 4)?,
+        mo: digits(s.get(5..7)?, 2)?,
+        d: digits(s.get(8..10)?, 2)?,
+        h,
+        mi,
+        s: sec,
+        ms,
+        offset_min,
+    }
+    .to_millis()
+}
+
+/// Go's RFC 1123: `Wed, 02 Jul 2025 13:53:22 EDT` (or a numeric zone).
+fn parse_rfc1123(s: &str) -> Option<Millis> {
+    let (day, rest) = s.split_once(", ")?;
+    if !WEEKDAYS.contains(&day) {
+        return None;
+    }
+    let f: Vec<&str> = rest.split(' ').collect();
+    let [d, mo, y, t, zone] = f.as_slice() else {
+        return None;
+    };
+    let offset_min = match *zone {
+        "GMT" | "UT" | "UTC" => 0,
+        "EST" => -300,
+        "EDT" => -240,
+        "CST" => -360,
+        "CDT" => -300,
+        "MST" => -420,
+        "MDT" => -360,
+        "PST" => -480,
+        "PDT" => -420,
+        z => offset(z, false)?,
+    };
+    let (h, mi, sec) = clock(t)?;
+    Parts {
+        y: digits(y, 4)?,
+        mo: month(mo)?,
+        d: digits(d, 2)?,
+        h,
+        mi,
+        s: sec,
+        ms: 0,
+        offset_min,
+    }
+    .to_millis()
+}
+
+/// JavaScript's `Date.toString()`: `Wed Jul 02 2025 13:53:22 GMT-0400 (Eastern Daylight Time)`,
+/// the bracketed zone name optional.
+fn parse_js_date(s: &str) -> Option<Millis> {
+    let head = match s.find(" (") {
+        Some(i) if s.ends_with(')') => &s[..i],
+        _ => s,
+    };
+    let f: Vec<&str> = head.split(' ').collect();
+    let [day, mo, d, y, t, zone] = f.as_slice() else {
+        return None;
+    };
+    if !WEEKDAYS.contains(day) {
+        return None;
+    }
+    let (h, mi, sec) = clock(t)?;
+    Parts {
+        y: digits(y, 4)?,
+        mo: month(mo)?,
+        d: digits(d, 2)?,
+        h,
+        mi,
+        s: sec,
+        ms: 0,
+        offset_min: offset(zone.strip_prefix("GMT")?, false)?,
+    }
+    .to_millis()
+}
+
+/// A BareRTC `Report.Timestamp` in any of the forms it writes; anything else is `None`.
+pub fn parse_barertc_timestamp(s: &str) -> Option<Millis> {
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        let n: i64 = s.parse().ok()?;
+        return match s.len() {
+            10 => Millis::new(n * 1000),
+            13 => Millis::new(n),
+            _ => None,
+        };
+    }
+    parse_rfc3339(s)
+        .or_else(|| parse_rfc1123(s))
+        .or_else(|| parse_js_date(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Option<String> {
+        parse_barertc_timestamp(s).map(Millis::to_rfc3339)
+    }
+
+    #[test]
+    fn formats_with_milliseconds() {
+        assert_eq!(Millis(0).to_rfc3339(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(Millis(692_233_200_000).to_rfc3339(), "1991-12-08T23:00:00.000Z");
+        assert_eq!(Millis(MAX_MS).to_rfc3339(), "9999-12-31T23:59:59.999Z");
+        assert_eq!(Millis(MIN_MS).to_rfc3339(), "0001-01-01T00:00:00.000Z");
+        assert_eq!(Millis(-1).to_rfc3339(), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn the_forms_barertc_writes() {
+        let cases = [
+            ("2024-07-22t11:49:47.123456z", Some("2024-07-22T11:49:47.123Z")),
+            ("2024-07-22T11:49:47+02:00", Some("2024-07-22T09:49:47.000Z")),
+            ("2024-07-22T11:49:47.9-00:30", Some("2024-07-22T12:19:47.900Z")),
+            ("1721641787", Some("2024-07-22T09:49:47.000Z")),
+            ("1721641787123", Some("2024-07-22T09:49:47.123Z")),
+            ("172164178", None),
+            ("2024-07-22 11:49:47+02:00", None),
+            ("2024-07-22T11:49+02:00", None),
+            ("2024-07-22T11:49:47", None),
+            ("2024-02-30T11:49:47Z", None),
+            ("Wed Jul 02 2025 13:53:22 GMT-0400 (Eastern Daylight Time)", Some("2025-07-02T17:53:22.000Z")),
+            ("Wed Jul 02 2025 13:53:22 GMT+0530", Some("2025-07-02T08:23:22.000Z")),
+            ("Mon Jul 02 2025 13:53:22 GMT+0530", Some("2025-07-02T08:23:22.000Z")),
+            ("Xyz Jul 02 2025 13:53:22 GMT+0530", None),
+            ("Wed, 02 Jul 2025 13:53:22 EDT", Some("2025-07-02T17:53:22.000Z")),
+            ("Wed, 02 Jul 2025 13:53:22 +0200", Some("2025-07-02T11:53:22.000Z")),
+            ("Wed, 02 Jul 2025 13:53:22 UT", Some("2025-07-02T13:53:22.000Z")),
+            ("Wed, 02 Jul 2025 13:53:22 CEST", None),
+            ("Wed, 02 jul 2025 13:53:22 GMT", None),
+            ("0001-01-01T00:00:00+00:01", None),
+            ("9999-12-31T23:59:59-00:01", None),
+            ("", None),
+            ("not a time", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(p(input).as_deref(), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn civil_round_trip() {
+        for days in [-719_162, -1, 0, 1, 11_016, 2_932_896] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! `[server] tls`: rustls with the ring provider, TLS 1.2+, ALPN h2 and http/1.1, and
+//! client certificates required when `client_ca` is set (mTLS).
+
+use std::sync::Arc;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::TlsFiles;
+
+/// A certificate or key that cannot be used: names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct TlsError {
+    pub path: String,
+    pub message: String,
+}
+
+fn certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |message: String| TlsError {
+        path: path.display().to_string(),
+        message,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(format!("cannot read certificates: {e}")))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(format!("bad PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(err("no certificate in it".into()));
+    }
+    Ok(certs)
+}
+
+/// Loads the files into a server config (PKCS#8, PKCS#1 and SEC1 keys).
+pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let chain = certs(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError {
+        path: files.key.display().to_string(),
+        message: format!("cannot read a private key: {e}"),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError {
+            path: files.cert.display().to_string(),
+            message: e.to_string(),
+        })?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca_path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs(ca_path)? {
+                roots.add(c).map_err(|e| TlsError {
+                    path: ca_path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsError {
+                    path: ca_path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError {
+            path: files.key.display().to_string(),
+            message: format!("certificate and key do not fit: {e}"),
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

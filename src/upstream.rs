@@ -1,0 +1,288 @@
+//! Forwarding to the application (SPEC §5): one pooled keep-alive client for the whole
+//! process, header hygiene, `timeout_ms` over the whole exchange, Standard Webhooks signing.
+//!
+//! Takes a forwardable request (made only from a verified delivery); gives the upstream's
+//! status, content-type, retry-after and body, or an [`UpstreamError`] (502 / 504).
+//! Nothing of the sender's request is passed on but what §5 lists: hookgate frames
+//! what it forwards itself.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use bytes::Bytes;
+use hmac::{Hmac, KeyInit, Mac};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use sha2::Sha256;
+
+use crate::verify::Secret;
+
+pub static X_HOOKGATE_SOURCE: HeaderName = HeaderName::from_static("x-hookgate-source");
+pub static X_HOOKGATE_PLATFORM: HeaderName = HeaderName::from_static("x-hookgate-platform");
+pub static X_HOOKGATE_EVENT_ID: HeaderName = HeaderName::from_static("x-hookgate-event-id");
+pub static X_HOOKGATE_EVENT_TYPE: HeaderName = HeaderName::from_static("x-hookgate-event-type");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+static WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+static WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+
+/// Why forwarding failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connection failed: {0}")]
+    Connect(String),
+    #[error("no whole answer within timeout_ms")]
+    Timeout,
+    #[error("invalid HTTP answer: {0}")]
+    Invalid(String),
+    #[error("answer body over max_body_bytes")]
+    BodyTooLarge,
+    #[error("answer with a content-encoding other than identity")]
+    Encoding,
+}
+
+impl UpstreamError {
+    /// The metrics/log label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Invalid(_) => "invalid_response",
+            UpstreamError::BodyTooLarge => "body_too_large",
+            UpstreamError::Encoding => "content_encoding",
+        }
+    }
+}
+
+/// The upstream's answer, read whole.
+#[derive(Debug)]
+pub struct UpstreamAnswer {
+    pub status: StatusCode,
+    pub content_type: Option<HeaderValue>,
+    pub retry_after: Option<HeaderValue>,
+    pub body: Bytes,
+}
+
+/// What to send: built by the pipeline from a verified delivery only.
+pub struct Forward<'a> {
+    pub uri: &'a Uri,
+    pub timeout: Duration,
+    /// The `x-hookgate-*`, `x-request-id`, `x-forwarded-*` and `user-agent` headers.
+    pub headers: HeaderMap,
+    /// The event id as written in `x-hookgate-event-id` (for `webhook-id`).
+    pub event_id_header: HeaderValue,
+    pub body: Bytes,
+}
+
+/// The process's one upstream client, with its signing key.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    signing: Option<Hmac<Sha256>>,
+    max_body_bytes: u64,
+}
+
+/// An error building the client (an unreadable `[upstream] ca`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ClientSetupError(pub String);
+
+/// Root certificates: the public web roots, plus the operator's private CA if any.
+fn tls_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, ClientSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| ClientSetupError(format!("{}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(ClientSetupError(format!("{}: no certificate in it", path.display())));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| ClientSetupError(format!("{}: {e}", path.display())))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientSetupError(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+impl Upstream {
+    pub fn new(
+        ca: Option<&Path>,
+        signing_key: Option<&Secret>,
+        max_body_bytes: u64,
+    ) -> Result<Upstream, ClientSetupError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(ca)?)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .timer(hyper_util::rt::TokioTimer::new())
+            .build(connector);
+        let signing = signing_key.map(|k| {
+            <Hmac<Sha256> as KeyInit>::new_from_slice(k.expose()).expect("HMAC takes any key")
+        });
+        Ok(Upstream {
+            client,
+            signing,
+            max_body_bytes,
+        })
+    }
+
+    /// Sends one request and reads the whole answer within `timeout`.
+    pub async fn send(&self, fwd: Forward<'_>) -> Result<UpstreamAnswer, UpstreamError> {
+        let timeout = fwd.timeout;
+        match tokio::time::timeout(timeout, self.exchange(fwd)).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::Timeout),
+        }
+    }
+
+    async fn exchange(&self, fwd: Forward<'_>) -> Result<UpstreamAnswer, UpstreamError> {
+        let mut headers = fwd.headers;
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        // An uncompressed answer: it is relayed, translated or checked, never decompressed.
+        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        if let Some(mac) = &self.signing {
+            sign(mac, &fwd.event_id_header, &fwd.body, &mut headers);
+        }
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(fwd.uri.clone())
+            .body(Full::new(fwd.body))
+            .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+        *request.headers_mut() = headers;
+
+        let response = self.client.request(request).await.map_err(|e| {
+            if e.is_connect() {
+                UpstreamError::Connect(error_chain(&e))
+            } else {
+                UpstreamError::Invalid(error_chain(&e))
+            }
+        })?;
+        let (parts, body) = response.into_parts();
+        if parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+        {
+            return Err(UpstreamError::Encoding);
+        }
+        if parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > self.max_body_bytes)
+        {
+            return Err(UpstreamError::BodyTooLarge);
+        }
+        let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
+        let body = Limited::new(body, limit).collect().await.map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                UpstreamError::BodyTooLarge
+            } else {
+                UpstreamError::Invalid(e.to_string())
+            }
+        })?;
+        Ok(UpstreamAnswer {
+            status: parts.status,
+            content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+            retry_after: parts.headers.get(header::RETRY_AFTER).cloned(),
+            body: body.to_bytes(),
+        })
+    }
+}
+
+/// An error with its causes, for the log (hyper's top-level messages say little).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// Standard Webhooks: `webhook-signature: v1,<base64 HMAC-SHA256(key, "{id}.{ts}.{body}")>`.
+fn sign(mac: &Hmac<Sha256>, id: &HeaderValue, body: &[u8], headers: &mut HeaderMap) {
+    let ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let ts_text = ts.to_string();
+    let mut mac = mac.clone();
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(ts_text.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    headers.insert(WEBHOOK_ID.clone(), id.clone());
+    if let Ok(v) = HeaderValue::from_str(&ts_text) {
+        headers.insert(WEBHOOK_TIMESTAMP.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("v1,{signature}")) {
+        headers.insert(WEBHOOK_SIGNATURE.clone(), v);
+    }
+}
+
+/// An id as a header value: every byte outside `!`…`~`, and `%` itself, as `%XX`.
+pub fn encode_id(id: &str) -> HeaderValue {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b' ').add(b'%');
+    let encoded = percent_encoding::utf8_percent_encode(id, SET).to_string();
+    // Only visible ASCII is left, which is always a valid header value.
+    HeaderValue::from_str(&encoded).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_in_headers_are_percent_encoded() {
+        assert_eq!(encode_id("abc-123_~!"), "abc-123_~!");
+        assert_eq!(encode_id("a b%c"), "a%20b%25c");
+        assert_eq!(encode_id("é\u{7f}\n"), "%C3%A9%7F%0A");
+    }
+
+    #[test]
+    fn standard_webhooks_signature_matches_the_reference() {
+        // The Standard Webhooks spec's own example.
+        let key = base64::engine::general_purpose::STANDARD
+            .decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .expect("b64");
+        let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&key).expect("key");
+        let mut m = mac.clone();
+        m.update(b"msg_p5jXN8AQM9LWM0D4loKWxJek.1614265330.{\"test\": 2432232314}");
+        let sig = base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes());
+        assert_eq!(sig, "g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        let mut h = HeaderMap::new();
+        sign(&mac, &HeaderValue::from_static("msg_1"), b"{}", &mut h);
+        assert_eq!(h.get("webhook-id").map(|v| v.as_bytes()), Some(&b"msg_1"[..]));
+        assert!(h.get("webhook-signature").is_some_and(|v| v.as_bytes().starts_with(b"v1,")));
+    }
+}
