@@ -132,7 +132,12 @@ mod tests {
 
     #[test]
     fn untrusted_peer_ignores_forwarded_headers() {
-        let c = client(ip("203.0.113.9"), &headers(&["1.2.3.4"], Some("https")), &nets(&["10.0.0.0/8"]), "http");
+        let c = client(
+            ip("203.0.113.9"),
+            &headers(&["1.2.3.4"], Some("https")),
+            &nets(&["10.0.0.0/8"]),
+            "http",
+        );
         assert_eq!(c.addr, ip("203.0.113.9"));
         assert_eq!(c.forwarded_for, "203.0.113.9");
         assert_eq!(c.forwarded_proto, "http");
@@ -144,22 +149,38 @@ mod tests {
         let h = headers(&["198.51.100.1, 10.1.1.1", "10.2.2.2"], Some("https"));
         let c = client(ip("10.0.0.1"), &h, &t, "http");
         assert_eq!(c.addr, ip("198.51.100.1"));
-        assert_eq!(c.forwarded_for, "198.51.100.1, 10.1.1.1, 10.2.2.2, 10.0.0.1");
+        assert_eq!(
+            c.forwarded_for,
+            "198.51.100.1, 10.1.1.1, 10.2.2.2, 10.0.0.1"
+        );
         assert_eq!(c.forwarded_proto, "https");
         // Every hop trusted: the left-most one is the client.
         let c = client(ip("10.0.0.1"), &headers(&["10.9.9.9"], None), &t, "http");
         assert_eq!(c.addr, ip("10.9.9.9"));
         assert_eq!(c.forwarded_proto, "http");
         // A garbage entry ends the walk: the address to its right is the client.
-        let c = client(ip("10.0.0.1"), &headers(&["1.1.1.1, junk, 10.3.3.3"], None), &t, "http");
+        let c = client(
+            ip("10.0.0.1"),
+            &headers(&["1.1.1.1, junk, 10.3.3.3"], None),
+            &t,
+            "http",
+        );
         assert_eq!(c.addr, ip("10.3.3.3"));
         // Ports and brackets are dropped; mapped IPv6 compares as IPv4.
-        let c = client(ip("::ffff:10.0.0.1"), &headers(&["[2001:db8::1]:443, 192.0.2.7:80"], None), &t, "http");
+        let c = client(
+            ip("::ffff:10.0.0.1"),
+            &headers(&["[2001:db8::1]:443, 192.0.2.7:80"], None),
+            &t,
+            "http",
+        );
         assert_eq!(c.addr, ip("192.0.2.7"));
         assert_eq!(c.forwarded_for, "[2001:db8::1]:443, 192.0.2.7:80, 10.0.0.1");
         // No header: the peer alone.
         let c = client(ip("10.0.0.1"), &HeaderMap::new(), &t, "https");
-        assert_eq!((c.addr, c.forwarded_for.as_str()), (ip("10.0.0.1"), "10.0.0.1"));
+        assert_eq!(
+            (c.addr, c.forwarded_for.as_str()),
+            (ip("10.0.0.1"), "10.0.0.1")
+        );
     }
 
     #[test]

@@ -15,7 +15,11 @@ use crate::platforms::Platform;
 use crate::server::{self, Server};
 
 #[derive(Parser, Debug)]
-#[command(name = "hookgate", version, about = "Verifying webhook gateway for chat platforms")]
+#[command(
+    name = "hookgate",
+    version,
+    about = "Verifying webhook gateway for chat platforms"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -82,7 +86,11 @@ fn routes(config: &Config) -> Vec<String> {
                 s.path,
                 s.name,
                 s.platform.as_str(),
-                if s.verifier.is_none() { "none" } else { "platform proof" },
+                if s.verifier.is_none() {
+                    "none"
+                } else {
+                    "platform proof"
+                },
                 s.upstream
             )
         })
@@ -116,7 +124,10 @@ fn run(config: Config) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
@@ -188,12 +199,11 @@ fn shell_quote(s: &str) -> String {
 
 /// The body with `APIKey` set to the key, the other keys as they were.
 fn with_api_key(body: &str, key: &str) -> Result<String, String> {
-    let object = Object::parse(body.as_bytes())
-        .ok_or("the barertc body must be a JSON object")?;
+    let object = Object::parse(body.as_bytes()).ok_or("the barertc body must be a JSON object")?;
     let mut out = String::from("{\"APIKey\":");
     out.push_str(&serde_json::to_string(key).map_err(|e| e.to_string())?);
-    let rest = serde_json::to_string(&object.raw_without(Some("APIKey")))
-        .map_err(|e| e.to_string())?;
+    let rest =
+        serde_json::to_string(&object.raw_without(Some("APIKey"))).map_err(|e| e.to_string())?;
     if rest != "{}" {
         out.push(',');
         out.push_str(&rest[1..rest.len() - 1]);
@@ -204,8 +214,16 @@ fn with_api_key(body: &str, key: &str) -> Result<String, String> {
 
 /// The curl command for one delivery to `source`.
 pub fn sign_command(config: &Config, source: &Source, body: &str) -> Result<String, String> {
-    let scheme = if config.server.tls.is_some() { "https" } else { "http" };
-    let mut url = format!("{scheme}://{}{}", local_url_host(config.server.listen), source.path);
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut url = format!(
+        "{scheme}://{}{}",
+        local_url_host(config.server.listen),
+        source.path
+    );
     let mut headers = vec!["content-type: application/json".to_string()];
     let mut body = body.to_string();
     if let Some(secret) = source.verifier.first_secret() {
@@ -269,16 +287,31 @@ mod tests {
     #[test]
     fn quoting_and_hosts() {
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(local_url_host("0.0.0.0:8080".parse().expect("a")), "127.0.0.1:8080");
-        assert_eq!(local_url_host("[::]:8080".parse().expect("a")), "[::1]:8080");
-        assert_eq!(local_url_host("10.1.2.3:1".parse().expect("a")), "10.1.2.3:1");
+        assert_eq!(
+            local_url_host("0.0.0.0:8080".parse().expect("a")),
+            "127.0.0.1:8080"
+        );
+        assert_eq!(
+            local_url_host("[::]:8080".parse().expect("a")),
+            "[::1]:8080"
+        );
+        assert_eq!(
+            local_url_host("10.1.2.3:1".parse().expect("a")),
+            "10.1.2.3:1"
+        );
     }
 
     #[test]
     fn api_key_is_set_first_and_replaces_any_old_one() {
-        let out = with_api_key(r#"{"Action":"profile","APIKey":"old","Username":"x"}"#, "k&y")
-            .expect("object");
+        let out = with_api_key(
+            r#"{"Action":"profile","APIKey":"old","Username":"x"}"#,
+            "k&y",
+        )
+        .expect("object");
         assert_eq!(out, r#"{"APIKey":"k&y","Action":"profile","Username":"x"}"#);
-        assert_eq!(with_api_key("{}", "k").expect("object"), r#"{"APIKey":"k"}"#);
+        assert_eq!(
+            with_api_key("{}", "k").expect("object"),
+            r#"{"APIKey":"k"}"#
+        );
     }
 }

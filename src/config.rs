@@ -242,7 +242,10 @@ impl fmt::Debug for UpstreamSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UpstreamSettings")
             .field("ca", &self.ca)
-            .field("signing_key", &self.signing_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "signing_key",
+                &self.signing_key.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -290,7 +293,12 @@ impl Config {
 
 /// Condenses the toml crate's multi-line error into "line N: table.key: message".
 fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
-    let message = e.message().lines().next().unwrap_or("invalid TOML").to_string();
+    let message = e
+        .message()
+        .lines()
+        .next()
+        .unwrap_or("invalid TOML")
+        .to_string();
     let Some(span) = e.span() else {
         return ConfigError {
             file: file.into(),
@@ -358,7 +366,10 @@ impl Builder {
         } else if let Some(p) = reference.strip_prefix("file:") {
             let path = self.resolve_path(p);
             let mut bytes = std::fs::read(&path).map_err(|e| {
-                self.err(field, format!("cannot read secret file {}: {e}", path.display()))
+                self.err(
+                    field,
+                    format!("cannot read secret file {}: {e}", path.display()),
+                )
             })?;
             let trimmed = bytes.trim_ascii_end().len();
             bytes.truncate(trimmed);
@@ -460,7 +471,9 @@ impl Builder {
             None => default_timeout_ms(),
         };
         let upstream = UpstreamSettings {
-            ca: up.and_then(|u| u.ca.as_deref()).map(|c| self.resolve_path(c)),
+            ca: up
+                .and_then(|u| u.ca.as_deref())
+                .map(|c| self.resolve_path(c)),
             signing_key: up
                 .and_then(|u| u.signing_secret.as_deref())
                 .map(|r| self.signing_key(r))
@@ -479,7 +492,10 @@ impl Builder {
                 return Err(self.err(at("name"), "must not be empty"));
             }
             let source_header = HeaderValue::from_str(&src.name).map_err(|_| {
-                self.err(at("name"), "must be printable ASCII (it is sent in a header)")
+                self.err(
+                    at("name"),
+                    "must be printable ASCII (it is sent in a header)",
+                )
             })?;
             if !names.insert(src.name.clone()) {
                 return Err(self.err(at("name"), format!("duplicate source name {:?}", src.name)));
@@ -675,7 +691,10 @@ secrets = ["literal-secret"]
     #[test]
     fn unknown_key_names_file_line_and_field_in_one_line() {
         let e = err(&MINIMAL.replace("secrets =", "secert = [\"x\"]\nsecrets ="));
-        assert!(e.starts_with("/etc/hookgate/test.toml: line 9: source.secert:"), "{e}");
+        assert!(
+            e.starts_with("/etc/hookgate/test.toml: line 9: source.secert:"),
+            "{e}"
+        );
         assert!(e.contains("unknown field"), "{e}");
         assert!(!e.contains('\n'), "{e}");
     }
@@ -713,26 +732,51 @@ secrets = ["literal-secret"]
     #[test]
     fn refusals() {
         let cases = [
-            (MINIMAL.replace("literal-secret", ""), "source[0].secrets[0]"),
-            (MINIMAL.replace("secrets = [\"literal-secret\"]", ""), "source[0].secrets"),
             (
-                MINIMAL.replace("secrets = [\"literal-secret\"]", "secrets = [\"x\"]\nverify = \"none\""),
+                MINIMAL.replace("literal-secret", ""),
+                "source[0].secrets[0]",
+            ),
+            (
+                MINIMAL.replace("secrets = [\"literal-secret\"]", ""),
+                "source[0].secrets",
+            ),
+            (
+                MINIMAL.replace(
+                    "secrets = [\"literal-secret\"]",
+                    "secrets = [\"x\"]\nverify = \"none\"",
+                ),
                 "source[0].secrets",
             ),
             (MINIMAL.replace("/hooks/p", "/healthz"), "source[0].path"),
             (MINIMAL.replace("/hooks/p", "/readyz"), "source[0].path"),
             (
-                MINIMAL.replace("\"protocol\"", "\"spika\"").replace("secrets", "forward = \"raw\"\nsecrets"),
+                MINIMAL
+                    .replace("\"protocol\"", "\"spika\"")
+                    .replace("secrets", "forward = \"raw\"\nsecrets"),
                 "source[0].forward",
             ),
             (
-                MINIMAL.replace("\"protocol\"", "\"barertc\"").replace("secrets", "forward = \"raw\"\nsecrets"),
+                MINIMAL
+                    .replace("\"protocol\"", "\"barertc\"")
+                    .replace("secrets", "forward = \"raw\"\nsecrets"),
                 "source[0].forward",
             ),
-            (format!("{MINIMAL}\n{}", &MINIMAL[MINIMAL.find("[[source]]").unwrap_or(0)..]), "source[1].name"),
-            (MINIMAL.replace("http://127.0.0.1:3000/hooks", "ftp://x/"), "upstream.url"),
             (
-                format!("[upstream]\nurl=\"http://a/\"\nsigning_secret = \"whsec_c2hvcnQ=\"\n{}", &MINIMAL[MINIMAL.find("[[source]]").unwrap_or(0)..]),
+                format!(
+                    "{MINIMAL}\n{}",
+                    &MINIMAL[MINIMAL.find("[[source]]").unwrap_or(0)..]
+                ),
+                "source[1].name",
+            ),
+            (
+                MINIMAL.replace("http://127.0.0.1:3000/hooks", "ftp://x/"),
+                "upstream.url",
+            ),
+            (
+                format!(
+                    "[upstream]\nurl=\"http://a/\"\nsigning_secret = \"whsec_c2hvcnQ=\"\n{}",
+                    &MINIMAL[MINIMAL.find("[[source]]").unwrap_or(0)..]
+                ),
                 "upstream.signing_secret",
             ),
             (
@@ -753,11 +797,15 @@ secrets = ["literal-secret"]
         let good = base64::engine::general_purpose::STANDARD.encode([7u8; 24]);
         let text = format!("[upstream]\nurl=\"http://a/\"\nsigning_secret=\"whsec_{good}\"\n{src}");
         let c = parse(&text).expect("valid");
-        assert_eq!(c.upstream.signing_key.as_ref().map(|k| k.expose().len()), Some(24));
+        assert_eq!(
+            c.upstream.signing_key.as_ref().map(|k| k.expose().len()),
+            Some(24)
+        );
         // Debug output of the config never prints the key.
         assert!(!format!("{c:?}").contains(&good));
         let unpadded = good.trim_end_matches('=');
-        let text = format!("[upstream]\nurl=\"http://a/\"\nsigning_secret=\"whsec_{unpadded}x\"\n{src}");
+        let text =
+            format!("[upstream]\nurl=\"http://a/\"\nsigning_secret=\"whsec_{unpadded}x\"\n{src}");
         assert!(err(&text).contains("upstream.signing_secret"));
     }
 

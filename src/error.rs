@@ -123,16 +123,36 @@ mod tests {
             (Refusal::NoRoute, 404, "not_found"),
             (Refusal::Method, 405, "method_not_allowed"),
             (Refusal::Forbidden, 403, "forbidden"),
-            (Refusal::ClientRateLimited { retry_after_s: 0 }, 429, "rate_limited"),
-            (Refusal::SourceRateLimited { retry_after_s: 3 }, 429, "rate_limited"),
+            (
+                Refusal::ClientRateLimited { retry_after_s: 0 },
+                429,
+                "rate_limited",
+            ),
+            (
+                Refusal::SourceRateLimited { retry_after_s: 3 },
+                429,
+                "rate_limited",
+            ),
             (Refusal::TooLarge, 413, "payload_too_large"),
             (Refusal::Encoding, 415, "unsupported_media_type"),
             (Refusal::BodyTimeout, 408, "request_timeout"),
             (Refusal::BadBody("x".into()), 400, "bad_request"),
             (Refusal::NotPlatformJson("x"), 400, "bad_request"),
-            (Refusal::Unverified(VerifyError::Missing), 401, "unauthorized"),
-            (Refusal::Upstream(UpstreamError::Timeout), 504, "gateway_timeout"),
-            (Refusal::Upstream(UpstreamError::Connect("x".into())), 502, "bad_gateway"),
+            (
+                Refusal::Unverified(VerifyError::Missing),
+                401,
+                "unauthorized",
+            ),
+            (
+                Refusal::Upstream(UpstreamError::Timeout),
+                504,
+                "gateway_timeout",
+            ),
+            (
+                Refusal::Upstream(UpstreamError::Connect("x".into())),
+                502,
+                "bad_gateway",
+            ),
         ];
         for (refusal, status, code) in cases {
             let (s, c) = refusal.status_code();

@@ -96,9 +96,15 @@ mod tests {
 
     #[test]
     fn unlisted_types_are_cleaned_per_the_rule() {
-        assert_eq!(unlisted_type("protocol", "Call.Started"), "protocol.call.started");
+        assert_eq!(
+            unlisted_type("protocol", "Call.Started"),
+            "protocol.call.started"
+        );
         assert_eq!(unlisted_type("protocol", ".x."), "protocol.x");
-        assert_eq!(unlisted_type("protocol", "..Poll.V2--Closed.."), "protocol.poll.v2__closed");
+        assert_eq!(
+            unlisted_type("protocol", "..Poll.V2--Closed.."),
+            "protocol.poll.v2__closed"
+        );
         assert_eq!(unlisted_type("protocol", "..."), "protocol.unknown");
         assert_eq!(unlisted_type("funtek", ""), "funtek.unknown");
         // Each non-ASCII scalar value becomes one `_`; non-ASCII letters are not lower-cased.

@@ -213,7 +213,8 @@ impl Serialize for RawObject<'_, '_> {
         let entries = &self.object.entries;
         let mut map = s.serialize_map(None)?;
         for (i, (k, _)) in entries.iter().enumerate() {
-            if Some(k.as_ref()) == self.drop || entries[..i].iter().any(|(earlier, _)| earlier == k) {
+            if Some(k.as_ref()) == self.drop || entries[..i].iter().any(|(earlier, _)| earlier == k)
+            {
                 continue;
             }
             // The last value of this key: the one a parser of the body would keep.
@@ -233,7 +234,9 @@ mod tests {
 
     #[test]
     fn ids_are_nonempty_strings_or_64_bit_integers() {
-        let o = obj(r#"{"a":"x","b":"","c":42,"d":-7,"e":1.0,"f":1e3,"g":18446744073709551615,"h":18446744073709551616,"i":true,"j":"\u0041"}"#);
+        let o = obj(
+            r#"{"a":"x","b":"","c":42,"d":-7,"e":1.0,"f":1e3,"g":18446744073709551615,"h":18446744073709551616,"i":true,"j":"\u0041"}"#,
+        );
         assert_eq!(o.id("a").as_deref(), Some("x"));
         assert_eq!(o.id("b"), None);
         assert_eq!(o.id("c").as_deref(), Some("42"));
@@ -249,7 +252,9 @@ mod tests {
 
     #[test]
     fn unix_times_are_bounded_integers() {
-        let o = obj(r#"{"a":0,"b":253402300799,"c":253402300800,"d":-1,"e":1.5,"f":"1","g":253402300799999,"h":253402300800000}"#);
+        let o = obj(
+            r#"{"a":0,"b":253402300799,"c":253402300800,"d":-1,"e":1.5,"f":"1","g":253402300799999,"h":253402300800000}"#,
+        );
         assert_eq!(o.unix_seconds("a"), Some(0));
         assert_eq!(o.unix_seconds("b"), Some(253_402_300_799_000));
         assert_eq!(o.unix_seconds("c"), None);

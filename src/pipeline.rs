@@ -131,8 +131,10 @@ pub async fn handle(
         Ok(Delivered::Duplicate) => {
             let mut r = Response::new(Full::new(Bytes::from_static(b"{}")));
             r.headers_mut().insert(header::CONTENT_TYPE, JSON.clone());
-            r.headers_mut()
-                .insert(X_HOOKGATE_DUPLICATE.clone(), HeaderValue::from_static("true"));
+            r.headers_mut().insert(
+                X_HOOKGATE_DUPLICATE.clone(),
+                HeaderValue::from_static("true"),
+            );
             r
         }
         Err(refusal) => refusal_response(refusal, barertc, version),
@@ -171,12 +173,18 @@ fn new_request_id() -> HeaderValue {
 
 fn health_answer(path: &str, method: &Method, health: &Health) -> Response<Body> {
     let mut response = if method != Method::GET && method != Method::HEAD {
-        let mut r = json_response(StatusCode::METHOD_NOT_ALLOWED, error_body(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", false));
+        let mut r = json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            error_body(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", false),
+        );
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         r
     } else if path == "/readyz" && !health.ready.load(std::sync::atomic::Ordering::Relaxed) {
-        json_response(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(br#"{"status":"shutting_down"}"#))
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from_static(br#"{"status":"shutting_down"}"#),
+        )
     } else {
         json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#))
     };
@@ -192,7 +200,10 @@ pub fn admin_answer(request: &Request<Incoming>, health: &Health) -> Response<Bo
     if path == "/healthz" || path == "/readyz" {
         health_answer(path, request.method(), health)
     } else {
-        json_response(StatusCode::NOT_FOUND, error_body(StatusCode::NOT_FOUND, "not_found", false))
+        json_response(
+            StatusCode::NOT_FOUND,
+            error_body(StatusCode::NOT_FOUND, "not_found", false),
+        )
     }
 }
 
@@ -244,7 +255,12 @@ async fn deliver(
         return Err(Refusal::Method);
     }
     let scheme = if conn.tls { "https" } else { "http" };
-    let client = admit::client(conn.peer.ip(), request.headers(), &server.trusted_proxies, scheme);
+    let client = admit::client(
+        conn.peer.ip(),
+        request.headers(),
+        &server.trusted_proxies,
+        scheme,
+    );
     outcome.client = Some(client.addr);
     if !admit::allowed(client.addr, source.allow_cidrs.as_deref()) {
         return Err(Refusal::Forbidden);
@@ -253,7 +269,13 @@ async fn deliver(
     // a source's budget.)
 
     let (parts, body) = request.into_parts();
-    let body = read_body(&parts.headers, body, server.max_body_bytes, server.body_timeout).await?;
+    let body = read_body(
+        &parts.headers,
+        body,
+        server.max_body_bytes,
+        server.body_timeout,
+    )
+    .await?;
     if parts
         .headers
         .get(header::CONTENT_ENCODING)
@@ -283,8 +305,8 @@ async fn deliver(
     let event_id = upstream::encode_id(&event.id);
     outcome.event_id = Some(event_id.clone());
     outcome.event_type = Some(event.kind.to_string());
-    let event_type = HeaderValue::from_str(&event.kind)
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    let event_type =
+        HeaderValue::from_str(&event.kind).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
 
     // (The source's rate_limit and dedupe belong here: verified deliveries only.)
 
@@ -300,7 +322,10 @@ async fn deliver(
     drop(event);
 
     let mut headers = HeaderMap::with_capacity(12);
-    headers.insert(upstream::X_HOOKGATE_SOURCE.clone(), source.source_header.clone());
+    headers.insert(
+        upstream::X_HOOKGATE_SOURCE.clone(),
+        source.source_header.clone(),
+    );
     headers.insert(
         upstream::X_HOOKGATE_PLATFORM.clone(),
         HeaderValue::from_static(source.platform.as_str()),
@@ -329,8 +354,12 @@ async fn deliver(
         })
         .await?;
     let retry_after = answer.retry_after.clone();
-    let mut translated =
-        reply::translate(source.platform, answer.status, answer.content_type, answer.body);
+    let mut translated = reply::translate(
+        source.platform,
+        answer.status,
+        answer.content_type,
+        answer.body,
+    );
     translated.retry_after = retry_after;
     Ok(Delivered::Answered(translated))
 }

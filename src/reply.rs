@@ -105,17 +105,41 @@ pub fn translate(
 ) -> Answer {
     let json = HeaderValue::from_static("application/json");
     if !status.is_success() {
-        return Answer { status, content_type, retry_after: None, body };
+        return Answer {
+            status,
+            content_type,
+            retry_after: None,
+            body,
+        };
     }
     // BareRTC takes 201, 202 and 204 for failures: any 2xx is sent as 200.
-    let status = if platform == Platform::Barertc { StatusCode::OK } else { status };
+    let status = if platform == Platform::Barertc {
+        StatusCode::OK
+    } else {
+        status
+    };
     if let Some(translated) = NormalizedReply::parse(&body).and_then(|r| platform.answer(&r)) {
-        return Answer { status, content_type: Some(json), retry_after: None, body: Bytes::from(translated) };
+        return Answer {
+            status,
+            content_type: Some(json),
+            retry_after: None,
+            body: Bytes::from(translated),
+        };
     }
     if platform == Platform::Barertc && body.is_empty() {
-        return Answer { status, content_type: Some(json), retry_after: None, body: Bytes::from_static(b"{}") };
+        return Answer {
+            status,
+            content_type: Some(json),
+            retry_after: None,
+            body: Bytes::from_static(b"{}"),
+        };
     }
-    Answer { status, content_type, retry_after: None, body }
+    Answer {
+        status,
+        content_type,
+        retry_after: None,
+        body,
+    }
 }
 
 #[cfg(test)]
@@ -156,8 +180,16 @@ mod tests {
     #[test]
     fn non_2xx_and_unlisted_platforms_are_unchanged() {
         let body = Bytes::from_static(br#"{"reply":{"text":"x"}}"#);
-        let a = translate(Platform::Funtek, StatusCode::BAD_GATEWAY, None, body.clone());
-        assert_eq!((a.status, a.content_type, &a.body), (StatusCode::BAD_GATEWAY, None, &body));
+        let a = translate(
+            Platform::Funtek,
+            StatusCode::BAD_GATEWAY,
+            None,
+            body.clone(),
+        );
+        assert_eq!(
+            (a.status, a.content_type, &a.body),
+            (StatusCode::BAD_GATEWAY, None, &body)
+        );
         let a = translate(Platform::Protocol, StatusCode::OK, None, body.clone());
         assert_eq!(a.body, body);
         assert_eq!(a.content_type, None);

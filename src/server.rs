@@ -34,10 +34,7 @@ pub enum StartError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("{file}: server.tls: {source}")]
-    Tls {
-        file: String,
-        source: tls::TlsError,
-    },
+    Tls { file: String, source: tls::TlsError },
     #[error("{file}: upstream.ca: {source}")]
     Upstream {
         file: String,
@@ -67,8 +64,7 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
             source,
         })?
         .map(TlsAcceptor::from);
-    let gateway =
-        Gateway::new(config).map_err(|source| StartError::Upstream { file, source })?;
+    let gateway = Gateway::new(config).map_err(|source| StartError::Upstream { file, source })?;
     Ok(Prepared { gateway, tls })
 }
 
@@ -120,10 +116,14 @@ impl Server {
 
         let listener = TcpListener::bind(listen)
             .await
-            .map_err(|source| StartError::Bind { addr: listen, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr: listen, source })?;
+            .map_err(|source| StartError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?;
         let admin_listener = match admin {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -212,7 +212,10 @@ impl Server {
         self.set_unready();
         let (delay, grace) = {
             let g = self.state.gateway.load();
-            (g.config.server.shutdown_delay, g.config.server.shutdown_grace)
+            (
+                g.config.server.shutdown_delay,
+                g.config.server.shutdown_grace,
+            )
         };
         tokio::time::sleep(delay).await;
         let _ = self.draining.send(true);
@@ -276,7 +279,9 @@ async fn serve_connection(
     let io = HeadDeadline::new(stream, state.header_timeout, Arc::clone(&head_pending));
     match state.tls.load_full() {
         Some(acceptor) => match acceptor.accept(io).await {
-            Ok(tls) => serve_http(state, tls, Conn { peer, tls: true }, head_pending, draining).await,
+            Ok(tls) => {
+                serve_http(state, tls, Conn { peer, tls: true }, head_pending, draining).await
+            }
             Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         },
         None => serve_http(state, io, Conn { peer, tls: false }, head_pending, draining).await,
@@ -329,7 +334,9 @@ async fn admin_loop(listener: TcpListener, state: Arc<State>) {
                 let state = Arc::clone(&state);
                 async move { Ok::<_, Infallible>(pipeline::admin_answer(&request, &state.health)) }
             });
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
@@ -373,7 +380,11 @@ impl<IO: AsyncRead> AsyncRead for HeadDeadline<IO> {
 }
 
 impl<IO: AsyncWrite> AsyncWrite for HeadDeadline<IO> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.project().io.poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

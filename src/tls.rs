@@ -65,12 +65,10 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsE
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| TlsError {
-            path: files.key.display().to_string(),
-            message: format!("certificate and key do not fit: {e}"),
-        })?;
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| TlsError {
+        path: files.key.display().to_string(),
+        message: format!("certificate and key do not fit: {e}"),
+    })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -106,7 +106,10 @@ fn tls_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, ClientSetupErro
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
             .map_err(|e| ClientSetupError(format!("{}: {e}", path.display())))?;
         if certs.is_empty() {
-            return Err(ClientSetupError(format!("{}: no certificate in it", path.display())));
+            return Err(ClientSetupError(format!(
+                "{}: no certificate in it",
+                path.display()
+            )));
         }
         for c in certs {
             roots
@@ -162,9 +165,15 @@ impl Upstream {
 
     async fn exchange(&self, fwd: Forward<'_>) -> Result<UpstreamAnswer, UpstreamError> {
         let mut headers = fwd.headers;
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         // An uncompressed answer: it is relayed, translated or checked, never decompressed.
-        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
         if let Some(mac) = &self.signing {
             sign(mac, &fwd.event_id_header, &fwd.body, &mut headers);
         }
@@ -282,7 +291,13 @@ mod tests {
         assert_eq!(sig, "g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
         let mut h = HeaderMap::new();
         sign(&mac, &HeaderValue::from_static("msg_1"), b"{}", &mut h);
-        assert_eq!(h.get("webhook-id").map(|v| v.as_bytes()), Some(&b"msg_1"[..]));
-        assert!(h.get("webhook-signature").is_some_and(|v| v.as_bytes().starts_with(b"v1,")));
+        assert_eq!(
+            h.get("webhook-id").map(|v| v.as_bytes()),
+            Some(&b"msg_1"[..])
+        );
+        assert!(
+            h.get("webhook-signature")
+                .is_some_and(|v| v.as_bytes().starts_with(b"v1,"))
+        );
     }
 }

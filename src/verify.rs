@@ -267,16 +267,27 @@ mod tests {
     }
 
     fn secrets(list: &[&str]) -> Vec<Secret> {
-        list.iter().map(|s| Secret::new(s.as_bytes().to_vec())).collect()
+        list.iter()
+            .map(|s| Secret::new(s.as_bytes().to_vec()))
+            .collect()
     }
 
-    fn check(v: &Verifier, headers: &[(&'static str, &str)], query: Option<&str>, body: &[u8]) -> Result<(), VerifyError> {
+    fn check(
+        v: &Verifier,
+        headers: &[(&'static str, &str)],
+        query: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), VerifyError> {
         let mut map = HeaderMap::new();
         for (k, val) in headers {
             map.insert(*k, HeaderValue::from_str(val).expect("header"));
         }
-        let carriers = Carriers { headers: &map, query };
-        v.verify(&carriers, Bytes::copy_from_slice(body)).map(|_| ())
+        let carriers = Carriers {
+            headers: &map,
+            query,
+        };
+        v.verify(&carriers, Bytes::copy_from_slice(body))
+            .map(|_| ())
     }
 
     const H: Scheme = Scheme::HmacSha256Hex { header: "x-sig" };
@@ -285,49 +296,110 @@ mod tests {
     fn hmac_accepts_any_secret_in_either_case_over_raw_bytes() {
         let v = Verifier::new(H, secrets(&["old", "new"]));
         let body = br#"{"a": 1}"#;
-        assert_eq!(check(&v, &[("x-sig", &hmac_hex(b"new", body))], None, body), Ok(()));
-        assert_eq!(check(&v, &[("x-sig", &hmac_hex(b"old", body).to_uppercase())], None, body), Ok(()));
+        assert_eq!(
+            check(&v, &[("x-sig", &hmac_hex(b"new", body))], None, body),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                &v,
+                &[("x-sig", &hmac_hex(b"old", body).to_uppercase())],
+                None,
+                body
+            ),
+            Ok(())
+        );
         // The same JSON, compacted: different bytes, so no match.
-        assert_eq!(check(&v, &[("x-sig", &hmac_hex(b"new", br#"{"a":1}"#))], None, body), Err(VerifyError::Mismatch));
+        assert_eq!(
+            check(
+                &v,
+                &[("x-sig", &hmac_hex(b"new", br#"{"a":1}"#))],
+                None,
+                body
+            ),
+            Err(VerifyError::Mismatch)
+        );
         assert_eq!(check(&v, &[], None, body), Err(VerifyError::Missing));
         let sig = hmac_hex(b"new", body);
-        assert_eq!(check(&v, &[("x-sig", &sig[..32])], None, body), Err(VerifyError::Malformed));
-        assert_eq!(check(&v, &[("x-sig", &format!("{sig}00"))], None, body), Err(VerifyError::Malformed));
-        assert_eq!(check(&v, &[("x-sig", &format!("sha256={sig}"))], None, body), Err(VerifyError::Malformed));
+        assert_eq!(
+            check(&v, &[("x-sig", &sig[..32])], None, body),
+            Err(VerifyError::Malformed)
+        );
+        assert_eq!(
+            check(&v, &[("x-sig", &format!("{sig}00"))], None, body),
+            Err(VerifyError::Malformed)
+        );
+        assert_eq!(
+            check(&v, &[("x-sig", &format!("sha256={sig}"))], None, body),
+            Err(VerifyError::Malformed)
+        );
     }
 
     #[test]
     fn header_token_needs_the_whole_token() {
-        let v = Verifier::new(Scheme::HeaderToken { header: "x-tok" }, secrets(&["room-one", "room-two"]));
+        let v = Verifier::new(
+            Scheme::HeaderToken { header: "x-tok" },
+            secrets(&["room-one", "room-two"]),
+        );
         assert_eq!(check(&v, &[("x-tok", "room-two")], None, b"{}"), Ok(()));
-        assert_eq!(check(&v, &[("x-tok", "room-tw")], None, b"{}"), Err(VerifyError::Mismatch));
-        assert_eq!(check(&v, &[("x-tok", "room-two2")], None, b"{}"), Err(VerifyError::Mismatch));
+        assert_eq!(
+            check(&v, &[("x-tok", "room-tw")], None, b"{}"),
+            Err(VerifyError::Mismatch)
+        );
+        assert_eq!(
+            check(&v, &[("x-tok", "room-two2")], None, b"{}"),
+            Err(VerifyError::Mismatch)
+        );
         assert_eq!(check(&v, &[], None, b"{}"), Err(VerifyError::Missing));
     }
 
     #[test]
     fn body_key_is_compared_after_json_decoding() {
         let v = Verifier::new(Scheme::BodyKey { field: "APIKey" }, secrets(&["k&<key>"]));
-        assert_eq!(check(&v, &[], None, br#"{"APIKey":"k\u0026\u003ckey\u003e"}"#), Ok(()));
+        assert_eq!(
+            check(&v, &[], None, br#"{"APIKey":"k\u0026\u003ckey\u003e"}"#),
+            Ok(())
+        );
         assert_eq!(check(&v, &[], None, br#"{"APIKey":"k&<key>"}"#), Ok(()));
-        assert_eq!(check(&v, &[], None, br#"{"APIKey":"k&<key"}"#), Err(VerifyError::Mismatch));
-        assert_eq!(check(&v, &[], None, br#"{"APIKey":5}"#), Err(VerifyError::Missing));
+        assert_eq!(
+            check(&v, &[], None, br#"{"APIKey":"k&<key"}"#),
+            Err(VerifyError::Mismatch)
+        );
+        assert_eq!(
+            check(&v, &[], None, br#"{"APIKey":5}"#),
+            Err(VerifyError::Missing)
+        );
         assert_eq!(check(&v, &[], None, b"APIKey=k"), Err(VerifyError::NotJson));
         // Where a key repeats, the last one counts.
-        assert_eq!(check(&v, &[], None, br#"{"APIKey":"k&<key>","APIKey":"x"}"#), Err(VerifyError::Mismatch));
+        assert_eq!(
+            check(&v, &[], None, br#"{"APIKey":"k&<key>","APIKey":"x"}"#),
+            Err(VerifyError::Mismatch)
+        );
     }
 
     #[test]
     fn query_or_header_token() {
         let v = Verifier::new(
-            Scheme::QueryOrHeaderToken { param: "token", header: "x-tok" },
+            Scheme::QueryOrHeaderToken {
+                param: "token",
+                header: "x-tok",
+            },
             secrets(&["a+b/c"]),
         );
         assert_eq!(check(&v, &[], Some("token=a%2Bb%2Fc"), b"{}"), Ok(()));
         assert_eq!(check(&v, &[], Some("x=1&token=a+b/c"), b"{}"), Ok(()));
-        assert_eq!(check(&v, &[("x-tok", "a+b/c")], Some("token=wrong"), b"{}"), Ok(()));
-        assert_eq!(check(&v, &[], Some("token=a%20b/c"), b"{}"), Err(VerifyError::Mismatch));
-        assert_eq!(check(&v, &[], Some("tok=a+b/c"), b"{}"), Err(VerifyError::Missing));
+        assert_eq!(
+            check(&v, &[("x-tok", "a+b/c")], Some("token=wrong"), b"{}"),
+            Ok(())
+        );
+        assert_eq!(
+            check(&v, &[], Some("token=a%20b/c"), b"{}"),
+            Err(VerifyError::Mismatch)
+        );
+        assert_eq!(
+            check(&v, &[], Some("tok=a+b/c"), b"{}"),
+            Err(VerifyError::Missing)
+        );
     }
 
     #[test]
@@ -337,7 +409,10 @@ mod tests {
 
     #[test]
     fn query_stripping_removes_only_the_token() {
-        assert_eq!(strip_query_param("a=1&token=s3cret&b=2", "token"), "a=1&b=2");
+        assert_eq!(
+            strip_query_param("a=1&token=s3cret&b=2", "token"),
+            "a=1&b=2"
+        );
         assert_eq!(strip_query_param("to%6Ben=s3cret", "token"), "");
         assert_eq!(query_param("token=1&token=2", "token"), Some(b"2".to_vec()));
     }

@@ -35,7 +35,13 @@ pub fn normalize<'a>(
     let message_id = data.id("id").or_else(|| data.id("_id"));
     let is_message = platform_type == "MESSAGE";
 
-    let mut event = blank_event(delivery, Platform::Funtek, message_id.clone(), platform_type, kind);
+    let mut event = blank_event(
+        delivery,
+        Platform::Funtek,
+        message_id.clone(),
+        platform_type,
+        kind,
+    );
     event.room = object
         .id("roomID")
         .or_else(|| data.id("room"))
@@ -86,7 +92,11 @@ pub fn answer(reply: &NormalizedReply<'_>) -> Vec<u8> {
         to_bot_state: reply.state.as_deref(),
         data: r.map(|r| BotMessage {
             message: r.text.as_deref(),
-            message_type: r.kind.as_deref().filter(|k| !k.is_empty()).unwrap_or("text"),
+            message_type: r
+                .kind
+                .as_deref()
+                .filter(|k| !k.is_empty())
+                .unwrap_or("text"),
         }),
     };
     serde_json::to_vec(&out).unwrap_or_default()

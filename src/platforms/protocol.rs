@@ -34,8 +34,18 @@ pub fn normalize<'a>(
     let resource = platform_type.split('.').next().unwrap_or_default();
     let payload = object.object("payload").unwrap_or_default();
 
-    let mut event = blank_event(delivery, Platform::Protocol, object.id("id"), platform_type.clone(), kind);
-    let room_key = if resource == "conversation" { "id" } else { "conversation_id" };
+    let mut event = blank_event(
+        delivery,
+        Platform::Protocol,
+        object.id("id"),
+        platform_type.clone(),
+        kind,
+    );
+    let room_key = if resource == "conversation" {
+        "id"
+    } else {
+        "conversation_id"
+    };
     event.room = payload.id(room_key).map(|id| Room { id, name: None });
     event.actor = payload
         .object("contact")

@@ -22,9 +22,9 @@ pub fn normalize<'a>(
         .object("data")
         .filter(|d| d.object("message").is_some());
     let root = data.as_ref().unwrap_or(object);
-    let message = root
-        .object("message")
-        .ok_or(NotPlatformJson("spika: no object \"message\" or \"data.message\""))?;
+    let message = root.object("message").ok_or(NotPlatformJson(
+        "spika: no object \"message\" or \"data.message\"",
+    ))?;
 
     let mut event = blank_event(
         delivery,
@@ -39,7 +39,9 @@ pub fn normalize<'a>(
     });
     event.actor = message.id("fromUserId").map(|id| User {
         id,
-        name: root.object("fromUser").and_then(|u| u.string("displayName")),
+        name: root
+            .object("fromUser")
+            .and_then(|u| u.string("displayName")),
         is_bot: None,
     });
     event.message = Some(Message {

@@ -1,0 +1,296 @@
+//! Test helpers: a recording upstream, an in-process gateway on 127.0.0.1:0, and clients
+//! that speak real HTTP/1.1 and HTTP/2 over real sockets.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+
+use hookgate::config::Config;
+use hookgate::server::{self, Server};
+
+/// One request the upstream received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("forwarded body is JSON")
+    }
+}
+
+/// How the upstream answers.
+#[derive(Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Recorded>>>,
+    reply: Arc<Mutex<Reply>>,
+}
+
+impl Upstream {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.received.lock().expect("lock").clone()
+    }
+    pub fn set_reply(&self, reply: Reply) {
+        *self.reply.lock().expect("lock") = reply;
+    }
+}
+
+/// A real HTTP/1.1 + HTTP/2 server on 127.0.0.1:0 that records every request.
+pub async fn spawn_upstream(reply: Reply) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("addr");
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let reply = Arc::new(Mutex::new(reply));
+    let (rec, rep) = (Arc::clone(&received), Arc::clone(&reply));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (rec, rep) = (Arc::clone(&rec), Arc::clone(&rep));
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (rec, rep) = (Arc::clone(&rec), Arc::clone(&rep));
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        rec.lock().expect("lock").push(Recorded {
+                            method: parts.method,
+                            uri: parts.uri,
+                            version: parts.version,
+                            headers: parts.headers,
+                            body,
+                        });
+                        let reply = rep.lock().expect("lock").clone();
+                        tokio::time::sleep(reply.delay).await;
+                        let mut r = Response::new(Full::new(reply.body.clone()));
+                        *r.status_mut() = StatusCode::from_u16(reply.status).expect("status");
+                        for (k, v) in &reply.headers {
+                            r.headers_mut().insert(
+                                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                                http::HeaderValue::from_str(v).expect("value"),
+                            );
+                        }
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        received,
+        reply,
+    }
+}
+
+/// A gateway serving `config` (a TOML text), whose `file:` paths resolve in `dir`.
+pub struct Gateway {
+    pub server: Server,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl Gateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+/// A fresh temporary folder for a test's files.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "hookgate-test-{tag}-{}-{:x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+pub async fn spawn_gateway(config: &str) -> Gateway {
+    spawn_gateway_in(config, &temp_dir("gw")).await
+}
+
+pub async fn spawn_gateway_in(config: &str, dir: &Path) -> Gateway {
+    let path = dir.join("hookgate.toml");
+    std::fs::write(&path, config).expect("write config");
+    let config = Config::load(&path).expect("valid test config");
+    let prepared = server::prepare(config).expect("prepare");
+    let server = Server::start(prepared).await.expect("start");
+    let addr = server.local_addr;
+    Gateway {
+        server,
+        addr,
+        dir: dir.to_path_buf(),
+    }
+}
+
+/// A config with one source; `extra` lines go into the `[[source]]` table.
+pub fn one_source(
+    upstream: &str,
+    platform: &str,
+    path: &str,
+    secrets: &[&str],
+    extra: &str,
+) -> String {
+    let secrets = secrets
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[upstream]\nurl = {upstream:?}\ntimeout_ms = 5000\n\n\
+         [[source]]\nname = {platform:?}\nplatform = {platform:?}\npath = {path:?}\nsecrets = [{secrets}]\n{extra}\n"
+    )
+}
+
+/// The answer a client got.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| {
+            panic!(
+                "answer body is not JSON: {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Sends one request over a new HTTP/1.1 connection.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body.into())).expect("request");
+    let resp = sender.send_request(req).await.expect("response");
+    collect(resp).await
+}
+
+/// Sends one request over a new HTTP/2 (prior knowledge) connection.
+pub async fn send_h2(
+    addr: SocketAddr,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method("POST")
+        .version(http::Version::HTTP_2)
+        .uri(format!("http://{addr}{path_and_query}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body.into())).expect("request");
+    let resp = sender.send_request(req).await.expect("h2 response");
+    collect(resp).await
+}
+
+pub async fn collect(resp: Response<Incoming>) -> Answer {
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// hex(HMAC-SHA256(key, body)).
+pub fn hmac_hex(key: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key.as_bytes()).expect("key");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Writes raw bytes on a new connection and reads until the server closes it or `wait` passes.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
