@@ -1,0 +1,647 @@
+//! SPEC §4 and §5 on real sockets: each row of the wire table, the forwarded request's
+//! headers, raw mode, HTTP/2, keep-alive and malformed HTTP.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+
+const SECRET: &str = "protocol-secret-for-tests";
+const BODY: &str = r#"{"id":"evt-1","type":"message.created","payload":{"id":"m1","conversation_id":"c1","message":"hi"}}"#;
+
+fn signed() -> Vec<(&'static str, String)> {
+    vec![("x-protocol-signature", hmac_hex(SECRET, BODY.as_bytes()))]
+}
+
+async fn post(gw: &Gateway, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+    send(
+        gw.addr,
+        "POST",
+        path,
+        headers,
+        Bytes::copy_from_slice(body.as_bytes()),
+    )
+    .await
+}
+
+async fn protocol_gateway(extra_source: &str, extra_server: &str) -> (Upstream, Gateway) {
+    let upstream = spawn_upstream(Reply::json(200, r#"{"ok":true}"#)).await;
+    let config = one_source(
+        &upstream.url("/app"),
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        extra_source,
+    )
+    .replace("[server]\n", &format!("[server]\n{extra_server}\n"));
+    let gw = spawn_gateway(&config).await;
+    (upstream, gw)
+}
+
+fn sig_header(sig: &str) -> [(&str, &str); 1] {
+    [("x-protocol-signature", sig)]
+}
+
+#[tokio::test]
+async fn signed_delivery_is_forwarded_with_the_spec_headers() {
+    let (upstream, gw) = protocol_gateway("", "").await;
+    let sig = &signed()[0].1;
+    let a = post(
+        &gw,
+        "/hooks/p?token=abc&x=1",
+        &[
+            ("x-protocol-signature", sig),
+            ("user-agent", "Protocol-Webhooks/1.0"),
+            ("x-request-id", "req-from-sender"),
+            ("authorization", "Bearer sender-token"),
+            ("cookie", "a=b"),
+            ("x-custom", "1"),
+            ("accept-encoding", "gzip"),
+        ],
+        BODY,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(&a.body[..], br#"{"ok":true}"#);
+    assert_eq!(a.header("x-request-id"), Some("req-from-sender"));
+    let r = &upstream.requests()[0];
+    assert_eq!(r.method, http::Method::POST);
+    assert_eq!(r.uri.path(), "/app");
+    assert_eq!(r.uri.query(), None);
+    assert_eq!(r.header("x-hookgate-source"), Some("protocol"));
+    assert_eq!(r.header("x-hookgate-platform"), Some("protocol"));
+    assert_eq!(r.header("x-hookgate-event-id"), Some("evt-1"));
+    assert_eq!(r.header("x-hookgate-event-type"), Some("message.created"));
+    assert_eq!(r.header("x-request-id"), Some("req-from-sender"));
+    assert_eq!(r.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(r.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(r.header("user-agent"), Some("Protocol-Webhooks/1.0"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("accept-encoding"), Some("identity"));
+    for absent in [
+        "x-protocol-signature",
+        "authorization",
+        "cookie",
+        "x-custom",
+        "webhook-signature",
+    ] {
+        assert!(r.headers.get(absent).is_none(), "{absent} was forwarded");
+    }
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
+    let event = r.json();
+    assert_eq!(event["message"]["text"], "hi");
+    assert_eq!(event["room"]["id"], "c1");
+}
+
+#[tokio::test]
+async fn each_refusal_row_of_the_table() {
+    let (upstream, gw) =
+        protocol_gateway("allow_cidrs = [\"127.0.0.0/8\"]", "max_body_bytes = 200").await;
+    let sig = signed()[0].1.clone();
+
+    let a = post(&gw, "/nope", &[], "{}").await;
+    assert_eq!(
+        (a.status, a.json()),
+        (404, serde_json::json!({"error":"not_found"}))
+    );
+    assert!(a.header("x-request-id").is_some_and(|id| id.len() == 32));
+
+    let a = send(gw.addr, "GET", "/hooks/p", &[], Bytes::new()).await;
+    assert_eq!((a.status, a.header("allow")), (405, Some("POST")));
+    assert_eq!(a.json(), serde_json::json!({"error":"method_not_allowed"}));
+
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(300));
+    let a = post(&gw, "/hooks/p", &sig_header(&sig), &big).await;
+    assert_eq!(
+        (a.status, a.json()),
+        (413, serde_json::json!({"error":"payload_too_large"}))
+    );
+
+    let a = post(
+        &gw,
+        "/hooks/p",
+        &[("x-protocol-signature", &sig), ("content-encoding", "gzip")],
+        BODY,
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.json()),
+        (415, serde_json::json!({"error":"unsupported_media_type"}))
+    );
+
+    // Missing, malformed and wrong proofs get the very same answer.
+    let wrong = hmac_hex("other", BODY.as_bytes());
+    let mut bodies = Vec::new();
+    for headers in [
+        vec![],
+        vec![("x-protocol-signature", "zz")],
+        vec![("x-protocol-signature", wrong.as_str())],
+    ] {
+        let a = post(&gw, "/hooks/p", &headers, BODY).await;
+        assert_eq!(a.status, 401);
+        bodies.push(a.body.clone());
+    }
+    assert!(
+        bodies
+            .iter()
+            .all(|b| &b[..] == br#"{"error":"unauthorized"}"#),
+        "{bodies:?}"
+    );
+
+    let not_json = "not json";
+    let a = post(
+        &gw,
+        "/hooks/p",
+        &sig_header(&hmac_hex(SECRET, not_json.as_bytes())),
+        not_json,
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.json()),
+        (400, serde_json::json!({"error":"bad_request"}))
+    );
+    let no_type = r#"{"id":"x"}"#;
+    let a = post(
+        &gw,
+        "/hooks/p",
+        &sig_header(&hmac_hex(SECRET, no_type.as_bytes())),
+        no_type,
+    )
+    .await;
+    assert_eq!(a.status, 400);
+
+    assert!(
+        upstream.requests().is_empty(),
+        "a refused request reached the upstream"
+    );
+    let a = post(&gw, "/hooks/p", &sig_header(&sig), BODY).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(upstream.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn allow_cidrs_refuses_other_clients() {
+    let (upstream, gw) = protocol_gateway("allow_cidrs = [\"203.0.113.0/24\"]", "").await;
+    let sig = signed()[0].1.clone();
+    let a = post(&gw, "/hooks/p", &sig_header(&sig), BODY).await;
+    assert_eq!(
+        (a.status, a.json()),
+        (403, serde_json::json!({"error":"forbidden"}))
+    );
+    assert!(upstream.requests().is_empty());
+}
+
+#[tokio::test]
+async fn trusted_proxy_forwarded_for() {
+    // The loopback peer is a trusted proxy: the sender's X-Forwarded-For is believed.
+    let (upstream, gw) = protocol_gateway(
+        "allow_cidrs = [\"203.0.113.0/24\"]",
+        "trusted_proxies = [\"127.0.0.0/8\"]",
+    )
+    .await;
+    let sig = signed()[0].1.clone();
+    let a = post(
+        &gw,
+        "/hooks/p",
+        &[
+            ("x-protocol-signature", &sig),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-proto", "https"),
+        ],
+        BODY,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let r = &upstream.requests()[0];
+    assert_eq!(r.header("x-forwarded-for"), Some("203.0.113.7, 127.0.0.1"));
+    assert_eq!(r.header("x-forwarded-proto"), Some("https"));
+    // A client outside allow_cidrs behind the proxy is refused.
+    let a = post(
+        &gw,
+        "/hooks/p",
+        &[
+            ("x-protocol-signature", &sig),
+            ("x-forwarded-for", "198.51.100.1"),
+        ],
+        BODY,
+    )
+    .await;
+    assert_eq!(a.status, 403);
+}
+
+#[tokio::test]
+async fn untrusted_peer_cannot_claim_an_address() {
+    let (upstream, gw) = protocol_gateway("allow_cidrs = [\"127.0.0.1/32\"]", "").await;
+    let sig = signed()[0].1.clone();
+    let a = post(
+        &gw,
+        "/hooks/p",
+        &[
+            ("x-protocol-signature", &sig),
+            ("x-forwarded-for", "203.0.113.7"),
+        ],
+        BODY,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        upstream.requests()[0].header("x-forwarded-for"),
+        Some("127.0.0.1")
+    );
+}
+
+#[tokio::test]
+async fn raw_mode_forwards_the_bytes_unchanged() {
+    let (upstream, gw) = protocol_gateway("forward = \"raw\"", "").await;
+    // Odd spacing and number literals that a re-serialization would change.
+    let body = "{ \"type\" : \"message.created\", \"id\": \"r-1\", \"n\": 1.50e+0 }\n";
+    let a = post(
+        &gw,
+        "/hooks/p",
+        &sig_header(&hmac_hex(SECRET, body.as_bytes())),
+        body,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let r = &upstream.requests()[0];
+    assert_eq!(&r.body[..], body.as_bytes());
+    assert_eq!(r.header("x-hookgate-event-id"), Some("r-1"));
+    assert_eq!(r.header("x-hookgate-event-type"), Some("message.created"));
+    assert!(r.headers.get("x-protocol-signature").is_none());
+}
+
+#[tokio::test]
+async fn include_raw_false_leaves_raw_out() {
+    let (upstream, gw) = protocol_gateway("include_raw = false", "").await;
+    let a = post(&gw, "/hooks/p", &sig_header(&signed()[0].1), BODY).await;
+    assert_eq!(a.status, 200);
+    let event = upstream.requests()[0].json();
+    assert!(event.get("raw").is_none());
+    assert_eq!(event["id"], "evt-1");
+}
+
+#[tokio::test]
+async fn http2_delivery() {
+    let (upstream, gw) = protocol_gateway("", "").await;
+    let sig = signed()[0].1.clone();
+    let a = send_h2(
+        gw.addr,
+        "/hooks/p",
+        &[
+            ("x-protocol-signature", &sig),
+            ("content-type", "application/json"),
+        ],
+        BODY,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(&a.body[..], br#"{"ok":true}"#);
+    assert!(a.header("x-request-id").is_some());
+    let r = &upstream.requests()[0];
+    assert_eq!(r.json()["id"], "evt-1");
+    let a = send_h2(gw.addr, "/hooks/p", &[("x-protocol-signature", "00")], BODY).await;
+    assert_eq!(a.status, 401);
+}
+
+#[tokio::test]
+async fn keep_alive_serves_several_requests_on_one_connection() {
+    use hyper_util::rt::TokioIo;
+    let (upstream, gw) = protocol_gateway("dedupe_window_s = 0", "").await;
+    let stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("hs");
+    tokio::spawn(conn);
+    let sig = signed()[0].1.clone();
+    for _ in 0..3 {
+        let req = http::Request::post("/hooks/p")
+            .header("host", "x")
+            .header("x-protocol-signature", &sig)
+            .body(http_body_util::Full::new(Bytes::from_static(
+                BODY.as_bytes(),
+            )))
+            .expect("req");
+        let a = collect(sender.send_request(req).await.expect("resp")).await;
+        assert_eq!(a.status, 200);
+    }
+    assert_eq!(upstream.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn upstream_failures_are_502_and_504() {
+    // Connection refused: a port that was just free.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = format!("http://{}/", free.local_addr().expect("addr"));
+    drop(free);
+    let gw = spawn_gateway(&one_source(&dead, "protocol", "/hooks/p", &[SECRET], "")).await;
+    let a = post(&gw, "/hooks/p", &sig_header(&signed()[0].1), BODY).await;
+    assert_eq!(
+        (a.status, a.json()),
+        (502, serde_json::json!({"error":"bad_gateway"}))
+    );
+
+    // Too slow: 504 after timeout_ms.
+    let upstream = spawn_upstream(Reply {
+        delay: Duration::from_millis(1500),
+        ..Reply::json(200, "{}")
+    })
+    .await;
+    let gw = spawn_gateway(&one_source(
+        &upstream.url("/"),
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        "timeout_ms = 300",
+    ))
+    .await;
+    let t = Instant::now();
+    let a = post(&gw, "/hooks/p", &sig_header(&signed()[0].1), BODY).await;
+    assert_eq!(
+        (a.status, a.json()),
+        (504, serde_json::json!({"error":"gateway_timeout"}))
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // A compressed answer, and one over max_body_bytes: 502.
+    let mut gz = Reply::json(200, "{}");
+    gz.headers.push(("content-encoding".into(), "gzip".into()));
+    let upstream = spawn_upstream(gz).await;
+    let gw = spawn_gateway(&one_source(
+        &upstream.url("/"),
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        "",
+    ))
+    .await;
+    assert_eq!(
+        post(&gw, "/hooks/p", &sig_header(&signed()[0].1), BODY)
+            .await
+            .status,
+        502
+    );
+
+    let upstream = spawn_upstream(Reply::json(200, &format!("\"{}\"", "y".repeat(5000)))).await;
+    let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "")
+        .replace("[server]\n", "[server]\nmax_body_bytes = 1000\n");
+    let gw = spawn_gateway(&config).await;
+    assert_eq!(
+        post(&gw, "/hooks/p", &sig_header(&signed()[0].1), BODY)
+            .await
+            .status,
+        502
+    );
+}
+
+#[tokio::test]
+async fn upstream_status_and_retry_after_are_relayed_but_no_other_header() {
+    let mut reply = Reply::json(503, r#"{"busy":true}"#);
+    reply.headers.push(("retry-after".into(), "7".into()));
+    reply.headers.push(("set-cookie".into(), "s=1".into()));
+    reply.headers.push(("x-app".into(), "1".into()));
+    let upstream = spawn_upstream(reply).await;
+    let gw = spawn_gateway(&one_source(
+        &upstream.url("/"),
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        "",
+    ))
+    .await;
+    let a = post(&gw, "/hooks/p", &sig_header(&signed()[0].1), BODY).await;
+    assert_eq!(a.status, 503);
+    assert_eq!(&a.body[..], br#"{"busy":true}"#);
+    assert_eq!(a.header("retry-after"), Some("7"));
+    assert_eq!(a.header("content-type"), Some("application/json"));
+    assert!(a.headers.get("set-cookie").is_none() && a.headers.get("x-app").is_none());
+
+    // No content-type from the upstream: none relayed.
+    let upstream = spawn_upstream(Reply {
+        headers: vec![],
+        ..Reply::json(200, "plain")
+    })
+    .await;
+    let gw = spawn_gateway(&one_source(
+        &upstream.url("/"),
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        "",
+    ))
+    .await;
+    let a = post(&gw, "/hooks/p", &sig_header(&signed()[0].1), BODY).await;
+    assert_eq!(
+        (a.status, &a.body[..], a.header("content-type")),
+        (200, &b"plain"[..], None)
+    );
+}
+
+#[tokio::test]
+async fn barertc_errors_carry_the_profile_card_fields() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let gw = spawn_gateway(&one_source(
+        &upstream.url("/"),
+        "barertc",
+        "/hooks/b",
+        &["k"],
+        "",
+    ))
+    .await;
+    let a = send(gw.addr, "GET", "/hooks/b", &[], Bytes::new()).await;
+    assert_eq!(a.status, 405);
+    assert_eq!(
+        a.json(),
+        serde_json::json!({"error":"method_not_allowed","StatusCode":405,"Data":{"OK":false,"Error":"method_not_allowed"}})
+    );
+    let a = post(
+        &gw,
+        "/hooks/b",
+        &[],
+        r#"{"Action":"profile","APIKey":"wrong","Username":"u"}"#,
+    )
+    .await;
+    assert_eq!(a.json()["Data"]["Error"], "unauthorized");
+    assert_eq!(a.status, 401);
+}
+
+#[tokio::test]
+async fn standard_webhooks_signature_on_forwarded_requests() {
+    use base64::Engine;
+    use hmac::{Hmac, KeyInit, Mac};
+    let key = [42u8; 32];
+    let secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    );
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "").replace(
+        "timeout_ms = 5000\n",
+        &format!("timeout_ms = 5000\nsigning_secret = {secret:?}\n"),
+    );
+    let gw = spawn_gateway(&config).await;
+    let body = r#"{"id":"a b%","type":"message.created"}"#;
+    let a = post(
+        &gw,
+        "/hooks/p",
+        &sig_header(&hmac_hex(SECRET, body.as_bytes())),
+        body,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let r = &upstream.requests()[0];
+    let id = r.header("webhook-id").expect("webhook-id");
+    assert_eq!(id, "a%20b%25");
+    assert_eq!(r.header("x-hookgate-event-id"), Some(id));
+    let ts = r.header("webhook-timestamp").expect("timestamp");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("t")
+        .as_secs();
+    assert!(ts.parse::<u64>().expect("number").abs_diff(now) < 5);
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&key).expect("key");
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(&r.body);
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    assert_eq!(
+        r.header("webhook-signature"),
+        Some(format!("v1,{expected}").as_str())
+    );
+}
+
+#[tokio::test]
+async fn health_endpoints_on_main_and_admin_listeners() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let config = one_source(
+        &upstream.url("/"),
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        "allow_cidrs = [\"203.0.113.0/24\"]",
+    )
+    .replace(
+        "[upstream]",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[upstream]",
+    );
+    let gw = spawn_gateway(&config).await;
+    let admin = gw.server.admin_addr.expect("admin listener");
+    for addr in [gw.addr, admin] {
+        for path in ["/healthz", "/readyz"] {
+            let a = send(addr, "GET", path, &[], Bytes::new()).await;
+            assert_eq!(a.status, 200, "{addr} {path}");
+            let a = send(addr, "HEAD", path, &[], Bytes::new()).await;
+            assert_eq!((a.status, a.body.len()), (200, 0), "{addr} {path}");
+        }
+    }
+    gw.server.set_unready();
+    assert_eq!(
+        send(gw.addr, "GET", "/readyz", &[], Bytes::new())
+            .await
+            .status,
+        503
+    );
+    assert_eq!(
+        send(admin, "GET", "/readyz", &[], Bytes::new())
+            .await
+            .status,
+        503
+    );
+    assert_eq!(
+        send(gw.addr, "GET", "/healthz", &[], Bytes::new())
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn chunked_body_over_the_limit_is_413_without_a_content_length() {
+    let (upstream, gw) = protocol_gateway("", "max_body_bytes = 100").await;
+    let chunk = "a".repeat(80);
+    let req = format!(
+        "POST /hooks/p HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n50\r\n{chunk}\r\n50\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let out = raw_exchange(gw.addr, req.as_bytes(), Duration::from_secs(3)).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(out.contains(r#"{"error":"payload_too_large"}"#), "{out}");
+    assert!(upstream.requests().is_empty());
+}
+
+#[tokio::test]
+async fn malformed_framing_is_400_never_5xx_nor_forwarded() {
+    let (upstream, gw) = protocol_gateway("", "").await;
+    let sig = signed()[0].1.clone();
+    // A bad chunk size.
+    let req = format!(
+        "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {sig}\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{BODY}\r\n0\r\n\r\n"
+    );
+    let out = raw_exchange(gw.addr, req.as_bytes(), Duration::from_secs(3)).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // Two different Content-Length values.
+    let req = format!(
+        "POST /hooks/p HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n{BODY}"
+    );
+    let out = raw_exchange(gw.addr, req.as_bytes(), Duration::from_secs(3)).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // Both Content-Length and Transfer-Encoding: refused, or read by the chunks alone.
+    let req = format!(
+        "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {sig}\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{BODY}\r\n0\r\n\r\n",
+        BODY.len()
+    );
+    let out = raw_exchange(gw.addr, req.as_bytes(), Duration::from_secs(3)).await;
+    assert!(
+        out.starts_with("HTTP/1.1 400") || out.starts_with("HTTP/1.1 200"),
+        "{out}"
+    );
+    for r in upstream.requests() {
+        assert_eq!(
+            &r.json()["raw"],
+            &serde_json::from_str::<serde_json::Value>(BODY).expect("json")
+        );
+    }
+}
+
+#[tokio::test]
+async fn slow_body_gets_408_and_slow_head_is_cut_off() {
+    let (upstream, gw) = protocol_gateway("", "body_timeout_s = 1\nheader_timeout_s = 1").await;
+    let t = Instant::now();
+    let req = "POST /hooks/p HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"partial\":";
+    let out = raw_exchange(gw.addr, req.as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(out.contains(r#"{"error":"request_timeout"}"#), "{out}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+
+    // Nothing sent at all: disconnected after header_timeout_s, without an answer.
+    let t = Instant::now();
+    let out = raw_exchange(gw.addr, b"", Duration::from_secs(5)).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "not cut off: {:?}",
+        t.elapsed()
+    );
+    assert!(!out.contains("HTTP/1.1 5"), "{out}");
+    // Half a head, then silence.
+    let t = Instant::now();
+    let _ = raw_exchange(
+        gw.addr,
+        b"POST /hooks/p HTTP/1.1\r\nhost:",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "not cut off: {:?}",
+        t.elapsed()
+    );
+    assert!(upstream.requests().is_empty());
+}
