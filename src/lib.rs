@@ -6,6 +6,7 @@
 //! server    accept (HTTP/1.1 + HTTP/2), head deadline, health endpoints
 //! pipeline  route → admit (allow_cidrs) → read body → verify → normalize → forward → reply
 //! admit     who the client is (X-Forwarded-For rules) and whether it may come in
+//! limit     client and source rate limits (governor); dedupe: ids already forwarded
 //! verify    the proof schemes, constant time; the only producer of `Verified`
 //! platforms one file per platform: its proof scheme, its event mapping, its reply format
 //! event     the normalized event: the only thing sent upstream in event mode
@@ -19,9 +20,11 @@
 pub mod admit;
 pub mod cli;
 pub mod config;
+pub mod dedupe;
 pub mod error;
 pub mod event;
 pub mod json;
+pub mod limit;
 pub mod pipeline;
 pub mod platforms;
 pub mod reply;

@@ -19,8 +19,10 @@ use hyper::body::Incoming;
 
 use crate::admit;
 use crate::config::{Config, ForwardMode, Source};
+use crate::dedupe::Dedupe;
 use crate::error::{Refusal, error_body};
 use crate::json::Object;
+use crate::limit::{ClientLimiter, LimitClock, SourceLimiter};
 use crate::platforms::{Delivery, Platform};
 use crate::reply::{self, Answer};
 use crate::time::Millis;
@@ -31,27 +33,84 @@ use crate::verify::Carriers;
 /// on the config it started with.
 pub struct Gateway {
     pub config: Config,
-    routes: HashMap<String, Arc<Source>>,
+    routes: HashMap<String, Route>,
     upstream: Upstream,
+    client_limiter: Option<Arc<ClientLimiter>>,
+}
+
+/// A source with its limiter and dedupe state.
+struct Route {
+    source: Arc<Source>,
+    limiter: Option<Arc<SourceLimiter>>,
+    dedupe: Option<Arc<Dedupe>>,
 }
 
 impl Gateway {
-    pub fn new(config: Config) -> Result<Gateway, upstream::ClientSetupError> {
+    /// Builds the gateway for `config`. State of `previous` (a reload) is kept where the
+    /// SPEC says: dedupe for a source whose name stays; a rate limit's bucket for a source
+    /// whose name and `rate_limit` stay, and `client_rate_limit`'s when it is unchanged.
+    pub fn new(
+        config: Config,
+        clock: LimitClock,
+        previous: Option<&Gateway>,
+    ) -> Result<Gateway, upstream::ClientSetupError> {
         let upstream = Upstream::new(
             config.upstream.ca.as_deref(),
             config.upstream.signing_key.as_ref(),
             config.server.max_body_bytes,
         )?;
+        let old_route =
+            |name: &str| previous.and_then(|p| p.routes.values().find(|r| r.source.name == name));
         let routes = config
             .sources
             .iter()
-            .map(|s| (s.path.clone(), Arc::clone(s)))
+            .map(|s| {
+                let old = old_route(&s.name);
+                let limiter = s.rate_limit.map(|rate| {
+                    old.and_then(|o| o.limiter.clone())
+                        .filter(|l| l.rate == rate)
+                        .unwrap_or_else(|| Arc::new(SourceLimiter::new(rate, clock.clone())))
+                });
+                let dedupe = (!s.dedupe_window.is_zero()).then(|| {
+                    old.and_then(|o| o.dedupe.clone())
+                        .filter(|d| d.window == s.dedupe_window)
+                        .unwrap_or_else(|| Arc::new(Dedupe::new(s.dedupe_window, clock.clone())))
+                });
+                let route = Route {
+                    source: Arc::clone(s),
+                    limiter,
+                    dedupe,
+                };
+                (s.path.clone(), route)
+            })
             .collect();
+        let client_limiter = config.server.client_rate_limit.map(|rate| {
+            previous
+                .and_then(|p| p.client_limiter.clone())
+                .filter(|l| l.rate == rate)
+                .unwrap_or_else(|| Arc::new(ClientLimiter::new(rate, clock.clone())))
+        });
         Ok(Gateway {
             config,
             routes,
             upstream,
+            client_limiter,
         })
+    }
+
+    /// Frees memory of state that no longer matters (run on a timer).
+    pub fn housekeeping(&self) {
+        if let Some(l) = &self.client_limiter {
+            l.housekeeping();
+        }
+        for d in self.routes.values().filter_map(|r| r.dedupe.as_ref()) {
+            d.housekeeping();
+        }
+    }
+
+    /// How many client addresses the client limiter remembers (for tests and metrics).
+    pub fn client_table_len(&self) -> usize {
+        self.client_limiter.as_ref().map_or(0, |l| l.len())
     }
 }
 
@@ -151,7 +210,7 @@ pub async fn handle(
         source = outcome.source.as_ref().map_or("", |s| s.name.as_str()),
         platform = outcome.source.as_ref().map_or("", |s| s.platform.as_str()),
         status,
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        duration_ms = started.elapsed().as_micros() as f64 / 1000.0,
         event_id = outcome.event_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
         event_type = outcome.event_type.as_deref().unwrap_or(""),
         request_id = request_id.to_str().unwrap_or(""),
@@ -246,10 +305,11 @@ async fn deliver(
     outcome: &mut Outcome,
 ) -> Result<Delivered, Refusal> {
     let server = &gateway.config.server;
-    let source = gateway
+    let route = gateway
         .routes
         .get(request.uri().path())
         .ok_or(Refusal::NoRoute)?;
+    let source = &route.source;
     outcome.source = Some(Arc::clone(source));
     if request.method() != Method::POST {
         return Err(Refusal::Method);
@@ -265,8 +325,12 @@ async fn deliver(
     if !admit::allowed(client.addr, source.allow_cidrs.as_deref()) {
         return Err(Refusal::Forbidden);
     }
-    // (client_rate_limit belongs here: before the proof, so forged traffic cannot use up
-    // a source's budget.)
+    // Before the proof, so forged traffic cannot use up a source's budget.
+    if let Some(limiter) = &gateway.client_limiter {
+        limiter
+            .check(client.addr)
+            .map_err(|retry_after_s| Refusal::ClientRateLimited { retry_after_s })?;
+    }
 
     let (parts, body) = request.into_parts();
     let body = read_body(
@@ -308,7 +372,16 @@ async fn deliver(
     let event_type =
         HeaderValue::from_str(&event.kind).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
 
-    // (The source's rate_limit and dedupe belong here: verified deliveries only.)
+    // Verified deliveries only count against the source's budget.
+    if let Some(limiter) = &route.limiter {
+        limiter
+            .check()
+            .map_err(|retry_after_s| Refusal::SourceRateLimited { retry_after_s })?;
+    }
+    if route.dedupe.as_ref().is_some_and(|d| d.seen(&event.id)) {
+        return Ok(Delivered::Duplicate);
+    }
+    let dedupe_id = route.dedupe.as_ref().map(|_| event.id.to_string());
 
     let forward_body = match source.forward {
         ForwardMode::Event => {
@@ -353,6 +426,11 @@ async fn deliver(
             body: forward_body,
         })
         .await?;
+    if answer.status.is_success()
+        && let (Some(d), Some(id)) = (&route.dedupe, &dedupe_id)
+    {
+        d.remember(id);
+    }
     let retry_after = answer.retry_after.clone();
     let mut translated = reply::translate(
         source.platform,

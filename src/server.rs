@@ -25,6 +25,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
+use crate::limit::LimitClock;
 use crate::pipeline::{self, Conn, Gateway, Health};
 use crate::tls;
 
@@ -49,9 +50,19 @@ pub enum StartError {
 pub struct Prepared {
     pub gateway: Gateway,
     pub tls: Option<TlsAcceptor>,
+    clock: LimitClock,
 }
 
 pub fn prepare(config: Config) -> Result<Prepared, StartError> {
+    prepare_with(config, LimitClock::default(), None)
+}
+
+/// `prepare` with a given clock (tests use a fake one) and the gateway it replaces.
+pub fn prepare_with(
+    config: Config,
+    clock: LimitClock,
+    previous: Option<&Gateway>,
+) -> Result<Prepared, StartError> {
     let file = config.path.display().to_string();
     let tls = config
         .server
@@ -64,8 +75,13 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
             source,
         })?
         .map(TlsAcceptor::from);
-    let gateway = Gateway::new(config).map_err(|source| StartError::Upstream { file, source })?;
-    Ok(Prepared { gateway, tls })
+    let gateway = Gateway::new(config, clock.clone(), previous)
+        .map_err(|source| StartError::Upstream { file, source })?;
+    Ok(Prepared {
+        gateway,
+        tls,
+        clock,
+    })
 }
 
 struct State {
@@ -74,6 +90,7 @@ struct State {
     health: Health,
     builder: auto::Builder<TokioExecutor>,
     header_timeout: Duration,
+    clock: LimitClock,
 }
 
 /// A running gateway.
@@ -142,6 +159,7 @@ impl Server {
             },
             builder: http_builder(header_timeout),
             header_timeout,
+            clock: prepared.clock,
         });
         let (draining, drain_rx) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(max_connections as usize));
@@ -152,6 +170,7 @@ impl Server {
             Arc::clone(&connections),
             drain_rx,
         ));
+        tokio::spawn(housekeeping(Arc::clone(&state)));
         if let Some(l) = admin_listener {
             tokio::spawn(admin_loop(l, Arc::clone(&state)));
         }
@@ -175,7 +194,7 @@ impl Server {
     pub fn reload(&self) -> Result<Vec<&'static str>, StartError> {
         let old = self.state.gateway.load_full();
         let config = Config::load(&old.config.path)?;
-        let prepared = prepare(config)?;
+        let prepared = prepare_with(config, self.state.clock.clone(), Some(&old))?;
         let (o, n) = (&old.config, &prepared.gateway.config);
         let mut at_next_start = Vec::new();
         if o.server.listen != n.server.listen {
@@ -231,6 +250,15 @@ impl Server {
 async fn drained(rx: &mut watch::Receiver<bool>) {
     // An error means the sender is gone: that is a drain too.
     let _ = rx.wait_for(|d| *d).await;
+}
+
+/// Forgets rate-limit and dedupe state that no longer matters, every 10 s.
+async fn housekeeping(state: Arc<State>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        state.gateway.load().housekeeping();
+    }
 }
 
 async fn accept_loop(

@@ -1,0 +1,370 @@
+//! The `hookgate` binary as an operator runs it: `check`, `sign`, `run`, exit codes,
+//! one-line errors, SIGTERM, and no secret in anything it prints.
+
+mod common;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hookgate");
+
+fn hookgate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run hookgate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write_config(dir: &Path, text: &str) -> String {
+    let path = dir.join("hookgate.toml");
+    std::fs::write(&path, text).expect("write");
+    path.display().to_string()
+}
+
+#[test]
+fn check_prints_routes_and_warns_about_verify_none() {
+    let dir = temp_dir("cli-check");
+    let text = one_source("http://127.0.0.1:9/", "protocol", "/hooks/p", &["s"], "")
+        + "\n[[source]]\nname = \"open\"\nplatform = \"funtek\"\npath = \"/open\"\nverify = \"none\"\n";
+    let path = write_config(&dir, &text);
+    let (code, out, err) = hookgate(&["check", "--config", &path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("/hooks/p") && out.contains("/open"), "{out}");
+    let warning = err
+        .lines()
+        .find(|l| l.contains("warning"))
+        .expect("a warning line");
+    assert!(warning.contains("open"), "{err}");
+}
+
+#[test]
+fn the_shipped_example_config_checks() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/hookgate.toml");
+    let (code, out, err) = hookgate(&["check", "--config", path]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("POST ")).count(),
+        4,
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_configs_exit_2_with_one_line_naming_file_and_field() {
+    let dir = temp_dir("cli-bad");
+    let good = one_source("http://127.0.0.1:9/", "protocol", "/hooks/p", &["s"], "");
+    let cases = [
+        (
+            good.replace("secrets", "secert = [\"x\"]\nsecrets"),
+            "secert",
+        ),
+        (
+            good.replace("\"s\"", "\"env:HOOKGATE_CLI_TEST_UNSET\""),
+            "source[0].secrets[0]",
+        ),
+        (
+            good.replace("\"s\"", "\"file:missing.secret\""),
+            "source[0].secrets[0]",
+        ),
+        (
+            good.replace(
+                "[server]\n",
+                "[server]\ntls = { cert = \"nope.crt\", key = \"nope.key\" }\n",
+            ),
+            "nope.crt",
+        ),
+        (
+            good.replace("platform = \"protocol\"", "platform = \"slack\""),
+            "platform",
+        ),
+    ];
+    for (text, field) in cases {
+        let path = write_config(&dir, &text);
+        for cmd in ["check", "run"] {
+            let (code, _, err) = hookgate(&[cmd, "--config", &path]);
+            assert_eq!(code, 2, "{cmd} {field}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{cmd}: one line: {err}");
+            assert!(err.contains(&path) && err.contains(field), "{cmd}: {err}");
+        }
+    }
+    let (code, _, err) = hookgate(&["check", "--config", "/nonexistent/hookgate.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/hookgate.toml"), "{err}");
+}
+
+#[test]
+fn port_in_use_exits_2_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let dir = temp_dir("cli-port");
+    let text = one_source("http://127.0.0.1:9/", "protocol", "/hooks/p", &["s"], "")
+        .replace("127.0.0.1:0", &addr.to_string());
+    let path = write_config(&dir, &text);
+    let (code, _, err) = hookgate(&["run", "--config", &path]);
+    assert_eq!(code, 2, "{err}");
+    let line = err.lines().rfind(|l| !l.trim().is_empty()).expect("a line");
+    assert!(line.contains(&addr.to_string()), "{err}");
+}
+
+/// A gateway process; killed on drop.
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn start(config_path: &str, port: u16) -> Running {
+    let child = Command::new(BIN)
+        .args(["run", "--config", config_path])
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "gateway did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Running { child, addr }
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Waits for the process to exit; returns its code and everything it printed.
+fn finish(mut r: Running) -> (i32, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = r.child.try_wait().expect("wait") {
+            break status.code().unwrap_or(-1);
+        }
+        assert!(Instant::now() < deadline, "did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    if let Some(mut s) = r.child.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    if let Some(mut s) = r.child.stderr.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    (code, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_prints_a_curl_command_that_delivers() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let port = free_port();
+    let dir = temp_dir("cli-sign");
+    std::fs::write(dir.join("funtek.secret"), "tok+en/with&odd=chars\n").expect("secret");
+    let text = format!(
+        "[server]\nlisten = \"0.0.0.0:{port}\"\n[upstream]\nurl = {:?}\n\n\
+         [[source]]\nname = \"p\"\nplatform = \"protocol\"\npath = \"/p\"\nsecrets = [\"sign-secret-1\", \"second\"]\n\n\
+         [[source]]\nname = \"s\"\nplatform = \"spika\"\npath = \"/s\"\nsecrets = [\"room-token\"]\n\n\
+         [[source]]\nname = \"b\"\nplatform = \"barertc\"\npath = \"/b\"\nsecrets = [\"k&<ey>\"]\n\n\
+         [[source]]\nname = \"f\"\nplatform = \"funtek\"\npath = \"/f\"\nsecrets = [\"file:funtek.secret\"]\n",
+        upstream.url("/app")
+    );
+    let path = write_config(&dir, &text);
+    let gw = start(&path, port);
+    std::fs::write(
+        dir.join("body.json"),
+        r#"{"type":"contact.created","id":"from-file"}"#,
+    )
+    .expect("body");
+    let cases: [(&str, Option<&str>); 5] = [
+        ("p", None),
+        ("p", Some("body.json")),
+        ("s", None),
+        ("b", None),
+        ("f", None),
+    ];
+    for (i, (source, body)) in cases.iter().enumerate() {
+        let body_path = body.map(|b| dir.join(b).display().to_string());
+        let mut args = vec!["sign", "--config", &path, "--source", source];
+        if let Some(b) = &body_path {
+            args.extend(["--body", b]);
+        }
+        let (code, cmd, err) = hookgate(&args);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            cmd.starts_with("curl ") && cmd.contains(&format!("http://127.0.0.1:{port}/")),
+            "{cmd}"
+        );
+        let out = Command::new("sh")
+            .args(["-c", &cmd])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("HTTP/1.1 200"), "{source}: {cmd}\n{text}");
+        assert_eq!(upstream.requests().len(), i + 1, "{source}");
+    }
+    let fwd = upstream.requests();
+    assert_eq!(fwd[1].json()["id"], "from-file");
+    assert_eq!(fwd[3].json()["type"], "report.created");
+    assert_eq!(fwd[4].json()["type"], "message.created");
+    drop(gw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_anything_printed_and_sigterm_exits_0() {
+    let upstream = spawn_upstream(Reply::json(200, r#"{"reply":{"text":"hi"}}"#)).await;
+    let port = free_port();
+    let dir = temp_dir("cli-secrets");
+    let secrets = [
+        "protocol-SECRET-aaaa",
+        "spika-SECRET-bbbb",
+        "barertc-SECRET-cccc",
+        "funtek-SECRET-dddd",
+    ];
+    std::fs::write(dir.join("spika.secret"), secrets[1]).expect("secret");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[upstream]\nurl = {:?}\n\n\
+         [[source]]\nname = \"p\"\nplatform = \"protocol\"\npath = \"/p\"\nsecrets = [\"env:HG_TEST_PROTOCOL\"]\n\n\
+         [[source]]\nname = \"s\"\nplatform = \"spika\"\npath = \"/s\"\nsecrets = [\"file:spika.secret\"]\n\n\
+         [[source]]\nname = \"b\"\nplatform = \"barertc\"\npath = \"/b\"\nsecrets = [{:?}]\n\n\
+         [[source]]\nname = \"f\"\nplatform = \"funtek\"\npath = \"/f\"\nsecrets = [{:?}]\n",
+        upstream.url("/app"),
+        secrets[2],
+        secrets[3]
+    );
+    let path = write_config(&dir, &text);
+    // Output goes to a file: a full pipe would block a process that logs at trace level.
+    let log_path = dir.join("output.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let child = Command::new(BIN)
+        .args(["run", "--config", &path])
+        .env("RUST_LOG", "trace")
+        .env("HG_TEST_PROTOCOL", secrets[0])
+        .stdout(Stdio::from(log.try_clone().expect("clone")))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "gateway did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let gw = Running { child, addr };
+
+    let pbody = r#"{"id":"1","type":"message.created","payload":{}}"#;
+    let ok = [
+        (
+            "/p".to_string(),
+            vec![(
+                "x-protocol-signature",
+                hmac_hex(secrets[0], pbody.as_bytes()),
+            )],
+            pbody.to_string(),
+        ),
+        (
+            "/s".into(),
+            vec![("verification-signature", secrets[1].to_string())],
+            r#"{"message":{"id":2}}"#.into(),
+        ),
+        (
+            "/b".into(),
+            vec![],
+            format!(
+                r#"{{"Action":"report","APIKey":"{}","Report":{{}}}}"#,
+                secrets[2]
+            ),
+        ),
+        (
+            format!("/f?token={}", secrets[3]),
+            vec![],
+            r#"{"event":"MESSAGE","data":{"id":"4"}}"#.into(),
+        ),
+        (
+            "/f".into(),
+            vec![("x-webhook-token", secrets[3].to_string())],
+            r#"{"event":"JOIN_ROOM"}"#.into(),
+        ),
+    ];
+    for (target, headers, body) in &ok {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let a = send(gw.addr, "POST", target, &h, Bytes::from(body.clone())).await;
+        assert_eq!(a.status, 200, "{target}");
+        assert!(!String::from_utf8_lossy(&a.body).contains("SECRET"));
+    }
+    // Wrong proofs that contain a secret as a prefix, in every carrier.
+    for (target, headers, body) in [
+        (
+            format!("/f?token={}x", secrets[3]),
+            vec![],
+            "{}".to_string(),
+        ),
+        (
+            "/s".to_string(),
+            vec![("verification-signature", format!("{}x", secrets[1]))],
+            "{}".into(),
+        ),
+        (
+            "/b".to_string(),
+            vec![],
+            format!(r#"{{"Action":"x","APIKey":"{}x"}}"#, secrets[2]),
+        ),
+    ] {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let a = send(gw.addr, "POST", &target, &h, Bytes::from(body)).await;
+        assert_eq!(a.status, 401, "{target}");
+    }
+    for r in upstream.requests() {
+        let all = format!(
+            "{:?} {:?} {}",
+            r.uri,
+            r.headers,
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(
+            !all.contains("SECRET"),
+            "a secret reached the upstream: {all}"
+        );
+    }
+
+    sigterm(&gw.child);
+    let (code, _) = finish(gw);
+    let printed = std::fs::read_to_string(&log_path).expect("log");
+    assert_eq!(code, 0, "{printed}");
+    assert!(
+        printed.contains("request"),
+        "the log has request lines: {printed}"
+    );
+    for s in secrets {
+        assert!(!printed.contains(s), "secret {s} printed:\n{printed}");
+    }
+}
