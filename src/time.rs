@@ -227,6 +227,11 @@ fn parse_rfc1123(s: &str) -> Option<Millis> {
         "PDT" => -420,
         z => offset(z, false)?,
     };
+    named_month_date(y, mo, d, t, offset_min)
+}
+
+/// A date with a named month and a `HH:MM:SS` time, as both textual forms write it.
+fn named_month_date(y: &str, mo: &str, d: &str, t: &str, offset_min: i64) -> Option<Millis> {
     let (h, mi, sec) = clock(t)?;
     Parts {
         y: digits(y, 4)?,
@@ -255,18 +260,7 @@ fn parse_js_date(s: &str) -> Option<Millis> {
     if !WEEKDAYS.contains(day) {
         return None;
     }
-    let (h, mi, sec) = clock(t)?;
-    Parts {
-        y: digits(y, 4)?,
-        mo: month(mo)?,
-        d: digits(d, 2)?,
-        h,
-        mi,
-        s: sec,
-        ms: 0,
-        offset_min: offset(zone.strip_prefix("GMT")?, false)?,
-    }
-    .to_millis()
+    named_month_date(y, mo, d, t, offset(zone.strip_prefix("GMT")?, false)?)
 }
 
 /// A BareRTC `Report.Timestamp` in any of the forms it writes; anything else is `None`.

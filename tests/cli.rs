@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -139,12 +138,16 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start(config_path: &str, port: u16) -> Running {
+/// Starts `hookgate run` at trace level; everything it prints goes to `log` (a full pipe
+/// would block it).
+fn start(config_path: &str, port: u16, env: &[(&str, &str)], log: &Path) -> Running {
+    let out = std::fs::File::create(log).expect("log file");
     let child = Command::new(BIN)
         .args(["run", "--config", config_path])
         .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .envs(env.iter().copied())
+        .stdout(Stdio::from(out.try_clone().expect("clone")))
+        .stderr(Stdio::from(out))
         .spawn()
         .expect("spawn");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
@@ -164,24 +167,16 @@ fn sigterm(child: &Child) {
     assert!(status.success());
 }
 
-/// Waits for the process to exit; returns its code and everything it printed.
-fn finish(mut r: Running) -> (i32, String) {
+/// Waits for the process to exit; returns its code.
+fn finish(mut r: Running) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(20);
-    let code = loop {
+    loop {
         if let Some(status) = r.child.try_wait().expect("wait") {
-            break status.code().unwrap_or(-1);
+            return status.code().unwrap_or(-1);
         }
         assert!(Instant::now() < deadline, "did not exit");
         std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut out = String::new();
-    if let Some(mut s) = r.child.stdout.take() {
-        let _ = s.read_to_string(&mut out);
     }
-    if let Some(mut s) = r.child.stderr.take() {
-        let _ = s.read_to_string(&mut out);
-    }
-    (code, out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,7 +194,7 @@ async fn sign_prints_a_curl_command_that_delivers() {
         upstream.url("/app")
     );
     let path = write_config(&dir, &text);
-    let gw = start(&path, port);
+    let gw = start(&path, port, &[], &dir.join("output.log"));
     std::fs::write(
         dir.join("body.json"),
         r#"{"type":"contact.created","id":"from-file"}"#,
@@ -262,24 +257,8 @@ async fn no_secret_in_anything_printed_and_sigterm_exits_0() {
         secrets[3]
     );
     let path = write_config(&dir, &text);
-    // Output goes to a file: a full pipe would block a process that logs at trace level.
     let log_path = dir.join("output.log");
-    let log = std::fs::File::create(&log_path).expect("log file");
-    let child = Command::new(BIN)
-        .args(["run", "--config", &path])
-        .env("RUST_LOG", "trace")
-        .env("HG_TEST_PROTOCOL", secrets[0])
-        .stdout(Stdio::from(log.try_clone().expect("clone")))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("spawn");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "gateway did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let gw = Running { child, addr };
+    let gw = start(&path, port, &[("HG_TEST_PROTOCOL", secrets[0])], &log_path);
 
     let pbody = r#"{"id":"1","type":"message.created","payload":{}}"#;
     let ok = [
@@ -357,7 +336,7 @@ async fn no_secret_in_anything_printed_and_sigterm_exits_0() {
     }
 
     sigterm(&gw.child);
-    let (code, _) = finish(gw);
+    let code = finish(gw);
     let printed = std::fs::read_to_string(&log_path).expect("log");
     assert_eq!(code, 0, "{printed}");
     assert!(

@@ -40,6 +40,24 @@ async fn protocol_gateway(extra_source: &str, extra_server: &str) -> (Upstream, 
     (upstream, gw)
 }
 
+/// A protocol source at /hooks/p in front of an upstream answering `reply`.
+async fn behind(reply: Reply, extra_source: &str) -> (Upstream, Gateway) {
+    let upstream = spawn_upstream(reply).await;
+    let gw = spawn_gateway(&one_source(
+        &upstream.url("/"),
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        extra_source,
+    ))
+    .await;
+    (upstream, gw)
+}
+
+async fn deliver(gw: &Gateway) -> Answer {
+    post(gw, "/hooks/p", &sig_header(&signed()[0].1), BODY).await
+}
+
 fn sig_header(sig: &str) -> [(&str, &str); 1] {
     [("x-protocol-signature", sig)]
 }
@@ -278,7 +296,7 @@ async fn raw_mode_forwards_the_bytes_unchanged() {
 #[tokio::test]
 async fn include_raw_false_leaves_raw_out() {
     let (upstream, gw) = protocol_gateway("include_raw = false", "").await;
-    let a = post(&gw, "/hooks/p", &sig_header(&signed()[0].1), BODY).await;
+    let a = deliver(&gw).await;
     assert_eq!(a.status, 200);
     let event = upstream.requests()[0].json();
     assert!(event.get("raw").is_none());
@@ -341,28 +359,20 @@ async fn upstream_failures_are_502_and_504() {
     let dead = format!("http://{}/", free.local_addr().expect("addr"));
     drop(free);
     let gw = spawn_gateway(&one_source(&dead, "protocol", "/hooks/p", &[SECRET], "")).await;
-    let a = post(&gw, "/hooks/p", &sig_header(&signed()[0].1), BODY).await;
+    let a = deliver(&gw).await;
     assert_eq!(
         (a.status, a.json()),
         (502, serde_json::json!({"error":"bad_gateway"}))
     );
 
     // Too slow: 504 after timeout_ms.
-    let upstream = spawn_upstream(Reply {
+    let slow = Reply {
         delay: Duration::from_millis(1500),
         ..Reply::json(200, "{}")
-    })
-    .await;
-    let gw = spawn_gateway(&one_source(
-        &upstream.url("/"),
-        "protocol",
-        "/hooks/p",
-        &[SECRET],
-        "timeout_ms = 300",
-    ))
-    .await;
+    };
+    let (_up, gw) = behind(slow, "timeout_ms = 300").await;
     let t = Instant::now();
-    let a = post(&gw, "/hooks/p", &sig_header(&signed()[0].1), BODY).await;
+    let a = deliver(&gw).await;
     assert_eq!(
         (a.status, a.json()),
         (504, serde_json::json!({"error":"gateway_timeout"}))
@@ -373,35 +383,18 @@ async fn upstream_failures_are_502_and_504() {
         t.elapsed()
     );
 
-    // A compressed answer, and one over max_body_bytes: 502.
+    // A compressed answer: 502.
     let mut gz = Reply::json(200, "{}");
     gz.headers.push(("content-encoding".into(), "gzip".into()));
-    let upstream = spawn_upstream(gz).await;
-    let gw = spawn_gateway(&one_source(
-        &upstream.url("/"),
-        "protocol",
-        "/hooks/p",
-        &[SECRET],
-        "",
-    ))
-    .await;
-    assert_eq!(
-        post(&gw, "/hooks/p", &sig_header(&signed()[0].1), BODY)
-            .await
-            .status,
-        502
-    );
+    let (_up, gw) = behind(gz, "").await;
+    assert_eq!(deliver(&gw).await.status, 502);
 
+    // An answer over max_body_bytes: 502.
     let upstream = spawn_upstream(Reply::json(200, &format!("\"{}\"", "y".repeat(5000)))).await;
     let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "")
         .replace("[server]\n", "[server]\nmax_body_bytes = 1000\n");
     let gw = spawn_gateway(&config).await;
-    assert_eq!(
-        post(&gw, "/hooks/p", &sig_header(&signed()[0].1), BODY)
-            .await
-            .status,
-        502
-    );
+    assert_eq!(deliver(&gw).await.status, 502);
 }
 
 #[tokio::test]
@@ -410,16 +403,8 @@ async fn upstream_status_and_retry_after_are_relayed_but_no_other_header() {
     reply.headers.push(("retry-after".into(), "7".into()));
     reply.headers.push(("set-cookie".into(), "s=1".into()));
     reply.headers.push(("x-app".into(), "1".into()));
-    let upstream = spawn_upstream(reply).await;
-    let gw = spawn_gateway(&one_source(
-        &upstream.url("/"),
-        "protocol",
-        "/hooks/p",
-        &[SECRET],
-        "",
-    ))
-    .await;
-    let a = post(&gw, "/hooks/p", &sig_header(&signed()[0].1), BODY).await;
+    let (_up, gw) = behind(reply, "").await;
+    let a = deliver(&gw).await;
     assert_eq!(a.status, 503);
     assert_eq!(&a.body[..], br#"{"busy":true}"#);
     assert_eq!(a.header("retry-after"), Some("7"));
@@ -427,20 +412,15 @@ async fn upstream_status_and_retry_after_are_relayed_but_no_other_header() {
     assert!(a.headers.get("set-cookie").is_none() && a.headers.get("x-app").is_none());
 
     // No content-type from the upstream: none relayed.
-    let upstream = spawn_upstream(Reply {
-        headers: vec![],
-        ..Reply::json(200, "plain")
-    })
-    .await;
-    let gw = spawn_gateway(&one_source(
-        &upstream.url("/"),
-        "protocol",
-        "/hooks/p",
-        &[SECRET],
+    let (_up, gw) = behind(
+        Reply {
+            headers: vec![],
+            ..Reply::json(200, "plain")
+        },
         "",
-    ))
+    )
     .await;
-    let a = post(&gw, "/hooks/p", &sig_header(&signed()[0].1), BODY).await;
+    let a = deliver(&gw).await;
     assert_eq!(
         (a.status, &a.body[..], a.header("content-type")),
         (200, &b"plain"[..], None)
