@@ -316,6 +316,49 @@ async fn serve_connection(
     }
 }
 
+/// Requests in flight on one connection, and since when it has had none.
+struct Activity {
+    base: Instant,
+    open: std::sync::atomic::AtomicUsize,
+    idle_since_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            base: Instant::now(),
+            open: std::sync::atomic::AtomicUsize::new(0),
+            idle_since_ms: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// When the connection may be closed for idleness, if it is idle now.
+    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
+        (self.open.load(Ordering::SeqCst) == 0).then(|| {
+            self.base + Duration::from_millis(self.idle_since_ms.load(Ordering::SeqCst)) + timeout
+        })
+    }
+}
+
+/// Counts a request as open until it is dropped (finished or cancelled).
+struct OpenRequest(Arc<Activity>);
+
+impl OpenRequest {
+    fn new(activity: &Arc<Activity>) -> OpenRequest {
+        activity.open.fetch_add(1, Ordering::SeqCst);
+        OpenRequest(Arc::clone(activity))
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let since = a.base.elapsed().as_millis() as u64;
+        a.idle_since_ms.store(since, Ordering::SeqCst);
+        a.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn serve_http<IO>(
     state: Arc<State>,
     io: IO,
@@ -325,22 +368,40 @@ async fn serve_http<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let activity = Activity::new();
     let svc_state = Arc::clone(&state);
+    let svc_activity = Arc::clone(&activity);
     let service = service_fn(move |request| {
         head_pending.store(false, Ordering::Relaxed);
+        let open = OpenRequest::new(&svc_activity);
         let state = Arc::clone(&svc_state);
         async move {
             let gateway = state.gateway.load_full();
-            Ok::<_, Infallible>(pipeline::handle(gateway, &state.health, conn, request).await)
+            let response = pipeline::handle(gateway, &state.health, conn, request).await;
+            drop(open);
+            Ok::<_, Infallible>(response)
         }
     });
     let connection = state.builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
-    let result = tokio::select! {
-        r = connection.as_mut() => r,
-        _ = drained(&mut draining) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    let idle_timeout = state.header_timeout;
+    let result = loop {
+        // A connection with no request open for header_timeout_s is closed: HTTP/2 with a
+        // GOAWAY, HTTP/1.1 between two requests (its next head counts from the last answer).
+        let idle_at = activity.idle_deadline(idle_timeout);
+        let wake_at = idle_at.unwrap_or_else(|| Instant::now() + idle_timeout);
+        tokio::select! {
+            r = connection.as_mut() => break r,
+            _ = drained(&mut draining) => {
+                connection.as_mut().graceful_shutdown();
+                break connection.await;
+            }
+            _ = tokio::time::sleep_until(wake_at) => {
+                if activity.idle_deadline(idle_timeout).is_some_and(|at| at <= Instant::now()) {
+                    connection.as_mut().graceful_shutdown();
+                    break connection.await;
+                }
+            }
         }
     };
     if let Err(e) = result {

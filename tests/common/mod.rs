@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 
 use hookgate::config::Config;
+use hookgate::limit::LimitClock;
 use hookgate::server::{self, Server};
 
 /// One request the upstream received.
@@ -163,10 +164,15 @@ pub async fn spawn_gateway(config: &str) -> Gateway {
 }
 
 pub async fn spawn_gateway_in(config: &str, dir: &Path) -> Gateway {
+    spawn_gateway_with(config, dir, LimitClock::default()).await
+}
+
+/// A gateway whose rate limits and dedupe run on `clock` (a fake one: no sleeps).
+pub async fn spawn_gateway_with(config: &str, dir: &Path, clock: LimitClock) -> Gateway {
     let path = dir.join("hookgate.toml");
     std::fs::write(&path, config).expect("write config");
     let config = Config::load(&path).expect("valid test config");
-    let prepared = server::prepare(config).expect("prepare");
+    let prepared = server::prepare_with(config, clock, None).expect("prepare");
     let server = Server::start(prepared).await.expect("start");
     let addr = server.local_addr;
     Gateway {

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds every fuzz target and runs each for SECONDS (default 600), one after another,
+# seeded with the vectors' bodies. Needs cargo-fuzz (cargo install cargo-fuzz); on a stable
+# toolchain RUSTC_BOOTSTRAP=1 lets it pass its sanitizer flags.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+SECONDS_EACH=${SECONDS_EACH:-600}
+export RUSTC_BOOTSTRAP=1
+python3 - <<'PY'
+import json, glob, os, hashlib
+for f in glob.glob('../tests/vectors/*.json'):
+    v = json.load(open(f))
+    target = 'normalize_' + v['source']['platform']
+    os.makedirs(f'corpus/{target}', exist_ok=True)
+    body = v['request']['body'].encode()
+    open(f'corpus/{target}/' + hashlib.sha1(body).hexdigest(), 'wb').write(body)
+for f in glob.glob('../tests/vectors/replies/*.json'):
+    v = json.load(open(f))
+    os.makedirs('corpus/reply', exist_ok=True)
+    body = bytes([0]) + v['upstream_body'].encode()
+    open('corpus/reply/' + hashlib.sha1(body).hexdigest(), 'wb').write(body)
+os.makedirs('corpus/config', exist_ok=True)
+open('corpus/config/example', 'wb').write(open('../config/hookgate.toml', 'rb').read())
+PY
+targets=${TARGETS:-"normalize_protocol normalize_spika normalize_barertc normalize_funtek reply config"}
+for t in $targets; do cargo fuzz build --release "$t" 2>&1 | tail -1; done
+for t in $targets; do
+  echo "== $t (${SECONDS_EACH}s)"
+  cargo fuzz run --release "$t" "corpus/$t" -- -max_total_time="$SECONDS_EACH" -print_final_stats=1 2>&1 | tail -25
+done

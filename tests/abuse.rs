@@ -1,0 +1,415 @@
+//! Abuse resistance on real sockets: both rate limits with governor's time on a fake clock,
+//! Retry-After, the X-Forwarded-For rule, dedupe (2xx only, expiry), hostile slow clients,
+//! and a bounded client table under a flood of addresses.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use hookgate::limit::LimitClock;
+
+const SECRET: &str = "abuse-secret";
+
+fn body(id: &str) -> String {
+    format!(r#"{{"id":"{id}","type":"message.created","payload":{{}}}}"#)
+}
+
+async fn deliver(gw: &Gateway, id: &str, extra: &[(&str, &str)]) -> Answer {
+    let b = body(id);
+    let sig = hmac_hex(SECRET, b.as_bytes());
+    let mut headers = vec![("x-protocol-signature", sig.as_str())];
+    headers.extend_from_slice(extra);
+    send(gw.addr, "POST", "/hooks/p", &headers, Bytes::from(b)).await
+}
+
+async fn forged(gw: &Gateway, extra: &[(&str, &str)]) -> Answer {
+    let mut headers = vec![("x-protocol-signature", "00")];
+    headers.extend_from_slice(extra);
+    send(
+        gw.addr,
+        "POST",
+        "/hooks/p",
+        &headers,
+        Bytes::from(body("f")),
+    )
+    .await
+}
+
+async fn gateway(upstream: &Upstream, source: &str, server: &str, clock: &LimitClock) -> Gateway {
+    let config = one_source(
+        &upstream.url("/"),
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        source,
+    )
+    .replace("[server]\n", &format!("[server]\n{server}\n"));
+    spawn_gateway_with(&config, &temp_dir("abuse"), clock.clone()).await
+}
+
+#[tokio::test]
+async fn client_rate_limit_counts_every_request_before_the_proof() {
+    let clock = LimitClock::fake();
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let gw = gateway(
+        &upstream,
+        "rate_limit = { per_second = 1, burst = 1 }\ndedupe_window_s = 0",
+        "client_rate_limit = { per_second = 1, burst = 2 }",
+        &clock,
+    )
+    .await;
+    assert_eq!(forged(&gw, &[]).await.status, 401);
+    assert_eq!(forged(&gw, &[]).await.status, 401);
+    let a = forged(&gw, &[]).await;
+    assert_eq!((a.status, a.header("retry-after")), (429, Some("1")));
+    assert_eq!(a.json(), serde_json::json!({"error":"rate_limited"}));
+    // Even a genuine delivery from this client waits now.
+    assert_eq!(deliver(&gw, "a", &[]).await.status, 429);
+    assert!(upstream.requests().is_empty());
+    clock.advance(Duration::from_secs(1));
+    // The forged traffic did not use up the source's own budget.
+    assert_eq!(deliver(&gw, "a", &[]).await.status, 200);
+    assert_eq!(upstream.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn source_rate_limit_counts_verified_deliveries_only() {
+    let clock = LimitClock::fake();
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let gw = gateway(
+        &upstream,
+        "rate_limit = { per_second = 1, burst = 2 }\ndedupe_window_s = 0",
+        "",
+        &clock,
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(forged(&gw, &[]).await.status, 401);
+    }
+    assert_eq!(deliver(&gw, "1", &[]).await.status, 200);
+    assert_eq!(deliver(&gw, "2", &[]).await.status, 200);
+    let a = deliver(&gw, "3", &[]).await;
+    assert_eq!((a.status, a.header("retry-after")), (429, Some("1")));
+    assert_eq!(upstream.requests().len(), 2);
+    clock.advance(Duration::from_millis(999));
+    assert_eq!(deliver(&gw, "3", &[]).await.status, 429);
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(deliver(&gw, "3", &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn retry_after_is_whole_seconds_of_the_wait() {
+    let clock = LimitClock::fake();
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    // 1 per second, burst 5: after the burst, the next cell is 1 s away.
+    let gw = gateway(
+        &upstream,
+        "dedupe_window_s = 0",
+        "client_rate_limit = { per_second = 1, burst = 5 }",
+        &clock,
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(forged(&gw, &[]).await.status, 401);
+    }
+    clock.advance(Duration::from_millis(300));
+    let a = forged(&gw, &[]).await;
+    // 0.7 s left: rounded up to whole seconds, at least 1.
+    assert_eq!((a.status, a.header("retry-after")), (429, Some("1")));
+}
+
+#[tokio::test]
+async fn client_limit_keys_on_the_forwarded_client_behind_a_trusted_proxy() {
+    let clock = LimitClock::fake();
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let trusted = gateway(
+        &upstream,
+        "dedupe_window_s = 0",
+        "client_rate_limit = { per_second = 1, burst = 1 }\ntrusted_proxies = [\"127.0.0.0/8\"]",
+        &clock,
+    )
+    .await;
+    let a = [("x-forwarded-for", "203.0.113.1")];
+    let b = [("x-forwarded-for", "203.0.113.2")];
+    assert_eq!(forged(&trusted, &a).await.status, 401);
+    assert_eq!(forged(&trusted, &a).await.status, 429);
+    assert_eq!(
+        forged(&trusted, &b).await.status,
+        401,
+        "another client has its own bucket"
+    );
+    // Without trust, the header is ignored: everyone is the loopback peer.
+    let untrusted = gateway(
+        &upstream,
+        "dedupe_window_s = 0",
+        "client_rate_limit = { per_second = 1, burst = 1 }",
+        &clock,
+    )
+    .await;
+    assert_eq!(forged(&untrusted, &a).await.status, 401);
+    assert_eq!(forged(&untrusted, &b).await.status, 429);
+}
+
+#[tokio::test]
+async fn dedupe_answers_duplicates_and_lets_retries_after_failures_through() {
+    let clock = LimitClock::fake();
+    let upstream = spawn_upstream(Reply::json(500, r#"{"down":true}"#)).await;
+    let gw = gateway(&upstream, "", "", &clock).await; // protocol: dedupe 300 s by default
+    // Not 2xx: not remembered, so the sender's retry gets through.
+    assert_eq!(deliver(&gw, "e1", &[]).await.status, 500);
+    assert_eq!(deliver(&gw, "e1", &[]).await.status, 500);
+    assert_eq!(upstream.requests().len(), 2);
+    upstream.set_reply(Reply::json(200, r#"{"ok":1}"#));
+    assert_eq!(deliver(&gw, "e1", &[]).await.status, 200);
+    assert_eq!(upstream.requests().len(), 3);
+    // Now a duplicate: 200 {} and a header, not forwarded.
+    let a = deliver(&gw, "e1", &[]).await;
+    assert_eq!(
+        (a.status, &a.body[..], a.header("x-hookgate-duplicate")),
+        (200, &b"{}"[..], Some("true"))
+    );
+    assert_eq!(upstream.requests().len(), 3);
+    // Another id is not a duplicate.
+    assert_eq!(
+        deliver(&gw, "e2", &[]).await.header("x-hookgate-duplicate"),
+        None
+    );
+    // The window does not grow with duplicates, and ends.
+    clock.advance(Duration::from_secs(299));
+    assert_eq!(
+        deliver(&gw, "e1", &[]).await.header("x-hookgate-duplicate"),
+        Some("true")
+    );
+    clock.advance(Duration::from_secs(1));
+    let a = deliver(&gw, "e1", &[]).await;
+    assert_eq!((a.status, a.header("x-hookgate-duplicate")), (200, None));
+    assert_eq!(upstream.requests().len(), 5);
+}
+
+#[tokio::test]
+async fn dedupe_off_by_default_for_senders_that_read_the_answer() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let gw = spawn_gateway(&one_source(&upstream.url("/"), "funtek", "/f", &["t"], "")).await;
+    let b = r#"{"event":"MESSAGE","data":{"id":"same"}}"#;
+    for _ in 0..3 {
+        let a = send(
+            gw.addr,
+            "POST",
+            "/f?token=t",
+            &[],
+            Bytes::from_static(b.as_bytes()),
+        )
+        .await;
+        assert_eq!((a.status, a.header("x-hookgate-duplicate")), (200, None));
+    }
+    assert_eq!(upstream.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn two_copies_in_flight_are_both_forwarded() {
+    let upstream = spawn_upstream(Reply {
+        delay: Duration::from_millis(300),
+        ..Reply::json(200, "{}")
+    })
+    .await;
+    let gw = gateway(&upstream, "", "", &LimitClock::fake()).await;
+    let (a, b) = tokio::join!(deliver(&gw, "twin", &[]), deliver(&gw, "twin", &[]));
+    assert_eq!((a.status, b.status), (200, 200));
+    assert_eq!(
+        upstream.requests().len(),
+        2,
+        "at least once: neither copy held back"
+    );
+    assert_eq!(
+        deliver(&gw, "twin", &[])
+            .await
+            .header("x-hookgate-duplicate"),
+        Some("true")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_trickling_connections_do_not_block_a_genuine_delivery() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let gw = gateway(
+        &upstream,
+        "",
+        "header_timeout_s = 10\nbody_timeout_s = 10",
+        &LimitClock::default(),
+    )
+    .await;
+    // 500 slowloris heads and 500 slow POST bodies, each dribbling a byte every 200 ms.
+    let mut trickles = Vec::new();
+    for i in 0..1000 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect");
+        let head: &[u8] = if i % 2 == 0 {
+            b"POST /hooks/p HTTP/1.1\r\nhost: x\r\n"
+        } else {
+            b"POST /hooks/p HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n{"
+        };
+        s.write_all(head).await.expect("write");
+        trickles.push(tokio::spawn(async move {
+            for _ in 0..50 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if s.write_all(b"x").await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let a = deliver(&gw, "genuine", &[]).await;
+    let took = started.elapsed();
+    assert_eq!(a.status, 200);
+    assert!(
+        took < Duration::from_secs(1),
+        "a genuine delivery took {took:?}"
+    );
+    assert_eq!(upstream.requests().len(), 1);
+    for t in trickles {
+        t.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_connections_are_cut_at_the_head_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let gw = gateway(
+        &upstream,
+        "",
+        "header_timeout_s = 1",
+        &LimitClock::default(),
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"POST /hooks/p HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    // Keep dribbling header bytes: the deadline is for the whole head, not per byte.
+    let mut buf = [0u8; 256];
+    let closed = loop {
+        if started.elapsed() > Duration::from_secs(4) {
+            break false;
+        }
+        if s.write_all(b"x-a: b\r\n").await.is_err() {
+            break true;
+        }
+        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            _ => {}
+        }
+    };
+    assert!(closed, "the slow head was not cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn http2_connection_without_streams_is_closed_after_the_head_deadline() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let gw = gateway(
+        &upstream,
+        "",
+        "header_timeout_s = 1",
+        &LimitClock::default(),
+    )
+    .await;
+    let stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2");
+    let conn_task = tokio::spawn(conn);
+    // One request, then idle: the connection is closed (GOAWAY) after header_timeout_s.
+    let b = body("h2");
+    let sig = hmac_hex(SECRET, b.as_bytes());
+    let req = http::Request::post(format!("http://{}/hooks/p", gw.addr))
+        .version(http::Version::HTTP_2)
+        .header("x-protocol-signature", sig)
+        .body(http_body_util::Full::new(Bytes::from(b)))
+        .expect("req");
+    assert_eq!(
+        collect(sender.send_request(req).await.expect("resp"))
+            .await
+            .status,
+        200
+    );
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn_task).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection stayed open");
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_100k_addresses_keeps_the_client_table_bounded() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let gw = gateway(
+        &upstream,
+        "dedupe_window_s = 0",
+        "client_rate_limit = { per_second = 1, burst = 1 }\ntrusted_proxies = [\"127.0.0.0/8\"]",
+        &LimitClock::fake(),
+    )
+    .await;
+    // 100 000 distinct client addresses over 64 kept-alive connections.
+    use hyper_util::rt::TokioIo;
+    let mut tasks = Vec::new();
+    for c in 0..64u32 {
+        let addr = gw.addr;
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .expect("hs");
+            tokio::spawn(conn);
+            let mut i = c;
+            while i < 100_000 {
+                let ip = std::net::Ipv4Addr::from(0x0b00_0000 + i).to_string();
+                let req = http::Request::post("/hooks/p")
+                    .header("host", "x")
+                    .header("x-forwarded-for", ip)
+                    .header("x-protocol-signature", "00")
+                    .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
+                    .expect("req");
+                let status = sender.send_request(req).await.expect("resp").status();
+                assert_eq!(status, 401);
+                i += 64;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let len = gw.server.gateway().client_table_len();
+    assert!(
+        len <= hookgate::limit::CLIENT_TABLE_CAPACITY,
+        "client table grew to {len}"
+    );
+    assert!(
+        len > 60_000,
+        "the table should be near its capacity, not empty: {len}"
+    );
+    eprintln!(
+        "client table after 100 000 addresses: {len} entries (capacity {})",
+        hookgate::limit::CLIENT_TABLE_CAPACITY
+    );
+}
