@@ -26,5 +26,6 @@ targets=${TARGETS:-"normalize_protocol normalize_spika normalize_barertc normali
 for t in $targets; do cargo fuzz build --release "$t" 2>&1 | tail -1; done
 for t in $targets; do
   echo "== $t (${SECONDS_EACH}s)"
-  cargo fuzz run --release "$t" "corpus/$t" -- -max_total_time="$SECONDS_EACH" -print_final_stats=1 2>&1 | tail -25
+  cargo fuzz run --release "$t" "corpus/$t" -- -max_total_time="$SECONDS_EACH" -print_final_stats=1 2>&1 | tail -25 ||
+    echo "!! $t stopped with a finding: see artifacts/$t/"
 done
