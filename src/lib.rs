@@ -25,6 +25,7 @@ pub mod error;
 pub mod event;
 pub mod json;
 pub mod limit;
+pub mod metrics;
 pub mod pipeline;
 pub mod platforms;
 pub mod reply;

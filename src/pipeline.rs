@@ -23,11 +23,19 @@ use crate::dedupe::Dedupe;
 use crate::error::{Refusal, error_body};
 use crate::json::Object;
 use crate::limit::{ClientLimiter, LimitClock, SourceLimiter};
+use crate::metrics::{Metrics, SourceMetrics};
 use crate::platforms::{Delivery, Platform};
 use crate::reply::{self, Answer};
 use crate::time::Millis;
 use crate::upstream::{self, Forward, Upstream};
 use crate::verify::Carriers;
+
+/// What outlives a config: the limiters' clock and the metrics.
+#[derive(Clone, Default)]
+pub struct Context {
+    pub clock: LimitClock,
+    pub metrics: Arc<Metrics>,
+}
 
 /// Everything one config makes: swapped whole on reload, so a request in flight finishes
 /// on the config it started with.
@@ -43,6 +51,7 @@ struct Route {
     source: Arc<Source>,
     limiter: Option<Arc<SourceLimiter>>,
     dedupe: Option<Arc<Dedupe>>,
+    metrics: SourceMetrics,
 }
 
 impl Gateway {
@@ -51,9 +60,10 @@ impl Gateway {
     /// whose name and `rate_limit` stay, and `client_rate_limit`'s when it is unchanged.
     pub fn new(
         config: Config,
-        clock: LimitClock,
+        context: &Context,
         previous: Option<&Gateway>,
     ) -> Result<Gateway, upstream::ClientSetupError> {
+        let clock = &context.clock;
         let upstream = Upstream::new(
             config.upstream.ca.as_deref(),
             config.upstream.signing_key.as_ref(),
@@ -80,6 +90,7 @@ impl Gateway {
                     source: Arc::clone(s),
                     limiter,
                     dedupe,
+                    metrics: context.metrics.source(&s.name),
                 };
                 (s.path.clone(), route)
             })
@@ -135,7 +146,8 @@ static X_HOOKGATE_DUPLICATE: header::HeaderName =
 
 /// What a request turned into, for the log line.
 #[derive(Default)]
-struct Outcome {
+struct Outcome<'g> {
+    route: Option<&'g Route>,
     source: Option<Arc<Source>>,
     client: Option<std::net::IpAddr>,
     event_id: Option<HeaderValue>,
@@ -146,6 +158,7 @@ struct Outcome {
 pub async fn handle(
     gateway: Arc<Gateway>,
     health: &Health,
+    metrics: &Metrics,
     conn: Conn,
     request: Request<Incoming>,
 ) -> Response<Body> {
@@ -166,6 +179,7 @@ pub async fn handle(
         return response;
     }
 
+    metrics.in_flight.inc();
     let mut outcome = Outcome::default();
     let method = request.method().clone();
     let path = path.to_string();
@@ -203,6 +217,22 @@ pub async fn handle(
         .insert(upstream::X_REQUEST_ID.clone(), request_id.clone());
 
     let status = response.status().as_u16();
+    metrics.in_flight.dec();
+    let source_metrics = outcome.route.map_or(&metrics.unmatched, |r| &r.metrics);
+    source_metrics.request(status);
+    match &result {
+        Err(Refusal::Unverified(_)) => {
+            source_metrics.verification_failures.inc();
+        }
+        Err(Refusal::ClientRateLimited { .. }) => {
+            source_metrics.rate_limited_client.inc();
+        }
+        Err(Refusal::SourceRateLimited { .. }) => {
+            source_metrics.rate_limited_source.inc();
+        }
+        Err(Refusal::Upstream(e)) => source_metrics.upstream_error(e.kind()),
+        _ => {}
+    }
     let reason = result.as_ref().err().map(|r| r.reason());
     let detail = result.as_ref().err().map(|r| r.to_string());
     tracing::info!(
@@ -253,11 +283,22 @@ fn health_answer(path: &str, method: &Method, health: &Health) -> Response<Body>
     response
 }
 
-/// `/healthz` and `/readyz` for the admin listener.
-pub fn admin_answer(request: &Request<Incoming>, health: &Health) -> Response<Body> {
+/// `/healthz`, `/readyz` and `/metrics` for the admin listener.
+pub fn admin_answer(
+    request: &Request<Incoming>,
+    health: &Health,
+    metrics: &Metrics,
+) -> Response<Body> {
     let path = request.uri().path();
     if path == "/healthz" || path == "/readyz" {
         health_answer(path, request.method(), health)
+    } else if path == "/metrics" {
+        let mut r = Response::new(Full::new(Bytes::from(metrics.encode())));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        r
     } else {
         json_response(
             StatusCode::NOT_FOUND,
@@ -297,12 +338,12 @@ enum Delivered {
 }
 
 /// The checks and the forwarding, top to bottom.
-async fn deliver(
-    gateway: &Gateway,
+async fn deliver<'g>(
+    gateway: &'g Gateway,
     conn: Conn,
     request: Request<Incoming>,
     request_id: &HeaderValue,
-    outcome: &mut Outcome,
+    outcome: &mut Outcome<'g>,
 ) -> Result<Delivered, Refusal> {
     let server = &gateway.config.server;
     let route = gateway
@@ -310,6 +351,7 @@ async fn deliver(
         .get(request.uri().path())
         .ok_or(Refusal::NoRoute)?;
     let source = &route.source;
+    outcome.route = Some(route);
     outcome.source = Some(Arc::clone(source));
     if request.method() != Method::POST {
         return Err(Refusal::Method);
@@ -416,7 +458,8 @@ async fn deliver(
         headers.insert(header::USER_AGENT, ua.clone());
     }
 
-    let answer = gateway
+    let started = Instant::now();
+    let sent = gateway
         .upstream
         .send(Forward {
             uri: &source.upstream,
@@ -425,7 +468,12 @@ async fn deliver(
             event_id_header: event_id,
             body: forward_body,
         })
-        .await?;
+        .await;
+    route.metrics.upstream_duration.observe(started.elapsed());
+    let answer = sent?;
+    if answer.status.is_server_error() {
+        route.metrics.upstream_error("status_5xx");
+    }
     if answer.status.is_success()
         && let (Some(d), Some(id)) = (&route.dedupe, &dedupe_id)
     {

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -25,8 +25,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
-use crate::limit::LimitClock;
-use crate::pipeline::{self, Conn, Gateway, Health};
+use crate::pipeline::{self, Conn, Context, Gateway, Health};
 use crate::tls;
 
 /// Why the gateway could not start (or a reload was refused): one line each.
@@ -50,17 +49,17 @@ pub enum StartError {
 pub struct Prepared {
     pub gateway: Gateway,
     pub tls: Option<TlsAcceptor>,
-    clock: LimitClock,
+    context: Context,
 }
 
 pub fn prepare(config: Config) -> Result<Prepared, StartError> {
-    prepare_with(config, LimitClock::default(), None)
+    prepare_with(config, Context::default(), None)
 }
 
-/// `prepare` with a given clock (tests use a fake one) and the gateway it replaces.
+/// `prepare` with a given context (tests use a fake clock) and the gateway it replaces.
 pub fn prepare_with(
     config: Config,
-    clock: LimitClock,
+    context: Context,
     previous: Option<&Gateway>,
 ) -> Result<Prepared, StartError> {
     let file = config.path.display().to_string();
@@ -75,12 +74,12 @@ pub fn prepare_with(
             source,
         })?
         .map(TlsAcceptor::from);
-    let gateway = Gateway::new(config, clock.clone(), previous)
+    let gateway = Gateway::new(config, &context, previous)
         .map_err(|source| StartError::Upstream { file, source })?;
     Ok(Prepared {
         gateway,
         tls,
-        clock,
+        context,
     })
 }
 
@@ -90,7 +89,7 @@ struct State {
     health: Health,
     builder: auto::Builder<TokioExecutor>,
     header_timeout: Duration,
-    clock: LimitClock,
+    context: Context,
 }
 
 /// A running gateway.
@@ -159,7 +158,7 @@ impl Server {
             },
             builder: http_builder(header_timeout),
             header_timeout,
-            clock: prepared.clock,
+            context: prepared.context,
         });
         let (draining, drain_rx) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(max_connections as usize));
@@ -194,7 +193,7 @@ impl Server {
     pub fn reload(&self) -> Result<Vec<&'static str>, StartError> {
         let old = self.state.gateway.load_full();
         let config = Config::load(&old.config.path)?;
-        let prepared = prepare_with(config, self.state.clock.clone(), Some(&old))?;
+        let prepared = prepare_with(config, self.state.context.clone(), Some(&old))?;
         let (o, n) = (&old.config, &prepared.gateway.config);
         let mut at_next_start = Vec::new();
         if o.server.listen != n.server.listen {
@@ -377,7 +376,14 @@ async fn serve_http<IO>(
         let state = Arc::clone(&svc_state);
         async move {
             let gateway = state.gateway.load_full();
-            let response = pipeline::handle(gateway, &state.health, conn, request).await;
+            let response = pipeline::handle(
+                gateway,
+                &state.health,
+                &state.context.metrics,
+                conn,
+                request,
+            )
+            .await;
             drop(open);
             Ok::<_, Infallible>(response)
         }
@@ -421,7 +427,13 @@ async fn admin_loop(listener: TcpListener, state: Arc<State>) {
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(pipeline::admin_answer(&request, &state.health)) }
+                async move {
+                    Ok::<_, Infallible>(pipeline::admin_answer(
+                        &request,
+                        &state.health,
+                        &state.context.metrics,
+                    ))
+                }
             });
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -454,7 +466,7 @@ impl<IO> HeadDeadline<IO> {
 impl<IO: AsyncRead> AsyncRead for HeadDeadline<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        cx: &mut std::task::Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
@@ -471,20 +483,23 @@ impl<IO: AsyncRead> AsyncRead for HeadDeadline<IO> {
 impl<IO: AsyncWrite> AsyncWrite for HeadDeadline<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.project().io.poll_write(cx, buf)
     }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
         self.project().io.poll_flush(cx)
     }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
         self.project().io.poll_shutdown(cx)
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        cx: &mut std::task::Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.project().io.poll_write_vectored(cx, bufs)

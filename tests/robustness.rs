@@ -167,12 +167,22 @@ fn verifier_for(platform: Platform) -> Verifier {
 fn regression_huge_number_literal_is_kept_in_raw() {
     let body = b"  \n{\"id\": 77,\n  \"type\": \"mesge.reacted\",\n  \"payload\": {\n    \"ie\": \"hi\",\n    \"updated_\\t\": \"yesterday\",\n    \"created_at\": 17E1000000001\n  }\n}";
     let object = Object::parse(body).expect("valid JSON");
-    let delivery = Delivery { source: "s", body, received_at: Millis::now(), include_raw: true };
-    let event = Platform::Protocol.normalize(&object, &delivery).expect("protocol JSON");
+    let delivery = Delivery {
+        source: "s",
+        body,
+        received_at: Millis::now(),
+        include_raw: true,
+    };
+    let event = Platform::Protocol
+        .normalize(&object, &delivery)
+        .expect("protocol JSON");
     let text = serde_json::to_string(&event).expect("serializes");
     assert!(text.contains("\"created_at\": 17E1000000001"), "{text}");
     assert!(text.contains("\"occurred_at\":null"), "{text}");
-    assert!(text.contains("\"type\":\"protocol.mesge.reacted\""), "{text}");
+    assert!(
+        text.contains("\"type\":\"protocol.mesge.reacted\""),
+        "{text}"
+    );
     let _: &serde_json::value::RawValue = serde_json::from_str(&text).expect("grammatical JSON");
 }
 

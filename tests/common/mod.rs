@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use hookgate::config::Config;
 use hookgate::limit::LimitClock;
+use hookgate::pipeline::Context;
 use hookgate::server::{self, Server};
 
 /// One request the upstream received.
@@ -172,7 +173,11 @@ pub async fn spawn_gateway_with(config: &str, dir: &Path, clock: LimitClock) -> 
     let path = dir.join("hookgate.toml");
     std::fs::write(&path, config).expect("write config");
     let config = Config::load(&path).expect("valid test config");
-    let prepared = server::prepare_with(config, clock, None).expect("prepare");
+    let context = Context {
+        clock,
+        ..Context::default()
+    };
+    let prepared = server::prepare_with(config, context, None).expect("prepare");
     let server = Server::start(prepared).await.expect("start");
     let addr = server.local_addr;
     Gateway {

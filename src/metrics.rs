@@ -1,0 +1,311 @@
+//! Prometheus metrics (SPEC §8) with `prometheus-client`, served on the admin listener.
+//!
+//! The hot path takes no lock that all requests contend for: each source gets its handles
+//! (plain atomic counters) once, when a config is loaded; a status counter is looked up in
+//! the label family once per (source, status) and kept. The upstream latency histogram is
+//! our own atomic one, because the crate's `Histogram` takes a mutex on every observation.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceStatus {
+    source: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceScope {
+    source: String,
+    scope: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceKind {
+    source: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Version {
+    version: &'static str,
+}
+
+/// Upper bounds in seconds: 1 ms to 10 s.
+const BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The upstream error kinds, each with its counter made up front.
+pub const UPSTREAM_ERROR_KINDS: [&str; 6] = [
+    "connect",
+    "timeout",
+    "invalid_response",
+    "body_too_large",
+    "content_encoding",
+    "status_5xx",
+];
+
+/// A histogram of atomics: observing is a few relaxed atomic adds, no lock.
+#[derive(Clone, Debug, Default)]
+pub struct AtomicHistogram {
+    inner: Arc<HistogramInner>,
+}
+
+#[derive(Debug, Default)]
+struct HistogramInner {
+    /// One count per bucket of `BUCKETS`, plus +Inf (not cumulative).
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl AtomicHistogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.inner.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.inner.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for AtomicHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for AtomicHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = BUCKETS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.inner.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let sum = self.inner.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        // The count is the buckets' total, so the exposition is self-consistent.
+        let count = buckets.iter().map(|(_, c)| c).sum();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// The process's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<SourceStatus, Counter>,
+    verification_failures: Family<SourceLabel, Counter>,
+    rate_limited: Family<SourceScope, Counter>,
+    upstream_duration: Family<SourceLabel, AtomicHistogram>,
+    upstream_errors: Family<SourceKind, Counter>,
+    pub in_flight: Gauge,
+    /// Requests that match no source count under `source=""`.
+    pub unmatched: SourceMetrics,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("hookgate");
+        let requests = Family::<SourceStatus, Counter>::default();
+        let verification_failures = Family::<SourceLabel, Counter>::default();
+        let rate_limited = Family::<SourceScope, Counter>::default();
+        let upstream_duration = Family::<SourceLabel, AtomicHistogram>::default();
+        let upstream_errors = Family::<SourceKind, Counter>::default();
+        let in_flight = Gauge::default();
+        let build_info = Family::<Version, Gauge>::default();
+        build_info
+            .get_or_create(&Version {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "requests",
+            "Requests to source paths, by source and status",
+            requests.clone(),
+        );
+        registry.register(
+            "verification_failures",
+            "Deliveries whose proof was missing, malformed or wrong",
+            verification_failures.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit (scope client or source)",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time until the upstream's whole answer was read",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failed or 5xx upstream exchanges, by kind",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "in_flight_requests",
+            "Requests being handled now",
+            in_flight.clone(),
+        );
+        registry.register("build_info", "hookgate's version", build_info);
+        let mut m = Metrics {
+            registry,
+            requests,
+            verification_failures,
+            rate_limited,
+            upstream_duration,
+            upstream_errors,
+            in_flight,
+            unmatched: SourceMetrics::placeholder(),
+        };
+        m.unmatched = m.source("");
+        m
+    }
+
+    /// A source's handles (made when a config is loaded, not per request).
+    pub fn source(&self, name: &str) -> SourceMetrics {
+        let label = SourceLabel {
+            source: name.to_string(),
+        };
+        SourceMetrics {
+            name: name.to_string(),
+            statuses: (0..500).map(|_| OnceLock::new()).collect(),
+            requests: self.requests.clone(),
+            verification_failures: self.verification_failures.get_or_create_owned(&label),
+            rate_limited_client: self.rate_limited.get_or_create_owned(&SourceScope {
+                source: name.to_string(),
+                scope: "client",
+            }),
+            rate_limited_source: self.rate_limited.get_or_create_owned(&SourceScope {
+                source: name.to_string(),
+                scope: "source",
+            }),
+            upstream_duration: self.upstream_duration.get_or_create_owned(&label),
+            upstream_errors: UPSTREAM_ERROR_KINDS.map(|kind| {
+                self.upstream_errors.get_or_create_owned(&SourceKind {
+                    source: name.to_string(),
+                    kind,
+                })
+            }),
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// One source's metric handles.
+pub struct SourceMetrics {
+    name: String,
+    /// Status 100..599 → its counter, looked up in the family once.
+    statuses: Box<[OnceLock<Counter>]>,
+    requests: Family<SourceStatus, Counter>,
+    pub verification_failures: Counter,
+    pub rate_limited_client: Counter,
+    pub rate_limited_source: Counter,
+    pub upstream_duration: AtomicHistogram,
+    upstream_errors: [Counter; UPSTREAM_ERROR_KINDS.len()],
+}
+
+impl SourceMetrics {
+    /// Handles registered nowhere (only while `Metrics::new` builds the real ones).
+    fn placeholder() -> SourceMetrics {
+        SourceMetrics {
+            name: String::new(),
+            statuses: Box::new([]),
+            requests: Family::default(),
+            verification_failures: Counter::default(),
+            rate_limited_client: Counter::default(),
+            rate_limited_source: Counter::default(),
+            upstream_duration: AtomicHistogram::default(),
+            upstream_errors: Default::default(),
+        }
+    }
+
+    pub fn request(&self, status: u16) {
+        let Some(slot) = status
+            .checked_sub(100)
+            .and_then(|i| self.statuses.get(usize::from(i)))
+        else {
+            return;
+        };
+        slot.get_or_init(|| {
+            self.requests.get_or_create_owned(&SourceStatus {
+                source: self.name.clone(),
+                status,
+            })
+        })
+        .inc();
+    }
+
+    pub fn upstream_error(&self, kind: &str) {
+        if let Some(i) = UPSTREAM_ERROR_KINDS.iter().position(|k| *k == kind) {
+            self.upstream_errors[i].inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_the_spec_families() {
+        let m = Metrics::new();
+        let s = m.source("p");
+        s.request(200);
+        s.request(200);
+        s.request(401);
+        s.verification_failures.inc();
+        s.upstream_duration.observe(Duration::from_millis(3));
+        s.upstream_error("status_5xx");
+        m.unmatched.request(404);
+        let text = m.encode();
+        for line in [
+            "hookgate_requests_total{source=\"p\",status=\"200\"} 2",
+            "hookgate_requests_total{source=\"p\",status=\"401\"} 1",
+            "hookgate_requests_total{source=\"\",status=\"404\"} 1",
+            "hookgate_verification_failures_total{source=\"p\"} 1",
+            "hookgate_upstream_duration_seconds_bucket{le=\"0.005\",source=\"p\"} 1",
+            "hookgate_upstream_duration_seconds_count{source=\"p\"} 1",
+            "hookgate_upstream_errors_total{source=\"p\",kind=\"status_5xx\"} 1",
+            "hookgate_in_flight_requests 0",
+        ] {
+            assert!(text.contains(line), "missing {line}\n{text}");
+        }
+        assert!(text.contains("hookgate_build_info{version=\""), "{text}");
+    }
+}

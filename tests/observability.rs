@@ -1,0 +1,308 @@
+//! Metrics and logs after real traffic: exact counts per label set from a scrape parsed
+//! with a Prometheus text parser; JSON log lines that parse and carry the fields; no secret
+//! anywhere in what an operator sees.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+
+const SECRET: &str = "metrics-SECRET-value";
+
+fn body(id: &str) -> String {
+    format!(r#"{{"id":"{id}","type":"message.created","payload":{{}}}}"#)
+}
+
+async fn deliver(addr: SocketAddr, path: &str, id: &str, key: &str) -> u16 {
+    let b = body(id);
+    let sig = hmac_hex(key, b.as_bytes());
+    send(
+        addr,
+        "POST",
+        path,
+        &[("x-protocol-signature", &sig)],
+        Bytes::from(b),
+    )
+    .await
+    .status
+}
+
+/// The scrape as (metric name, sorted labels) → value.
+fn scrape(text: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
+    let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("valid exposition");
+    let mut out = HashMap::new();
+    for s in parsed.samples {
+        let mut labels: Vec<(String, String)> = s
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.sort();
+        match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => {
+                out.insert((s.metric, labels), v);
+            }
+            prometheus_parse::Value::Histogram(buckets) => {
+                for b in buckets {
+                    let mut l = labels.clone();
+                    l.push(("le".into(), b.less_than.to_string()));
+                    l.sort();
+                    out.insert((format!("{}_bucket", s.metric), l), b.count);
+                }
+            }
+            prometheus_parse::Value::Summary(_) => {}
+        }
+    }
+    out
+}
+
+fn get(
+    m: &HashMap<(String, Vec<(String, String)>), f64>,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    let mut l: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    l.sort();
+    m.get(&(name.to_string(), l)).copied()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_exactly_what_happened() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}/", l.local_addr().expect("addr"))
+    };
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = {:?}\n\n\
+         [[source]]\nname = \"p\"\nplatform = \"protocol\"\npath = \"/p\"\nsecrets = [{SECRET:?}]\n\
+         dedupe_window_s = 0\nrate_limit = {{ per_second = 1, burst = 3 }}\n\n\
+         [[source]]\nname = \"down\"\nplatform = \"protocol\"\npath = \"/down\"\nsecrets = [{SECRET:?}]\nupstream = {dead:?}\n",
+        upstream.url("/")
+    );
+    let gw = spawn_gateway(&config).await;
+    let admin = gw.server.admin_addr.expect("admin");
+
+    for i in 0..3 {
+        assert_eq!(deliver(gw.addr, "/p", &i.to_string(), SECRET).await, 200);
+    }
+    assert_eq!(deliver(gw.addr, "/p", "x", "wrong").await, 401);
+    assert_eq!(deliver(gw.addr, "/p", "y", "wrong").await, 401);
+    assert_eq!(deliver(gw.addr, "/p", "4", SECRET).await, 429);
+    assert_eq!(deliver(gw.addr, "/p", "5", SECRET).await, 429);
+    assert_eq!(deliver(gw.addr, "/down", "6", SECRET).await, 502);
+    assert_eq!(
+        deliver(gw.addr, "/scanner/wp-login.php", "7", SECRET).await,
+        404
+    );
+    assert_eq!(deliver(gw.addr, "/another/path", "8", SECRET).await, 404);
+    // Health checks are not counted.
+    assert_eq!(
+        send(gw.addr, "GET", "/healthz", &[], Bytes::new())
+            .await
+            .status,
+        200
+    );
+
+    let a = send(admin, "GET", "/metrics", &[], Bytes::new()).await;
+    assert_eq!(a.status, 200);
+    let text = String::from_utf8(a.body.to_vec()).expect("utf-8");
+    assert!(!text.contains(SECRET));
+    let m = scrape(&text);
+    let requests = "hookgate_requests_total";
+    assert_eq!(
+        get(&m, requests, &[("source", "p"), ("status", "200")]),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        get(&m, requests, &[("source", "p"), ("status", "401")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        get(&m, requests, &[("source", "p"), ("status", "429")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        get(&m, requests, &[("source", "down"), ("status", "502")]),
+        Some(1.0)
+    );
+    // Unmatched paths count under source="" and never under their own path.
+    assert_eq!(
+        get(&m, requests, &[("source", ""), ("status", "404")]),
+        Some(2.0)
+    );
+    assert!(!text.contains("wp-login"));
+    assert_eq!(
+        get(
+            &m,
+            "hookgate_verification_failures_total",
+            &[("source", "p")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        get(
+            &m,
+            "hookgate_rate_limited_total",
+            &[("source", "p"), ("scope", "source")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        get(
+            &m,
+            "hookgate_rate_limited_total",
+            &[("source", "p"), ("scope", "client")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        get(
+            &m,
+            "hookgate_upstream_errors_total",
+            &[("source", "down"), ("kind", "connect")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        get(
+            &m,
+            "hookgate_upstream_duration_seconds_count",
+            &[("source", "p")]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        get(
+            &m,
+            "hookgate_upstream_duration_seconds_bucket",
+            &[("source", "p"), ("le", "inf")]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(get(&m, "hookgate_in_flight_requests", &[]), Some(0.0));
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        get(&m, "hookgate_build_info", &[("version", version)]),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_lines_carry_the_fields_and_no_secret() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("a")
+        .port();
+    let dir = temp_dir("json-logs");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nlog_format = \"json\"\n[upstream]\nurl = {:?}\n\n\
+         [[source]]\nname = \"p\"\nplatform = \"protocol\"\npath = \"/p\"\nsecrets = [{SECRET:?}]\n\n\
+         [[source]]\nname = \"f\"\nplatform = \"funtek\"\npath = \"/f\"\nsecrets = [{SECRET:?}]\n",
+        upstream.url("/")
+    );
+    let path = dir.join("hookgate.toml");
+    std::fs::write(&path, config).expect("write");
+    let log = dir.join("out.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["run", "--config", &path.display().to_string()])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::from(out.try_clone().expect("clone")))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .expect("spawn");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(deliver(addr, "/p", "ok-1", SECRET).await, 200);
+    assert_eq!(deliver(addr, "/p", "bad", "wrong").await, 401);
+    let a = send(
+        addr,
+        "POST",
+        &format!("/f?token={SECRET}"),
+        &[],
+        Bytes::from_static(br#"{"event":"MESSAGE"}"#),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0));
+
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(!text.contains(SECRET), "a secret in the log:\n{text}");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let requests: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "hookgate::request")
+        .collect();
+    assert_eq!(requests.len(), 3, "{text}");
+    let ok = requests
+        .iter()
+        .find(|l| l["event_id"] == "ok-1")
+        .expect("the 200 line");
+    for field in [
+        "source",
+        "platform",
+        "status",
+        "duration_ms",
+        "event_id",
+        "event_type",
+        "request_id",
+        "client",
+        "reason",
+    ] {
+        assert!(ok.get(field).is_some(), "{field} missing in {ok}");
+    }
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["source"], "p");
+    assert_eq!(ok["event_type"], "message.created");
+    let refused = requests
+        .iter()
+        .find(|l| l["status"] == 401)
+        .expect("the 401 line");
+    assert_eq!(refused["reason"], "bad_signature");
+    let funtek = requests
+        .iter()
+        .find(|l| l["source"] == "f")
+        .expect("the funtek line");
+    assert_eq!(
+        funtek["path"], "/f",
+        "the query (holding the token) is not logged"
+    );
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("listening")
+            || l["message"].as_str().unwrap_or("").contains("listening")),
+        "{text}"
+    );
+}
