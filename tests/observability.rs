@@ -32,8 +32,11 @@ async fn deliver(addr: SocketAddr, path: &str, id: &str, key: &str) -> u16 {
     .status
 }
 
-/// The scrape as (metric name, sorted labels) → value.
-fn scrape(text: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
+/// (metric name, sorted labels) → value.
+type Samples = HashMap<(String, Vec<(String, String)>), f64>;
+
+/// The scrape, parsed.
+fn scrape(text: &str) -> Samples {
     let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
         .expect("valid exposition");
     let mut out = HashMap::new();
@@ -64,11 +67,7 @@ fn scrape(text: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
     out
 }
 
-fn get(
-    m: &HashMap<(String, Vec<(String, String)>), f64>,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<f64> {
+fn get(m: &Samples, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let mut l: Vec<(String, String)> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
