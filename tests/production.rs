@@ -1,0 +1,719 @@
+//! Production operation: real TLS handshakes with rcgen certificates (HTTP/1.1 and HTTP/2 by
+//! ALPN, mTLS), an HTTPS upstream with a private CA, SIGTERM during a slow delivery, SIGHUP
+//! secret rotation and a refused reload, the dev-cert script, and the Kubernetes manifests.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::TlsConnector;
+
+const SECRET: &str = "prod-secret";
+const BODY: &str = r#"{"id":"t1","type":"message.created","payload":{}}"#;
+
+/// A test PKI written to `dir`: ca.crt, server.crt/key (127.0.0.1, localhost), client.crt/key.
+struct Pki {
+    ca: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    dir: PathBuf,
+}
+
+fn make_pki(dir: &Path) -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "hookgate test CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
+    std::fs::write(dir.join("ca.crt"), ca.pem()).expect("write");
+
+    let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose, stem: &str| {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(names).expect("params");
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &ca).expect("sign");
+        std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).expect("write");
+        std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).expect("write");
+    };
+    leaf(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+        "server",
+    );
+    leaf(
+        vec!["client".into()],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        "client",
+    );
+    Pki {
+        ca: dir.join("ca.crt"),
+        client_cert: dir.join("client.crt"),
+        client_key: dir.join("client.key"),
+        dir: dir.to_path_buf(),
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS client trusting the test CA, offering `alpn`, optionally with a client certificate.
+fn connector(pki: &Pki, alpn: &[&[u8]], with_client_cert: bool) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&pki.ca)
+        .expect("ca")
+        .flatten()
+    {
+        roots.add(c).expect("root");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let mut config = if with_client_cert {
+        let chain: Vec<_> = CertificateDer::pem_file_iter(&pki.client_cert)
+            .expect("cert")
+            .flatten()
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(&pki.client_key).expect("key");
+        builder
+            .with_client_auth_cert(chain, key)
+            .expect("client auth")
+    } else {
+        builder.with_no_client_auth()
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsConnector::from(Arc::new(config))
+}
+
+async fn tls_connect(
+    addr: SocketAddr,
+    c: &TlsConnector,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    c.connect(
+        ServerName::try_from("127.0.0.1").expect("name").to_owned(),
+        tcp,
+    )
+    .await
+}
+
+fn signed_request(uri: &str, version: http::Version) -> http::Request<Full<Bytes>> {
+    http::Request::post(uri)
+        .version(version)
+        .header("host", "127.0.0.1")
+        .header("x-protocol-signature", hmac_hex(SECRET, BODY.as_bytes()))
+        .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+        .expect("request")
+}
+
+/// A protocol source behind TLS with the PKI's files (relative to the config's folder).
+fn tls_config(upstream: &str, client_ca: bool) -> String {
+    let ca = if client_ca {
+        ", client_ca = \"ca.crt\""
+    } else {
+        ""
+    };
+    one_source(upstream, "protocol", "/hooks/p", &[SECRET], "").replace(
+        "[server]\n",
+        &format!("[server]\ntls = {{ cert = \"server.crt\", key = \"server.key\"{ca} }}\n"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_delivery_over_http1_and_http2_by_alpn() {
+    let dir = temp_dir("tls");
+    let pki = make_pki(&dir);
+    let upstream = spawn_upstream(Reply::json(200, r#"{"ok":true}"#)).await;
+    let config =
+        tls_config(&upstream.url("/"), false).replace("secrets", "dedupe_window_s = 0\nsecrets");
+    let gw = spawn_gateway_in(&config, &pki.dir).await;
+
+    // HTTP/1.1
+    let tls = tls_connect(gw.addr, &connector(&pki, &[b"http/1.1"], false))
+        .await
+        .expect("handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("h1");
+    tokio::spawn(conn);
+    let a = collect(
+        sender
+            .send_request(signed_request("/hooks/p", http::Version::HTTP_11))
+            .await
+            .expect("resp"),
+    )
+    .await;
+    assert_eq!((a.status, &a.body[..]), (200, &br#"{"ok":true}"#[..]));
+
+    // HTTP/2, chosen by ALPN
+    let tls = tls_connect(gw.addr, &connector(&pki, &[b"h2", b"http/1.1"], false))
+        .await
+        .expect("handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("h2");
+    tokio::spawn(conn);
+    let a = collect(
+        sender
+            .send_request(signed_request(
+                "https://127.0.0.1/hooks/p",
+                http::Version::HTTP_2,
+            ))
+            .await
+            .expect("resp"),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+
+    let fwd = upstream.requests();
+    assert_eq!(fwd.len(), 2);
+    assert!(
+        fwd.iter()
+            .all(|r| r.header("x-forwarded-proto") == Some("https"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_on_the_tls_port_gets_no_answer() {
+    let dir = temp_dir("tls-plain");
+    let pki = make_pki(&dir);
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let gw = spawn_gateway_in(&tls_config(&upstream.url("/"), false), &pki.dir).await;
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let out = raw_exchange(
+        gw.addr,
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(!out.contains("200"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_refuses_a_client_without_a_certificate_and_serves_one_with() {
+    let dir = temp_dir("mtls");
+    let pki = make_pki(&dir);
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let gw = spawn_gateway_in(&tls_config(&upstream.url("/"), true), &pki.dir).await;
+
+    // Without a certificate: refused at the handshake (TLS 1.3 reports it on first use).
+    let refused = async {
+        let tls = tls_connect(gw.addr, &connector(&pki, &[b"http/1.1"], false)).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        sender
+            .send_request(signed_request("/hooks/p", http::Version::HTTP_11))
+            .await
+            .map_err(std::io::Error::other)
+    }
+    .await;
+    assert!(
+        refused.is_err(),
+        "a client without a certificate was served"
+    );
+    assert!(upstream.requests().is_empty());
+
+    let tls = tls_connect(gw.addr, &connector(&pki, &[b"http/1.1"], true))
+        .await
+        .expect("handshake");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("h1");
+    tokio::spawn(conn);
+    let a = collect(
+        sender
+            .send_request(signed_request("/hooks/p", http::Version::HTTP_11))
+            .await
+            .expect("resp"),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(upstream.requests().len(), 1);
+}
+
+/// An HTTPS upstream with the test PKI's server certificate; records bodies.
+async fn spawn_tls_upstream(pki: &Pki) -> (SocketAddr, Arc<std::sync::Mutex<Vec<Bytes>>>) {
+    use http_body_util::BodyExt;
+    let chain: Vec<_> = CertificateDer::pem_file_iter(pki.dir.join("server.crt"))
+        .expect("c")
+        .flatten()
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(pki.dir.join("server.key")).expect("k");
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("v")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("cert");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, seen) = (acceptor.clone(), Arc::clone(&seen2));
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let seen = Arc::clone(&seen);
+                        async move {
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            seen.lock().expect("lock").push(body);
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from_static(b"{}"),
+                            )))
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_with_a_private_ca() {
+    let dir = temp_dir("tls-up");
+    let pki = make_pki(&dir);
+    let (up, seen) = spawn_tls_upstream(&pki).await;
+    let url = format!("https://127.0.0.1:{}/app", up.port());
+    // Trusted through [upstream] ca: delivered.
+    let config = one_source(&url, "protocol", "/hooks/p", &[SECRET], "").replace(
+        "timeout_ms = 5000\n",
+        "timeout_ms = 5000\nca = \"ca.crt\"\n",
+    );
+    let gw = spawn_gateway_in(&config, &pki.dir).await;
+    let sig = hmac_hex(SECRET, BODY.as_bytes());
+    let a = send(
+        gw.addr,
+        "POST",
+        "/hooks/p",
+        &[("x-protocol-signature", &sig)],
+        Bytes::from_static(BODY.as_bytes()),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(seen.lock().expect("lock").len(), 1);
+    // Without the CA the certificate is unknown: 502, nothing delivered.
+    let gw = spawn_gateway_in(
+        &one_source(&url, "protocol", "/hooks/p", &[SECRET], ""),
+        &temp_dir("tls-up2"),
+    )
+    .await;
+    let a = send(
+        gw.addr,
+        "POST",
+        "/hooks/p",
+        &[("x-protocol-signature", &sig)],
+        Bytes::from_static(BODY.as_bytes()),
+    )
+    .await;
+    assert_eq!(a.status, 502);
+    assert_eq!(seen.lock().expect("lock").len(), 1);
+}
+
+#[test]
+fn unreadable_certificates_exit_2_naming_the_path() {
+    let dir = temp_dir("tls-bad");
+    make_pki(&dir);
+    std::fs::write(dir.join("server.key"), "not a key").expect("write");
+    let path = dir.join("hookgate.toml");
+    std::fs::write(&path, tls_config("http://127.0.0.1:9/", false)).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["check", "--config", &path.display().to_string()])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("server.key"), "{err}");
+}
+
+#[test]
+fn the_dev_cert_script_makes_certificates_that_load() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        panic!("openssl is needed for this test (CI installs it)");
+    }
+    let dir = temp_dir("devcerts");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/make-dev-certs.sh");
+    let st = Command::new("bash")
+        .arg(script)
+        .arg(&dir)
+        .output()
+        .expect("run script");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let config = one_source("http://127.0.0.1:9/", "protocol", "/p", &["s"], "").replace(
+        "[server]\n",
+        "[server]\ntls = { cert = \"server.crt\", key = \"server.key\", client_ca = \"ca.crt\" }\n",
+    );
+    let path = dir.join("hookgate.toml");
+    std::fs::write(&path, config).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["check", "--config", &path.display().to_string()])
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("https"));
+}
+
+// ------------------------------------------------------------------ signals
+
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+fn spawn_process(dir: &Path, config: &str) -> Proc {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("a")
+        .port();
+    let config = config.replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = dir.join("hookgate.toml");
+    std::fs::write(&path, config).expect("write");
+    let log = dir.join("out.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["run", "--config", &path.display().to_string()])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(out.try_clone().expect("clone")))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .expect("spawn");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Proc { child, addr, log }
+}
+
+async fn deliver_with(addr: SocketAddr, key: &str, id: &str) -> u16 {
+    let b = format!(r#"{{"id":"{id}","type":"message.created"}}"#);
+    let sig = hmac_hex(key, b.as_bytes());
+    send(
+        addr,
+        "POST",
+        "/hooks/p",
+        &[("x-protocol-signature", &sig)],
+        Bytes::from(b),
+    )
+    .await
+    .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_delivery_finish_then_exits_0() {
+    let upstream = spawn_upstream(Reply {
+        delay: Duration::from_millis(1500),
+        ..Reply::json(200, r#"{"slow":true}"#)
+    })
+    .await;
+    let dir = temp_dir("sigterm");
+    let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "").replace(
+        "[server]\n",
+        "[server]\nshutdown_delay_s = 1\nshutdown_grace_s = 10\n",
+    );
+    let mut p = spawn_process(&dir, &config);
+    let addr = p.addr;
+    let in_flight = tokio::spawn(async move {
+        let sig = hmac_hex(SECRET, BODY.as_bytes());
+        send(
+            addr,
+            "POST",
+            "/hooks/p",
+            &[("x-protocol-signature", &sig)],
+            Bytes::from_static(BODY.as_bytes()),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // During shutdown_delay_s: still serving, but not ready.
+    assert_eq!(
+        send(addr, "GET", "/readyz", &[], Bytes::new()).await.status,
+        503
+    );
+    assert_eq!(
+        send(addr, "GET", "/healthz", &[], Bytes::new())
+            .await
+            .status,
+        200
+    );
+    let a = in_flight.await.expect("task");
+    assert_eq!(
+        (a.status, &a.body[..]),
+        (200, &br#"{"slow":true}"#[..]),
+        "the in-flight delivery completed"
+    );
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0), "{}", p.log());
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still accepting after exit"
+    );
+    assert_eq!(upstream.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rotates_secrets_and_keeps_the_old_config_when_the_new_one_is_invalid() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let dir = temp_dir("sighup");
+    std::fs::write(dir.join("p.secret"), "old-secret\n").expect("write");
+    let config = one_source(
+        &upstream.url("/"),
+        "protocol",
+        "/hooks/p",
+        &["file:p.secret"],
+        "dedupe_window_s = 0",
+    );
+    let mut p = spawn_process(&dir, &config);
+    assert_eq!(deliver_with(p.addr, "old-secret", "1").await, 200);
+    assert_eq!(deliver_with(p.addr, "new-secret", "2").await, 401);
+
+    std::fs::write(dir.join("p.secret"), "new-secret\n").expect("write");
+    p.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while deliver_with(p.addr, "new-secret", "3").await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the new secret never verified:\n{}",
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(deliver_with(p.addr, "old-secret", "4").await, 401);
+    assert!(p.log().contains("config reloaded"), "{}", p.log());
+
+    // An invalid config: logged in one line, the old one stays.
+    std::fs::write(dir.join("hookgate.toml"), "[server]\nlisten = 5\n").expect("write");
+    p.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !p.log().contains("reload refused") {
+        assert!(Instant::now() < deadline, "{}", p.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(deliver_with(p.addr, "new-secret", "5").await, 200);
+    let refused: Vec<String> = p
+        .log()
+        .lines()
+        .filter(|l| l.contains("reload refused"))
+        .map(String::from)
+        .collect();
+    assert_eq!(refused.len(), 1);
+    assert!(
+        refused[0].contains("hookgate.toml") && refused[0].contains("listen"),
+        "{}",
+        refused[0]
+    );
+    assert!(!p.log().contains("new-secret") && !p.log().contains("old-secret"));
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+// -------------------------------------------------------------- kubernetes
+
+fn yaml_docs(path: &str) -> Vec<yaml_rust2::Yaml> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        .expect("manifest");
+    yaml_rust2::YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn find<'a>(docs: &'a [yaml_rust2::Yaml], kind: &str) -> &'a yaml_rust2::Yaml {
+    docs.iter()
+        .find(|d| d["kind"].as_str() == Some(kind))
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+/// The ConfigMap's hookgate.toml validates as hookgate would read it in the pod, with the
+/// Secret's keys as files beside it.
+fn check_configmap(docs: &[yaml_rust2::Yaml]) -> hookgate::config::Config {
+    let cm = find(docs, "ConfigMap");
+    let toml = cm["data"]["hookgate.toml"]
+        .as_str()
+        .expect("hookgate.toml in the ConfigMap");
+    let secret = find(docs, "Secret");
+    let dir = temp_dir("k8s");
+    let data = secret["stringData"].as_hash().expect("Secret stringData");
+    std::fs::create_dir_all(dir.join("secrets")).expect("dir");
+    for (k, v) in data {
+        std::fs::write(
+            dir.join("secrets").join(k.as_str().expect("key")),
+            v.as_str().expect("value"),
+        )
+        .expect("write");
+    }
+    hookgate::config::Config::from_toml_str(toml, &dir.join("hookgate.toml"))
+        .unwrap_or_else(|e| panic!("ConfigMap config: {e}"))
+}
+
+fn hookgate_container(deploy: &yaml_rust2::Yaml) -> &yaml_rust2::Yaml {
+    deploy["spec"]["template"]["spec"]["containers"]
+        .as_vec()
+        .expect("containers")
+        .iter()
+        .find(|c| c["name"].as_str() == Some("hookgate"))
+        .expect("a hookgate container")
+}
+
+#[test]
+fn kubernetes_manifests_parse_and_match_the_config() {
+    for (path, sidecar) in [
+        ("deploy/kubernetes/sidecar.yaml", true),
+        ("deploy/kubernetes/standalone.yaml", false),
+    ] {
+        let docs = yaml_docs(path);
+        let config = check_configmap(&docs);
+        let deploy = find(&docs, "Deployment");
+        let pod = &deploy["spec"]["template"]["spec"];
+        let c = hookgate_container(deploy);
+        let port = config.server.listen.port() as i64;
+        assert_eq!(
+            c["readinessProbe"]["httpGet"]["path"].as_str(),
+            Some("/readyz"),
+            "{path}"
+        );
+        assert_eq!(
+            c["livenessProbe"]["httpGet"]["path"].as_str(),
+            Some("/healthz"),
+            "{path}"
+        );
+        assert_eq!(
+            c["readinessProbe"]["httpGet"]["port"].as_i64(),
+            Some(port),
+            "{path}"
+        );
+        let grace = pod["terminationGracePeriodSeconds"]
+            .as_i64()
+            .expect("terminationGracePeriodSeconds");
+        let needed = (config.server.shutdown_delay + config.server.shutdown_grace).as_secs() as i64;
+        assert!(
+            grace > needed,
+            "{path}: terminationGracePeriodSeconds {grace} must exceed {needed}"
+        );
+        assert_eq!(
+            c["securityContext"]["runAsNonRoot"].as_bool(),
+            Some(true),
+            "{path}"
+        );
+        let mounts: Vec<&str> = c["volumeMounts"]
+            .as_vec()
+            .expect("mounts")
+            .iter()
+            .filter_map(|m| m["mountPath"].as_str())
+            .collect();
+        assert!(mounts.contains(&"/etc/hookgate"), "{path}: {mounts:?}");
+        assert!(
+            mounts.contains(&"/etc/hookgate/secrets"),
+            "{path}: {mounts:?}"
+        );
+        let service = find(&docs, "Service");
+        let ports = service["spec"]["ports"].as_vec().expect("ports");
+        assert_eq!(
+            ports.len(),
+            1,
+            "{path}: the Service exposes only hookgate's port"
+        );
+        assert_eq!(ports[0]["targetPort"].as_i64(), Some(port), "{path}");
+        let upstream = config.sources[0].upstream.to_string();
+        if sidecar {
+            let containers = pod["containers"].as_vec().expect("containers");
+            assert_eq!(containers.len(), 2, "{path}: app and hookgate");
+            assert!(
+                upstream.starts_with("http://127.0.0.1:"),
+                "{path}: forwards to the app on localhost: {upstream}"
+            );
+        } else {
+            assert!(
+                upstream.contains(".svc"),
+                "{path}: forwards to the app's Service: {upstream}"
+            );
+        }
+    }
+}
