@@ -125,7 +125,9 @@ fn run(config: Config) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The main runtime only accepts, answers the admin listener and handles signals: the
+    // requests are served by the server's worker threads.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -31,10 +31,31 @@ use crate::upstream::{self, Forward, Upstream};
 use crate::verify::Carriers;
 
 /// What outlives a config: the limiters' clock and the metrics.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Context {
     pub clock: LimitClock,
     pub metrics: Arc<Metrics>,
+    /// How many worker threads serve connections (each with its own upstream client).
+    pub workers: usize,
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context {
+            clock: LimitClock::default(),
+            metrics: Arc::default(),
+            workers: default_workers(),
+        }
+    }
+}
+
+/// One worker per core (`HOOKGATE_WORKERS` overrides it).
+fn default_workers() -> usize {
+    std::env::var("HOOKGATE_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .filter(|w| *w > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Everything one config makes: swapped whole on reload, so a request in flight finishes
@@ -42,7 +63,9 @@ pub struct Context {
 pub struct Gateway {
     pub config: Config,
     routes: HashMap<String, Route>,
-    upstream: Upstream,
+    /// One pooled client per worker thread: a connection is only ever used on the thread
+    /// whose runtime drives it.
+    upstreams: Vec<Upstream>,
     client_limiter: Option<Arc<ClientLimiter>>,
 }
 
@@ -64,11 +87,15 @@ impl Gateway {
         previous: Option<&Gateway>,
     ) -> Result<Gateway, upstream::ClientSetupError> {
         let clock = &context.clock;
-        let upstream = Upstream::new(
-            config.upstream.ca.as_deref(),
-            config.upstream.signing_key.as_ref(),
-            config.server.max_body_bytes,
-        )?;
+        let upstreams = (0..context.workers.max(1))
+            .map(|_| {
+                Upstream::new(
+                    config.upstream.ca.as_deref(),
+                    config.upstream.signing_key.as_ref(),
+                    config.server.max_body_bytes,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let old_route =
             |name: &str| previous.and_then(|p| p.routes.values().find(|r| r.source.name == name));
         let routes = config
@@ -104,7 +131,7 @@ impl Gateway {
         Ok(Gateway {
             config,
             routes,
-            upstream,
+            upstreams,
             client_limiter,
         })
     }
@@ -130,6 +157,8 @@ impl Gateway {
 pub struct Conn {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The worker thread serving it.
+    pub worker: usize,
 }
 
 /// Process-wide state the request path reads.
@@ -181,8 +210,9 @@ pub async fn handle(
 
     metrics.in_flight.inc();
     let mut outcome = Outcome::default();
-    let method = request.method().clone();
-    let path = path.to_string();
+    // What the log line needs of the request, only when it will be written.
+    let logged = tracing::enabled!(target: "hookgate::request", tracing::Level::INFO)
+        .then(|| (request.method().clone(), path.to_string()));
     let result = deliver(&gateway, conn, request, &request_id, &mut outcome).await;
     let barertc = outcome
         .source
@@ -233,6 +263,30 @@ pub async fn handle(
         Err(Refusal::Upstream(e)) => source_metrics.upstream_error(e.kind()),
         _ => {}
     }
+    if let Some(request_line) = logged {
+        log_request(
+            &outcome,
+            &result,
+            conn,
+            &request_id,
+            status,
+            started,
+            &request_line,
+        );
+    }
+    response
+}
+
+/// The one log line per request.
+fn log_request(
+    outcome: &Outcome<'_>,
+    result: &Result<Delivered, Refusal>,
+    conn: Conn,
+    request_id: &HeaderValue,
+    status: u16,
+    started: Instant,
+    (method, path): &(Method, String),
+) {
     let reason = result.as_ref().err().map(|r| r.reason());
     let detail = result.as_ref().err().map(|r| r.to_string());
     tracing::info!(
@@ -251,7 +305,6 @@ pub async fn handle(
         detail = detail.as_deref().unwrap_or(""),
         "request"
     );
-    response
 }
 
 /// A fresh request id: 32 hex digits (not a secret, so a fast generator does).
@@ -394,25 +447,9 @@ async fn deliver<'g>(
         headers: &parts.headers,
         query: parts.uri.query(),
     };
-    let verified = source.verifier.verify(&carriers, body)?;
-
-    let object = Object::parse(verified.body())
-        .ok_or(Refusal::NotPlatformJson("the body is not a JSON object"))?;
-    let delivery = Delivery {
-        source: &source.name,
-        body: verified.body(),
-        received_at: Millis::now(),
-        include_raw: source.include_raw,
-    };
-    let event = source
-        .platform
-        .normalize(&object, &delivery)
-        .map_err(|e| Refusal::NotPlatformJson(e.0))?;
-    let event_id = upstream::encode_id(&event.id);
-    outcome.event_id = Some(event_id.clone());
-    outcome.event_type = Some(event.kind.to_string());
-    let event_type =
-        HeaderValue::from_str(&event.kind).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    let delivery = process(source, &carriers, body, Millis::now())?;
+    outcome.event_id = Some(delivery.event_id_header.clone());
+    outcome.event_type = delivery.event_type.to_str().ok().map(String::from);
 
     // Verified deliveries only count against the source's budget.
     if let Some(limiter) = &route.limiter {
@@ -420,21 +457,19 @@ async fn deliver<'g>(
             .check()
             .map_err(|retry_after_s| Refusal::SourceRateLimited { retry_after_s })?;
     }
-    if route.dedupe.as_ref().is_some_and(|d| d.seen(&event.id)) {
+    if route
+        .dedupe
+        .as_ref()
+        .is_some_and(|d| d.seen(&delivery.event_id))
+    {
         return Ok(Delivered::Duplicate);
     }
-    let dedupe_id = route.dedupe.as_ref().map(|_| event.id.to_string());
-
-    let forward_body = match source.forward {
-        ForwardMode::Event => {
-            let mut out = Vec::with_capacity(verified.body().len() + 512);
-            serde_json::to_writer(&mut out, &event)
-                .map_err(|e| Refusal::BadBody(format!("event serialization: {e}")))?;
-            Bytes::from(out)
-        }
-        ForwardMode::Raw => verified.body().clone(),
-    };
-    drop(event);
+    let Processed {
+        event_id,
+        event_id_header,
+        event_type,
+        body: forward_body,
+    } = delivery;
 
     let mut headers = HeaderMap::with_capacity(12);
     headers.insert(
@@ -445,7 +480,10 @@ async fn deliver<'g>(
         upstream::X_HOOKGATE_PLATFORM.clone(),
         HeaderValue::from_static(source.platform.as_str()),
     );
-    headers.insert(upstream::X_HOOKGATE_EVENT_ID.clone(), event_id.clone());
+    headers.insert(
+        upstream::X_HOOKGATE_EVENT_ID.clone(),
+        event_id_header.clone(),
+    );
     headers.insert(upstream::X_HOOKGATE_EVENT_TYPE.clone(), event_type);
     headers.insert(upstream::X_REQUEST_ID.clone(), request_id.clone());
     if let Ok(v) = HeaderValue::from_str(&client.forwarded_for) {
@@ -459,13 +497,13 @@ async fn deliver<'g>(
     }
 
     let started = Instant::now();
-    let sent = gateway
-        .upstream
+    let upstream = &gateway.upstreams[conn.worker % gateway.upstreams.len()];
+    let sent = upstream
         .send(Forward {
             uri: &source.upstream,
             timeout: source.timeout,
             headers,
-            event_id_header: event_id,
+            event_id_header,
             body: forward_body,
         })
         .await;
@@ -475,9 +513,9 @@ async fn deliver<'g>(
         route.metrics.upstream_error("status_5xx");
     }
     if answer.status.is_success()
-        && let (Some(d), Some(id)) = (&route.dedupe, &dedupe_id)
+        && let Some(d) = &route.dedupe
     {
-        d.remember(id);
+        d.remember(&event_id);
     }
     let retry_after = answer.retry_after.clone();
     let mut translated = reply::translate(
@@ -488,6 +526,57 @@ async fn deliver<'g>(
     );
     translated.retry_after = retry_after;
     Ok(Delivered::Answered(translated))
+}
+
+/// A verified, normalized delivery, ready to forward.
+pub struct Processed {
+    /// The event id (own or derived), as the event writes it.
+    pub event_id: String,
+    /// The id as a header value (percent-encoded).
+    pub event_id_header: HeaderValue,
+    pub event_type: HeaderValue,
+    /// What the upstream gets: the event, or the raw body in raw mode.
+    pub body: Bytes,
+}
+
+/// The CPU part of a delivery, no I/O: verify the proof over the raw bytes, check the body
+/// is the platform's JSON, normalize it, and write what is forwarded.
+pub fn process(
+    source: &Source,
+    carriers: &Carriers<'_>,
+    body: Bytes,
+    received_at: Millis,
+) -> Result<Processed, Refusal> {
+    let verified = source.verifier.verify(carriers, body)?;
+    let object = Object::parse(verified.body())
+        .ok_or(Refusal::NotPlatformJson("the body is not a JSON object"))?;
+    let delivery = Delivery {
+        source: &source.name,
+        body: verified.body(),
+        received_at,
+        include_raw: source.include_raw,
+    };
+    let event = source
+        .platform
+        .normalize(&object, &delivery)
+        .map_err(|e| Refusal::NotPlatformJson(e.0))?;
+    let body = match source.forward {
+        ForwardMode::Event => {
+            let mut out = Vec::with_capacity(verified.body().len() + 512);
+            serde_json::to_writer(&mut out, &event)
+                .map_err(|e| Refusal::BadBody(format!("event serialization: {e}")))?;
+            Bytes::from(out)
+        }
+        ForwardMode::Raw => verified.body().clone(),
+    };
+    Ok(Processed {
+        event_id_header: upstream::encode_id(&event.id),
+        // The type is `[a-z0-9_.]` only (or a listed type), always a valid header value.
+        event_type: HeaderValue::from_str(&event.kind)
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        event_id: event.id.into_owned(),
+        body,
+    })
 }
 
 fn is_identity(v: &HeaderValue) -> bool {

@@ -98,9 +98,19 @@ pub struct Server {
     pub local_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
     draining: watch::Sender<bool>,
+    /// Tells the worker threads to end (after the drain, or when the server is dropped).
+    stop: watch::Sender<bool>,
     connections: Arc<Semaphore>,
     max_connections: u32,
     accept_task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.draining.send(true);
+        let _ = self.stop.send(true);
+        self.accept_task.abort();
+    }
 }
 
 fn http_builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
@@ -161,11 +171,19 @@ impl Server {
             context: prepared.context,
         });
         let (draining, drain_rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(max_connections as usize));
 
+        let workers = (0..state.context.workers.max(1))
+            .map(|i| spawn_worker(i, Arc::clone(&state), drain_rx.clone(), stop_rx.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| StartError::Bind {
+                addr: listen,
+                source,
+            })?;
         let accept_task = tokio::spawn(accept_loop(
             listener,
-            Arc::clone(&state),
+            workers,
             Arc::clone(&connections),
             drain_rx,
         ));
@@ -178,6 +196,7 @@ impl Server {
             local_addr,
             admin_addr,
             draining,
+            stop,
             connections,
             max_connections,
             accept_task,
@@ -226,7 +245,7 @@ impl Server {
 
     /// Drains: `/readyz` 503, `shutdown_delay`, stop accepting, let in-flight requests
     /// finish for up to `shutdown_grace`. Returns whether every connection finished in time.
-    pub async fn shutdown(self) -> bool {
+    pub async fn shutdown(mut self) -> bool {
         self.set_unready();
         let (delay, grace) = {
             let g = self.state.gateway.load();
@@ -237,11 +256,14 @@ impl Server {
         };
         tokio::time::sleep(delay).await;
         let _ = self.draining.send(true);
-        let _ = self.accept_task.await;
+        let _ = (&mut self.accept_task).await;
         // Every connection holds a permit: all of them back means all connections closed.
-        tokio::time::timeout(grace, self.connections.acquire_many(self.max_connections))
-            .await
-            .is_ok()
+        let clean =
+            tokio::time::timeout(grace, self.connections.acquire_many(self.max_connections))
+                .await
+                .is_ok();
+        let _ = self.stop.send(true);
+        clean
     }
 }
 
@@ -260,12 +282,62 @@ async fn housekeeping(state: Arc<State>) {
     }
 }
 
+/// A connection handed to a worker, with its place under `max_connections`.
+type Handoff = (
+    std::net::TcpStream,
+    SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
+/// A worker: an OS thread with its own single-threaded runtime and its own upstream client.
+/// Connections are spread over the workers and each is served start to end on one thread,
+/// so a request never wakes another thread (the multi-threaded scheduler's cross-thread
+/// wake-ups cost more than the whole verification).
+fn spawn_worker(
+    index: usize,
+    state: Arc<State>,
+    draining: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<tokio::sync::mpsc::UnboundedSender<Handoff>> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Handoff>();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(format!("hookgate-worker-{index}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                let serve = async {
+                    while let Some((stream, peer, permit)) = rx.recv().await {
+                        let Ok(stream) = TcpStream::from_std(stream) else {
+                            continue;
+                        };
+                        let state = Arc::clone(&state);
+                        let draining = draining.clone();
+                        tokio::spawn(async move {
+                            serve_connection(state, stream, peer, index, draining).await;
+                            drop(permit);
+                        });
+                    }
+                    // The acceptor is gone: keep serving what is open until told to stop.
+                    std::future::pending::<()>().await;
+                };
+                tokio::select! {
+                    _ = serve => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            });
+        })?;
+    Ok(tx)
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    state: Arc<State>,
+    workers: Vec<tokio::sync::mpsc::UnboundedSender<Handoff>>,
     connections: Arc<Semaphore>,
     mut draining: watch::Receiver<bool>,
 ) {
+    let mut next = 0usize;
     loop {
         // Past max_connections, new connections wait in the backlog.
         let permit = tokio::select! {
@@ -285,12 +357,12 @@ async fn accept_loop(
             _ = drained(&mut draining) => return,
         };
         let _ = stream.set_nodelay(true);
-        let state = Arc::clone(&state);
-        let draining = draining.clone();
-        tokio::spawn(async move {
-            serve_connection(state, stream, peer, draining).await;
-            drop(permit);
-        });
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        // Round robin over the workers.
+        next = (next + 1) % workers.len();
+        let _ = workers[next].send((stream, peer, permit));
     }
 }
 
@@ -298,6 +370,7 @@ async fn serve_connection(
     state: Arc<State>,
     stream: TcpStream,
     peer: SocketAddr,
+    worker: usize,
     draining: watch::Receiver<bool>,
 ) {
     // One deadline from accept over the TLS handshake, the protocol detection and the first
@@ -307,11 +380,35 @@ async fn serve_connection(
     match state.tls.load_full() {
         Some(acceptor) => match acceptor.accept(io).await {
             Ok(tls) => {
-                serve_http(state, tls, Conn { peer, tls: true }, head_pending, draining).await
+                serve_http(
+                    state,
+                    tls,
+                    Conn {
+                        peer,
+                        tls: true,
+                        worker,
+                    },
+                    head_pending,
+                    draining,
+                )
+                .await
             }
             Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         },
-        None => serve_http(state, io, Conn { peer, tls: false }, head_pending, draining).await,
+        None => {
+            serve_http(
+                state,
+                io,
+                Conn {
+                    peer,
+                    tls: false,
+                    worker,
+                },
+                head_pending,
+                draining,
+            )
+            .await
+        }
     }
 }
 

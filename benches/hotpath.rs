@@ -1,0 +1,159 @@
+//! Hot paths, in-process (no network): HMAC verification at 1 KiB and 256 KiB, normalize per
+//! platform, reply translation, and the whole CPU part of one protocol delivery (verify →
+//! parse → normalize → serialize), which the performance bar puts at ≤ 3 µs for 1 KiB.
+//!
+//!     cargo bench --bench hotpath
+
+use std::hint::black_box;
+use std::path::Path;
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use hmac::{Hmac, KeyInit, Mac};
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use hookgate::config::Config;
+use hookgate::json::Object;
+use hookgate::pipeline::process;
+use hookgate::platforms::{Delivery, Platform};
+use hookgate::time::Millis;
+use hookgate::verify::Carriers;
+
+const WEBHOOK: &[u8] = include_bytes!("load/webhook.json");
+
+fn sign(key: &str, body: &[u8]) -> HeaderValue {
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key.as_bytes()).expect("key");
+    mac.update(body);
+    HeaderValue::from_str(&hex::encode(mac.finalize().into_bytes())).expect("hex")
+}
+
+fn config(platform: &str) -> Config {
+    let text = format!(
+        "[upstream]\nurl = \"http://127.0.0.1:1/\"\n[[source]]\nname = \"b\"\nplatform = \"{platform}\"\npath = \"/b\"\nsecrets = [\"bench-secret\"]\ndedupe_window_s = 0\n"
+    );
+    Config::from_toml_str(&text, Path::new("/bench/hookgate.toml")).expect("config")
+}
+
+/// A typical delivery of each platform (the contract's own examples).
+const SAMPLES: [(Platform, &str); 4] = [
+    (Platform::Protocol, ""),
+    (
+        Platform::Spika,
+        r#"{"message":{"id":24006,"fromUserId":54,"totalUserCount":3,"deliveredCount":0,"seenCount":0,"roomId":438,"type":"text","body":{"text":"test"},"createdAt":1667548137257,"modifiedAt":1667548137257,"localId":null,"deleted":false,"replyId":null},"fromUser":{"displayName":"Stjepan","avatarFileId":88},"room":{"name":"tstt","avatarFileId":88}}"#,
+    ),
+    (
+        Platform::Barertc,
+        r#"{"Action":"report","APIKey":"bench-secret","Report":{"FromUsername":"sender","AboutUsername":"spammer","Channel":"lobby","Timestamp":"2024-07-22T11:49:47+02:00","Reason":"It's spam","Comment":"custom user note about the report","Message":"buy cheap watches"}}"#,
+    ),
+    (
+        Platform::Funtek,
+        r#"{"roomID":"demo-room","event":"MESSAGE","data":{"_id":"5c1ddf2d1536bbb6c49f7cfe","message":"Bonjour 2","room":"demo-room","sender":{"_id":"sss","nickname":"Desirae","isRobot":false,"avatarUrl":"","id":"sss"},"messageType":"text","appID":"SampleApp","__v":0,"messageTime":"2018-12-22T06:52:29.380Z","messageTimeMS":1545461549380,"id":"5c1ddf2d1536bbb6c49f7cfe"}}"#,
+    ),
+];
+
+fn verify(c: &mut Criterion) {
+    let cfg = config("protocol");
+    let source = &cfg.sources[0];
+    let mut group = c.benchmark_group("verify_hmac");
+    for size in [1024usize, 256 * 1024] {
+        let body = Bytes::from(vec![b'x'; size]);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-protocol-signature", sign("bench-secret", &body));
+        let carriers = Carriers {
+            headers: &headers,
+            query: None,
+        };
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_function(format!("{}KiB", size / 1024), |b| {
+            b.iter(|| {
+                source
+                    .verifier
+                    .verify(&carriers, black_box(body.clone()))
+                    .expect("verifies")
+            })
+        });
+    }
+    group.finish();
+}
+
+fn normalize(c: &mut Criterion) {
+    let mut group = c.benchmark_group("normalize");
+    for (platform, sample) in SAMPLES {
+        let body: &[u8] = if sample.is_empty() {
+            WEBHOOK
+        } else {
+            sample.as_bytes()
+        };
+        group.bench_function(platform.as_str(), |b| {
+            b.iter(|| {
+                let object = Object::parse(black_box(body)).expect("object");
+                let delivery = Delivery {
+                    source: "b",
+                    body,
+                    received_at: Millis::now(),
+                    include_raw: true,
+                };
+                let event = platform.normalize(&object, &delivery).expect("event");
+                serde_json::to_vec(&event).expect("json")
+            })
+        });
+    }
+    group.finish();
+}
+
+fn reply(c: &mut Criterion) {
+    let mut group = c.benchmark_group("reply");
+    let funtek = Bytes::from_static(br#"{"reply":{"text":"Hello! I'm the bot assistant, how can I help you?","sender_id":"robot001","kind":"text"},"state":"active"}"#);
+    let barertc = Bytes::from_static(br#"{"headline":"Say hi!","profile":[{"name":"Age","value":"30yo"},{"name":"Gender","value":"Man"}]}"#);
+    group.bench_function("funtek_bot_reply", |b| {
+        b.iter(|| {
+            hookgate::reply::translate(
+                Platform::Funtek,
+                StatusCode::OK,
+                None,
+                black_box(funtek.clone()),
+            )
+        })
+    });
+    group.bench_function("barertc_profile", |b| {
+        b.iter(|| {
+            hookgate::reply::translate(
+                Platform::Barertc,
+                StatusCode::OK,
+                None,
+                black_box(barertc.clone()),
+            )
+        })
+    });
+    group.bench_function("protocol_passthrough", |b| {
+        b.iter(|| {
+            hookgate::reply::translate(
+                Platform::Protocol,
+                StatusCode::OK,
+                None,
+                black_box(funtek.clone()),
+            )
+        })
+    });
+    group.finish();
+}
+
+fn delivery(c: &mut Criterion) {
+    let cfg = config("protocol");
+    let source = &cfg.sources[0];
+    let body = Bytes::from_static(WEBHOOK);
+    let mut headers = HeaderMap::new();
+    headers.insert("x-protocol-signature", sign("bench-secret", WEBHOOK));
+    let carriers = Carriers {
+        headers: &headers,
+        query: None,
+    };
+    c.bench_function("protocol_delivery_1KiB_verify_normalize_serialize", |b| {
+        b.iter(|| {
+            process(source, &carriers, black_box(body.clone()), Millis::now()).expect("processed")
+        })
+    });
+}
+
+criterion_group!(benches, verify, normalize, reply, delivery);
+criterion_main!(benches);

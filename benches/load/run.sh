@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark: hookgate next to nginx, measured in ONE run on one box, so
+# the ratio holds even on a noisy machine. All traffic stays on 127.0.0.1.
+#
+#   direct       wrk -> nginx sink (:18081)                      the box's physical limit
+#   nginx-proxy  wrk -> nginx proxy_pass (:18082) -> sink        the ratio's denominator
+#   hookgate     wrk -> hookgate (:18080) -> sink                verify + normalize + forward
+#
+# Every request POSTs the same signed Protocol message.created webhook (~1 KiB, webhook.json)
+# with x-protocol-signature = hex(HMAC-SHA256("bench-secret", body)). Cases: wrk -c 64 (the
+# bar), -c 1, -c 512, and -c 64 with a 64 KiB body.
+#
+#   apt-get install -y nginx-light wrk curl openssl
+#   benches/load/run.sh                       # builds the release binary, ~3 min
+#   CASES="c64" ROUNDS=3 benches/load/run.sh  # the bar's case only, medians of 3 rounds
+#
+# Knobs: DURATION=10 WARMUP=2 THREADS=2 ROUNDS=1 CASES="c64 c1 c512 c64-64k"
+#        HOOKGATE_BIN (default: target/release/hookgate, built here) RESULTS_DIR
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+THREADS=${THREADS:-2}
+ROUNDS=${ROUNDS:-1}
+CASES=${CASES:-"c64 c1 c512 c64-64k"}
+SECRET=bench-secret
+RESULTS_DIR=${RESULTS_DIR:-$HERE/results/$(date +%Y%m%d-%H%M%S)}
+
+for tool in nginx wrk openssl curl ps; do
+  command -v "$tool" >/dev/null || { echo "missing tool: $tool (apt-get install -y nginx-light wrk openssl curl procps)" >&2; exit 1; }
+done
+if [[ -z ${HOOKGATE_BIN:-} ]]; then
+  (cd "$ROOT" && cargo build --release --locked --bin hookgate >&2)
+  HOOKGATE_BIN=$ROOT/target/release/hookgate
+fi
+
+RUN_DIR=$(mktemp -d /tmp/hookgate-bench.XXXXXX)
+mkdir -p "$RESULTS_DIR"
+PIDS=()
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+start_bg() { # name logfile cmd... -> LAST_PID (own process group)
+  local name=$1 logf=$2; shift 2
+  setsid "$@" >"$logf" 2>&1 </dev/null &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+  log "started $name pid=$LAST_PID"
+}
+
+cleanup() {
+  local rc=$? p
+  trap - EXIT INT TERM
+  set +e
+  for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; done
+  sleep 0.5
+  for p in "${PIDS[@]}"; do kill -KILL -- "-$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  cp "$RUN_DIR"/*.log "$RESULTS_DIR/" 2>/dev/null
+  rm -rf "$RUN_DIR"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() { # port pid
+  local deadline=$((SECONDS + 30))
+  until port_open "$1"; do
+    kill -0 "$2" 2>/dev/null || { log "process $2 exited before listening on :$1"; return 1; }
+    ((SECONDS < deadline)) || { log "timeout waiting for :$1"; return 1; }
+    sleep 0.1
+  done
+}
+tree_pids() { local c; echo "$1"; for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do tree_pids "$c"; done; }
+peak_rss_kb() { local p t=0 v; for p in $(tree_pids "$1"); do v=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status" 2>/dev/null || true); t=$((t + ${v:-0})); done; echo "$t"; }
+cpu_ticks() { local p t=0 v; for p in $(tree_pids "$1"); do v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}' || true); t=$((t + ${v:-0})); done; echo "$t"; }
+
+start_nginx() { # name conf workers port
+  local prefix=$RUN_DIR/$1
+  mkdir -p "$prefix"
+  port_open "$4" && { log "port $4 already in use"; exit 1; }
+  start_bg "$1" "$RUN_DIR/$1.log" nginx -p "$prefix/" -e "$prefix/error.log" -c "$HERE/nginx/$2" \
+    -g "daemon off; master_process on; worker_processes $3;"
+  wait_port "$4" "$LAST_PID"
+}
+
+# ------------------------------------------------------------- request bodies
+BODY_1K=$HERE/webhook.json
+BODY_64K=$RUN_DIR/webhook-64k.json
+python3 - "$BODY_1K" "$BODY_64K" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["payload"]["message"] = "x" * (64 * 1024 - len(open(sys.argv[1]).read()) - 10)
+open(sys.argv[2], "w").write(json.dumps(d, separators=(",", ":")))
+PY
+headers_for() { # body -> headers file
+  local f=$RUN_DIR/$(basename "$1").headers
+  printf 'x-protocol-signature: %s\n' "$(openssl dgst -sha256 -hmac "$SECRET" -r < "$1" | cut -d' ' -f1)" > "$f"
+  echo "$f"
+}
+
+# ------------------------------------------------------------------ servers
+start_nginx sink sink.conf 1 18081; SINK_PID=$LAST_PID
+start_nginx nginx-proxy proxy.conf 2 18082; PROXY_PID=$LAST_PID
+port_open 18080 && { log "port 18080 already in use"; exit 1; }
+start_bg hookgate "$RUN_DIR/hookgate.log" env RUST_LOG=warn "$HOOKGATE_BIN" run --config "$HERE/bench.toml"
+GW_PID=$LAST_PID
+wait_port 18080 "$GW_PID"
+
+declare -A URL=([direct]=http://127.0.0.1:18081/webhook [nginx-proxy]=http://127.0.0.1:18082/webhook [hookgate]=http://127.0.0.1:18080/webhook)
+declare -A UNIT=([direct]=$SINK_PID [nginx-proxy]=$PROXY_PID [hookgate]=$GW_PID)
+SCENARIOS=(direct nginx-proxy hookgate)
+
+# One signed request each, so a 401/502 shows before the load.
+for s in "${SCENARIOS[@]}"; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'content-type: application/json' \
+    -H "@$(headers_for "$BODY_1K")" --data-binary "@$BODY_1K" "${URL[$s]}") || code=000
+  log "probe $s -> HTTP $code"
+  [[ $code == 2* ]] || { log "$s does not answer 2xx: aborting"; exit 1; }
+done
+
+RAW=$RESULTS_DIR/raw.tsv
+printf 'case\tscenario\tround\trps\tp50_us\tp99_us\tnon2xx\tsockerr\trequests\tpeak_rss_kb\tcpu_us_per_req\n' > "$RAW"
+run_wrk() { # scenario conns body seconds out
+  BENCH_BODY_FILE=$3 BENCH_HEADERS_FILE=$(headers_for "$3") \
+    wrk -t"$THREADS" -c"$2" -d"${4}s" --latency -s "$HERE/post.lua" "${URL[$1]}" > "$5" 2>&1 || true
+}
+
+for case in $CASES; do
+  conns=${case#c}; conns=${conns%%-*}
+  body=$BODY_1K; [[ $case == *-64k ]] && body=$BODY_64K
+  threads=$THREADS; ((conns < threads)) && threads=$conns
+  for ((r = 1; r <= ROUNDS; r++)); do
+    for s in "${SCENARIOS[@]}"; do
+      log "$case round $r/$ROUNDS: $s (${WARMUP}s warm-up + ${DURATION}s, -c$conns, $(wc -c < "$body") B)"
+      THREADS=$threads run_wrk "$s" "$conns" "$body" "$WARMUP" /dev/null
+      c0=$(cpu_ticks "${UNIT[$s]}")
+      out=$RESULTS_DIR/$case.$s.r$r.txt
+      THREADS=$threads run_wrk "$s" "$conns" "$body" "$DURATION" "$out"
+      c1=$(cpu_ticks "${UNIT[$s]}")
+      line=$(grep '^BENCH ' "$out" || true)
+      [[ -n $line ]] || { log "no result for $s:"; cat "$out" >&2; continue; }
+      declare -A m=()
+      for kv in ${line#BENCH }; do m[${kv%%=*}]=${kv#*=}; done
+      cpu=$(awk -v d=$((c1 - c0)) -v n="${m[requests]}" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (n > 0 ? d * 1e6 / hz / n : 0) }')
+      printf '%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case" "$s" "$r" "${m[rps]}" "${m[p50_us]}" "${m[p99_us]}" \
+        "${m[non2xx]}" "${m[sockerr]}" "${m[requests]}" "$(peak_rss_kb "${UNIT[$s]}")" "$cpu" >> "$RAW"
+      unset m
+      sleep 1
+    done
+  done
+done
+
+median() { sort -g | awk '{a[NR]=$1} END { if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+col() { awk -F'\t' -v c="$1" -v s="$2" -v k="$3" 'NR>1 && $1==c && $2==s {print $k}' "$RAW" | median; }
+sumcol() { awk -F'\t' -v c="$1" -v s="$2" -v k="$3" 'NR>1 && $1==c && $2==s {t+=$k} END {print t+0}' "$RAW"; }
+{
+  echo "date $(date -Is)  host $(hostname)  cores $(nproc)  cpu $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  echo "wrk -t$THREADS -d${DURATION}s x$ROUNDS round(s); hookgate $("$HOOKGATE_BIN" --version 2>/dev/null || echo '?')"
+  printf '%-8s %-12s %9s %8s %8s %9s %7s %7s %8s %10s\n' case scenario 'req/s' 'p50 ms' 'p99 ms' 'vs proxy' non2xx sockerr 'RSS MiB' 'CPU us/req'
+  for case in $CASES; do
+    base=$(col "$case" nginx-proxy 4)
+    for s in "${SCENARIOS[@]}"; do
+      rps=$(col "$case" "$s" 4); [[ $rps == nan ]] && continue
+      awk -v c="$case" -v s="$s" -v rps="$rps" -v p50="$(col "$case" "$s" 5)" -v p99="$(col "$case" "$s" 6)" -v base="$base" \
+          -v n2="$(sumcol "$case" "$s" 7)" -v se="$(sumcol "$case" "$s" 8)" -v rss="$(col "$case" "$s" 10)" -v cpu="$(col "$case" "$s" 11)" \
+        'BEGIN { printf "%-8s %-12s %9.0f %8.2f %8.2f %8.2fx %7d %7d %8.1f %10.1f\n", c, s, rps, p50/1000, p99/1000, (base > 0 ? rps/base : 0), n2, se, rss/1024, cpu }'
+    done
+  done
+  echo "(medians over rounds; RSS = peak VmHWM of the unit's processes so far, nginx = master + workers;"
+  echo " CPU us/req = CPU time of the unit under test only: the sink for direct, not wrk)"
+} | tee "$RESULTS_DIR/table.txt"
