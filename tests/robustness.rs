@@ -155,9 +155,13 @@ fn json_value() -> impl Strategy<Value = Value> {
 }
 
 fn verifier_for(platform: Platform) -> Verifier {
+    // Long enough that no generated input equals it by chance.
     Verifier::new(
         platform.scheme(),
-        vec![Secret::new(b"k".to_vec()), Secret::new(b"second".to_vec())],
+        vec![
+            Secret::new(b"prop-secret-0f8e2a9c41d7b356".to_vec()),
+            Secret::new(b"prop-secret-second-7d0c".to_vec()),
+        ],
     )
 }
 
