@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::json::RawObject;
+use crate::json::{RawObject, Text};
 use crate::time::Millis;
 
 #[derive(Serialize)]
@@ -27,7 +27,7 @@ pub struct Event<'a> {
     pub message: Option<Message<'a>>,
     pub members: Option<Vec<User<'a>>>,
     pub report: Option<Report<'a>>,
-    pub state: Option<Cow<'a, str>>,
+    pub state: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw: Option<RawObject<'a, 'a>>,
 }
@@ -35,27 +35,27 @@ pub struct Event<'a> {
 #[derive(Serialize, Debug, PartialEq)]
 pub struct Room<'a> {
     pub id: Cow<'a, str>,
-    pub name: Option<Cow<'a, str>>,
+    pub name: Option<Text<'a>>,
 }
 
 #[derive(Serialize, Debug, PartialEq)]
 pub struct User<'a> {
     pub id: Cow<'a, str>,
-    pub name: Option<Cow<'a, str>>,
+    pub name: Option<Text<'a>>,
     pub is_bot: Option<bool>,
 }
 
 #[derive(Serialize, Debug, PartialEq)]
 pub struct Message<'a> {
     pub id: Option<Cow<'a, str>>,
-    pub text: Option<Cow<'a, str>>,
-    pub kind: Option<Cow<'a, str>>,
+    pub text: Option<Text<'a>>,
+    pub kind: Option<Text<'a>>,
 }
 
 #[derive(Serialize, Debug, PartialEq)]
 pub struct Report<'a> {
-    pub reason: Option<Cow<'a, str>>,
-    pub comment: Option<Cow<'a, str>>,
+    pub reason: Option<Text<'a>>,
+    pub comment: Option<Text<'a>>,
 }
 
 pub const SCHEMA: &str = "hookgate.event.v1";

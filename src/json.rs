@@ -86,6 +86,55 @@ pub fn as_str(raw: &RawValue) -> Option<Cow<'_, str>> {
     serde_json::from_str::<String>(text).ok().map(Cow::Owned)
 }
 
+/// A string of the body on its way into the event. Without escapes it is written back as
+/// the body's own literal, byte for byte: a valid JSON string literal without a backslash
+/// holds no quote, backslash or control character, so it needs no escaping, and re-escaping
+/// (serde_json checks every byte) is the largest cost of writing an event with a long text.
+/// With escapes it is decoded and written anew (a lone surrogate must not pass through).
+#[derive(Debug, Clone)]
+pub enum Text<'a> {
+    Literal(&'a RawValue),
+    Decoded(Cow<'a, str>),
+}
+
+impl PartialEq for Text<'_> {
+    /// Equal when they write the same JSON text.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Text::Literal(a), Text::Literal(b)) => a.get() == b.get(),
+            (Text::Decoded(a), Text::Decoded(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl<'a> Text<'a> {
+    pub fn from_static(s: &'static str) -> Text<'a> {
+        Text::Decoded(Cow::Borrowed(s))
+    }
+}
+
+impl Serialize for Text<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Text::Literal(raw) => raw.serialize(s),
+            Text::Decoded(text) => s.serialize_str(text),
+        }
+    }
+}
+
+/// A JSON string as a [`Text`].
+pub fn as_text(raw: &RawValue) -> Option<Text<'_>> {
+    if first_byte(raw) != b'"' {
+        return None;
+    }
+    if raw.get().contains('\\') {
+        as_str(raw).map(Text::Decoded)
+    } else {
+        Some(Text::Literal(raw))
+    }
+}
+
 /// An integer: a JSON number without fraction or exponent that fits in 64 bits.
 pub fn as_integer(raw: &RawValue) -> Option<i128> {
     let text = raw.get();
@@ -152,6 +201,10 @@ impl<'a> Object<'a> {
 
     pub fn string(&self, key: &str) -> Option<Cow<'a, str>> {
         self.get(key).and_then(as_str)
+    }
+
+    pub fn text(&self, key: &str) -> Option<Text<'a>> {
+        self.get(key).and_then(as_text)
     }
 
     pub fn id(&self, key: &str) -> Option<Cow<'a, str>> {
@@ -279,6 +332,25 @@ mod tests {
             assert!(Object::parse(text.as_bytes()).is_none(), "{text}");
         }
         assert!(Object::parse(b"  {}  ").is_some());
+    }
+
+    #[test]
+    fn texts_pass_plain_literals_through_and_decode_escapes() {
+        let o = obj(r#"{"a":"plain \u00e9 text","b":"caf\u00e9","c":5,"d":"\ud800"}"#);
+        assert!(matches!(o.text("a"), None | Some(Text::Decoded(_))));
+        let o = obj(r#"{"a":"plain text é","b":"caf\u00e9","c":5,"d":"\ud800"}"#);
+        assert!(matches!(o.text("a"), Some(Text::Literal(_))));
+        assert_eq!(
+            serde_json::to_string(&o.text("a")).expect("ser"),
+            r#""plain text é""#
+        );
+        assert_eq!(
+            serde_json::to_string(&o.text("b")).expect("ser"),
+            r#""café""#
+        );
+        assert_eq!(o.text("c"), None);
+        // A lone surrogate does not decode: it is not a usable string.
+        assert_eq!(o.text("d"), None);
     }
 
     #[test]

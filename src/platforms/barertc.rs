@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{Delivery, NotPlatformJson, Platform, blank_event, username};
 use crate::event::{Event, Message, Report, Room, unlisted_type};
-use crate::json::Object;
+use crate::json::{Object, Text};
 use crate::reply::NormalizedReply;
 use crate::time::parse_barertc_timestamp;
 use crate::verify::Scheme;
@@ -41,12 +41,12 @@ pub fn normalize<'a>(
             event.subject = username(&report, "AboutUsername");
             event.message = Some(Message {
                 id: None,
-                text: report.string("Message"),
-                kind: Some(Cow::Borrowed("text")),
+                text: report.text("Message"),
+                kind: Some(Text::from_static("text")),
             });
             event.report = Some(Report {
-                reason: report.string("Reason"),
-                comment: report.string("Comment"),
+                reason: report.text("Reason"),
+                comment: report.text("Comment"),
             });
             event.occurred_at = report
                 .string("Timestamp")

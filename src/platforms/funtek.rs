@@ -51,8 +51,8 @@ pub fn normalize<'a>(
     if is_message {
         event.message = Some(Message {
             id: message_id,
-            text: data.string("message"),
-            kind: data.string("messageType"),
+            text: data.text("message"),
+            kind: data.text("messageType"),
         });
     }
     event.members = data.array("members").map(|list| {
@@ -60,7 +60,7 @@ pub fn normalize<'a>(
             .filter_map(|m| Object::from_raw(m).and_then(|o| person(&o)))
             .collect()
     });
-    event.state = object.string("botState");
+    event.state = object.text("botState");
     event.occurred_at = data
         .unix_millis("messageTimeMS")
         .and_then(crate::time::Millis::new);

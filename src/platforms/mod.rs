@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::event::{self, Event, User};
-use crate::json::Object;
+use crate::json::{Object, Text};
 use crate::reply::NormalizedReply;
 use crate::time::Millis;
 use crate::verify::Scheme;
@@ -155,7 +155,7 @@ fn user<'a>(
     let id = id_keys.iter().find_map(|k| object.id(k))?;
     Some(User {
         id,
-        name: object.string(name_key),
+        name: object.text(name_key),
         is_bot: is_bot_key.and_then(|k| object.bool(k)),
     })
 }
@@ -164,7 +164,7 @@ fn user<'a>(
 fn username<'a>(object: &Object<'a>, key: &str) -> Option<User<'a>> {
     let id = object.id(key)?;
     Some(User {
-        name: Some(id.clone()),
+        name: Some(Text::Decoded(id.clone())),
         id,
         is_bot: None,
     })

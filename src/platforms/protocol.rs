@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use super::{Delivery, NotPlatformJson, Platform, blank_event, user};
 use crate::event::{Event, Message, Room, unlisted_type};
-use crate::json::Object;
+use crate::json::{Object, Text};
 use crate::verify::Scheme;
 
 pub const SCHEME: Scheme = Scheme::HmacSha256Hex {
@@ -56,8 +56,8 @@ pub fn normalize<'a>(
     if resource == "message" {
         event.message = Some(Message {
             id: payload.id("id"),
-            text: payload.string("message"),
-            kind: Some(Cow::Borrowed("text")),
+            text: payload.text("message"),
+            kind: Some(Text::from_static("text")),
         });
     }
     event.occurred_at = payload

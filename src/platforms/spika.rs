@@ -35,19 +35,17 @@ pub fn normalize<'a>(
     );
     event.room = message.id("roomId").map(|id| Room {
         id,
-        name: root.object("room").and_then(|r| r.string("name")),
+        name: root.object("room").and_then(|r| r.text("name")),
     });
     event.actor = message.id("fromUserId").map(|id| User {
         id,
-        name: root
-            .object("fromUser")
-            .and_then(|u| u.string("displayName")),
+        name: root.object("fromUser").and_then(|u| u.text("displayName")),
         is_bot: None,
     });
     event.message = Some(Message {
         id: message.id("id"),
-        text: message.object("body").and_then(|b| b.string("text")),
-        kind: message.string("type"),
+        text: message.object("body").and_then(|b| b.text("text")),
+        kind: message.text("type"),
     });
     event.occurred_at = message
         .unix_millis("createdAt")
