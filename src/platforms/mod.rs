@@ -169,3 +169,140 @@ fn username<'a>(object: &Object<'a>, key: &str) -> Option<User<'a>> {
         is_bot: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! SPEC §7's "rules that make the mapping exact", one by one (the vectors cover them
+    //! end to end as well).
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn event(platform: Platform, body: &str) -> Result<Value, NotPlatformJson> {
+        let object = Object::parse(body.as_bytes()).expect("a JSON object");
+        let delivery = Delivery {
+            source: "s",
+            body: body.as_bytes(),
+            received_at: Millis::now(),
+            include_raw: true,
+        };
+        let e = platform.normalize(&object, &delivery)?;
+        Ok(serde_json::to_value(&e).expect("serializes"))
+    }
+
+    #[test]
+    fn the_platforms_json_is_required() {
+        assert!(event(Platform::Protocol, r#"{"type":5}"#).is_err());
+        assert!(event(Platform::Spika, r#"{"message":"x"}"#).is_err());
+        assert!(event(Platform::Spika, r#"{"data":{"message":null}}"#).is_err());
+        assert!(event(Platform::Funtek, r#"{"event":null}"#).is_err());
+        assert!(event(Platform::Barertc, r#"{"action":"report"}"#).is_err());
+    }
+
+    #[test]
+    fn protocol_parts_follow_the_resource_whatever_the_verb() {
+        let e = event(
+            Platform::Protocol,
+            r#"{"id":7,"type":"message.reacted","payload":{"id":"m","message":"hi","conversation_id":"c"}}"#,
+        )
+        .expect("event");
+        assert_eq!(e["type"], "protocol.message.reacted");
+        assert_eq!(e["id"], "7");
+        assert_eq!(e["message"], json!({"id":"m","text":"hi","kind":"text"}));
+        assert_eq!(e["room"], json!({"id":"c","name":null}));
+        // Case-sensitive resource: "Message.created" is no message.
+        let e = event(
+            Platform::Protocol,
+            r#"{"type":"Message.created","payload":{"id":"m"}}"#,
+        )
+        .expect("event");
+        assert_eq!(e["message"], Value::Null);
+        assert_eq!(e["type"], "protocol.message.created");
+        // conversation.*: the payload's id is the room.
+        let e = event(
+            Platform::Protocol,
+            r#"{"type":"conversation.updated","payload":{"id":"c9"}}"#,
+        )
+        .expect("event");
+        assert_eq!(e["room"]["id"], "c9");
+    }
+
+    #[test]
+    fn spika_reads_under_data_only_when_data_message_is_an_object() {
+        let body = r#"{"message":{"id":1},"data":{"message":{"id":2}},"headers":{"Verification-Signature":"t"}}"#;
+        let e = event(Platform::Spika, body).expect("event");
+        assert_eq!(e["id"], "2");
+        assert!(
+            e["raw"].get("headers").is_none(),
+            "raw leaves the headers key out"
+        );
+        let e = event(
+            Platform::Spika,
+            r#"{"message":{"id":1},"data":{"message":"x"}}"#,
+        )
+        .expect("event");
+        assert_eq!(e["id"], "1");
+    }
+
+    #[test]
+    fn users_need_an_id_and_bot_flags_are_booleans_only() {
+        let e = event(
+            Platform::Funtek,
+            r#"{"event":"ADD_MEMBERS","data":{"sender":{"nickname":"no id"},"members":[{"_id":"a","isRobot":"yes"},{"nickname":"x"},{"id":3,"isRobot":true}]}}"#,
+        )
+        .expect("event");
+        assert_eq!(e["actor"], Value::Null);
+        assert_eq!(
+            e["members"],
+            json!([{"id":"a","name":null,"is_bot":null},{"id":"3","name":null,"is_bot":true}])
+        );
+        assert_eq!(e["type"], "member.added");
+    }
+
+    #[test]
+    fn funtek_ids_prefer_id_over_underscore_id() {
+        let e = event(
+            Platform::Funtek,
+            r#"{"event":"MESSAGE","data":{"_id":"b","id":"a","message":"m"}}"#,
+        )
+        .expect("event");
+        assert_eq!(e["id"], "a");
+        assert_eq!(e["message"]["id"], "a");
+        let e = event(
+            Platform::Funtek,
+            r#"{"event":"MESSAGE","data":{"_id":"b","id":""}}"#,
+        )
+        .expect("event");
+        assert_eq!(e["id"], "b", "an empty string counts as missing");
+    }
+
+    #[test]
+    fn barertc_knows_users_by_name_and_drops_the_key_from_raw() {
+        let e = event(
+            Platform::Barertc,
+            r#"{"Action":"report","APIKey":"k","APIKey":"k2","Report":{"FromUsername":"al","Channel":"n/a"}}"#,
+        )
+        .expect("event");
+        assert_eq!(e["actor"], json!({"id":"al","name":"al","is_bot":null}));
+        assert_eq!(e["room"], Value::Null, "n/a is no room");
+        assert!(e["raw"].get("APIKey").is_none(), "every APIKey is left out");
+        assert_eq!(e["id"].as_str().map(str::len), Some(32), "a derived id");
+        let e = event(
+            Platform::Barertc,
+            r#"{"Action":"profile","Username":"bob"}"#,
+        )
+        .expect("event");
+        assert_eq!(
+            (e["type"].as_str(), &e["subject"]["id"]),
+            (Some("profile.requested"), &json!("bob"))
+        );
+    }
+
+    #[test]
+    fn derived_ids_are_stable_for_the_same_bytes() {
+        let body = r#"{"type":"contact.created"}"#;
+        let a = event(Platform::Protocol, body).expect("event");
+        let b = event(Platform::Protocol, body).expect("event");
+        assert_eq!(a["id"], b["id"]);
+        assert_eq!(a["id"], crate::event::derived_id(body.as_bytes()));
+    }
+}
