@@ -3,10 +3,9 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -117,84 +116,22 @@ fn port_in_use_exits_2_naming_the_address() {
     assert!(line.contains(&addr.to_string()), "{err}");
 }
 
-/// A gateway process; killed on drop.
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// Starts `hookgate run` at trace level; everything it prints goes to `log` (a full pipe
-/// would block it).
-fn start(config_path: &str, port: u16, env: &[(&str, &str)], log: &Path) -> Running {
-    let out = std::fs::File::create(log).expect("log file");
-    let child = Command::new(BIN)
-        .args(["run", "--config", config_path])
-        .env("RUST_LOG", "trace")
-        .envs(env.iter().copied())
-        .stdout(Stdio::from(out.try_clone().expect("clone")))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .expect("spawn");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "gateway did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Running { child, addr }
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
-/// Waits for the process to exit; returns its code.
-fn finish(mut r: Running) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = r.child.try_wait().expect("wait") {
-            return status.code().unwrap_or(-1);
-        }
-        assert!(Instant::now() < deadline, "did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_prints_a_curl_command_that_delivers() {
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
-    let port = free_port();
     let dir = temp_dir("cli-sign");
     std::fs::write(dir.join("funtek.secret"), "tok+en/with&odd=chars\n").expect("secret");
     let text = format!(
-        "[server]\nlisten = \"0.0.0.0:{port}\"\n[upstream]\nurl = {:?}\n\n\
+        "[server]\nlisten = \"0.0.0.0:0\"\n[upstream]\nurl = {:?}\n\n\
          [[source]]\nname = \"p\"\nplatform = \"protocol\"\npath = \"/p\"\nsecrets = [\"sign-secret-1\", \"second\"]\n\n\
          [[source]]\nname = \"s\"\nplatform = \"spika\"\npath = \"/s\"\nsecrets = [\"room-token\"]\n\n\
          [[source]]\nname = \"b\"\nplatform = \"barertc\"\npath = \"/b\"\nsecrets = [\"k&<ey>\"]\n\n\
          [[source]]\nname = \"f\"\nplatform = \"funtek\"\npath = \"/f\"\nsecrets = [\"file:funtek.secret\"]\n",
         upstream.url("/app")
     );
-    let path = write_config(&dir, &text);
-    let gw = start(&path, port, &[], &dir.join("output.log"));
+    let gw = spawn_process(&dir, &text, &[]);
+    let port = gw.addr.port();
+    let path = dir.join("hookgate.toml").display().to_string();
     std::fs::write(
         dir.join("body.json"),
         r#"{"type":"contact.created","id":"from-file"}"#,
@@ -237,7 +174,6 @@ async fn sign_prints_a_curl_command_that_delivers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_anything_printed_and_sigterm_exits_0() {
     let upstream = spawn_upstream(Reply::json(200, r#"{"reply":{"text":"hi"}}"#)).await;
-    let port = free_port();
     let dir = temp_dir("cli-secrets");
     let secrets = [
         "protocol-SECRET-aaaa",
@@ -247,7 +183,7 @@ async fn no_secret_in_anything_printed_and_sigterm_exits_0() {
     ];
     std::fs::write(dir.join("spika.secret"), secrets[1]).expect("secret");
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[upstream]\nurl = {:?}\n\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = {:?}\n\n\
          [[source]]\nname = \"p\"\nplatform = \"protocol\"\npath = \"/p\"\nsecrets = [\"env:HG_TEST_PROTOCOL\"]\n\n\
          [[source]]\nname = \"s\"\nplatform = \"spika\"\npath = \"/s\"\nsecrets = [\"file:spika.secret\"]\n\n\
          [[source]]\nname = \"b\"\nplatform = \"barertc\"\npath = \"/b\"\nsecrets = [{:?}]\n\n\
@@ -256,9 +192,11 @@ async fn no_secret_in_anything_printed_and_sigterm_exits_0() {
         secrets[2],
         secrets[3]
     );
-    let path = write_config(&dir, &text);
-    let log_path = dir.join("output.log");
-    let gw = start(&path, port, &[("HG_TEST_PROTOCOL", secrets[0])], &log_path);
+    let mut gw = spawn_process(
+        &dir,
+        &text,
+        &[("HG_TEST_PROTOCOL", secrets[0]), ("RUST_LOG", "trace")],
+    );
 
     let pbody = r#"{"id":"1","type":"message.created","payload":{}}"#;
     let ok = [
@@ -335,10 +273,10 @@ async fn no_secret_in_anything_printed_and_sigterm_exits_0() {
         );
     }
 
-    sigterm(&gw.child);
-    let code = finish(gw);
-    let printed = std::fs::read_to_string(&log_path).expect("log");
-    assert_eq!(code, 0, "{printed}");
+    gw.signal("TERM");
+    let code = gw.wait_exit(Duration::from_secs(20));
+    let printed = gw.log();
+    assert_eq!(code, Some(0), "{printed}");
     assert!(
         printed.contains("request"),
         "the log has request lines: {printed}"

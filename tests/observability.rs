@@ -6,8 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -205,35 +204,15 @@ async fn metrics_count_exactly_what_happened() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_lines_carry_the_fields_and_no_secret() {
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("a")
-        .port();
     let dir = temp_dir("json-logs");
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nlog_format = \"json\"\n[upstream]\nurl = {:?}\n\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\nlog_format = \"json\"\n[upstream]\nurl = {:?}\n\n\
          [[source]]\nname = \"p\"\nplatform = \"protocol\"\npath = \"/p\"\nsecrets = [{SECRET:?}]\n\n\
          [[source]]\nname = \"f\"\nplatform = \"funtek\"\npath = \"/f\"\nsecrets = [{SECRET:?}]\n",
         upstream.url("/")
     );
-    let path = dir.join("hookgate.toml");
-    std::fs::write(&path, config).expect("write");
-    let log = dir.join("out.log");
-    let out = std::fs::File::create(&log).expect("log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
-        .args(["run", "--config", &path.display().to_string()])
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::from(out.try_clone().expect("clone")))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .expect("spawn");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut p = spawn_process(&dir, &config, &[("RUST_LOG", "debug")]);
+    let addr = p.addr;
     assert_eq!(deliver(addr, "/p", "ok-1", SECRET).await, 200);
     assert_eq!(deliver(addr, "/p", "bad", "wrong").await, 401);
     let a = send(
@@ -245,13 +224,10 @@ async fn json_log_lines_carry_the_fields_and_no_secret() {
     )
     .await;
     assert_eq!(a.status, 200);
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().expect("wait");
-    assert_eq!(status.code(), Some(0));
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
 
-    let text = std::fs::read_to_string(&log).expect("log");
+    let text = p.log();
     assert!(!text.contains(SECRET), "a secret in the log:\n{text}");
     let lines: Vec<serde_json::Value> = text
         .lines()

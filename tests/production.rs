@@ -6,7 +6,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -411,69 +411,6 @@ fn the_dev_cert_script_makes_certificates_that_load() {
 
 // ------------------------------------------------------------------ signals
 
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(ok.success());
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                return s.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-fn spawn_process(dir: &Path, config: &str) -> Proc {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("a")
-        .port();
-    let config = config.replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    let path = dir.join("hookgate.toml");
-    std::fs::write(&path, config).expect("write");
-    let log = dir.join("out.log");
-    let out = std::fs::File::create(&log).expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
-        .args(["run", "--config", &path.display().to_string()])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::from(out.try_clone().expect("clone")))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .expect("spawn");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Proc { child, addr, log }
-}
-
 async fn deliver_with(addr: SocketAddr, key: &str, id: &str) -> u16 {
     let b = format!(r#"{{"id":"{id}","type":"message.created"}}"#);
     let sig = hmac_hex(key, b.as_bytes());
@@ -500,7 +437,7 @@ async fn sigterm_lets_an_in_flight_delivery_finish_then_exits_0() {
         "[server]\n",
         "[server]\nshutdown_delay_s = 1\nshutdown_grace_s = 10\n",
     );
-    let mut p = spawn_process(&dir, &config);
+    let mut p = spawn_process(&dir, &config, &[]);
     let addr = p.addr;
     let in_flight = tokio::spawn(async move {
         let sig = hmac_hex(SECRET, BODY.as_bytes());
@@ -553,7 +490,7 @@ async fn sighup_rotates_secrets_and_keeps_the_old_config_when_the_new_one_is_inv
         &["file:p.secret"],
         "dedupe_window_s = 0",
     );
-    let mut p = spawn_process(&dir, &config);
+    let mut p = spawn_process(&dir, &config, &[]);
     assert_eq!(deliver_with(p.addr, "old-secret", "1").await, 200);
     assert_eq!(deliver_with(p.addr, "new-secret", "2").await, 401);
 

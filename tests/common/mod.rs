@@ -305,3 +305,81 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Str
     let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// A `hookgate run` process; killed on drop.
+pub struct Process {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Process {
+    /// Sends a signal (`TERM`, `HUP`, …).
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    /// Everything the process printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The exit code, if it exits within `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+/// Runs the binary on `config` written to `dir/hookgate.toml`, with a `:0` listen port
+/// replaced by a free one; everything it prints goes to `dir/out.log` (a full pipe would
+/// block a process that logs a lot). Returns once it accepts connections.
+pub fn spawn_process(dir: &Path, config: &str, env: &[(&str, &str)]) -> Process {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let config = config
+        .replace("127.0.0.1:0\"", &format!("127.0.0.1:{port}\""))
+        .replace("0.0.0.0:0\"", &format!("0.0.0.0:{port}\""));
+    let path = dir.join("hookgate.toml");
+    std::fs::write(&path, config).expect("write config");
+    let log = dir.join("out.log");
+    let out = std::fs::File::create(&log).expect("log file");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["run", "--config", &path.display().to_string()])
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::from(out.try_clone().expect("clone")))
+        .stderr(std::process::Stdio::from(out))
+        .spawn()
+        .expect("spawn hookgate");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hookgate did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Process { child, addr, log }
+}
