@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::clock::Clock;
@@ -21,7 +22,9 @@ use crate::limit::LimitClock;
 pub const CAPACITY: usize = 100_000;
 
 pub struct Dedupe {
-    pub window: Duration,
+    /// The window in nanoseconds; a reload may change it (ids already remembered keep
+    /// the expiry they were given).
+    window_ns: AtomicU64,
     clock: LimitClock,
     capacity: usize,
     inner: Mutex<Seen>,
@@ -58,11 +61,21 @@ impl Dedupe {
 
     pub fn with_capacity(window: Duration, clock: LimitClock, capacity: usize) -> Dedupe {
         Dedupe {
-            window,
+            window_ns: AtomicU64::new(window.as_nanos() as u64),
             clock,
             capacity,
             inner: Mutex::new(Seen::default()),
         }
+    }
+
+    pub fn window(&self) -> Duration {
+        Duration::from_nanos(self.window_ns.load(Ordering::Relaxed))
+    }
+
+    /// A reload's new `dedupe_window_s` for the same source.
+    pub fn set_window(&self, window: Duration) {
+        self.window_ns
+            .store(window.as_nanos() as u64, Ordering::Relaxed);
     }
 
     fn now(&self) -> u64 {
@@ -87,7 +100,7 @@ impl Dedupe {
     /// Remembers `id` after a 2xx answer (a remembered id keeps its first expiry).
     pub fn remember(&self, id: &str) {
         let now = self.now();
-        let at = now.saturating_add(self.window.as_nanos() as u64);
+        let at = now.saturating_add(self.window_ns.load(Ordering::Relaxed));
         let mut s = self.lock();
         s.expire(now);
         if s.expires.contains_key(id) {

@@ -108,10 +108,16 @@ impl Gateway {
                         .filter(|l| l.rate == rate)
                         .unwrap_or_else(|| Arc::new(SourceLimiter::new(rate, clock.clone())))
                 });
+                // The ids already forwarded stay remembered across a reload, whatever
+                // the new window.
                 let dedupe = (!s.dedupe_window.is_zero()).then(|| {
-                    old.and_then(|o| o.dedupe.clone())
-                        .filter(|d| d.window == s.dedupe_window)
-                        .unwrap_or_else(|| Arc::new(Dedupe::new(s.dedupe_window, clock.clone())))
+                    match old.and_then(|o| o.dedupe.clone()) {
+                        Some(d) => {
+                            d.set_window(s.dedupe_window);
+                            d
+                        }
+                        None => Arc::new(Dedupe::new(s.dedupe_window, clock.clone())),
+                    }
                 });
                 let route = Route {
                     source: Arc::clone(s),

@@ -413,3 +413,49 @@ async fn a_flood_from_100k_addresses_keeps_the_client_table_bounded() {
         hookgate::limit::CLIENT_TABLE_CAPACITY
     );
 }
+
+#[tokio::test]
+async fn a_reload_keeps_dedupe_and_unchanged_rate_limit_state() {
+    let clock = LimitClock::fake();
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let config =
+        |extra: &str| one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], extra);
+    let dir = temp_dir("reload-state");
+    let gw = spawn_gateway_with(
+        &config("rate_limit = { per_second = 1, burst = 1 }"),
+        &dir,
+        clock.clone(),
+    )
+    .await;
+    assert_eq!(deliver(&gw, "r1", &[]).await.status, 200);
+    assert_eq!(deliver(&gw, "r2", &[]).await.status, 429);
+    // Same name and rate_limit, another dedupe window: both kinds of state stay.
+    std::fs::write(
+        dir.join("hookgate.toml"),
+        config("rate_limit = { per_second = 1, burst = 1 }\ndedupe_window_s = 600"),
+    )
+    .expect("write");
+    gw.server.reload().expect("reload");
+    assert_eq!(
+        deliver(&gw, "r2", &[]).await.status,
+        429,
+        "the bucket was kept"
+    );
+    clock.advance(Duration::from_secs(1));
+    let a = deliver(&gw, "r1", &[]).await;
+    assert_eq!(
+        a.header("x-hookgate-duplicate"),
+        Some("true"),
+        "the id was kept"
+    );
+    // A changed rate_limit starts a fresh bucket.
+    std::fs::write(
+        dir.join("hookgate.toml"),
+        config("rate_limit = { per_second = 5, burst = 5 }\ndedupe_window_s = 600"),
+    )
+    .expect("write");
+    gw.server.reload().expect("reload");
+    assert_eq!(deliver(&gw, "r3", &[]).await.status, 200);
+    assert_eq!(deliver(&gw, "r4", &[]).await.status, 200);
+    assert_eq!(upstream.requests().len(), 3);
+}
