@@ -654,3 +654,42 @@ fn kubernetes_manifests_parse_and_match_the_config() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_serves_new_connections_with_the_new_certificate() {
+    let dir = temp_dir("tls-reload");
+    let old = make_pki(&dir);
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let config = tls_config(&upstream.url("/"), false);
+    let gw = spawn_gateway_in(&config, &dir).await;
+    let old_client = connector(&old, &[b"http/1.1"], false);
+    assert!(tls_connect(gw.addr, &old_client).await.is_ok());
+
+    // A new PKI in place of the old files, then a reload.
+    let new_dir = temp_dir("tls-reload-new");
+    let new = make_pki(&new_dir);
+    for f in ["server.crt", "server.key"] {
+        std::fs::copy(new_dir.join(f), dir.join(f)).expect("copy");
+    }
+    gw.server.reload().expect("reload");
+    let new_client = connector(&new, &[b"http/1.1"], false);
+    let tls = tls_connect(gw.addr, &new_client)
+        .await
+        .expect("the new certificate is served");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("h1");
+    tokio::spawn(conn);
+    let a = collect(
+        sender
+            .send_request(signed_request("/hooks/p", http::Version::HTTP_11))
+            .await
+            .expect("resp"),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert!(
+        tls_connect(gw.addr, &old_client).await.is_err(),
+        "the old certificate is gone"
+    );
+}
