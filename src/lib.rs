@@ -3,7 +3,7 @@
 //! A delivery takes one way through the crate, one module per stage:
 //!
 //! ```text
-//! server    accept (HTTP/1.1 + HTTP/2), head deadline, health endpoints
+//! server    accept, worker threads, TLS (tls), HTTP/1.1 + HTTP/2, head deadline, drain
 //! pipeline  route → admit (allow_cidrs) → read body → verify → normalize → forward → reply
 //! admit     who the client is (X-Forwarded-For rules) and whether it may come in
 //! limit     client and source rate limits (governor); dedupe: ids already forwarded
