@@ -128,6 +128,19 @@ fn signed_request(uri: &str, version: http::Version) -> http::Request<Full<Bytes
         .expect("request")
 }
 
+/// One signed delivery over an established TLS connection, HTTP/1.1.
+async fn h1_delivery(tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Answer {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("h1");
+    tokio::spawn(conn);
+    let response = sender
+        .send_request(signed_request("/hooks/p", http::Version::HTTP_11))
+        .await
+        .expect("resp");
+    collect(response).await
+}
+
 /// A protocol source behind TLS with the PKI's files (relative to the config's folder).
 fn tls_config(upstream: &str, client_ca: bool) -> String {
     let ca = if client_ca {
@@ -155,17 +168,7 @@ async fn https_delivery_over_http1_and_http2_by_alpn() {
         .await
         .expect("handshake");
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .expect("h1");
-    tokio::spawn(conn);
-    let a = collect(
-        sender
-            .send_request(signed_request("/hooks/p", http::Version::HTTP_11))
-            .await
-            .expect("resp"),
-    )
-    .await;
+    let a = h1_delivery(tls).await;
     assert_eq!((a.status, &a.body[..]), (200, &br#"{"ok":true}"#[..]));
 
     // HTTP/2, chosen by ALPN
@@ -240,18 +243,10 @@ async fn mtls_refuses_a_client_without_a_certificate_and_serves_one_with() {
     );
     assert!(upstream.requests().is_empty());
 
-    let tls = tls_connect(gw.addr, &connector(&pki, &[b"http/1.1"], true))
-        .await
-        .expect("handshake");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .expect("h1");
-    tokio::spawn(conn);
-    let a = collect(
-        sender
-            .send_request(signed_request("/hooks/p", http::Version::HTTP_11))
+    let a = h1_delivery(
+        tls_connect(gw.addr, &connector(&pki, &[b"http/1.1"], true))
             .await
-            .expect("resp"),
+            .expect("handshake"),
     )
     .await;
     assert_eq!(a.status, 200);
@@ -673,18 +668,10 @@ async fn a_reload_serves_new_connections_with_the_new_certificate() {
     }
     gw.server.reload().expect("reload");
     let new_client = connector(&new, &[b"http/1.1"], false);
-    let tls = tls_connect(gw.addr, &new_client)
-        .await
-        .expect("the new certificate is served");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .expect("h1");
-    tokio::spawn(conn);
-    let a = collect(
-        sender
-            .send_request(signed_request("/hooks/p", http::Version::HTTP_11))
+    let a = h1_delivery(
+        tls_connect(gw.addr, &new_client)
             .await
-            .expect("resp"),
+            .expect("the new certificate is served"),
     )
     .await;
     assert_eq!(a.status, 200);
