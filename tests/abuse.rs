@@ -268,7 +268,7 @@ async fn a_thousand_trickling_connections_do_not_block_a_genuine_delivery() {
     let took = started.elapsed();
     assert_eq!(a.status, 200);
     assert!(
-        took < Duration::from_secs(1),
+        took < Duration::from_secs(2),
         "a genuine delivery took {took:?}"
     );
     assert_eq!(upstream.requests().len(), 1);
