@@ -264,6 +264,15 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_rounds_the_wait_up_to_whole_seconds_at_least_one() {
+        assert_eq!(retry_after_s(Duration::ZERO), 1);
+        assert_eq!(retry_after_s(Duration::from_millis(700)), 1);
+        assert_eq!(retry_after_s(Duration::from_secs(1)), 1);
+        assert_eq!(retry_after_s(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_s(Duration::from_millis(2100)), 3);
+    }
+
+    #[test]
     fn client_limit_is_per_address_and_per_ipv6_64() {
         let clock = LimitClock::fake();
         let l = ClientLimiter::new(rate(1, 1), clock.clone());

@@ -183,10 +183,15 @@ static X_HOOKGATE_DUPLICATE: header::HeaderName =
 #[derive(Default)]
 struct Outcome<'g> {
     route: Option<&'g Route>,
-    source: Option<Arc<Source>>,
     client: Option<std::net::IpAddr>,
     event_id: Option<HeaderValue>,
-    event_type: Option<String>,
+    event_type: Option<HeaderValue>,
+}
+
+impl Outcome<'_> {
+    fn source(&self) -> Option<&Source> {
+        self.route.map(|r| r.source.as_ref())
+    }
 }
 
 /// Handles one request.
@@ -221,8 +226,7 @@ pub async fn handle(
         .then(|| (request.method().clone(), path.to_string()));
     let result = deliver(&gateway, conn, request, &request_id, &mut outcome).await;
     let barertc = outcome
-        .source
-        .as_ref()
+        .source()
         .is_some_and(|s| s.platform == Platform::Barertc);
 
     let mut response = match &result {
@@ -297,12 +301,12 @@ fn log_request(
     let detail = result.as_ref().err().map(|r| r.to_string());
     tracing::info!(
         target: "hookgate::request",
-        source = outcome.source.as_ref().map_or("", |s| s.name.as_str()),
-        platform = outcome.source.as_ref().map_or("", |s| s.platform.as_str()),
+        source = outcome.source().map_or("", |s| s.name.as_str()),
+        platform = outcome.source().map_or("", |s| s.platform.as_str()),
         status,
         duration_ms = started.elapsed().as_micros() as f64 / 1000.0,
         event_id = outcome.event_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
-        event_type = outcome.event_type.as_deref().unwrap_or(""),
+        event_type = outcome.event_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
         request_id = request_id.to_str().unwrap_or(""),
         client = %outcome.client.map_or_else(|| conn.peer.ip().to_string(), |c| c.to_string()),
         method = %method,
@@ -411,7 +415,6 @@ async fn deliver<'g>(
         .ok_or(Refusal::NoRoute)?;
     let source = &route.source;
     outcome.route = Some(route);
-    outcome.source = Some(Arc::clone(source));
     if request.method() != Method::POST {
         return Err(Refusal::Method);
     }
@@ -455,7 +458,7 @@ async fn deliver<'g>(
     };
     let delivery = process(source, &carriers, body, Millis::now())?;
     outcome.event_id = Some(delivery.event_id_header.clone());
-    outcome.event_type = delivery.event_type.to_str().ok().map(String::from);
+    outcome.event_type = Some(delivery.event_type.clone());
 
     // Verified deliveries only count against the source's budget.
     if let Some(limiter) = &route.limiter {

@@ -100,7 +100,7 @@ async fn source_rate_limit_counts_verified_deliveries_only() {
 }
 
 #[tokio::test]
-async fn retry_after_is_whole_seconds_of_the_wait() {
+async fn retry_after_is_the_partial_wait_rounded_up_to_one_second() {
     let clock = LimitClock::fake();
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
     // 1 per second, burst 5: after the burst, the next cell is 1 s away.
@@ -116,7 +116,7 @@ async fn retry_after_is_whole_seconds_of_the_wait() {
     }
     clock.advance(Duration::from_millis(300));
     let a = forged(&gw, &[]).await;
-    // 0.7 s left: rounded up to whole seconds, at least 1.
+    // 0.7 s left: sent as 1 (the rounding itself is unit-tested in `limit`).
     assert_eq!((a.status, a.header("retry-after")), (429, Some("1")));
 }
 

@@ -11,8 +11,9 @@ use common::*;
 const SECRET: &str = "protocol-secret-for-tests";
 const BODY: &str = r#"{"id":"evt-1","type":"message.created","payload":{"id":"m1","conversation_id":"c1","message":"hi"}}"#;
 
-fn signed() -> Vec<(&'static str, String)> {
-    vec![("x-protocol-signature", hmac_hex(SECRET, BODY.as_bytes()))]
+/// The valid signature of `BODY`.
+fn signature() -> String {
+    hmac_hex(SECRET, BODY.as_bytes())
 }
 
 async fn post(gw: &Gateway, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
@@ -55,7 +56,15 @@ async fn behind(reply: Reply, extra_source: &str) -> (Upstream, Gateway) {
 }
 
 async fn deliver(gw: &Gateway) -> Answer {
-    post(gw, "/hooks/p", &sig_header(&signed()[0].1), BODY).await
+    deliver_with(gw, &[]).await
+}
+
+/// A signed delivery of `BODY` with `extra` request headers.
+async fn deliver_with(gw: &Gateway, extra: &[(&str, &str)]) -> Answer {
+    let sig = signature();
+    let mut headers = vec![("x-protocol-signature", sig.as_str())];
+    headers.extend_from_slice(extra);
+    post(gw, "/hooks/p", &headers, BODY).await
 }
 
 fn sig_header(sig: &str) -> [(&str, &str); 1] {
@@ -65,7 +74,7 @@ fn sig_header(sig: &str) -> [(&str, &str); 1] {
 #[tokio::test]
 async fn signed_delivery_is_forwarded_with_the_spec_headers() {
     let (upstream, gw) = protocol_gateway("", "").await;
-    let sig = &signed()[0].1;
+    let sig = &signature();
     let a = post(
         &gw,
         "/hooks/p?token=abc&x=1",
@@ -120,7 +129,7 @@ async fn signed_delivery_is_forwarded_with_the_spec_headers() {
 async fn each_refusal_row_of_the_table() {
     let (upstream, gw) =
         protocol_gateway("allow_cidrs = [\"127.0.0.0/8\"]", "max_body_bytes = 200").await;
-    let sig = signed()[0].1.clone();
+    let sig = signature();
 
     let a = post(&gw, "/nope", &[], "{}").await;
     assert_eq!(
@@ -140,13 +149,7 @@ async fn each_refusal_row_of_the_table() {
         (413, serde_json::json!({"error":"payload_too_large"}))
     );
 
-    let a = post(
-        &gw,
-        "/hooks/p",
-        &[("x-protocol-signature", &sig), ("content-encoding", "gzip")],
-        BODY,
-    )
-    .await;
+    let a = deliver_with(&gw, &[("content-encoding", "gzip")]).await;
     assert_eq!(
         (a.status, a.json()),
         (415, serde_json::json!({"error":"unsupported_media_type"}))
@@ -197,7 +200,7 @@ async fn each_refusal_row_of_the_table() {
         upstream.requests().is_empty(),
         "a refused request reached the upstream"
     );
-    let a = post(&gw, "/hooks/p", &sig_header(&sig), BODY).await;
+    let a = deliver(&gw).await;
     assert_eq!(a.status, 200);
     assert_eq!(upstream.requests().len(), 1);
 }
@@ -205,8 +208,7 @@ async fn each_refusal_row_of_the_table() {
 #[tokio::test]
 async fn allow_cidrs_refuses_other_clients() {
     let (upstream, gw) = protocol_gateway("allow_cidrs = [\"203.0.113.0/24\"]", "").await;
-    let sig = signed()[0].1.clone();
-    let a = post(&gw, "/hooks/p", &sig_header(&sig), BODY).await;
+    let a = deliver(&gw).await;
     assert_eq!(
         (a.status, a.json()),
         (403, serde_json::json!({"error":"forbidden"}))
@@ -222,16 +224,12 @@ async fn trusted_proxy_forwarded_for() {
         "trusted_proxies = [\"127.0.0.0/8\"]",
     )
     .await;
-    let sig = signed()[0].1.clone();
-    let a = post(
+    let a = deliver_with(
         &gw,
-        "/hooks/p",
         &[
-            ("x-protocol-signature", &sig),
             ("x-forwarded-for", "203.0.113.7"),
             ("x-forwarded-proto", "https"),
         ],
-        BODY,
     )
     .await;
     assert_eq!(a.status, 200);
@@ -239,33 +237,14 @@ async fn trusted_proxy_forwarded_for() {
     assert_eq!(r.header("x-forwarded-for"), Some("203.0.113.7, 127.0.0.1"));
     assert_eq!(r.header("x-forwarded-proto"), Some("https"));
     // A client outside allow_cidrs behind the proxy is refused.
-    let a = post(
-        &gw,
-        "/hooks/p",
-        &[
-            ("x-protocol-signature", &sig),
-            ("x-forwarded-for", "198.51.100.1"),
-        ],
-        BODY,
-    )
-    .await;
+    let a = deliver_with(&gw, &[("x-forwarded-for", "198.51.100.1")]).await;
     assert_eq!(a.status, 403);
 }
 
 #[tokio::test]
 async fn untrusted_peer_cannot_claim_an_address() {
     let (upstream, gw) = protocol_gateway("allow_cidrs = [\"127.0.0.1/32\"]", "").await;
-    let sig = signed()[0].1.clone();
-    let a = post(
-        &gw,
-        "/hooks/p",
-        &[
-            ("x-protocol-signature", &sig),
-            ("x-forwarded-for", "203.0.113.7"),
-        ],
-        BODY,
-    )
-    .await;
+    let a = deliver_with(&gw, &[("x-forwarded-for", "203.0.113.7")]).await;
     assert_eq!(a.status, 200);
     assert_eq!(
         upstream.requests()[0].header("x-forwarded-for"),
@@ -306,7 +285,7 @@ async fn include_raw_false_leaves_raw_out() {
 #[tokio::test]
 async fn http2_delivery() {
     let (upstream, gw) = protocol_gateway("", "").await;
-    let sig = signed()[0].1.clone();
+    let sig = signature();
     let a = send_h2(
         gw.addr,
         "/hooks/p",
@@ -337,7 +316,7 @@ async fn keep_alive_serves_several_requests_on_one_connection() {
         .await
         .expect("hs");
     tokio::spawn(conn);
-    let sig = signed()[0].1.clone();
+    let sig = signature();
     for _ in 0..3 {
         let req = http::Request::post("/hooks/p")
             .header("host", "x")
@@ -560,7 +539,7 @@ async fn chunked_body_over_the_limit_is_413_without_a_content_length() {
 #[tokio::test]
 async fn malformed_framing_is_400_never_5xx_nor_forwarded() {
     let (upstream, gw) = protocol_gateway("", "").await;
-    let sig = signed()[0].1.clone();
+    let sig = signature();
     // A bad chunk size.
     let req = format!(
         "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {sig}\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{BODY}\r\n0\r\n\r\n"
