@@ -18,6 +18,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::platforms::Platform;
+use crate::upstream::Target;
 use crate::verify::{Secret, Verifier};
 
 /// A config that cannot be used: one line, naming the file and the field.
@@ -261,7 +262,7 @@ pub struct Source {
     pub include_raw: bool,
     pub rate_limit: Option<RateLimit>,
     pub dedupe_window: Duration,
-    pub upstream: Uri,
+    pub upstream: Target,
     pub timeout: Duration,
     pub allow_cidrs: Option<Vec<IpNet>>,
     /// `x-hookgate-source`, made once.
@@ -418,14 +419,11 @@ impl Builder {
         }
     }
 
-    fn upstream_uri(&self, field: &str, s: &str) -> Result<Uri, ConfigError> {
+    fn upstream_uri(&self, field: &str, s: &str) -> Result<Target, ConfigError> {
         let uri: Uri = s
             .parse()
             .map_err(|_| self.err(field, format!("not a URL: {s:?}")))?;
-        match uri.scheme_str() {
-            Some("http") | Some("https") if uri.host().is_some() => Ok(uri),
-            _ => Err(self.err(field, format!("must be an http:// or https:// URL: {s:?}"))),
-        }
+        Target::from_uri(uri).map_err(|e| self.err(field, format!("{e}: {s:?}")))
     }
 
     fn build(&self, f: FileConfig, path: &Path) -> Result<Config, ConfigError> {

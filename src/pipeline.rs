@@ -509,7 +509,7 @@ async fn deliver<'g>(
     let upstream = &gateway.upstreams[conn.worker % gateway.upstreams.len()];
     let sent = upstream
         .send(Forward {
-            uri: &source.upstream,
+            target: &source.upstream,
             timeout: source.timeout,
             headers,
             event_id_header,

@@ -1,29 +1,30 @@
-//! Forwarding to the application (SPEC §5): one pooled keep-alive client for the whole
-//! process, header hygiene, `timeout_ms` over the whole exchange, Standard Webhooks signing.
+//! Forwarding to the application (SPEC §5): keep-alive connections pooled per worker
+//! ([`pool`]), header hygiene, `timeout_ms` over the whole exchange, Standard Webhooks signing.
 //!
 //! Takes a forwardable request (made only from a verified delivery); gives the upstream's
 //! status, content-type, retry-after and body, or an [`UpstreamError`] (502 / 504).
 //! Nothing of the sender's request is passed on but what §5 lists: hookgate frames
 //! what it forwards itself.
 
+mod pool;
+
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use sha2::Sha256;
 
 use crate::verify::Secret;
+use pool::Pool;
+pub use pool::Target;
 
 pub static X_HOOKGATE_SOURCE: HeaderName = HeaderName::from_static("x-hookgate-source");
 pub static X_HOOKGATE_PLATFORM: HeaderName = HeaderName::from_static("x-hookgate-platform");
@@ -75,7 +76,7 @@ pub struct UpstreamAnswer {
 
 /// What to send: built by the pipeline from a verified delivery only.
 pub struct Forward<'a> {
-    pub uri: &'a Uri,
+    pub target: &'a Target,
     pub timeout: Duration,
     /// The `x-hookgate-*`, `x-request-id`, `x-forwarded-*` and `user-agent` headers.
     pub headers: HeaderMap,
@@ -84,10 +85,9 @@ pub struct Forward<'a> {
     pub body: Bytes,
 }
 
-/// The process's one upstream client, with its signing key.
-#[derive(Clone)]
+/// A worker's upstream client: its connections, with the signing key.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    pool: Pool,
     signing: Option<Hmac<Sha256>>,
     max_body_bytes: u64,
 }
@@ -117,12 +117,14 @@ fn tls_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, ClientSetupErro
                 .map_err(|e| ClientSetupError(format!("{}: {e}", path.display())))?;
         }
     }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientSetupError(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // The forwarded request is one small HTTP/1.1 exchange on a kept-alive connection.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
@@ -132,23 +134,12 @@ impl Upstream {
         signing_key: Option<&Secret>,
         max_body_bytes: u64,
     ) -> Result<Upstream, ClientSetupError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(ca)?)
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .timer(hyper_util::rt::TokioTimer::new())
-            .build(connector);
+        let pool = Pool::new(Arc::new(tls_config(ca)?));
         let signing = signing_key.map(|k| {
             <Hmac<Sha256> as KeyInit>::new_from_slice(k.expose()).expect("HMAC takes any key")
         });
         Ok(Upstream {
-            client,
+            pool,
             signing,
             max_body_bytes,
         })
@@ -177,20 +168,32 @@ impl Upstream {
         if let Some(mac) = &self.signing {
             sign(mac, &fwd.event_id_header, &fwd.body, &mut headers);
         }
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(fwd.uri.clone())
-            .body(Full::new(fwd.body))
-            .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+        headers.insert(header::HOST, fwd.target.host_header().clone());
+        let mut request = Request::new(Full::new(fwd.body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = fwd.target.origin_form().clone();
         *request.headers_mut() = headers;
 
-        let response = self.client.request(request).await.map_err(|e| {
-            if e.is_connect() {
-                UpstreamError::Connect(error_chain(&e))
-            } else {
-                UpstreamError::Invalid(error_chain(&e))
+        let target = fwd.target;
+        let (sender, response) = loop {
+            let (mut sender, reused) = match self.pool.checkout(target) {
+                Some(sender) => (sender, true),
+                None => (self.pool.connect(target).await?, false),
+            };
+            if reused && sender.ready().await.is_err() {
+                continue;
             }
-        })?;
+            match sender.try_send_request(request).await {
+                Ok(response) => break (sender, response),
+                Err(mut e) => match e.take_message() {
+                    // Not sent: a kept-alive connection the upstream had closed. Again,
+                    // on another one (each try takes a connection out of the pool).
+                    Some(unsent) if reused => request = unsent,
+                    Some(_) => return Err(UpstreamError::Connect(error_chain(e.error()))),
+                    None => return Err(UpstreamError::Invalid(error_chain(e.error()))),
+                },
+            }
+        };
         let (parts, body) = response.into_parts();
         if parts
             .headers
@@ -216,6 +219,8 @@ impl Upstream {
                 UpstreamError::Invalid(e.to_string())
             }
         })?;
+        // Read whole: the connection can carry the next request.
+        self.pool.checkin(target, sender);
         Ok(UpstreamAnswer {
             status: parts.status,
             content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),

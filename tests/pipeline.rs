@@ -307,27 +307,9 @@ async fn http2_delivery() {
 
 #[tokio::test]
 async fn keep_alive_serves_several_requests_on_one_connection() {
-    use hyper_util::rt::TokioIo;
     let (upstream, gw) = protocol_gateway("dedupe_window_s = 0", "").await;
-    let stream = tokio::net::TcpStream::connect(gw.addr)
-        .await
-        .expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("hs");
-    tokio::spawn(conn);
-    let sig = signature();
-    for _ in 0..3 {
-        let req = http::Request::post("/hooks/p")
-            .header("host", "x")
-            .header("x-protocol-signature", &sig)
-            .body(http_body_util::Full::new(Bytes::from_static(
-                BODY.as_bytes(),
-            )))
-            .expect("req");
-        let a = collect(sender.send_request(req).await.expect("resp")).await;
-        assert_eq!(a.status, 200);
-    }
+    let statuses = deliveries_on_one_connection(&gw, 3, Duration::ZERO).await;
+    assert_eq!(statuses, [200; 3]);
     assert_eq!(upstream.requests().len(), 3);
 }
 
@@ -603,4 +585,147 @@ async fn slow_body_gets_408_and_slow_head_is_cut_off() {
         t.elapsed()
     );
     assert!(upstream.requests().is_empty());
+}
+
+/// A bare HTTP/1.1 upstream that counts its connections and records each request head;
+/// with `close_idle`, it closes a connection 50 ms after each answer without saying so
+/// (what a server's keep-alive timeout does).
+async fn counting_upstream(
+    close_idle: bool,
+) -> (
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/app", listener.local_addr().expect("addr"));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let (count, seen) = (Arc::clone(&connections), Arc::clone(&heads));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // One request: the head, then content-length bytes of body.
+                    let mut chunk = [0u8; 4096];
+                    let head_end = loop {
+                        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + length {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..head_end + length);
+                    seen.lock().expect("lock").push(head);
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    if close_idle {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, connections, heads)
+}
+
+async fn gateway_without_dedupe(upstream_url: &str) -> Gateway {
+    let config = one_source(
+        upstream_url,
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        "dedupe_window_s = 0",
+    );
+    spawn_gateway(&config).await
+}
+
+/// Deliveries on one kept-alive client connection (so all on one worker).
+async fn deliveries_on_one_connection(gw: &Gateway, n: usize, gap: Duration) -> Vec<u16> {
+    use hyper_util::rt::TokioIo;
+    let stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("hs");
+    tokio::spawn(conn);
+    let sig = signature();
+    let mut statuses = Vec::new();
+    for _ in 0..n {
+        let req = http::Request::post("/hooks/p")
+            .header("host", "x")
+            .header("x-protocol-signature", &sig)
+            .body(http_body_util::Full::new(Bytes::from_static(
+                BODY.as_bytes(),
+            )))
+            .expect("req");
+        statuses.push(
+            collect(sender.send_request(req).await.expect("resp"))
+                .await
+                .status,
+        );
+        tokio::time::sleep(gap).await;
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_with_host_and_origin_form() {
+    use std::sync::atomic::Ordering;
+    let (url, connections, heads) = counting_upstream(false).await;
+    let gw = gateway_without_dedupe(&url).await;
+    let statuses = deliveries_on_one_connection(&gw, 4, Duration::ZERO).await;
+    assert_eq!(statuses, [200; 4]);
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "one upstream connection reused"
+    );
+    let heads = heads.lock().expect("lock").clone();
+    assert_eq!(heads.len(), 4);
+    let authority = url.trim_start_matches("http://").trim_end_matches("/app");
+    for head in &heads {
+        assert!(head.starts_with("post /app http/1.1\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("\r\nhost: {authority}\r\n")),
+            "{head}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_connection_closed_while_idle_is_replaced_not_failed() {
+    use std::sync::atomic::Ordering;
+    let (url, connections, heads) = counting_upstream(true).await;
+    let gw = gateway_without_dedupe(&url).await;
+    let statuses = deliveries_on_one_connection(&gw, 3, Duration::from_millis(200)).await;
+    assert_eq!(statuses, [200; 3]);
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+    assert_eq!(heads.lock().expect("lock").len(), 3);
 }
