@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::header::HeaderMap;
+use http::header::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 
 /// The client as hookgate sees it.
@@ -16,9 +16,9 @@ pub struct Client {
     /// The address the limits and `allow_cidrs` apply to.
     pub addr: IpAddr,
     /// The `x-forwarded-for` to send upstream.
-    pub forwarded_for: String,
+    pub forwarded_for: HeaderValue,
     /// The `x-forwarded-proto` to send upstream.
-    pub forwarded_proto: String,
+    pub forwarded_proto: HeaderValue,
 }
 
 /// An IPv4-mapped IPv6 address in its IPv4 form.
@@ -48,15 +48,54 @@ fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|n| n.contains(&ip))
 }
 
-/// Works out the client from the peer and the sender's headers.
-pub fn client(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet], own_scheme: &str) -> Client {
+/// An address as a header value. IPv4, the common case, is written by hand: `Display`
+/// through `format!` was a measurable part of a request's own work.
+fn address_header(ip: IpAddr) -> HeaderValue {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut out = [0u8; 15];
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out[len] = b'.';
+                    len += 1;
+                }
+                let digits = [octet / 100, octet / 10 % 10, octet % 10];
+                let skip = if octet >= 100 {
+                    0
+                } else if octet >= 10 {
+                    1
+                } else {
+                    2
+                };
+                for d in &digits[skip..] {
+                    out[len] = b'0' + d;
+                    len += 1;
+                }
+            }
+            HeaderValue::from_bytes(&out[..len]).unwrap_or_else(|_| HeaderValue::from_static(""))
+        }
+        IpAddr::V6(v6) => {
+            HeaderValue::from_str(&v6.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+        }
+    }
+}
+
+/// Works out the client from the peer and the sender's headers. `own_scheme` is
+/// hookgate's own (`http` or `https`).
+pub fn client(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+    own_scheme: &'static str,
+) -> Client {
     let peer = canonical(peer);
-    let peer_text = peer.to_string();
+    let peer_header = address_header(peer);
     if !is_trusted(peer, trusted) {
         return Client {
             addr: peer,
-            forwarded_for: peer_text,
-            forwarded_proto: own_scheme.to_string(),
+            forwarded_for: peer_header,
+            forwarded_proto: HeaderValue::from_static(own_scheme),
         };
     }
     // Every X-Forwarded-For line, read as one comma-separated list, as sent.
@@ -69,9 +108,11 @@ pub fn client(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet], own_scheme: 
         .filter(|e| !e.is_empty())
         .collect();
     let forwarded_for = if sent.is_empty() {
-        peer_text
+        peer_header
     } else {
-        format!("{}, {peer_text}", sent.join(", "))
+        // The sender's entries were header text already, so the list is one too.
+        let list = format!("{}, {}", sent.join(", "), peer);
+        HeaderValue::from_str(&list).unwrap_or(peer_header)
     };
     // Walk from the right: the first hop that is not a trusted proxy is the client; an
     // entry that is not an address ends the walk, and the address to its right is the client.
@@ -89,11 +130,10 @@ pub fn client(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet], own_scheme: 
     }
     let forwarded_proto = headers
         .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
+        .map(|v| v.as_bytes().trim_ascii())
         .filter(|v| !v.is_empty())
-        .unwrap_or(own_scheme)
-        .to_string();
+        .and_then(|v| HeaderValue::from_bytes(v).ok())
+        .unwrap_or_else(|| HeaderValue::from_static(own_scheme));
     Client {
         addr,
         forwarded_for,
@@ -177,10 +217,25 @@ mod tests {
         assert_eq!(c.forwarded_for, "[2001:db8::1]:443, 192.0.2.7:80, 10.0.0.1");
         // No header: the peer alone.
         let c = client(ip("10.0.0.1"), &HeaderMap::new(), &t, "https");
-        assert_eq!(
-            (c.addr, c.forwarded_for.as_str()),
-            (ip("10.0.0.1"), "10.0.0.1")
-        );
+        assert_eq!(c.addr, ip("10.0.0.1"));
+        assert_eq!(c.forwarded_for, "10.0.0.1");
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.100.9.255",
+            "192.168.10.1",
+            "2001:db8::1",
+        ] {
+            assert_eq!(address_header(ip(text)), text);
+        }
+        for n in 0..=255u8 {
+            let v4 = std::net::Ipv4Addr::new(n, 0, n / 3, 99);
+            assert_eq!(address_header(IpAddr::V4(v4)), v4.to_string().as_str());
+        }
     }
 
     #[test]

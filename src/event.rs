@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::json::{RawObject, Text};
+use crate::json::{RawObject, Text, write_str};
 use crate::time::Millis;
 
 #[derive(Serialize)]
@@ -59,6 +59,114 @@ pub struct Report<'a> {
 }
 
 pub const SCHEMA: &str = "hookgate.event.v1";
+
+/// The event's JSON, written by hand: the keys are fixed and most values are the body's
+/// own literals, so there is nothing to escape but decoded strings. (Through serde, every
+/// key and value went through serde_json's escaping.) The `Serialize` derive writes the
+/// same JSON value and serves tests and tools; a test holds the two together.
+impl Event<'_> {
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"schema\":");
+        write_str(out, self.schema);
+        out.extend_from_slice(b",\"id\":");
+        write_str(out, &self.id);
+        out.extend_from_slice(b",\"source\":");
+        write_str(out, self.source);
+        out.extend_from_slice(b",\"platform\":");
+        write_str(out, self.platform);
+        out.extend_from_slice(b",\"type\":");
+        write_str(out, &self.kind);
+        out.extend_from_slice(b",\"platform_type\":");
+        write_str(out, &self.platform_type);
+        out.extend_from_slice(b",\"occurred_at\":");
+        write_opt(out, self.occurred_at.as_ref(), write_time);
+        out.extend_from_slice(b",\"received_at\":");
+        write_time(out, &self.received_at);
+        out.extend_from_slice(b",\"room\":");
+        write_opt(out, self.room.as_ref(), |out, room| {
+            out.extend_from_slice(b"{\"id\":");
+            write_str(out, &room.id);
+            out.extend_from_slice(b",\"name\":");
+            write_opt(out, room.name.as_ref(), write_text);
+            out.push(b'}');
+        });
+        out.extend_from_slice(b",\"actor\":");
+        write_opt(out, self.actor.as_ref(), write_user);
+        out.extend_from_slice(b",\"subject\":");
+        write_opt(out, self.subject.as_ref(), write_user);
+        out.extend_from_slice(b",\"message\":");
+        write_opt(out, self.message.as_ref(), |out, m| {
+            out.extend_from_slice(b"{\"id\":");
+            write_opt(out, m.id.as_deref(), write_str);
+            out.extend_from_slice(b",\"text\":");
+            write_opt(out, m.text.as_ref(), write_text);
+            out.extend_from_slice(b",\"kind\":");
+            write_opt(out, m.kind.as_ref(), write_text);
+            out.push(b'}');
+        });
+        out.extend_from_slice(b",\"members\":");
+        write_opt(out, self.members.as_ref(), |out, members| {
+            out.push(b'[');
+            for (i, user) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_user(out, user);
+            }
+            out.push(b']');
+        });
+        out.extend_from_slice(b",\"report\":");
+        write_opt(out, self.report.as_ref(), |out, r| {
+            out.extend_from_slice(b"{\"reason\":");
+            write_opt(out, r.reason.as_ref(), write_text);
+            out.extend_from_slice(b",\"comment\":");
+            write_opt(out, r.comment.as_ref(), write_text);
+            out.push(b'}');
+        });
+        out.extend_from_slice(b",\"state\":");
+        write_opt(out, self.state.as_ref(), write_text);
+        if let Some(raw) = &self.raw {
+            out.extend_from_slice(b",\"raw\":");
+            raw.write(out);
+        }
+        out.push(b'}');
+    }
+}
+
+fn write_opt<T: ?Sized>(
+    out: &mut Vec<u8>,
+    value: Option<&T>,
+    write: impl FnOnce(&mut Vec<u8>, &T),
+) {
+    match value {
+        Some(v) => write(out, v),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn write_text(out: &mut Vec<u8>, text: &Text<'_>) {
+    text.write(out);
+}
+
+fn write_time(out: &mut Vec<u8>, t: &Millis) {
+    out.push(b'"');
+    out.extend_from_slice(&t.rfc3339_bytes());
+    out.push(b'"');
+}
+
+fn write_user(out: &mut Vec<u8>, user: &User<'_>) {
+    out.extend_from_slice(b"{\"id\":");
+    write_str(out, &user.id);
+    out.extend_from_slice(b",\"name\":");
+    write_opt(out, user.name.as_ref(), write_text);
+    out.extend_from_slice(b",\"is_bot\":");
+    out.extend_from_slice(match user.is_bot {
+        Some(true) => b"true",
+        Some(false) => b"false",
+        None => b"null",
+    });
+    out.push(b'}');
+}
 
 /// The id of a delivery that carries none: the first 32 hex digits of SHA-256 of the raw
 /// body, so a re-delivery of the same bytes gets the same id.

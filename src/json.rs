@@ -1,26 +1,52 @@
 //! Borrowed, lazy access to a webhook's JSON, with SPEC §7's field rules.
 //!
-//! An [`Object`] is a JSON object's entries as (key, raw value) pairs borrowed from the body:
-//! nothing is decoded until a field is asked for, and `raw` can be written back with the
-//! body's own key order and number literals. Where a key repeats, the last one counts.
-//! serde_json's `Value` would decode every string and lose number literals; this keeps
-//! both the hot path cheap and `raw` exact.
+//! The body is parsed once, by serde_json, which validates all of it and gives the top
+//! level's entries as (key, value text) pairs borrowed from the body. A nested object is
+//! split into its entries only when a field of it is asked for, by [`split_object`], which
+//! only ever sees text serde_json has already validated, so it needs no validation of its
+//! own: it finds where strings and brackets end. (serde_json would check the nested text a
+//! second time; the payload of a typical delivery is most of its bytes.) Nothing is decoded
+//! until a field is asked for, and `raw` is written back with the body's own key order and
+//! number literals. Where a key repeats, the last one counts.
 
 use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
-use serde::ser::{SerializeMap, Serializer};
+use serde::ser::{self as ser_, SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// Largest unix time in seconds the SPEC accepts (9999-12-31T23:59:59Z).
 pub const MAX_UNIX_S: i64 = 253_402_300_799;
 
+/// The text of one JSON value of a validated document. Made only in this module, from
+/// what serde_json validated or from a part of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Json<'a>(&'a str);
+
+impl<'a> Json<'a> {
+    pub fn get(self) -> &'a str {
+        self.0
+    }
+
+    fn first_byte(self) -> u8 {
+        self.0.as_bytes().first().copied().unwrap_or(b' ')
+    }
+}
+
+impl Serialize for Json<'_> {
+    /// Byte for byte (serde_json's raw value; the hot path writes it with [`write_raw`]).
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let raw: &RawValue = serde_json::from_str(self.0).map_err(ser_::Error::custom)?;
+        raw.serialize(s)
+    }
+}
+
 /// A JSON object's entries, borrowed.
 #[derive(Debug, Default, Clone)]
 pub struct Object<'a> {
-    entries: Vec<(Cow<'a, str>, &'a RawValue)>,
+    entries: Vec<(Cow<'a, str>, Json<'a>)>,
 }
 
 /// A key that borrows from the input unless it holds escapes.
@@ -59,7 +85,7 @@ impl<'de> Deserialize<'de> for Object<'de> {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Object<'de>, A::Error> {
                 let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
                 while let Some((Key(k), v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
-                    entries.push((k, v));
+                    entries.push((k, Json(v.get())));
                 }
                 Ok(Object { entries })
             }
@@ -68,15 +94,118 @@ impl<'de> Deserialize<'de> for Object<'de> {
     }
 }
 
-/// What kind of JSON value a raw value is, from its first byte.
-fn first_byte(raw: &RawValue) -> u8 {
-    raw.get().as_bytes().first().copied().unwrap_or(b' ')
+const fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).copied().is_some_and(is_ws) {
+        i += 1;
+    }
+    i
+}
+
+/// Where the string starting at `i` (its opening quote) ends: just past its closing quote.
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    loop {
+        j += memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+        if b[j] == b'\\' {
+            j += 2;
+        } else {
+            return Some(j + 1);
+        }
+    }
+}
+
+/// Where the value starting at `i` ends (valid JSON assumed; `None` if it is cut short).
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match *b.get(j)? {
+                    b'"' => {
+                        j = string_end(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        // A number, true, false or null: up to the next delimiter.
+        _ => Some(
+            b[i..]
+                .iter()
+                .position(|&c| matches!(c, b',' | b'}' | b']') || is_ws(c))
+                .map_or(b.len(), |n| i + n),
+        ),
+    }
+}
+
+/// The entries of an object's validated text. Keys with escapes are decoded.
+fn split_object(text: &str) -> Option<Vec<(Cow<'_, str>, Json<'_>)>> {
+    let b = text.as_bytes();
+    let mut entries = Vec::with_capacity(8);
+    let mut i = skip_ws(b, 1);
+    if b.get(i) == Some(&b'}') {
+        return Some(entries);
+    }
+    loop {
+        let key_end = string_end(b, i)?;
+        let key_text = text.get(i..key_end)?;
+        let key = match key_text.get(1..key_text.len() - 1)? {
+            k if !k.contains('\\') => Cow::Borrowed(k),
+            _ => Cow::Owned(serde_json::from_str::<String>(key_text).ok()?),
+        };
+        i = skip_ws(b, key_end);
+        (b.get(i) == Some(&b':')).then_some(())?;
+        i = skip_ws(b, i + 1);
+        let end = value_end(b, i)?;
+        entries.push((key, Json(text.get(i..end)?)));
+        i = skip_ws(b, end);
+        match b.get(i)? {
+            b',' => i = skip_ws(b, i + 1),
+            b'}' => return Some(entries),
+            _ => return None,
+        }
+    }
+}
+
+/// The elements of an array's validated text.
+fn split_array(text: &str) -> Option<Vec<Json<'_>>> {
+    let b = text.as_bytes();
+    let mut items = Vec::new();
+    let mut i = skip_ws(b, 1);
+    if b.get(i) == Some(&b']') {
+        return Some(items);
+    }
+    loop {
+        let end = value_end(b, i)?;
+        items.push(Json(text.get(i..end)?));
+        i = skip_ws(b, end);
+        match b.get(i)? {
+            b',' => i = skip_ws(b, i + 1),
+            b']' => return Some(items),
+            _ => return None,
+        }
+    }
 }
 
 /// A JSON string's text, borrowed when it holds no escapes.
-pub fn as_str(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let text = raw.get();
-    if first_byte(raw) != b'"' {
+pub fn as_str(raw: Json<'_>) -> Option<Cow<'_, str>> {
+    let text = raw.0;
+    if raw.first_byte() != b'"' || text.len() < 2 {
         return None;
     }
     let inner = &text[1..text.len() - 1];
@@ -93,7 +222,7 @@ pub fn as_str(raw: &RawValue) -> Option<Cow<'_, str>> {
 /// With escapes it is decoded and written anew (a lone surrogate must not pass through).
 #[derive(Debug, Clone)]
 pub enum Text<'a> {
-    Literal(&'a RawValue),
+    Literal(Json<'a>),
     Decoded(Cow<'a, str>),
 }
 
@@ -101,7 +230,7 @@ impl PartialEq for Text<'_> {
     /// Equal when they write the same JSON text.
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (Text::Literal(a), Text::Literal(b)) => a.get() == b.get(),
+            (Text::Literal(a), Text::Literal(b)) => a.0 == b.0,
             (Text::Decoded(a), Text::Decoded(b)) => a == b,
             _ => false,
         }
@@ -111,6 +240,14 @@ impl PartialEq for Text<'_> {
 impl<'a> Text<'a> {
     pub fn from_static(s: &'static str) -> Text<'a> {
         Text::Decoded(Cow::Borrowed(s))
+    }
+
+    /// Writes the string as JSON.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Text::Literal(raw) => out.extend_from_slice(raw.0.as_bytes()),
+            Text::Decoded(text) => write_str(out, text),
+        }
     }
 }
 
@@ -123,12 +260,18 @@ impl Serialize for Text<'_> {
     }
 }
 
+/// Writes `text` as a JSON string (serde_json's escaping).
+pub fn write_str(out: &mut Vec<u8>, text: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
 /// A JSON string as a [`Text`].
-pub fn as_text(raw: &RawValue) -> Option<Text<'_>> {
-    if first_byte(raw) != b'"' {
+pub fn as_text(raw: Json<'_>) -> Option<Text<'_>> {
+    if raw.first_byte() != b'"' {
         return None;
     }
-    if raw.get().contains('\\') {
+    if raw.0.contains('\\') {
         as_str(raw).map(Text::Decoded)
     } else {
         Some(Text::Literal(raw))
@@ -136,9 +279,9 @@ pub fn as_text(raw: &RawValue) -> Option<Text<'_>> {
 }
 
 /// An integer: a JSON number without fraction or exponent that fits in 64 bits.
-pub fn as_integer(raw: &RawValue) -> Option<i128> {
-    let text = raw.get();
-    let b = first_byte(raw);
+pub fn as_integer(raw: Json<'_>) -> Option<i128> {
+    let text = raw.0;
+    let b = raw.first_byte();
     if !(b == b'-' || b.is_ascii_digit()) || text.contains(['.', 'e', 'E']) {
         return None;
     }
@@ -149,26 +292,26 @@ pub fn as_integer(raw: &RawValue) -> Option<i128> {
 }
 
 /// An id: a non-empty string, or an integer written in decimal.
-pub fn as_id(raw: &RawValue) -> Option<Cow<'_, str>> {
+pub fn as_id(raw: Json<'_>) -> Option<Cow<'_, str>> {
     if let Some(s) = as_str(raw) {
         return (!s.is_empty()).then_some(s);
     }
     as_integer(raw).map(|n| Cow::Owned(n.to_string()))
 }
 
-pub fn as_bool(raw: &RawValue) -> Option<bool> {
-    match raw.get() {
+pub fn as_bool(raw: Json<'_>) -> Option<bool> {
+    match raw.0 {
         "true" => Some(true),
         "false" => Some(false),
         _ => None,
     }
 }
 
-pub fn as_array(raw: &RawValue) -> Option<Vec<&RawValue>> {
-    if first_byte(raw) != b'[' {
+pub fn as_array(raw: Json<'_>) -> Option<Vec<Json<'_>>> {
+    if raw.first_byte() != b'[' {
         return None;
     }
-    serde_json::from_str(raw.get()).ok()
+    split_array(raw.0)
 }
 
 impl<'a> Object<'a> {
@@ -182,23 +325,22 @@ impl<'a> Object<'a> {
         serde_json::from_slice(body).ok()
     }
 
-    /// A nested raw value that is an object.
-    pub fn from_raw(raw: &'a RawValue) -> Option<Object<'a>> {
-        if first_byte(raw) != b'{' {
+    /// A nested value that is an object.
+    pub fn from_raw(raw: Json<'a>) -> Option<Object<'a>> {
+        if raw.first_byte() != b'{' {
             return None;
         }
-        serde_json::from_str(raw.get()).ok()
+        split_object(raw.0).map(|entries| Object { entries })
     }
 
     /// The value of `key` (the last one, where a key repeats).
-    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+    pub fn get(&self, key: &str) -> Option<Json<'a>> {
         self.entries
             .iter()
             .rev()
             .find(|(k, _)| k == key)
             .map(|(_, v)| *v)
     }
-
     pub fn string(&self, key: &str) -> Option<Cow<'a, str>> {
         self.get(key).and_then(as_str)
     }
@@ -219,7 +361,7 @@ impl<'a> Object<'a> {
         self.get(key).and_then(as_bool)
     }
 
-    pub fn array(&self, key: &str) -> Option<Vec<&'a RawValue>> {
+    pub fn array(&self, key: &str) -> Option<Vec<Json<'a>>> {
         self.get(key).and_then(as_array)
     }
 
@@ -261,18 +403,57 @@ pub struct RawObject<'o, 'a> {
     drop: Option<&'static str>,
 }
 
-impl Serialize for RawObject<'_, '_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl RawObject<'_, '_> {
+    /// The entries written: each key once, at its first place, with its last value.
+    fn each(&self, mut f: impl FnMut(&Cow<'_, str>, Json<'_>)) {
         let entries = &self.object.entries;
-        let mut map = s.serialize_map(None)?;
-        for (i, (k, _)) in entries.iter().enumerate() {
+        for (i, (k, raw)) in entries.iter().enumerate() {
             if Some(k.as_ref()) == self.drop || entries[..i].iter().any(|(earlier, _)| earlier == k)
             {
                 continue;
             }
             // The last value of this key: the one a parser of the body would keep.
-            map.serialize_entry(k, self.object.get(k).unwrap_or(entries[i].1))?;
+            let value = self.object.get(k).unwrap_or(*raw);
+            f(k, value);
         }
+    }
+
+    /// Writes the object: keys as they were (escaped anew only where the body escaped
+    /// them), values byte for byte.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        let mut first = true;
+        self.each(|k, value| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            match k {
+                // Borrowed: the body's key literal had no escapes, so it needs none.
+                Cow::Borrowed(k) => {
+                    out.push(b'"');
+                    out.extend_from_slice(k.as_bytes());
+                    out.push(b'"');
+                }
+                Cow::Owned(k) => write_str(out, k),
+            }
+            out.push(b':');
+            out.extend_from_slice(value.0.as_bytes());
+        });
+        out.push(b'}');
+    }
+}
+
+impl Serialize for RawObject<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        let mut result = Ok(());
+        self.each(|k, value| {
+            if result.is_ok() {
+                result = map.serialize_entry(k.as_ref(), &value);
+            }
+        });
+        result?;
         map.end()
     }
 }
@@ -321,9 +502,40 @@ mod tests {
     #[test]
     fn last_repeated_key_counts_and_raw_keeps_order_and_literals() {
         let o = obj(r#"{"b":1,"a":1.50,"b":2e0,"secret":"s","c":{"x" : 1}}"#);
-        assert_eq!(o.get("b").map(RawValue::get), Some("2e0"));
+        assert_eq!(o.get("b").map(Json::get), Some("2e0"));
         let raw = serde_json::to_string(&o.raw_without(Some("secret"))).expect("ser");
         assert_eq!(raw, r#"{"b":2e0,"a":1.50,"c":{"x" : 1}}"#);
+    }
+
+    #[test]
+    fn nested_objects_split_where_strings_and_brackets_end() {
+        let o = obj(
+            r#"{"n" : { "a\"b" : "x\\\"}]{[" , "c\u0041":[1, {"d":"]}"}, [ ]] ,"e":-1.5e3 ,"f":{},"g":true
+            ,"h":null,"a\"b":"last"} }"#,
+        );
+        let n = o.object("n").expect("nested");
+        assert_eq!(
+            n.keys().collect::<Vec<_>>(),
+            ["a\"b", "cA", "e", "f", "g", "h", "a\"b"]
+        );
+        assert_eq!(n.string("a\"b").as_deref(), Some("last"));
+        assert_eq!(n.get("cA").map(Json::get), Some(r#"[1, {"d":"]}"}, [ ]]"#));
+        assert_eq!(n.get("e").map(Json::get), Some("-1.5e3"));
+        assert_eq!(n.object("f").map(|f| f.is_empty()), Some(true));
+        assert_eq!(n.bool("g"), Some(true));
+        assert_eq!(n.get("h").map(Json::get), Some("null"));
+        let list = n.array("cA").expect("array");
+        assert_eq!(
+            list.iter().map(|j| j.get()).collect::<Vec<_>>(),
+            ["1", r#"{"d":"]}"}"#, "[ ]"]
+        );
+        // Written back: keys once, at their first place, last value; escaped keys anew.
+        let mut out = Vec::new();
+        n.raw_without(Some("h")).write(&mut out);
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            r#"{"a\"b":"last","cA":[1, {"d":"]}"}, [ ]],"e":-1.5e3,"f":{},"g":true}"#
+        );
     }
 
     #[test]

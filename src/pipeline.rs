@@ -319,8 +319,10 @@ fn log_request(
 
 /// A fresh request id: 32 hex digits (not a secret, so a fast generator does).
 fn new_request_id() -> HeaderValue {
-    let id = format!("{:032x}", fastrand::u128(..));
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let mut id = [0u8; 32];
+    // 16 bytes always fit 32 hex digits.
+    let _ = hex::encode_to_slice(fastrand::u128(..).to_be_bytes(), &mut id);
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn health_answer(path: &str, method: &Method, health: &Health) -> Response<Body> {
@@ -495,12 +497,8 @@ async fn deliver<'g>(
     );
     headers.insert(upstream::X_HOOKGATE_EVENT_TYPE.clone(), event_type);
     headers.insert(upstream::X_REQUEST_ID.clone(), request_id.clone());
-    if let Ok(v) = HeaderValue::from_str(&client.forwarded_for) {
-        headers.insert(upstream::X_FORWARDED_FOR.clone(), v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&client.forwarded_proto) {
-        headers.insert(upstream::X_FORWARDED_PROTO.clone(), v);
-    }
+    headers.insert(upstream::X_FORWARDED_FOR.clone(), client.forwarded_for);
+    headers.insert(upstream::X_FORWARDED_PROTO.clone(), client.forwarded_proto);
     if let Some(ua) = parts.headers.get(header::USER_AGENT) {
         headers.insert(header::USER_AGENT, ua.clone());
     }
@@ -572,8 +570,7 @@ pub fn process(
     let body = match source.forward {
         ForwardMode::Event => {
             let mut out = Vec::with_capacity(verified.body().len() + 512);
-            serde_json::to_writer(&mut out, &event)
-                .map_err(|e| Refusal::BadBody(format!("event serialization: {e}")))?;
+            event.write_json(&mut out);
             Bytes::from(out)
         }
         ForwardMode::Raw => verified.body().clone(),

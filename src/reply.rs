@@ -36,7 +36,7 @@ pub struct NormalizedReply<'a> {
 const KEYS: [&str; 5] = ["reply", "state", "profile", "headline", "error"];
 
 /// `null` is `Ok(None)`, a string `Ok(Some)`, anything else is not a normalized reply.
-fn string_or_null(raw: Option<&serde_json::value::RawValue>) -> Result<Option<Cow<'_, str>>, ()> {
+fn string_or_null(raw: Option<json::Json<'_>>) -> Result<Option<Cow<'_, str>>, ()> {
     match raw {
         None => Ok(None),
         Some(r) if r.get() == "null" => Ok(None),

@@ -44,7 +44,7 @@ impl Millis {
 
     /// The RFC 3339 text on the stack: it is written twice per event, so no allocation
     /// and no formatting machinery.
-    fn rfc3339_bytes(self) -> [u8; 24] {
+    pub fn rfc3339_bytes(self) -> [u8; 24] {
         let days = self.0.div_euclid(86_400_000);
         let ms_of_day = self.0.rem_euclid(86_400_000);
         let (y, m, d) = civil_from_days(days);

@@ -45,7 +45,16 @@ fn normalize_everywhere(body: &[u8]) {
                 include_raw,
             };
             if let Ok(event) = platform.normalize(&object, &delivery) {
-                let bytes = serde_json::to_vec(&event).expect("an event always serializes");
+                // What is forwarded: the hand-written JSON. It must be byte for byte what
+                // the serde derive writes.
+                let mut bytes = Vec::new();
+                event.write_json(&mut bytes);
+                let derived = serde_json::to_vec(&event).expect("an event always serializes");
+                assert_eq!(
+                    String::from_utf8_lossy(&bytes),
+                    String::from_utf8_lossy(&derived),
+                    "{platform:?}"
+                );
                 let value: Value = serde_json::from_slice(&bytes).expect("the event is JSON");
                 assert!(
                     validator().is_valid(&value),
@@ -205,6 +214,8 @@ proptest! {
     fn arbitrary_json_normalizes_to_valid_events(value in json_value()) {
         let body = serde_json::to_vec(&value).expect("json");
         normalize_everywhere(&body);
+        // Whitespace between every token: nested objects are split by hand.
+        normalize_everywhere(&serde_json::to_vec_pretty(&value).expect("json"));
         // Also wrapped the way each platform expects, so the mapping code runs.
         for key in ["payload", "data", "Report", "message"] {
             let mut wrapped = Map::new();
@@ -214,6 +225,35 @@ proptest! {
             wrapped.insert("message".into(), Value::Object(Map::new()));
             wrapped.insert(key.into(), value.clone());
             normalize_everywhere(&serde_json::to_vec(&Value::Object(wrapped)).expect("json"));
+        }
+    }
+
+    #[test]
+    fn nested_objects_split_as_serde_json_reads_them(value in json_value(), pretty in any::<bool>()) {
+        let Value::Object(map) = &value else { return Ok(()) };
+        let inner = if pretty {
+            serde_json::to_string_pretty(&value)
+        } else {
+            serde_json::to_string(&value)
+        }
+        .expect("json");
+        let body = format!("{{\"x\" : {inner} }}");
+        let outer = Object::parse(body.as_bytes()).expect("an object");
+        let nested = outer.object("x").expect("a nested object");
+        prop_assert_eq!(nested.keys().count(), map.len());
+        for (key, expected) in map {
+            let got = nested.get(key).expect("every key");
+            let got: Value = serde_json::from_str(got.get()).expect("a value's whole text");
+            prop_assert_eq!(&got, expected);
+        }
+        for (key, expected) in map {
+            if let (Some(list), Value::Array(items)) = (nested.array(key), expected) {
+                prop_assert_eq!(list.len(), items.len());
+                for (got, item) in list.iter().zip(items) {
+                    let got: Value = serde_json::from_str(got.get()).expect("an element's whole text");
+                    prop_assert_eq!(&got, item);
+                }
+            }
         }
     }
 

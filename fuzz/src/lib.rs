@@ -1,5 +1,6 @@
 //! What every normalize target does: the verifier, then the platform's mapping, then the
-//! event's serialization; an event that is produced must be well-formed.
+//! event's serialization (hand-written, checked against the serde derive); an event that
+//! is produced must be well-formed.
 use bytes::Bytes;
 use hookgate::json::Object;
 use hookgate::platforms::{Delivery, Platform};
@@ -23,7 +24,10 @@ pub fn normalize(platform: Platform, data: &[u8]) {
     for include_raw in [true, false] {
         let delivery = Delivery { source: "fuzz", body: data, received_at: Millis::now(), include_raw };
         if let Ok(event) = platform.normalize(&object, &delivery) {
-            let bytes = serde_json::to_vec(&event).expect("an event serializes");
+            let mut bytes = Vec::new();
+            event.write_json(&mut bytes);
+            let derived = serde_json::to_vec(&event).expect("an event serializes");
+            assert_eq!(bytes, derived, "the forwarded JSON is what the serde derive writes");
             // Grammar only: `raw` keeps number literals such as 17E1000000001 that are valid
             // JSON but too large for an f64, as the SPEC asks.
             let v: Head = serde_json::from_slice(&bytes).expect("the event is JSON");
