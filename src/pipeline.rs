@@ -229,17 +229,18 @@ pub async fn handle(
         .source()
         .is_some_and(|s| s.platform == Platform::Barertc);
 
-    let mut response = match &result {
+    // The answer takes the upstream's body; a refusal is kept for the metrics and the log.
+    let (mut response, refusal) = match result {
         Ok(Delivered::Answered(answer)) => {
-            let mut r = Response::new(Full::new(answer.body.clone()));
+            let mut r = Response::new(Full::new(answer.body));
             *r.status_mut() = answer.status;
-            if let Some(ct) = &answer.content_type {
-                r.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+            if let Some(ct) = answer.content_type {
+                r.headers_mut().insert(header::CONTENT_TYPE, ct);
             }
-            if let Some(ra) = &answer.retry_after {
-                r.headers_mut().insert(header::RETRY_AFTER, ra.clone());
+            if let Some(ra) = answer.retry_after {
+                r.headers_mut().insert(header::RETRY_AFTER, ra);
             }
-            r
+            (r, None)
         }
         Ok(Delivered::Duplicate) => {
             let mut r = Response::new(Full::new(Bytes::from_static(b"{}")));
@@ -248,9 +249,9 @@ pub async fn handle(
                 X_HOOKGATE_DUPLICATE.clone(),
                 HeaderValue::from_static("true"),
             );
-            r
+            (r, None)
         }
-        Err(refusal) => refusal_response(refusal, barertc, version),
+        Err(refusal) => (refusal_response(&refusal, barertc, version), Some(refusal)),
     };
     response
         .headers_mut()
@@ -260,23 +261,23 @@ pub async fn handle(
     metrics.in_flight.dec();
     let source_metrics = outcome.route.map_or(&metrics.unmatched, |r| &r.metrics);
     source_metrics.request(status);
-    match &result {
-        Err(Refusal::Unverified(_)) => {
+    match &refusal {
+        Some(Refusal::Unverified(_)) => {
             source_metrics.verification_failures.inc();
         }
-        Err(Refusal::ClientRateLimited { .. }) => {
+        Some(Refusal::ClientRateLimited { .. }) => {
             source_metrics.rate_limited_client.inc();
         }
-        Err(Refusal::SourceRateLimited { .. }) => {
+        Some(Refusal::SourceRateLimited { .. }) => {
             source_metrics.rate_limited_source.inc();
         }
-        Err(Refusal::Upstream(e)) => source_metrics.upstream_error(e.kind()),
+        Some(Refusal::Upstream(e)) => source_metrics.upstream_error(e.kind()),
         _ => {}
     }
     if let Some(request_line) = logged {
         log_request(
             &outcome,
-            &result,
+            refusal.as_ref(),
             conn,
             &request_id,
             status,
@@ -290,15 +291,15 @@ pub async fn handle(
 /// The one log line per request.
 fn log_request(
     outcome: &Outcome<'_>,
-    result: &Result<Delivered, Refusal>,
+    refusal: Option<&Refusal>,
     conn: Conn,
     request_id: &HeaderValue,
     status: u16,
     started: Instant,
     (method, path): &(Method, String),
 ) {
-    let reason = result.as_ref().err().map(|r| r.reason());
-    let detail = result.as_ref().err().map(|r| r.to_string());
+    let reason = refusal.map(|r| r.reason());
+    let detail = refusal.map(|r| r.to_string());
     tracing::info!(
         target: "hookgate::request",
         source = outcome.source().map_or("", |s| s.name.as_str()),
