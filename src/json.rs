@@ -83,7 +83,8 @@ impl<'de> Deserialize<'de> for Object<'de> {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Object<'de>, A::Error> {
-                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                // serde_json gives no size hint; 16 holds a typical webhook object without regrowing.
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(16));
                 while let Some((Key(k), v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
                     entries.push((k, Json(v.get())));
                 }
@@ -159,7 +160,7 @@ fn value_end(b: &[u8], i: usize) -> Option<usize> {
 /// The entries of an object's validated text. Keys with escapes are decoded.
 fn split_object(text: &str) -> Option<Vec<(Cow<'_, str>, Json<'_>)>> {
     let b = text.as_bytes();
-    let mut entries = Vec::with_capacity(8);
+    let mut entries = Vec::with_capacity(16);
     let mut i = skip_ws(b, 1);
     if b.get(i) == Some(&b'}') {
         return Some(entries);

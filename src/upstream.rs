@@ -266,6 +266,12 @@ fn sign(mac: &Hmac<Sha256>, id: &HeaderValue, body: &[u8], headers: &mut HeaderM
 
 /// An id as a header value: every byte outside `!`…`~`, and `%` itself, as `%XX`.
 pub fn encode_id(id: &str) -> HeaderValue {
+    // Most ids need no encoding: no intermediate String for them.
+    if id.bytes().all(|b| b.is_ascii_graphic() && b != b'%')
+        && let Ok(v) = HeaderValue::from_str(id)
+    {
+        return v;
+    }
     const SET: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b' ').add(b'%');
     let encoded = percent_encoding::utf8_percent_encode(id, SET).to_string();
     // Only visible ASCII is left, which is always a valid header value.
