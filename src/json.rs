@@ -169,7 +169,7 @@ fn split_object(text: &str) -> Option<Vec<(Cow<'_, str>, Json<'_>)>> {
         let key_end = string_end(b, i)?;
         let key_text = text.get(i..key_end)?;
         let key = match key_text.get(1..key_text.len() - 1)? {
-            k if !k.contains('\\') => Cow::Borrowed(k),
+            k if !has_escape(k) => Cow::Borrowed(k),
             _ => Cow::Owned(serde_json::from_str::<String>(key_text).ok()?),
         };
         i = skip_ws(b, key_end);
@@ -206,6 +206,11 @@ fn split_array(text: &str) -> Option<Vec<Json<'_>>> {
     }
 }
 
+/// Whether a string literal's text holds a backslash (memchr: long texts are common).
+fn has_escape(text: &str) -> bool {
+    memchr::memchr(b'\\', text.as_bytes()).is_some()
+}
+
 /// A JSON string's text, borrowed when it holds no escapes.
 pub fn as_str(raw: Json<'_>) -> Option<Cow<'_, str>> {
     let text = raw.0;
@@ -213,7 +218,7 @@ pub fn as_str(raw: Json<'_>) -> Option<Cow<'_, str>> {
         return None;
     }
     let inner = &text[1..text.len() - 1];
-    if !inner.contains('\\') {
+    if !has_escape(inner) {
         return Some(Cow::Borrowed(inner));
     }
     serde_json::from_str::<String>(text).ok().map(Cow::Owned)
@@ -275,7 +280,7 @@ pub fn as_text(raw: Json<'_>) -> Option<Text<'_>> {
     if raw.first_byte() != b'"' {
         return None;
     }
-    if raw.0.contains('\\') {
+    if has_escape(raw.0) {
         as_str(raw).map(Text::Decoded)
     } else {
         Some(Text::Literal(raw))
