@@ -123,26 +123,23 @@ fn string_end(b: &[u8], i: usize) -> Option<usize> {
 fn value_end(b: &[u8], i: usize) -> Option<usize> {
     match *b.get(i)? {
         b'"' => string_end(b, i),
-        open @ (b'{' | b'[') => {
-            // Valid JSON nests its brackets properly, so counting only this container's
-            // own kind (outside strings) finds its end, and memchr can jump between them.
-            let close = if open == b'{' { b'}' } else { b']' };
+        b'{' | b'[' => {
             let mut depth = 0usize;
             let mut j = i;
             loop {
-                j += memchr::memchr3(b'"', open, close, b.get(j..)?)?;
-                match b[j] {
+                match *b.get(j)? {
                     b'"' => {
                         j = string_end(b, j)?;
                         continue;
                     }
-                    c if c == open => depth += 1,
-                    _ => {
-                        depth = depth.checked_sub(1)?;
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
                         if depth == 0 {
                             return Some(j + 1);
                         }
                     }
+                    _ => {}
                 }
                 j += 1;
             }
@@ -206,9 +203,15 @@ fn split_array(text: &str) -> Option<Vec<Json<'_>>> {
     }
 }
 
-/// Whether a string literal's text holds a backslash (memchr: long texts are common).
+/// Whether a string literal's text holds a backslash: a plain loop for the many short ids
+/// and names, memchr for long texts (its set-up costs more than a short loop).
 fn has_escape(text: &str) -> bool {
-    memchr::memchr(b'\\', text.as_bytes()).is_some()
+    let b = text.as_bytes();
+    if b.len() < 32 {
+        b.contains(&b'\\')
+    } else {
+        memchr::memchr(b'\\', b).is_some()
+    }
 }
 
 /// A JSON string's text, borrowed when it holds no escapes.
