@@ -472,12 +472,11 @@ async fn deliver<'g>(
     if route
         .dedupe
         .as_ref()
-        .is_some_and(|d| d.seen(&delivery.event_id))
+        .is_some_and(|d| d.seen(delivery.dedupe_key()))
     {
         return Ok(Delivered::Duplicate);
     }
     let Processed {
-        event_id,
         event_id_header,
         event_type,
         body: forward_body,
@@ -511,7 +510,7 @@ async fn deliver<'g>(
             target: &source.upstream,
             timeout: source.timeout,
             headers,
-            event_id_header,
+            event_id_header: event_id_header.clone(),
             body: forward_body,
         })
         .await;
@@ -523,7 +522,7 @@ async fn deliver<'g>(
     if answer.status.is_success()
         && let Some(d) = &route.dedupe
     {
-        d.remember(&event_id);
+        d.remember(dedupe_key(&event_id_header));
     }
     let retry_after = answer.retry_after.clone();
     let mut translated = reply::translate(
@@ -538,13 +537,25 @@ async fn deliver<'g>(
 
 /// A verified, normalized delivery, ready to forward.
 pub struct Processed {
-    /// The event id (own or derived), as the event writes it.
-    pub event_id: String,
     /// The id as a header value (percent-encoded).
     pub event_id_header: HeaderValue,
     pub event_type: HeaderValue,
     /// What the upstream gets: the event, or the raw body in raw mode.
     pub body: Bytes,
+}
+
+impl Processed {
+    /// What dedupe remembers of the event id.
+    pub fn dedupe_key(&self) -> &str {
+        dedupe_key(&self.event_id_header)
+    }
+}
+
+/// The id's header form is a one-to-one encoding of it (every `%` is encoded too), so it
+/// keys dedupe as well as the id itself, without another copy of the id per delivery.
+fn dedupe_key(event_id_header: &HeaderValue) -> &str {
+    // Only visible ASCII is ever in it.
+    event_id_header.to_str().unwrap_or_default()
 }
 
 /// The CPU part of a delivery, no I/O: verify the proof over the raw bytes, check the body
@@ -570,7 +581,8 @@ pub fn process(
         .map_err(|e| Refusal::NotPlatformJson(e.0))?;
     let body = match source.forward {
         ForwardMode::Event => {
-            let mut out = Vec::with_capacity(verified.body().len() + 512);
+            // The event holds the body (`raw`) and usually its message text once more.
+            let mut out = Vec::with_capacity(verified.body().len() * 2 + 512);
             event.write_json(&mut out);
             Bytes::from(out)
         }
@@ -581,7 +593,6 @@ pub fn process(
         // The type is `[a-z0-9_.]` only (or a listed type), always a valid header value.
         event_type: HeaderValue::from_str(&event.kind)
             .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-        event_id: event.id.into_owned(),
         body,
     })
 }
