@@ -63,7 +63,7 @@ pub const SCHEMA: &str = "hookgate.event.v1";
 /// The event's JSON, written by hand: the keys are fixed and most values are the body's
 /// own literals, so there is nothing to escape but decoded strings. (Through serde, every
 /// key and value went through serde_json's escaping.) The `Serialize` derive writes the
-/// same JSON value and serves tests and tools; a test holds the two together.
+/// same bytes and serves tests and tools; proptest and the fuzz targets hold the two together.
 impl Event<'_> {
     pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"schema\":");

@@ -2,7 +2,7 @@
 //!
 //! The body is parsed once, by serde_json, which validates all of it and gives the top
 //! level's entries as (key, value text) pairs borrowed from the body. A nested object is
-//! split into its entries only when a field of it is asked for, by [`split_object`], which
+//! split into its entries only when a field of it is asked for, by `split_object`, which
 //! only ever sees text serde_json has already validated, so it needs no validation of its
 //! own: it finds where strings and brackets end. (serde_json would check the nested text a
 //! second time; the payload of a typical delivery is most of its bytes.) Nothing is decoded
@@ -36,7 +36,8 @@ impl<'a> Json<'a> {
 }
 
 impl Serialize for Json<'_> {
-    /// Byte for byte (serde_json's raw value; the hot path writes it with [`write_raw`]).
+    /// Byte for byte, as serde_json writes a raw value (tests and tools; the proxy writes
+    /// events by hand, see `Event::write_json`).
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let raw: &RawValue = serde_json::from_str(self.0).map_err(ser_::Error::custom)?;
         raw.serialize(s)
