@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::json::{RawObject, Text, write_str};
+use crate::json::{JsonOut, RawObject, Text};
 use crate::time::Millis;
 
 #[derive(Serialize)]
@@ -65,107 +65,107 @@ pub const SCHEMA: &str = "hookgate.event.v1";
 /// key and value went through serde_json's escaping.) The `Serialize` derive writes the
 /// same bytes and serves tests and tools; proptest and the fuzz targets hold the two together.
 impl Event<'_> {
-    pub fn write_json(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"schema\":");
-        write_str(out, self.schema);
-        out.extend_from_slice(b",\"id\":");
-        write_str(out, &self.id);
-        out.extend_from_slice(b",\"source\":");
-        write_str(out, self.source);
-        out.extend_from_slice(b",\"platform\":");
-        write_str(out, self.platform);
-        out.extend_from_slice(b",\"type\":");
-        write_str(out, &self.kind);
-        out.extend_from_slice(b",\"platform_type\":");
-        write_str(out, &self.platform_type);
-        out.extend_from_slice(b",\"occurred_at\":");
+    pub fn write_json<O: JsonOut>(&self, out: &mut O) {
+        out.raw(b"{\"schema\":");
+        out.string(self.schema);
+        out.raw(b",\"id\":");
+        out.string(&self.id);
+        out.raw(b",\"source\":");
+        out.string(self.source);
+        out.raw(b",\"platform\":");
+        out.string(self.platform);
+        out.raw(b",\"type\":");
+        out.string(&self.kind);
+        out.raw(b",\"platform_type\":");
+        out.string(&self.platform_type);
+        out.raw(b",\"occurred_at\":");
         write_opt(out, self.occurred_at.as_ref(), write_time);
-        out.extend_from_slice(b",\"received_at\":");
+        out.raw(b",\"received_at\":");
         write_time(out, &self.received_at);
-        out.extend_from_slice(b",\"room\":");
+        out.raw(b",\"room\":");
         write_opt(out, self.room.as_ref(), |out, room| {
-            out.extend_from_slice(b"{\"id\":");
-            write_str(out, &room.id);
-            out.extend_from_slice(b",\"name\":");
+            out.raw(b"{\"id\":");
+            out.string(&room.id);
+            out.raw(b",\"name\":");
             write_opt(out, room.name.as_ref(), write_text);
-            out.push(b'}');
+            out.raw(b"}");
         });
-        out.extend_from_slice(b",\"actor\":");
+        out.raw(b",\"actor\":");
         write_opt(out, self.actor.as_ref(), write_user);
-        out.extend_from_slice(b",\"subject\":");
+        out.raw(b",\"subject\":");
         write_opt(out, self.subject.as_ref(), write_user);
-        out.extend_from_slice(b",\"message\":");
+        out.raw(b",\"message\":");
         write_opt(out, self.message.as_ref(), |out, m| {
-            out.extend_from_slice(b"{\"id\":");
-            write_opt(out, m.id.as_deref(), write_str);
-            out.extend_from_slice(b",\"text\":");
+            out.raw(b"{\"id\":");
+            write_opt(out, m.id.as_deref(), |out, id| out.string(id));
+            out.raw(b",\"text\":");
             write_opt(out, m.text.as_ref(), write_text);
-            out.extend_from_slice(b",\"kind\":");
+            out.raw(b",\"kind\":");
             write_opt(out, m.kind.as_ref(), write_text);
-            out.push(b'}');
+            out.raw(b"}");
         });
-        out.extend_from_slice(b",\"members\":");
+        out.raw(b",\"members\":");
         write_opt(out, self.members.as_ref(), |out, members| {
-            out.push(b'[');
+            out.raw(b"[");
             for (i, user) in members.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.raw(b",");
                 }
                 write_user(out, user);
             }
-            out.push(b']');
+            out.raw(b"]");
         });
-        out.extend_from_slice(b",\"report\":");
+        out.raw(b",\"report\":");
         write_opt(out, self.report.as_ref(), |out, r| {
-            out.extend_from_slice(b"{\"reason\":");
+            out.raw(b"{\"reason\":");
             write_opt(out, r.reason.as_ref(), write_text);
-            out.extend_from_slice(b",\"comment\":");
+            out.raw(b",\"comment\":");
             write_opt(out, r.comment.as_ref(), write_text);
-            out.push(b'}');
+            out.raw(b"}");
         });
-        out.extend_from_slice(b",\"state\":");
+        out.raw(b",\"state\":");
         write_opt(out, self.state.as_ref(), write_text);
         if let Some(raw) = &self.raw {
-            out.extend_from_slice(b",\"raw\":");
+            out.raw(b",\"raw\":");
             raw.write(out);
         }
-        out.push(b'}');
+        out.raw(b"}");
     }
 }
 
-fn write_opt<T: ?Sized>(
-    out: &mut Vec<u8>,
+fn write_opt<O: JsonOut, T: ?Sized>(
+    out: &mut O,
     value: Option<&T>,
-    write: impl FnOnce(&mut Vec<u8>, &T),
+    write: impl FnOnce(&mut O, &T),
 ) {
     match value {
         Some(v) => write(out, v),
-        None => out.extend_from_slice(b"null"),
+        None => out.raw(b"null"),
     }
 }
 
-fn write_text(out: &mut Vec<u8>, text: &Text<'_>) {
+fn write_text<O: JsonOut>(out: &mut O, text: &Text<'_>) {
     text.write(out);
 }
 
-fn write_time(out: &mut Vec<u8>, t: &Millis) {
-    out.push(b'"');
-    out.extend_from_slice(&t.rfc3339_bytes());
-    out.push(b'"');
+fn write_time<O: JsonOut>(out: &mut O, t: &Millis) {
+    out.raw(b"\"");
+    out.raw(&t.rfc3339_bytes());
+    out.raw(b"\"");
 }
 
-fn write_user(out: &mut Vec<u8>, user: &User<'_>) {
-    out.extend_from_slice(b"{\"id\":");
-    write_str(out, &user.id);
-    out.extend_from_slice(b",\"name\":");
+fn write_user<O: JsonOut>(out: &mut O, user: &User<'_>) {
+    out.raw(b"{\"id\":");
+    out.string(&user.id);
+    out.raw(b",\"name\":");
     write_opt(out, user.name.as_ref(), write_text);
-    out.extend_from_slice(b",\"is_bot\":");
-    out.extend_from_slice(match user.is_bot {
+    out.raw(b",\"is_bot\":");
+    out.raw(match user.is_bot {
         Some(true) => b"true",
         Some(false) => b"false",
         None => b"null",
     });
-    out.push(b'}');
+    out.raw(b"}");
 }
 
 /// The id of a delivery that carries none: the first 32 hex digits of SHA-256 of the raw

@@ -21,7 +21,7 @@ use crate::admit;
 use crate::config::{Config, ForwardMode, Source};
 use crate::dedupe::Dedupe;
 use crate::error::{Refusal, error_body};
-use crate::json::Object;
+use crate::json::{BodyChunks, Object, SharingOut};
 use crate::limit::{ClientLimiter, LimitClock, SourceLimiter};
 use crate::metrics::{Metrics, SourceMetrics};
 use crate::platforms::{Delivery, Platform};
@@ -540,8 +540,8 @@ pub struct Processed {
     /// The id as a header value (percent-encoded).
     pub event_id_header: HeaderValue,
     pub event_type: HeaderValue,
-    /// What the upstream gets: the event, or the raw body in raw mode.
-    pub body: Bytes,
+    /// What the upstream gets: the event, or the raw body in raw mode, in chunks.
+    pub body: BodyChunks,
 }
 
 impl Processed {
@@ -581,12 +581,11 @@ pub fn process(
         .map_err(|e| Refusal::NotPlatformJson(e.0))?;
     let body = match source.forward {
         ForwardMode::Event => {
-            // The event holds the body (`raw`) and usually its message text once more.
-            let mut out = Vec::with_capacity(verified.body().len() * 2 + 512);
+            let mut out = SharingOut::new(verified.body());
             event.write_json(&mut out);
-            Bytes::from(out)
+            out.finish()
         }
-        ForwardMode::Raw => verified.body().clone(),
+        ForwardMode::Raw => BodyChunks::from_elem(verified.body().clone(), 1),
     };
     Ok(Processed {
         event_id_header: upstream::encode_id(&event.id),

@@ -17,11 +17,12 @@ use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use sha2::Sha256;
 
+use crate::json::BodyChunks;
 use crate::verify::Secret;
 use pool::Pool;
 pub use pool::Target;
@@ -82,7 +83,51 @@ pub struct Forward<'a> {
     pub headers: HeaderMap,
     /// The event id as written in `x-hookgate-event-id` (for `webhook-id`).
     pub event_id_header: HeaderValue,
-    pub body: Bytes,
+    /// The body, in chunks (one, unless the event shares long texts with the delivery).
+    pub body: BodyChunks,
+}
+
+/// A forwarded body made of chunks, sent in order with an exact length.
+pub struct Chunks {
+    /// Last chunk first, so sending pops from the end.
+    reversed: BodyChunks,
+    len: u64,
+}
+
+impl Chunks {
+    pub fn new(mut parts: BodyChunks) -> Chunks {
+        parts.retain(|p| !p.is_empty());
+        parts.reverse();
+        let len = parts.iter().map(|p| p.len() as u64).sum();
+        Chunks {
+            reversed: parts,
+            len,
+        }
+    }
+}
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        std::task::Poll::Ready(this.reversed.pop().map(|part| {
+            this.len -= part.len() as u64;
+            Ok(hyper::body::Frame::data(part))
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.reversed.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.len)
+    }
 }
 
 /// A worker's upstream client: its connections, with the signing key.
@@ -169,7 +214,7 @@ impl Upstream {
             sign(mac, &fwd.event_id_header, &fwd.body, &mut headers);
         }
         headers.insert(header::HOST, fwd.target.host_header().clone());
-        let mut request = Request::new(Full::new(fwd.body));
+        let mut request = Request::new(Chunks::new(fwd.body));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = fwd.target.origin_form().clone();
         *request.headers_mut() = headers;
@@ -243,7 +288,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Standard Webhooks: `webhook-signature: v1,<base64 HMAC-SHA256(key, "{id}.{ts}.{body}")>`.
-fn sign(mac: &Hmac<Sha256>, id: &HeaderValue, body: &[u8], headers: &mut HeaderMap) {
+fn sign(mac: &Hmac<Sha256>, id: &HeaderValue, body: &[Bytes], headers: &mut HeaderMap) {
     let ts = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -253,7 +298,9 @@ fn sign(mac: &Hmac<Sha256>, id: &HeaderValue, body: &[u8], headers: &mut HeaderM
     mac.update(b".");
     mac.update(ts_text.as_bytes());
     mac.update(b".");
-    mac.update(body);
+    for part in body {
+        mac.update(part);
+    }
     let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
     headers.insert(WEBHOOK_ID.clone(), id.clone());
     if let Ok(v) = HeaderValue::from_str(&ts_text) {
@@ -301,7 +348,12 @@ mod tests {
         let sig = base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes());
         assert_eq!(sig, "g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
         let mut h = HeaderMap::new();
-        sign(&mac, &HeaderValue::from_static("msg_1"), b"{}", &mut h);
+        sign(
+            &mac,
+            &HeaderValue::from_static("msg_1"),
+            &[Bytes::from_static(b"{"), Bytes::from_static(b"}")],
+            &mut h,
+        );
         assert_eq!(
             h.get("webhook-id").map(|v| v.as_bytes()),
             Some(&b"msg_1"[..])

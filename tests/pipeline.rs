@@ -67,6 +67,17 @@ async fn deliver_with(gw: &Gateway, extra: &[(&str, &str)]) -> Answer {
     post(gw, "/hooks/p", &headers, BODY).await
 }
 
+/// `body` to /hooks/p, signed with `SECRET`.
+async fn post_signed(gw: &Gateway, body: &str) -> Answer {
+    post(
+        gw,
+        "/hooks/p",
+        &sig_header(&hmac_hex(SECRET, body.as_bytes())),
+        body,
+    )
+    .await
+}
+
 fn sig_header(sig: &str) -> [(&str, &str); 1] {
     [("x-protocol-signature", sig)]
 }
@@ -175,25 +186,13 @@ async fn each_refusal_row_of_the_table() {
     );
 
     let not_json = "not json";
-    let a = post(
-        &gw,
-        "/hooks/p",
-        &sig_header(&hmac_hex(SECRET, not_json.as_bytes())),
-        not_json,
-    )
-    .await;
+    let a = post_signed(&gw, not_json).await;
     assert_eq!(
         (a.status, a.json()),
         (400, serde_json::json!({"error":"bad_request"}))
     );
     let no_type = r#"{"id":"x"}"#;
-    let a = post(
-        &gw,
-        "/hooks/p",
-        &sig_header(&hmac_hex(SECRET, no_type.as_bytes())),
-        no_type,
-    )
-    .await;
+    let a = post_signed(&gw, no_type).await;
     assert_eq!(a.status, 400);
 
     assert!(
@@ -257,13 +256,7 @@ async fn raw_mode_forwards_the_bytes_unchanged() {
     let (upstream, gw) = protocol_gateway("forward = \"raw\"", "").await;
     // Odd spacing and number literals that a re-serialization would change.
     let body = "{ \"type\" : \"message.created\", \"id\": \"r-1\", \"n\": 1.50e+0 }\n";
-    let a = post(
-        &gw,
-        "/hooks/p",
-        &sig_header(&hmac_hex(SECRET, body.as_bytes())),
-        body,
-    )
-    .await;
+    let a = post_signed(&gw, body).await;
     assert_eq!(a.status, 200);
     let r = &upstream.requests()[0];
     assert_eq!(&r.body[..], body.as_bytes());
@@ -431,33 +424,48 @@ async fn standard_webhooks_signature_on_forwarded_requests() {
         &format!("timeout_ms = 5000\nsigning_secret = {secret:?}\n"),
     );
     let gw = spawn_gateway(&config).await;
-    let body = r#"{"id":"a b%","type":"message.created"}"#;
-    let a = post(
-        &gw,
-        "/hooks/p",
-        &sig_header(&hmac_hex(SECRET, body.as_bytes())),
-        body,
-    )
-    .await;
-    assert_eq!(a.status, 200);
-    let r = &upstream.requests()[0];
-    let id = r.header("webhook-id").expect("webhook-id");
-    assert_eq!(id, "a%20b%25");
-    assert_eq!(r.header("x-hookgate-event-id"), Some(id));
-    let ts = r.header("webhook-timestamp").expect("timestamp");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("t")
-        .as_secs();
-    assert!(ts.parse::<u64>().expect("number").abs_diff(now) < 5);
-    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&key).expect("key");
-    mac.update(format!("{id}.{ts}.").as_bytes());
-    mac.update(&r.body);
-    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    assert_eq!(
-        r.header("webhook-signature"),
-        Some(format!("v1,{expected}").as_str())
-    );
+    // A small event, and one whose 64 KiB text is sent as chunks shared with the delivery:
+    // the signature covers the whole body either way.
+    let long_text = "x".repeat(64 * 1024);
+    let bodies = [
+        r#"{"id":"a b%","type":"message.created"}"#.to_string(),
+        format!(
+            r#"{{"id":"long","type":"message.created","payload":{{"id":"m","message":"{long_text}","conversation_id":"c"}}}}"#
+        ),
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        let a = post_signed(&gw, body).await;
+        assert_eq!(a.status, 200);
+        let r = &upstream.requests()[i];
+        let id = r.header("webhook-id").expect("webhook-id");
+        assert_eq!(id, ["a%20b%25", "long"][i]);
+        assert_eq!(r.header("x-hookgate-event-id"), Some(id));
+        let ts = r.header("webhook-timestamp").expect("timestamp");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("t")
+            .as_secs();
+        assert!(ts.parse::<u64>().expect("number").abs_diff(now) < 5);
+        let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&key).expect("key");
+        mac.update(format!("{id}.{ts}.").as_bytes());
+        mac.update(&r.body);
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        assert_eq!(
+            r.header("webhook-signature"),
+            Some(format!("v1,{expected}").as_str())
+        );
+        assert_eq!(
+            r.header("content-length"),
+            Some(r.body.len().to_string().as_str())
+        );
+        let event = r.json();
+        let sent: serde_json::Value = serde_json::from_str(body).expect("json");
+        assert_eq!(event["raw"], sent);
+        if i == 1 {
+            assert_eq!(event["message"]["text"], long_text.as_str());
+        }
+    }
 }
 
 #[tokio::test]

@@ -11,16 +11,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::Uri;
 use http::header::HeaderValue;
-use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use super::UpstreamError;
+use super::{Chunks, UpstreamError};
 
 /// Idle connections older than this are closed rather than reused (most servers close
 /// theirs after 5–75 s; a connection the server closed is noticed before it is used).
@@ -108,7 +106,7 @@ impl std::fmt::Display for Target {
     }
 }
 
-pub type Sender = SendRequest<Full<Bytes>>;
+pub type Sender = SendRequest<Chunks>;
 
 struct Idle {
     key: Arc<str>,
