@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
-use hookgate::json::Object;
+use hookgate::json::{Object, SharingOut};
 use hookgate::platforms::{Delivery, Platform};
 use hookgate::time::{Millis, parse_barertc_timestamp};
 use hookgate::verify::{Carriers, Secret, Verifier};
@@ -33,6 +33,7 @@ fn validator() -> &'static jsonschema::Validator {
 
 /// Normalizes `body` for every platform; every event produced must validate.
 fn normalize_everywhere(body: &[u8]) {
+    let body = &Bytes::copy_from_slice(body);
     let Some(object) = Object::parse(body) else {
         return;
     };
@@ -55,6 +56,10 @@ fn normalize_everywhere(body: &[u8]) {
                     String::from_utf8_lossy(&derived),
                     "{platform:?}"
                 );
+                // What is sent: chunks, long literals shared with the body; the same bytes.
+                let mut sharing = SharingOut::new(body);
+                event.write_json(&mut sharing);
+                assert_eq!(sharing.finish().concat(), bytes);
                 let value: Value = serde_json::from_slice(&bytes).expect("the event is JSON");
                 assert!(
                     validator().is_valid(&value),
@@ -216,6 +221,12 @@ proptest! {
         normalize_everywhere(&body);
         // Whitespace between every token: nested objects are split by hand.
         normalize_everywhere(&serde_json::to_vec_pretty(&value).expect("json"));
+        // Beside a text long enough to be shared with the body rather than copied.
+        let mut long = Map::new();
+        long.insert("type".into(), "message.created".into());
+        long.insert("text".into(), "z".repeat(5000).into());
+        long.insert("payload".into(), value.clone());
+        normalize_everywhere(&serde_json::to_vec(&Value::Object(long)).expect("json"));
         // Also wrapped the way each platform expects, so the mapping code runs.
         for key in ["payload", "data", "Report", "message"] {
             let mut wrapped = Map::new();

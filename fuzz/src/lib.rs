@@ -2,7 +2,7 @@
 //! event's serialization (hand-written, checked against the serde derive); an event that
 //! is produced must be well-formed.
 use bytes::Bytes;
-use hookgate::json::Object;
+use hookgate::json::{Object, SharingOut};
 use hookgate::platforms::{Delivery, Platform};
 use hookgate::time::Millis;
 use hookgate::verify::{Carriers, Secret, Verifier};
@@ -20,14 +20,19 @@ pub fn normalize(platform: Platform, data: &[u8]) {
     let verifier = Verifier::new(platform.scheme(), vec![Secret::new(b"k".to_vec())]);
     let _ = verifier.verify(&carriers, Bytes::copy_from_slice(data));
 
-    let Some(object) = Object::parse(data) else { return };
+    let body = Bytes::copy_from_slice(data);
+    let Some(object) = Object::parse(&body) else { return };
     for include_raw in [true, false] {
-        let delivery = Delivery { source: "fuzz", body: data, received_at: Millis::now(), include_raw };
+        let delivery = Delivery { source: "fuzz", body: &body, received_at: Millis::now(), include_raw };
         if let Ok(event) = platform.normalize(&object, &delivery) {
             let mut bytes = Vec::new();
             event.write_json(&mut bytes);
             let derived = serde_json::to_vec(&event).expect("an event serializes");
             assert_eq!(bytes, derived, "the forwarded JSON is what the serde derive writes");
+            // What is sent: chunks, long literals shared with the body; the same bytes.
+            let mut sharing = SharingOut::new(&body);
+            event.write_json(&mut sharing);
+            assert_eq!(sharing.finish().concat(), bytes, "the chunks are the event");
             // Grammar only: `raw` keeps number literals such as 17E1000000001 that are valid
             // JSON but too large for an f64, as the SPEC asks.
             let v: Head = serde_json::from_slice(&bytes).expect("the event is JSON");
