@@ -472,7 +472,7 @@ async fn deliver<'g>(
     if route
         .dedupe
         .as_ref()
-        .is_some_and(|d| d.seen(delivery.dedupe_key()))
+        .is_some_and(|d| d.seen(dedupe_key(&delivery.event_id_header)))
     {
         return Ok(Delivered::Duplicate);
     }
@@ -544,13 +544,6 @@ pub struct Processed {
     pub body: BodyChunks,
 }
 
-impl Processed {
-    /// What dedupe remembers of the event id.
-    pub fn dedupe_key(&self) -> &str {
-        dedupe_key(&self.event_id_header)
-    }
-}
-
 /// The id's header form is a one-to-one encoding of it (every `%` is encoded too), so it
 /// keys dedupe as well as the id itself, without another copy of the id per delivery.
 fn dedupe_key(event_id_header: &HeaderValue) -> &str {
@@ -585,7 +578,7 @@ pub fn process(
             event.write_json(&mut out);
             out.finish()
         }
-        ForwardMode::Raw => BodyChunks::from_elem(verified.body().clone(), 1),
+        ForwardMode::Raw => smallvec::smallvec![verified.body().clone()],
     };
     Ok(Processed {
         event_id_header: upstream::encode_id(&event.id),

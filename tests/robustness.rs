@@ -258,12 +258,17 @@ proptest! {
             prop_assert_eq!(&got, expected);
         }
         for (key, expected) in map {
-            if let (Some(list), Value::Array(items)) = (nested.array(key), expected) {
-                prop_assert_eq!(list.len(), items.len());
-                for (got, item) in list.iter().zip(items) {
-                    let got: Value = serde_json::from_str(got.get()).expect("an element's whole text");
-                    prop_assert_eq!(&got, item);
-                }
+            // Every array splits into its elements; nothing else reads as one.
+            let list = nested.array(key);
+            let Value::Array(items) = expected else {
+                prop_assert!(list.is_none(), "{key}: not an array");
+                continue;
+            };
+            let list = list.expect("an array splits");
+            prop_assert_eq!(list.len(), items.len());
+            for (got, item) in list.iter().zip(items) {
+                let got: Value = serde_json::from_str(got.get()).expect("an element's whole text");
+                prop_assert_eq!(&got, item);
             }
         }
     }
