@@ -113,13 +113,12 @@ impl Drop for Server {
     }
 }
 
-fn http_builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
+fn http_builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        // Counts again from the end of the previous answer on a kept-alive connection.
-        .header_read_timeout(header_timeout)
-        .keep_alive(true);
+    // No timer for HTTP/1: hyper's header timer allocates a new sleep for every request.
+    // `serve_http` keeps the deadline instead (first head: `HeadDeadline`; later heads: the
+    // idle check, which closes a kept-alive connection whose next head is not in by then).
+    b.http1().header_read_timeout(None).keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
@@ -166,7 +165,7 @@ impl Server {
             health: Health {
                 ready: AtomicBool::new(true),
             },
-            builder: http_builder(header_timeout),
+            builder: http_builder(),
             header_timeout,
             context: prepared.context,
         });
@@ -494,6 +493,8 @@ async fn serve_http<IO>(
         let idle_at = activity.idle_deadline(idle_timeout);
         let wake_at = idle_at.unwrap_or_else(|| Instant::now() + idle_timeout);
         tokio::select! {
+            // The connection first: it is what wakes this task nearly every time.
+            biased;
             r = connection.as_mut() => break r,
             _ = drained(&mut draining) => {
                 connection.as_mut().graceful_shutdown();

@@ -317,6 +317,75 @@ async fn slowloris_connections_are_cut_at_the_head_deadline() {
     );
 }
 
+/// On a kept-alive connection the next head's deadline counts from the end of the previous
+/// answer, however steadily its bytes trickle in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_second_head_on_a_kept_alive_connection_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let gw = gateway(
+        &upstream,
+        "",
+        "header_timeout_s = 1",
+        &LimitClock::default(),
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let b = body("keepalive-1");
+    let head = format!(
+        "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {}\r\ncontent-length: {}\r\n\r\n",
+        hmac_hex(SECRET, b.as_bytes()),
+        b.len()
+    );
+    s.write_all(format!("{head}{b}").as_bytes())
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert_ne!(n, 0, "closed before answering the first request");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let answered = Instant::now();
+    s.write_all(b"POST /hooks/p HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    let closed = loop {
+        if answered.elapsed() > Duration::from_secs(4) {
+            break false;
+        }
+        if s.write_all(b"x-a: b\r\n").await.is_err() {
+            break true;
+        }
+        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => panic!(
+                "answered a head that never ended: {}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(_) => {}
+        }
+    };
+    assert!(closed, "the slow second head was not cut off");
+    let after = answered.elapsed();
+    assert!(
+        after >= Duration::from_millis(800) && after < Duration::from_secs(3),
+        "{after:?}"
+    );
+    assert_eq!(upstream.requests().len(), 1);
+}
+
 #[tokio::test]
 async fn http2_connection_without_streams_is_closed_after_the_head_deadline() {
     use hyper_util::rt::{TokioExecutor, TokioIo};
