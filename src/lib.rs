@@ -5,6 +5,7 @@
 //! ```text
 //! server    accept, worker threads, TLS (tls), HTTP/1.1 + HTTP/2, head deadline, drain
 //! pipeline  route → admit (allow_cidrs) → read body → verify → normalize → forward → reply
+//! body      a request or answer body read whole, within max_body_bytes
 //! admit     who the client is (X-Forwarded-For rules) and whether it may come in
 //! limit     client and source rate limits (governor); dedupe: ids already forwarded
 //! verify    the proof schemes, constant time; the only producer of `Verified`
@@ -18,6 +19,7 @@
 //! SIGHUP), so the request path never re-checks it.
 
 pub mod admit;
+pub mod body;
 pub mod cli;
 pub mod config;
 pub mod dedupe;

@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::admit;
+use crate::body;
 use crate::config::{Config, ForwardMode, Source};
 use crate::dedupe::Dedupe;
 use crate::error::{Refusal, error_body};
@@ -613,10 +614,10 @@ async fn read_body(
         }
     }
     let limit = usize::try_from(max).unwrap_or(usize::MAX);
-    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+    match tokio::time::timeout(timeout, body::read_whole(body, limit)).await {
         Err(_) => Err(Refusal::BodyTimeout),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(Refusal::TooLarge),
-        Ok(Err(e)) => Err(Refusal::BadBody(e.to_string())),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(body::ReadError::TooLarge)) => Err(Refusal::TooLarge),
+        Ok(Err(body::ReadError::Failed(e))) => Err(Refusal::BadBody(e.to_string())),
+        Ok(Ok(bytes)) => Ok(bytes),
     }
 }

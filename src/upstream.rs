@@ -17,11 +17,11 @@ use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use sha2::Sha256;
 
+use crate::body::ReadError;
 use crate::json::BodyChunks;
 use crate::verify::Secret;
 use pool::Pool;
@@ -257,20 +257,19 @@ impl Upstream {
             return Err(UpstreamError::BodyTooLarge);
         }
         let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
-        let body = Limited::new(body, limit).collect().await.map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                UpstreamError::BodyTooLarge
-            } else {
-                UpstreamError::Invalid(e.to_string())
-            }
-        })?;
+        let body = crate::body::read_whole(body, limit)
+            .await
+            .map_err(|e| match e {
+                ReadError::TooLarge => UpstreamError::BodyTooLarge,
+                ReadError::Failed(e) => UpstreamError::Invalid(error_chain(&e)),
+            })?;
         // Read whole: the connection can carry the next request.
         self.pool.checkin(target, sender);
         Ok(UpstreamAnswer {
             status: parts.status,
             content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
             retry_after: parts.headers.get(header::RETRY_AFTER).cloned(),
-            body: body.to_bytes(),
+            body,
         })
     }
 }

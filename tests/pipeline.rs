@@ -526,6 +526,104 @@ async fn chunked_body_over_the_limit_is_413_without_a_content_length() {
     assert!(upstream.requests().is_empty());
 }
 
+/// Writes `head`, then each piece of `body` as its own chunk, pausing between writes so
+/// the gateway reads them one at a time; returns what it answers.
+async fn chunked_in_pieces(gw: &Gateway, head: &str, pieces: &[&str]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    s.write_all(
+        format!("{head}transfer-encoding: chunked\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    for piece in pieces {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        s.write_all(format!("{:x}\r\n{piece}\r\n", piece.len()).as_bytes())
+            .await
+            .expect("write");
+    }
+    s.write_all(b"0\r\n\r\n").await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn a_body_in_pieces_is_verified_whole_up_to_exactly_the_limit() {
+    let limit = format!("max_body_bytes = {}", BODY.len());
+    let (upstream, gw) = protocol_gateway("", &limit).await;
+    let head = format!(
+        "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {}\r\n",
+        signature()
+    );
+    let (a, rest) = BODY.split_at(10);
+    let (b, c) = rest.split_at(40);
+    let out = chunked_in_pieces(&gw, &head, &[a, b, c]).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let sent = upstream.requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].json()["raw"],
+        serde_json::from_str::<serde_json::Value>(BODY).expect("json")
+    );
+
+    // One byte more, in pieces: 413, nothing forwarded.
+    let longer = format!("{BODY} ");
+    let (a, b) = longer.split_at(60);
+    let out = chunked_in_pieces(&gw, &head, &[a, b]).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert_eq!(upstream.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn an_answer_in_pieces_is_relayed_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/app", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // Read the request head and body, then answer in three chunks.
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !String::from_utf8_lossy(&seen).contains(r#""hi"}}"#) {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for piece in ["first,", "second,", "third"] {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    let chunk = format!("{:x}\r\n{piece}\r\n", piece.len());
+                    if s.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = s.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    let gw = gateway_without_dedupe(&url).await;
+    let a = post(
+        &gw,
+        "/hooks/p",
+        &[("x-protocol-signature", &signature())],
+        BODY,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("content-type"), Some("text/plain"));
+    assert_eq!(&a.body[..], b"first,second,third");
+}
+
 #[tokio::test]
 async fn malformed_framing_is_400_never_5xx_nor_forwarded() {
     let (upstream, gw) = protocol_gateway("", "").await;
