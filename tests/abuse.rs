@@ -386,6 +386,53 @@ async fn a_slow_second_head_on_a_kept_alive_connection_is_cut_off() {
     assert_eq!(upstream.requests().len(), 1);
 }
 
+/// A client still reading a long answer when the next head's deadline passes gets the
+/// answer whole; the connection is closed after it, not in the middle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_the_whole_answer_before_the_idle_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // 16 MiB: more than loopback's socket buffers hold, so the gateway is still writing
+    // when header_timeout_s passes.
+    let answer_body = format!("\"{}\"", "x".repeat(16 << 20));
+    let upstream = spawn_upstream(Reply::json(200, &answer_body)).await;
+    let gw = gateway(
+        &upstream,
+        "",
+        "header_timeout_s = 1\nmax_body_bytes = 33554432",
+        &LimitClock::default(),
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let b = body("slow-reader");
+    let head = format!(
+        "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {}\r\ncontent-length: {}\r\n\r\n",
+        hmac_hex(SECRET, b.as_bytes()),
+        b.len()
+    );
+    s.write_all(format!("{head}{b}").as_bytes())
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the connection stayed open after the answer");
+    let split = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an answer head")
+        + 4;
+    let head = String::from_utf8_lossy(&got[..split]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}", answer_body.len())),
+        "{head}"
+    );
+    assert_eq!(got.len() - split, answer_body.len(), "the answer was cut");
+    assert!(got[split..] == *answer_body.as_bytes());
+}
+
 #[tokio::test]
 async fn http2_connection_without_streams_is_closed_after_the_head_deadline() {
     use hyper_util::rt::{TokioExecutor, TokioIo};
