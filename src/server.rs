@@ -88,7 +88,6 @@ struct State {
     tls: ArcSwapOption<TlsAcceptor>,
     health: Health,
     builder: auto::Builder<TokioExecutor>,
-    header_timeout: Duration,
     context: Context,
 }
 
@@ -135,7 +134,6 @@ impl Server {
     pub async fn start(prepared: Prepared) -> Result<Server, StartError> {
         let server_cfg = &prepared.gateway.config.server;
         let listen = server_cfg.listen;
-        let header_timeout = server_cfg.header_timeout;
         let max_connections = u32::try_from(server_cfg.max_connections).unwrap_or(u32::MAX);
         let admin = prepared.gateway.config.admin;
 
@@ -166,7 +164,6 @@ impl Server {
                 ready: AtomicBool::new(true),
             },
             builder: http_builder(),
-            header_timeout,
             context: prepared.context,
         });
         let (draining, drain_rx) = watch::channel(false);
@@ -375,7 +372,9 @@ async fn serve_connection(
     // One deadline from accept over the TLS handshake, the protocol detection and the first
     // request head: hyper's own header timer starts only once it reads a head.
     let head_pending = Arc::new(AtomicBool::new(true));
-    let io = HeadDeadline::new(stream, state.header_timeout, Arc::clone(&head_pending));
+    // Read per connection, so a reload's header_timeout_s holds for the connections after it.
+    let header_timeout = state.gateway.load().config.server.header_timeout;
+    let io = HeadDeadline::new(stream, header_timeout, Arc::clone(&head_pending));
     match state.tls.load_full() {
         Some(acceptor) => match acceptor.accept(io).await {
             Ok(tls) => {
@@ -388,6 +387,7 @@ async fn serve_connection(
                         worker,
                     },
                     head_pending,
+                    header_timeout,
                     draining,
                 )
                 .await
@@ -404,6 +404,7 @@ async fn serve_connection(
                     worker,
                 },
                 head_pending,
+                header_timeout,
                 draining,
             )
             .await
@@ -459,6 +460,7 @@ async fn serve_http<IO>(
     io: IO,
     conn: Conn,
     head_pending: Arc<AtomicBool>,
+    header_timeout: Duration,
     mut draining: watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -486,7 +488,7 @@ async fn serve_http<IO>(
     });
     let connection = state.builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
-    let idle_timeout = state.header_timeout;
+    let idle_timeout = header_timeout;
     let result = loop {
         // A connection with no request open for header_timeout_s is closed: HTTP/2 with a
         // GOAWAY, HTTP/1.1 between two requests (its next head counts from the last answer).

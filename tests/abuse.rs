@@ -530,6 +530,40 @@ async fn a_flood_from_100k_addresses_keeps_the_client_table_bounded() {
     );
 }
 
+/// SIGHUP re-reads the timeouts: a new connection after the reload has the new head deadline.
+#[tokio::test]
+async fn a_reload_applies_header_timeout_to_new_connections() {
+    use tokio::io::AsyncReadExt;
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let config = |timeout: u64| {
+        one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "").replace(
+            "[server]\n",
+            &format!("[server]\nheader_timeout_s = {timeout}\n"),
+        )
+    };
+    let dir = temp_dir("reload-header-timeout");
+    let gw = spawn_gateway_with(&config(30), &dir, LimitClock::default()).await;
+    // How long a connection that sends nothing stays open (capped at 5 s).
+    let silent_for = || async {
+        let mut s = tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect");
+        let started = Instant::now();
+        let mut buf = [0u8; 64];
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+        started.elapsed()
+    };
+    assert!(silent_for().await >= Duration::from_secs(5));
+    std::fs::write(dir.join("hookgate.toml"), config(1)).expect("write");
+    let at_next_start = gw.server.reload().expect("reload");
+    assert!(at_next_start.is_empty(), "{at_next_start:?}");
+    let cut = silent_for().await;
+    assert!(
+        cut >= Duration::from_millis(800) && cut < Duration::from_secs(3),
+        "{cut:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_reload_keeps_dedupe_and_unchanged_rate_limit_state() {
     let clock = LimitClock::fake();
