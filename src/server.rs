@@ -117,7 +117,15 @@ fn http_builder() -> auto::Builder<TokioExecutor> {
     // No timer for HTTP/1: hyper's header timer allocates a new sleep for every request.
     // `serve_http` keeps the deadline instead (first head: `HeadDeadline`; later heads: the
     // idle check, which closes a kept-alive connection whose next head is not in by then).
-    b.http1().header_read_timeout(None).keep_alive(true);
+    // half_close: hyper would otherwise read the socket while a request is in flight, to
+    // notice a sender that hung up, and cancel the delivery half-way (perhaps with the
+    // upstream already holding it). A delivery that was read whole is forwarded whole.
+    // (That read also took a new 8 KiB read buffer per request, the old one being still
+    // held by the request's bytes.)
+    b.http1()
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .half_close(true);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)

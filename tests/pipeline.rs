@@ -526,6 +526,78 @@ async fn chunked_body_over_the_limit_is_413_without_a_content_length() {
     assert!(upstream.requests().is_empty());
 }
 
+/// A sender that hangs up once its delivery is sent does not cancel it: a half-closed
+/// client still gets its answer, and a delivery whose sender left is forwarded to the end
+/// (so its id is remembered and a retry is a duplicate, not a second forward).
+#[tokio::test]
+async fn a_delivery_whose_sender_hangs_up_is_still_forwarded_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = spawn_upstream(Reply {
+        delay: Duration::from_millis(300),
+        ..Reply::json(200, r#"{"ok":true}"#)
+    })
+    .await;
+    let gw = spawn_gateway(&one_source(
+        &upstream.url("/app"),
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        "",
+    ))
+    .await;
+    let request = |id: &str| {
+        let body = BODY.replace("evt-1", id);
+        format!(
+            "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {}\r\ncontent-length: {}\r\n\r\n{body}",
+            hmac_hex(SECRET, body.as_bytes()),
+            body.len()
+        )
+    };
+
+    // Half-closed: the write side shut, the read side still waiting for the answer.
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    s.write_all(request("evt-half").as_bytes())
+        .await
+        .expect("write");
+    s.shutdown().await.expect("shutdown");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+    assert!(out.ends_with(r#"{"ok":true}"#), "{out:?}");
+
+    // Gone at once: the forward still completes and its id is remembered.
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    s.write_all(request("evt-gone").as_bytes())
+        .await
+        .expect("write");
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let retry = raw_exchange(
+        gw.addr,
+        request("evt-gone")
+            .replace("host: x\r\n", "host: x\r\nconnection: close\r\n")
+            .as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(retry.starts_with("HTTP/1.1 200"), "{retry}");
+    assert!(
+        retry.to_lowercase().contains("x-hookgate-duplicate: true"),
+        "{retry}"
+    );
+    let ids: Vec<String> = upstream
+        .requests()
+        .iter()
+        .map(|r| r.header("x-hookgate-event-id").unwrap_or("").to_string())
+        .collect();
+    assert_eq!(ids, ["evt-half", "evt-gone"]);
+}
+
 /// Writes `head`, then each piece of `body` as its own chunk, pausing between writes so
 /// the gateway reads them one at a time; returns what it answers.
 async fn chunked_in_pieces(gw: &Gateway, head: &str, pieces: &[&str]) -> String {
