@@ -185,6 +185,8 @@ static X_HOOKGATE_DUPLICATE: header::HeaderName =
 struct Outcome<'g> {
     route: Option<&'g Route>,
     client: Option<std::net::IpAddr>,
+    /// Whether the log line will be written: the id and type are copied for it only then.
+    logged: bool,
     event_id: Option<HeaderValue>,
     event_type: Option<HeaderValue>,
 }
@@ -221,10 +223,13 @@ pub async fn handle(
     }
 
     metrics.in_flight.inc();
-    let mut outcome = Outcome::default();
     // What the log line needs of the request, only when it will be written.
     let logged = tracing::enabled!(target: "hookgate::request", tracing::Level::INFO)
         .then(|| (request.method().clone(), path.to_string()));
+    let mut outcome = Outcome {
+        logged: logged.is_some(),
+        ..Outcome::default()
+    };
     let result = deliver(&gateway, conn, request, &request_id, &mut outcome).await;
     let barertc = outcome
         .source()
@@ -461,8 +466,10 @@ async fn deliver<'g>(
         query: parts.uri.query(),
     };
     let delivery = process(source, &carriers, body, Millis::now())?;
-    outcome.event_id = Some(delivery.event_id_header.clone());
-    outcome.event_type = Some(delivery.event_type.clone());
+    if outcome.logged {
+        outcome.event_id = Some(delivery.event_id_header.clone());
+        outcome.event_type = Some(delivery.event_type.clone());
+    }
 
     // Verified deliveries only count against the source's budget.
     if let Some(limiter) = &route.limiter {
