@@ -329,7 +329,10 @@ fn new_request_id() -> HeaderValue {
     let mut id = [0u8; 32];
     // 16 bytes always fit 32 hex digits.
     let _ = hex::encode_to_slice(fastrand::u128(..).to_be_bytes(), &mut id);
-    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    // Owned by its `Bytes` from the start: the id goes to the upstream and into the answer,
+    // and a copied one would allocate again at its first clone.
+    HeaderValue::from_maybe_shared(Bytes::from_owner(id))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn health_answer(path: &str, method: &Method, health: &Health) -> Response<Body> {

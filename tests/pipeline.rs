@@ -298,6 +298,37 @@ async fn http2_delivery() {
     assert_eq!(a.status, 401);
 }
 
+/// Without a sender's `x-request-id`, a new one (32 hex digits, fresh each time) goes to the
+/// upstream and back in the answer.
+#[tokio::test]
+async fn a_new_request_id_is_the_same_upstream_and_in_the_answer() {
+    let (upstream, gw) = protocol_gateway("dedupe_window_s = 0", "").await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let a = post(
+            &gw,
+            "/hooks/p",
+            &[("x-protocol-signature", &signature())],
+            BODY,
+        )
+        .await;
+        assert_eq!(a.status, 200);
+        let id = a.header("x-request-id").expect("an id").to_string();
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1]);
+    let forwarded: Vec<String> = upstream
+        .requests()
+        .iter()
+        .map(|r| r.header("x-request-id").unwrap_or("").to_string())
+        .collect();
+    assert_eq!(forwarded, ids);
+}
+
 #[tokio::test]
 async fn keep_alive_serves_several_requests_on_one_connection() {
     let (upstream, gw) = protocol_gateway("dedupe_window_s = 0", "").await;
