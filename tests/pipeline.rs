@@ -305,13 +305,7 @@ async fn a_new_request_id_is_the_same_upstream_and_in_the_answer() {
     let (upstream, gw) = protocol_gateway("dedupe_window_s = 0", "").await;
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let a = post(
-            &gw,
-            "/hooks/p",
-            &[("x-protocol-signature", &signature())],
-            BODY,
-        )
-        .await;
+        let a = deliver(&gw).await;
         assert_eq!(a.status, 200);
         let id = a.header("x-request-id").expect("an id").to_string();
         assert!(
@@ -715,13 +709,7 @@ async fn an_answer_in_pieces_is_relayed_whole() {
         }
     });
     let gw = gateway_without_dedupe(&url).await;
-    let a = post(
-        &gw,
-        "/hooks/p",
-        &[("x-protocol-signature", &signature())],
-        BODY,
-    )
-    .await;
+    let a = deliver(&gw).await;
     assert_eq!(a.status, 200);
     assert_eq!(a.header("content-type"), Some("text/plain"));
     assert_eq!(&a.body[..], b"first,second,third");
