@@ -277,9 +277,8 @@ async fn a_thousand_trickling_connections_do_not_block_a_genuine_delivery() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slowloris_connections_are_cut_at_the_head_deadline() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A gateway with `header_timeout_s = 1` in front of an upstream that answers `{}`.
+async fn one_second_head_deadline() -> (Upstream, Gateway) {
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
     let gw = gateway(
         &upstream,
@@ -288,28 +287,46 @@ async fn slowloris_connections_are_cut_at_the_head_deadline() {
         &LimitClock::default(),
     )
     .await;
+    (upstream, gw)
+}
+
+/// Starts a request head on `s` and keeps adding header lines to it (the deadline is for
+/// the whole head, not per byte); whether the gateway closed the connection within `within`.
+/// An answer to a head that never ended fails the test.
+async fn dribble_head(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    if s.write_all(b"POST /hooks/p HTTP/1.1\r\n").await.is_err() {
+        return true;
+    }
+    let mut buf = [0u8; 256];
+    while started.elapsed() < within {
+        if s.write_all(b"x-a: b\r\n").await.is_err() {
+            return true;
+        }
+        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(n)) => panic!(
+                "answered a head that never ended: {}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(_) => {}
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_connections_are_cut_at_the_head_deadline() {
+    let (_upstream, gw) = one_second_head_deadline().await;
     let mut s = tokio::net::TcpStream::connect(gw.addr)
         .await
         .expect("connect");
-    s.write_all(b"POST /hooks/p HTTP/1.1\r\n")
-        .await
-        .expect("write");
     let started = Instant::now();
-    // Keep dribbling header bytes: the deadline is for the whole head, not per byte.
-    let mut buf = [0u8; 256];
-    let closed = loop {
-        if started.elapsed() > Duration::from_secs(4) {
-            break false;
-        }
-        if s.write_all(b"x-a: b\r\n").await.is_err() {
-            break true;
-        }
-        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
-            _ => {}
-        }
-    };
-    assert!(closed, "the slow head was not cut off");
+    assert!(
+        dribble_head(&mut s, Duration::from_secs(4)).await,
+        "the slow head was not cut off"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "{:?}",
@@ -317,23 +334,13 @@ async fn slowloris_connections_are_cut_at_the_head_deadline() {
     );
 }
 
-/// On a kept-alive connection the next head's deadline counts from the end of the previous
-/// answer, however steadily its bytes trickle in.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_second_head_on_a_kept_alive_connection_is_cut_off() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
-    let gw = gateway(
-        &upstream,
-        "",
-        "header_timeout_s = 1",
-        &LimitClock::default(),
-    )
-    .await;
+/// A new connection with one signed delivery of `body(id)` written on it, as raw HTTP/1.1.
+async fn send_signed_raw(gw: &Gateway, id: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(gw.addr)
         .await
         .expect("connect");
-    let b = body("keepalive-1");
+    let b = body(id);
     let head = format!(
         "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {}\r\ncontent-length: {}\r\n\r\n",
         hmac_hex(SECRET, b.as_bytes()),
@@ -342,6 +349,16 @@ async fn a_slow_second_head_on_a_kept_alive_connection_is_cut_off() {
     s.write_all(format!("{head}{b}").as_bytes())
         .await
         .expect("write");
+    s
+}
+
+/// On a kept-alive connection the next head's deadline counts from the end of the previous
+/// answer, however steadily its bytes trickle in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_second_head_on_a_kept_alive_connection_is_cut_off() {
+    use tokio::io::AsyncReadExt;
+    let (upstream, gw) = one_second_head_deadline().await;
+    let mut s = send_signed_raw(&gw, "keepalive-1").await;
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
@@ -358,26 +375,10 @@ async fn a_slow_second_head_on_a_kept_alive_connection_is_cut_off() {
         String::from_utf8_lossy(&answer)
     );
     let answered = Instant::now();
-    s.write_all(b"POST /hooks/p HTTP/1.1\r\n")
-        .await
-        .expect("write");
-    let closed = loop {
-        if answered.elapsed() > Duration::from_secs(4) {
-            break false;
-        }
-        if s.write_all(b"x-a: b\r\n").await.is_err() {
-            break true;
-        }
-        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(n)) => panic!(
-                "answered a head that never ended: {}",
-                String::from_utf8_lossy(&buf[..n])
-            ),
-            Err(_) => {}
-        }
-    };
-    assert!(closed, "the slow second head was not cut off");
+    assert!(
+        dribble_head(&mut s, Duration::from_secs(4)).await,
+        "the slow second head was not cut off"
+    );
     let after = answered.elapsed();
     assert!(
         after >= Duration::from_millis(800) && after < Duration::from_secs(3),
@@ -390,7 +391,7 @@ async fn a_slow_second_head_on_a_kept_alive_connection_is_cut_off() {
 /// answer whole; the connection is closed after it, not in the middle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_gets_the_whole_answer_before_the_idle_close() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     // 16 MiB: more than loopback's socket buffers hold, so the gateway is still writing
     // when header_timeout_s passes.
     let answer_body = format!("\"{}\"", "x".repeat(16 << 20));
@@ -402,18 +403,7 @@ async fn a_slow_reader_gets_the_whole_answer_before_the_idle_close() {
         &LimitClock::default(),
     )
     .await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr)
-        .await
-        .expect("connect");
-    let b = body("slow-reader");
-    let head = format!(
-        "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {}\r\ncontent-length: {}\r\n\r\n",
-        hmac_hex(SECRET, b.as_bytes()),
-        b.len()
-    );
-    s.write_all(format!("{head}{b}").as_bytes())
-        .await
-        .expect("write");
+    let mut s = send_signed_raw(&gw, "slow-reader").await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let mut got = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut got)).await;
@@ -436,14 +426,7 @@ async fn a_slow_reader_gets_the_whole_answer_before_the_idle_close() {
 #[tokio::test]
 async fn http2_connection_without_streams_is_closed_after_the_head_deadline() {
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
-    let gw = gateway(
-        &upstream,
-        "",
-        "header_timeout_s = 1",
-        &LimitClock::default(),
-    )
-    .await;
+    let (_upstream, gw) = one_second_head_deadline().await;
     let stream = tokio::net::TcpStream::connect(gw.addr)
         .await
         .expect("connect");
