@@ -521,7 +521,6 @@ async fn deliver<'g>(
             target: &source.upstream,
             timeout: source.timeout,
             headers,
-            event_id_header: event_id_header.clone(),
             body: forward_body,
         })
         .await;
