@@ -378,7 +378,7 @@ async fn serve_connection(
     draining: watch::Receiver<bool>,
 ) {
     // One deadline from accept over the TLS handshake, the protocol detection and the first
-    // request head: hyper's own header timer starts only once it reads a head.
+    // request head (hyper has no header timer here; later heads: the idle check in serve_http).
     let head_pending = Arc::new(AtomicBool::new(true));
     // Read per connection, so a reload's header_timeout_s holds for the connections after it.
     let header_timeout = state.gateway.load().config.server.header_timeout;
@@ -496,12 +496,11 @@ async fn serve_http<IO>(
     });
     let connection = state.builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
-    let idle_timeout = header_timeout;
     let result = loop {
         // A connection with no request open for header_timeout_s is closed: HTTP/2 with a
         // GOAWAY, HTTP/1.1 between two requests (its next head counts from the last answer).
-        let idle_at = activity.idle_deadline(idle_timeout);
-        let wake_at = idle_at.unwrap_or_else(|| Instant::now() + idle_timeout);
+        let idle_at = activity.idle_deadline(header_timeout);
+        let wake_at = idle_at.unwrap_or_else(|| Instant::now() + header_timeout);
         tokio::select! {
             // The connection first: it is what wakes this task nearly every time.
             biased;
@@ -511,7 +510,7 @@ async fn serve_http<IO>(
                 break connection.await;
             }
             _ = tokio::time::sleep_until(wake_at) => {
-                if activity.idle_deadline(idle_timeout).is_some_and(|at| at <= Instant::now()) {
+                if activity.idle_deadline(header_timeout).is_some_and(|at| at <= Instant::now()) {
                     connection.as_mut().graceful_shutdown();
                     break connection.await;
                 }
