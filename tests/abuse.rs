@@ -336,20 +336,11 @@ async fn slowloris_connections_are_cut_at_the_head_deadline() {
 
 /// A new connection with one signed delivery of `body(id)` written on it, as raw HTTP/1.1.
 async fn send_signed_raw(gw: &Gateway, id: &str) -> tokio::net::TcpStream {
-    use tokio::io::AsyncWriteExt;
-    let mut s = tokio::net::TcpStream::connect(gw.addr)
-        .await
-        .expect("connect");
-    let b = body(id);
-    let head = format!(
-        "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {}\r\ncontent-length: {}\r\n\r\n",
-        hmac_hex(SECRET, b.as_bytes()),
-        b.len()
-    );
-    s.write_all(format!("{head}{b}").as_bytes())
-        .await
-        .expect("write");
-    s
+    connect_and_write(
+        gw.addr,
+        signed_post("/hooks/p", SECRET, &body(id)).as_bytes(),
+    )
+    .await
 }
 
 /// On a kept-alive connection the next head's deadline counts from the end of the previous

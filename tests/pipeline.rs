@@ -570,22 +570,10 @@ async fn a_delivery_whose_sender_hangs_up_is_still_forwarded_whole() {
         "",
     ))
     .await;
-    let request = |id: &str| {
-        let body = BODY.replace("evt-1", id);
-        format!(
-            "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {}\r\ncontent-length: {}\r\n\r\n{body}",
-            hmac_hex(SECRET, body.as_bytes()),
-            body.len()
-        )
-    };
+    let request = |id: &str| signed_post("/hooks/p", SECRET, &BODY.replace("evt-1", id));
 
     // Half-closed: the write side shut, the read side still waiting for the answer.
-    let mut s = tokio::net::TcpStream::connect(gw.addr)
-        .await
-        .expect("connect");
-    s.write_all(request("evt-half").as_bytes())
-        .await
-        .expect("write");
+    let mut s = connect_and_write(gw.addr, request("evt-half").as_bytes()).await;
     s.shutdown().await.expect("shutdown");
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
@@ -594,12 +582,7 @@ async fn a_delivery_whose_sender_hangs_up_is_still_forwarded_whole() {
     assert!(out.ends_with(r#"{"ok":true}"#), "{out:?}");
 
     // Gone at once: the forward still completes and its id is remembered.
-    let mut s = tokio::net::TcpStream::connect(gw.addr)
-        .await
-        .expect("connect");
-    s.write_all(request("evt-gone").as_bytes())
-        .await
-        .expect("write");
+    let s = connect_and_write(gw.addr, request("evt-gone").as_bytes()).await;
     drop(s);
     tokio::time::sleep(Duration::from_millis(800)).await;
     let retry = raw_exchange(

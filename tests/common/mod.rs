@@ -296,11 +296,27 @@ pub fn hmac_hex(key: &str, body: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-/// Writes raw bytes on a new connection and reads until the server closes it or `wait` passes.
-pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A raw HTTP/1.1 POST of `body` to `path`, with its protocol signature made with `secret`.
+pub fn signed_post(path: &str, secret: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {}\r\ncontent-length: {}\r\n\r\n{body}",
+        hmac_hex(secret, body.as_bytes()),
+        body.len()
+    )
+}
+
+/// A new connection with `bytes` written on it.
+pub async fn connect_and_write(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    use tokio::io::AsyncWriteExt;
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(bytes).await.expect("write");
+    s
+}
+
+/// Writes raw bytes on a new connection and reads until the server closes it or `wait` passes.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut s = connect_and_write(addr, bytes).await;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
