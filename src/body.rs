@@ -1,8 +1,8 @@
-//! Reading a request's or an answer's body whole, within a size limit.
+//! Reading a request's body whole, within a size limit.
 //!
 //! By hand rather than http-body-util's `Limited` + `collect`: those queue every piece in a
 //! `VecDeque` and copy them out again, an allocation and a pass per body, while nearly every
-//! webhook and every answer arrives in one piece, which is returned here as it is.
+//! webhook arrives in one piece, which is returned here as it is.
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;

@@ -767,11 +767,22 @@ async fn slow_body_gets_408_and_slow_head_is_cut_off() {
     assert!(upstream.requests().is_empty());
 }
 
-/// A bare HTTP/1.1 upstream that counts its connections and records each request head;
-/// with `close_idle`, it closes a connection 50 ms after each answer without saying so
-/// (what a server's keep-alive timeout does).
+/// How the bare upstream treats its connections.
+#[derive(Clone, Copy)]
+enum Keeps {
+    /// Open for as many requests as come.
+    Open,
+    /// Closed 50 ms after each answer without saying so (what a keep-alive timeout does).
+    ClosedWhenIdle,
+    /// After this many answers, the next request is read and the connection closed without
+    /// an answer (what a server that times out an idle connection just as a request
+    /// arrives does).
+    AnsweringOnly(usize),
+}
+
+/// A bare HTTP/1.1 upstream that counts its connections and records each request head.
 async fn counting_upstream(
-    close_idle: bool,
+    keeps: Keeps,
 ) -> (
     String,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -793,6 +804,7 @@ async fn counting_upstream(
             let seen = Arc::clone(&seen);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
+                let mut answered = 0;
                 loop {
                     // One request: the head, then content-length bytes of body.
                     let mut chunk = [0u8; 4096];
@@ -819,11 +831,15 @@ async fn counting_upstream(
                     }
                     buf.drain(..head_end + length);
                     seen.lock().expect("lock").push(head);
+                    if matches!(keeps, Keeps::AnsweringOnly(n) if answered == n) {
+                        return;
+                    }
                     let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
                     if stream.write_all(answer).await.is_err() {
                         return;
                     }
-                    if close_idle {
+                    answered += 1;
+                    if let Keeps::ClosedWhenIdle = keeps {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         return;
                     }
@@ -878,7 +894,7 @@ async fn deliveries_on_one_connection(gw: &Gateway, n: usize, gap: Duration) -> 
 #[tokio::test]
 async fn upstream_connections_are_kept_alive_with_host_and_origin_form() {
     use std::sync::atomic::Ordering;
-    let (url, connections, heads) = counting_upstream(false).await;
+    let (url, connections, heads) = counting_upstream(Keeps::Open).await;
     let gw = gateway_without_dedupe(&url).await;
     let statuses = deliveries_on_one_connection(&gw, 4, Duration::ZERO).await;
     assert_eq!(statuses, [200; 4]);
@@ -902,10 +918,31 @@ async fn upstream_connections_are_kept_alive_with_host_and_origin_form() {
 #[tokio::test]
 async fn an_upstream_connection_closed_while_idle_is_replaced_not_failed() {
     use std::sync::atomic::Ordering;
-    let (url, connections, heads) = counting_upstream(true).await;
+    let (url, connections, heads) = counting_upstream(Keeps::ClosedWhenIdle).await;
     let gw = gateway_without_dedupe(&url).await;
     let statuses = deliveries_on_one_connection(&gw, 3, Duration::from_millis(200)).await;
     assert_eq!(statuses, [200; 3]);
     assert_eq!(connections.load(Ordering::SeqCst), 3);
     assert_eq!(heads.lock().expect("lock").len(), 3);
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_closed_as_the_request_goes_out_is_retried_once_on_a_new_one() {
+    use std::sync::atomic::Ordering;
+    let (url, connections, heads) = counting_upstream(Keeps::AnsweringOnly(1)).await;
+    let gw = gateway_without_dedupe(&url).await;
+    let statuses = deliveries_on_one_connection(&gw, 2, Duration::ZERO).await;
+    assert_eq!(statuses, [200; 2]);
+    // The second delivery went out on the kept-alive connection, got no answer, and went
+    // again on a new connection: at least once, never lost.
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    assert_eq!(heads.lock().expect("lock").len(), 3);
+
+    // A new connection that closes without an answer is not tried again: 502.
+    let (url, connections, heads) = counting_upstream(Keeps::AnsweringOnly(0)).await;
+    let gw = gateway_without_dedupe(&url).await;
+    let statuses = deliveries_on_one_connection(&gw, 1, Duration::ZERO).await;
+    assert_eq!(statuses, [502]);
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    assert_eq!(heads.lock().expect("lock").len(), 1);
 }

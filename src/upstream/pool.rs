@@ -12,13 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::Uri;
-use http::header::HeaderValue;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use super::{Chunks, UpstreamError};
+use super::UpstreamError;
+use super::http1::{Connection, Stream};
 
 /// Idle connections older than this are closed rather than reused (most servers close
 /// theirs after 5–75 s; a connection the server closed is noticed before it is used).
@@ -38,9 +36,9 @@ pub struct Target {
     port: u16,
     /// Present for https: the name the certificate must carry.
     tls_name: Option<ServerName<'static>>,
-    host_header: HeaderValue,
-    /// The request-target: path and query of the URL.
-    origin_form: Uri,
+    /// The start of every request's head: the request line (the URL's path and query as
+    /// the request-target), `host`, and the headers every forwarded request carries.
+    head_prefix: Vec<u8>,
 }
 
 impl Target {
@@ -72,31 +70,28 @@ impl Target {
         } else {
             None
         };
-        let host_header =
-            HeaderValue::from_str(authority.as_str()).map_err(|_| "host is not a valid header")?;
-        let origin_form = uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse::<Uri>()
-            .map_err(|_| "path is not valid")?;
+        // `Uri` has already refused what a request line or a header cannot carry.
+        let origin_form = uri.path_and_query().map_or("/", |p| p.as_str());
+        let head_prefix = format!(
+            "POST {origin_form} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+             accept-encoding: identity\r\n",
+            authority.as_str()
+        )
+        .into_bytes();
         let scheme = if tls { "https" } else { "http" };
         Ok(Target {
             key: format!("{scheme}://{host}:{port}").into(),
             host: bare_host,
             port,
             tls_name,
-            host_header,
-            origin_form,
+            head_prefix,
             uri,
         })
     }
 
-    pub fn host_header(&self) -> &HeaderValue {
-        &self.host_header
-    }
-
-    pub fn origin_form(&self) -> &Uri {
-        &self.origin_form
+    /// The request line and the headers every request to this target starts with.
+    pub fn head_prefix(&self) -> &[u8] {
+        &self.head_prefix
     }
 }
 
@@ -106,11 +101,9 @@ impl std::fmt::Display for Target {
     }
 }
 
-pub type Sender = SendRequest<Chunks>;
-
 struct Idle {
     key: Arc<str>,
-    sender: Sender,
+    connection: Connection,
     since: Instant,
 }
 
@@ -131,7 +124,7 @@ impl Pool {
     }
 
     /// The most recently used open connection to `target`, if any.
-    pub fn checkout(&self, target: &Target) -> Option<Sender> {
+    pub fn checkout(&self, target: &Target) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         // Oldest first: drop what has idled too long.
@@ -141,32 +134,28 @@ impl Pool {
             .count();
         idle.drain(..expired);
         while let Some(at) = idle.iter().rposition(|i| i.key == target.key) {
-            let entry = idle.remove(at);
-            if !entry.sender.is_closed() {
-                return Some(entry.sender);
+            let mut entry = idle.remove(at);
+            if entry.connection.is_open() {
+                return Some(entry.connection);
             }
         }
         None
     }
 
     /// Gives a connection back after its answer was read whole.
-    pub fn checkin(&self, target: &Target, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
+    pub fn checkin(&self, target: &Target, connection: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
                 key: Arc::clone(&target.key),
-                sender,
+                connection,
                 since: Instant::now(),
             });
         }
     }
 
-    /// A new connection (TCP, then TLS for https, then the HTTP/1.1 handshake), driven
-    /// by a task on the calling thread's runtime.
-    pub async fn connect(&self, target: &Target) -> Result<Sender, UpstreamError> {
+    /// A new connection: TCP, then TLS for https.
+    pub async fn connect(&self, target: &Target) -> Result<Connection, UpstreamError> {
         let failed = |e: &dyn std::fmt::Display| {
             UpstreamError::Connect(format!("{}:{}: {e}", target.host, target.port))
         };
@@ -175,34 +164,17 @@ impl Pool {
             .map_err(|e| failed(&e))?;
         // Headers and body go out in one write; Nagle would hold back the next request.
         tcp.set_nodelay(true).map_err(|e| failed(&e))?;
-        match &target.tls_name {
-            None => handshake(TokioIo::new(tcp)).await,
-            Some(name) => {
-                let tls = self
-                    .tls
+        let stream = match &target.tls_name {
+            None => Stream::Tcp(tcp),
+            Some(name) => Stream::Tls(Box::new(
+                self.tls
                     .connect(name.clone(), tcp)
                     .await
-                    .map_err(|e| failed(&e))?;
-                handshake(TokioIo::new(tls)).await
-            }
-        }
-        .map_err(|e| failed(&e))
+                    .map_err(|e| failed(&e))?,
+            )),
+        };
+        Ok(Connection::new(stream))
     }
-}
-
-async fn handshake<I>(io: I) -> Result<Sender, hyper::Error>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static,
-{
-    let (sender, connection) = hyper::client::conn::http1::Builder::new()
-        .handshake(io)
-        .await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "upstream connection ended");
-        }
-    });
-    Ok(sender)
 }
 
 #[cfg(test)]
@@ -218,14 +190,18 @@ mod tests {
         let t = target("http://app:3000/hooks?x=1").expect("target");
         assert_eq!(&*t.key, "http://app:3000");
         assert_eq!((t.host.as_str(), t.port), ("app", 3000));
-        assert_eq!(t.host_header(), "app:3000");
-        assert_eq!(t.origin_form().to_string(), "/hooks?x=1");
+        assert!(
+            t.head_prefix()
+                .starts_with(b"POST /hooks?x=1 HTTP/1.1\r\nhost: app:3000\r\n")
+        );
         assert!(t.tls_name.is_none());
 
         let t = target("https://[::1]").expect("target");
         assert_eq!((t.host.as_str(), t.port), ("::1", 443));
-        assert_eq!(t.host_header(), "[::1]");
-        assert_eq!(t.origin_form().to_string(), "/");
+        assert!(
+            t.head_prefix()
+                .starts_with(b"POST / HTTP/1.1\r\nhost: [::1]\r\n")
+        );
         assert!(t.tls_name.is_some());
 
         assert!(target("ftp://x/").is_err());
