@@ -28,7 +28,7 @@ use crate::metrics::{Metrics, SourceMetrics};
 use crate::platforms::{Delivery, Platform};
 use crate::reply::{self, Answer};
 use crate::time::Millis;
-use crate::upstream::{self, Forward, Upstream};
+use crate::upstream::{self, Forward, ForwardHeaders, Upstream};
 use crate::verify::Carriers;
 
 /// What outlives a config: the limiters' clock and the metrics.
@@ -493,26 +493,16 @@ async fn deliver<'g>(
         body: forward_body,
     } = delivery;
 
-    let mut headers = HeaderMap::with_capacity(12);
-    headers.insert(
-        upstream::X_HOOKGATE_SOURCE.clone(),
-        source.source_header.clone(),
-    );
-    headers.insert(
-        upstream::X_HOOKGATE_PLATFORM.clone(),
-        HeaderValue::from_static(source.platform.as_str()),
-    );
-    headers.insert(
-        upstream::X_HOOKGATE_EVENT_ID.clone(),
-        event_id_header.clone(),
-    );
-    headers.insert(upstream::X_HOOKGATE_EVENT_TYPE.clone(), event_type);
-    headers.insert(upstream::X_REQUEST_ID.clone(), request_id.clone());
-    headers.insert(upstream::X_FORWARDED_FOR.clone(), client.forwarded_for);
-    headers.insert(upstream::X_FORWARDED_PROTO.clone(), client.forwarded_proto);
-    if let Some(ua) = parts.headers.get(header::USER_AGENT) {
-        headers.insert(header::USER_AGENT, ua.clone());
-    }
+    let headers = ForwardHeaders {
+        source: source.source_header.clone(),
+        platform: source.platform.as_str(),
+        event_id: event_id_header.clone(),
+        event_type,
+        request_id: request_id.clone(),
+        forwarded_for: client.forwarded_for,
+        forwarded_proto: client.forwarded_proto,
+        user_agent: parts.headers.get(header::USER_AGENT).cloned(),
+    };
 
     let started = Instant::now();
     let upstream = &gateway.upstreams[conn.worker % gateway.upstreams.len()];

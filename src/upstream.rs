@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
+use http::StatusCode;
 use http::header::{HeaderName, HeaderValue};
-use http::{HeaderMap, StatusCode};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use sha2::Sha256;
@@ -28,16 +28,7 @@ use http1::{ExchangeError, Exchanged};
 use pool::Pool;
 pub use pool::Target;
 
-pub static X_HOOKGATE_SOURCE: HeaderName = HeaderName::from_static("x-hookgate-source");
-pub static X_HOOKGATE_PLATFORM: HeaderName = HeaderName::from_static("x-hookgate-platform");
-pub static X_HOOKGATE_EVENT_ID: HeaderName = HeaderName::from_static("x-hookgate-event-id");
-pub static X_HOOKGATE_EVENT_TYPE: HeaderName = HeaderName::from_static("x-hookgate-event-type");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
-static WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
-static WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
 /// Why forwarding failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,10 +71,45 @@ pub struct UpstreamAnswer {
 pub struct Forward<'a> {
     pub target: &'a Target,
     pub timeout: Duration,
-    /// The `x-hookgate-*`, `x-request-id`, `x-forwarded-*` and `user-agent` headers.
-    pub headers: HeaderMap,
+    pub headers: ForwardHeaders,
     /// The body, in chunks (one, unless the event shares long texts with the delivery).
     pub body: BodyChunks,
+}
+
+/// The headers SPEC §5 adds to a forwarded request. The exchange writes them straight into
+/// the request's head, after `host`, `content-type` and `accept-encoding`, and before the
+/// signature's and `content-length`: no `HeaderMap` is built for them.
+pub struct ForwardHeaders {
+    pub source: HeaderValue,
+    pub platform: &'static str,
+    /// The id as written in headers (percent-encoded); also the signature's `webhook-id`.
+    pub event_id: HeaderValue,
+    pub event_type: HeaderValue,
+    pub request_id: HeaderValue,
+    pub forwarded_for: HeaderValue,
+    pub forwarded_proto: HeaderValue,
+    /// The sender's, passed on.
+    pub user_agent: Option<HeaderValue>,
+}
+
+impl ForwardHeaders {
+    fn each(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
+        [
+            ("x-hookgate-source", self.source.as_bytes()),
+            ("x-hookgate-platform", self.platform.as_bytes()),
+            ("x-hookgate-event-id", self.event_id.as_bytes()),
+            ("x-hookgate-event-type", self.event_type.as_bytes()),
+            ("x-request-id", self.request_id.as_bytes()),
+            ("x-forwarded-for", self.forwarded_for.as_bytes()),
+            ("x-forwarded-proto", self.forwarded_proto.as_bytes()),
+        ]
+        .into_iter()
+        .chain(
+            self.user_agent
+                .as_ref()
+                .map(|ua| ("user-agent", ua.as_bytes())),
+        )
+    }
 }
 
 /// A worker's upstream client: its connections, with the signing key.
@@ -156,12 +182,12 @@ impl Upstream {
     }
 
     async fn exchange(&self, fwd: Forward<'_>) -> Result<UpstreamAnswer, UpstreamError> {
-        let mut headers = fwd.headers;
-        if let Some(mac) = &self.signing {
-            sign(mac, &fwd.body, &mut headers);
-        }
+        let signature = self
+            .signing
+            .as_ref()
+            .map(|mac| sign(mac, fwd.headers.event_id.as_bytes(), &fwd.body));
         let target = fwd.target;
-        let head = request_head(target, &headers, &fwd.body);
+        let head = request_head(target, &fwd.headers, signature.as_ref(), &fwd.body);
         let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
         loop {
             let (mut connection, reused) = match self.pool.checkout(target) {
@@ -193,21 +219,33 @@ impl Upstream {
 }
 
 /// The forwarded request's head: the target's request line and fixed headers, the
-/// request's own headers, and the body's length.
-fn request_head(target: &Target, headers: &HeaderMap, body: &[Bytes]) -> Vec<u8> {
+/// delivery's own headers, the signature, and the body's length.
+fn request_head(
+    target: &Target,
+    headers: &ForwardHeaders,
+    signature: Option<&Signature>,
+    body: &[Bytes],
+) -> Vec<u8> {
     let prefix = target.head_prefix();
-    let mut head = Vec::with_capacity(prefix.len() + 64 * headers.len() + 24);
+    let mut head = Vec::with_capacity(prefix.len() + 512);
     head.extend_from_slice(prefix);
-    for (name, value) in headers {
-        head.extend_from_slice(name.as_str().as_bytes());
+    let mut field = |name: &str, value: &[u8]| {
+        head.extend_from_slice(name.as_bytes());
         head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(value);
         head.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in headers.each() {
+        field(name, value);
+    }
+    if let Some(s) = signature {
+        field("webhook-id", headers.event_id.as_bytes());
+        field("webhook-timestamp", s.timestamp.as_bytes());
+        field("webhook-signature", s.value.as_bytes());
     }
     let length: usize = body.iter().map(Bytes::len).sum();
-    head.extend_from_slice(b"content-length: ");
-    head.extend_from_slice(length.to_string().as_bytes());
-    head.extend_from_slice(b"\r\n\r\n");
+    field("content-length", length.to_string().as_bytes());
+    head.extend_from_slice(b"\r\n");
     head
 }
 
@@ -223,37 +261,35 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Standard Webhooks: `webhook-signature: v1,<base64 HMAC-SHA256(key, "{id}.{ts}.{body}")>`,
-/// where the id is `x-hookgate-event-id` as the headers already carry it.
-fn sign(mac: &Hmac<Sha256>, body: &[Bytes], headers: &mut HeaderMap) {
+/// A Standard Webhooks signature: `webhook-timestamp` and `webhook-signature`.
+struct Signature {
+    timestamp: String,
+    /// `v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`
+    value: String,
+}
+
+/// Signs a forwarded request now; `id` is the event id as `x-hookgate-event-id` carries it.
+fn sign(mac: &Hmac<Sha256>, id: &[u8], body: &[Bytes]) -> Signature {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    sign_at(mac, body, headers, now);
+    sign_at(mac, id, body, now)
 }
 
-fn sign_at(mac: &Hmac<Sha256>, body: &[Bytes], headers: &mut HeaderMap, ts: u64) {
-    let id = headers
-        .get(&X_HOOKGATE_EVENT_ID)
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_static(""));
-    let ts_text = ts.to_string();
+fn sign_at(mac: &Hmac<Sha256>, id: &[u8], body: &[Bytes], ts: u64) -> Signature {
+    let timestamp = ts.to_string();
     let mut mac = mac.clone();
-    mac.update(id.as_bytes());
+    mac.update(id);
     mac.update(b".");
-    mac.update(ts_text.as_bytes());
+    mac.update(timestamp.as_bytes());
     mac.update(b".");
     for part in body {
         mac.update(part);
     }
-    let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    headers.insert(WEBHOOK_ID.clone(), id);
-    if let Ok(v) = HeaderValue::from_str(&ts_text) {
-        headers.insert(WEBHOOK_TIMESTAMP.clone(), v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&format!("v1,{signature}")) {
-        headers.insert(WEBHOOK_SIGNATURE.clone(), v);
-    }
+    let mut value = String::from("v1,");
+    base64::engine::general_purpose::STANDARD
+        .encode_string(mac.finalize().into_bytes(), &mut value);
+    Signature { timestamp, value }
 }
 
 /// An id as a header value: every byte outside `!`…`~`, and `%` itself, as `%XX`.
@@ -288,29 +324,45 @@ mod tests {
             .decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
             .expect("b64");
         let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&key).expect("key");
-        let mut h = HeaderMap::new();
-        h.insert(
-            X_HOOKGATE_EVENT_ID.clone(),
-            HeaderValue::from_static("msg_p5jXN8AQM9LWM0D4loKWxJek"),
-        );
-        sign_at(
-            &mac,
-            &[
-                Bytes::from_static(b"{\"test\": "),
-                Bytes::from_static(b"2432232314}"),
-            ],
-            &mut h,
-            1614265330,
-        );
-        let header = |name: &str| h.get(name).map(|v| v.as_bytes().to_vec());
+        let body = [
+            Bytes::from_static(b"{\"test\": "),
+            Bytes::from_static(b"2432232314}"),
+        ];
+        let signature = sign_at(&mac, b"msg_p5jXN8AQM9LWM0D4loKWxJek", &body, 1614265330);
+        assert_eq!(signature.timestamp, "1614265330");
         assert_eq!(
-            header("webhook-id"),
-            Some(b"msg_p5jXN8AQM9LWM0D4loKWxJek".to_vec())
+            signature.value,
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
-        assert_eq!(header("webhook-timestamp"), Some(b"1614265330".to_vec()));
+    }
+
+    #[test]
+    fn the_head_carries_every_header_once_and_the_exact_length() {
+        let target = Target::from_uri("http://app:3000/in?x=1".parse().expect("uri")).expect("t");
+        let headers = ForwardHeaders {
+            source: HeaderValue::from_static("chat"),
+            platform: "funtek",
+            event_id: HeaderValue::from_static("a%20b"),
+            event_type: HeaderValue::from_static("message.created"),
+            request_id: HeaderValue::from_static("r1"),
+            forwarded_for: HeaderValue::from_static("203.0.113.9"),
+            forwarded_proto: HeaderValue::from_static("https"),
+            user_agent: Some(HeaderValue::from_static("bot/1")),
+        };
+        let body = [Bytes::from_static(b"{\"a\":"), Bytes::from_static(b"1}")];
+        let signature = Signature {
+            timestamp: "7".into(),
+            value: "v1,xyz".into(),
+        };
+        let head = request_head(&target, &headers, Some(&signature), &body);
         assert_eq!(
-            header("webhook-signature"),
-            Some(b"v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=".to_vec())
+            String::from_utf8(head).expect("ascii"),
+            "POST /in?x=1 HTTP/1.1\r\nhost: app:3000\r\ncontent-type: application/json\r\n\
+             accept-encoding: identity\r\nx-hookgate-source: chat\r\nx-hookgate-platform: funtek\r\n\
+             x-hookgate-event-id: a%20b\r\nx-hookgate-event-type: message.created\r\n\
+             x-request-id: r1\r\nx-forwarded-for: 203.0.113.9\r\nx-forwarded-proto: https\r\n\
+             user-agent: bot/1\r\nwebhook-id: a%20b\r\nwebhook-timestamp: 7\r\n\
+             webhook-signature: v1,xyz\r\ncontent-length: 7\r\n\r\n"
         );
     }
 }
