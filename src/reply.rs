@@ -118,7 +118,7 @@ pub fn translate(
     } else {
         status
     };
-    if let Some(translated) = NormalizedReply::parse(&body).and_then(|r| platform.answer(&r)) {
+    if let Some(translated) = platform.answer(&body) {
         return Answer {
             status,
             content_type: Some(json),

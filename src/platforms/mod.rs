@@ -96,14 +96,16 @@ impl Platform {
         Ok(event)
     }
 
-    /// A normalized reply in the platform's own format, or `None` where the sender reads
-    /// no answer body (the upstream's is relayed unchanged).
-    pub fn answer(self, reply: &NormalizedReply<'_>) -> Option<Vec<u8>> {
-        match self {
-            Platform::Barertc => Some(barertc::answer(reply)),
-            Platform::Funtek => Some(funtek::answer(reply)),
-            Platform::Protocol | Platform::Spika => None,
-        }
+    /// The upstream's 2xx body in the platform's own format when it is a normalized reply;
+    /// `None`: relayed unchanged.
+    pub fn answer(self, body: &[u8]) -> Option<Vec<u8>> {
+        let write: fn(&NormalizedReply<'_>) -> Vec<u8> = match self {
+            Platform::Barertc => barertc::answer,
+            Platform::Funtek => funtek::answer,
+            // Their senders read no answer body: it is not even parsed.
+            Platform::Protocol | Platform::Spika => return None,
+        };
+        NormalizedReply::parse(body).map(|reply| write(&reply))
     }
 
     /// A sample delivery for `hookgate sign`.
