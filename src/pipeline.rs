@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -230,7 +230,7 @@ pub async fn handle(
         logged: logged.is_some(),
         ..Outcome::default()
     };
-    let result = deliver(&gateway, conn, request, &request_id, &mut outcome).await;
+    let result = deliver(&gateway, conn, request, started, &request_id, &mut outcome).await;
     let barertc = outcome
         .source()
         .is_some_and(|s| s.platform == Platform::Barertc);
@@ -417,6 +417,8 @@ async fn deliver<'g>(
     gateway: &'g Gateway,
     conn: Conn,
     request: Request<Incoming>,
+    // When the request's head was in: body_timeout_s counts from then.
+    started: Instant,
     request_id: &HeaderValue,
     outcome: &mut Outcome<'g>,
 ) -> Result<Delivered, Refusal> {
@@ -453,7 +455,7 @@ async fn deliver<'g>(
         &parts.headers,
         body,
         server.max_body_bytes,
-        server.body_timeout,
+        started + server.body_timeout,
     )
     .await?;
     if parts
@@ -509,6 +511,7 @@ async fn deliver<'g>(
     let sent = upstream
         .send(Forward {
             target: &source.upstream,
+            started,
             timeout: source.timeout,
             headers,
             body: forward_body,
@@ -599,7 +602,7 @@ async fn read_body(
     headers: &HeaderMap,
     body: Incoming,
     max: u64,
-    timeout: Duration,
+    deadline: Instant,
 ) -> Result<Bytes, Refusal> {
     // A declared length over the limit is refused before reading a byte. With a
     // Transfer-Encoding the body is read by it alone (RFC 9112 §6.1), never by the length.
@@ -613,7 +616,8 @@ async fn read_body(
         }
     }
     let limit = usize::try_from(max).unwrap_or(usize::MAX);
-    match tokio::time::timeout(timeout, body::read_whole(body, limit)).await {
+    let deadline = tokio::time::Instant::from_std(deadline);
+    match tokio::time::timeout_at(deadline, body::read_whole(body, limit)).await {
         Err(_) => Err(Refusal::BodyTimeout),
         Ok(Err(body::ReadError::TooLarge)) => Err(Refusal::TooLarge),
         Ok(Err(body::ReadError::Failed(e))) => Err(Refusal::BadBody(e.to_string())),

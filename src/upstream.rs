@@ -11,7 +11,7 @@ mod pool;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -70,6 +70,9 @@ pub struct UpstreamAnswer {
 /// What to send: built by the pipeline from a verified delivery only.
 pub struct Forward<'a> {
     pub target: &'a Target,
+    /// When forwarding began (read once per request for the timeout, the metrics and the
+    /// pool's idle times).
+    pub started: Instant,
     pub timeout: Duration,
     pub headers: ForwardHeaders,
     /// The body, in chunks (one, unless the event shares long texts with the delivery).
@@ -174,8 +177,8 @@ impl Upstream {
 
     /// Sends one request and reads the whole answer within `timeout`.
     pub async fn send(&self, fwd: Forward<'_>) -> Result<UpstreamAnswer, UpstreamError> {
-        let timeout = fwd.timeout;
-        match tokio::time::timeout(timeout, self.exchange(fwd)).await {
+        let deadline = tokio::time::Instant::from_std(fwd.started + fwd.timeout);
+        match tokio::time::timeout_at(deadline, self.exchange(fwd)).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout),
         }
@@ -190,7 +193,7 @@ impl Upstream {
         let head = request_head(target, &fwd.headers, signature.as_ref(), &fwd.body);
         let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
         loop {
-            let (mut connection, reused) = match self.pool.checkout(target) {
+            let (mut connection, reused) = match self.pool.checkout(target, fwd.started) {
                 Some(connection) => (connection, true),
                 // Boxed: connecting (TCP, then TLS) holds ~2 KiB of state that a request on a
                 // reused connection would otherwise carry too.
@@ -199,7 +202,7 @@ impl Upstream {
             match connection.exchange(&head, &fwd.body, limit).await {
                 Ok(Exchanged { answer, reusable }) => {
                     if reusable {
-                        self.pool.checkin(target, connection);
+                        self.pool.checkin(target, connection, fwd.started);
                     }
                     return Ok(answer);
                 }

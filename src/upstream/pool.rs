@@ -123,10 +123,10 @@ impl Pool {
         }
     }
 
-    /// The most recently used open connection to `target`, if any.
-    pub fn checkout(&self, target: &Target) -> Option<Connection> {
+    /// The most recently used open connection to `target`, if any (`now`: the caller's
+    /// clock reading, one per request).
+    pub fn checkout(&self, target: &Target, now: Instant) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
         // Oldest first: drop what has idled too long.
         let expired = idle
             .iter()
@@ -142,14 +142,15 @@ impl Pool {
         None
     }
 
-    /// Gives a connection back after its answer was read whole.
-    pub fn checkin(&self, target: &Target, connection: Connection) {
+    /// Gives a connection back after its answer was read whole; `since`: when the request
+    /// it carried started (its idle time counts from a little early, never late).
+    pub fn checkin(&self, target: &Target, connection: Connection, since: Instant) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
                 key: Arc::clone(&target.key),
                 connection,
-                since: Instant::now(),
+                since,
             });
         }
     }
