@@ -506,18 +506,21 @@ async fn deliver<'g>(
         user_agent: parts.headers.get(header::USER_AGENT).cloned(),
     };
 
-    let started = Instant::now();
+    let forwarded_at = Instant::now();
     let upstream = &gateway.upstreams[conn.worker % gateway.upstreams.len()];
     let sent = upstream
         .send(Forward {
             target: &source.upstream,
-            started,
+            started: forwarded_at,
             timeout: source.timeout,
             headers,
             body: forward_body,
         })
         .await;
-    route.metrics.upstream_duration.observe(started.elapsed());
+    route
+        .metrics
+        .upstream_duration
+        .observe(forwarded_at.elapsed());
     let answer = sent?;
     if answer.status.is_server_error() {
         route.metrics.upstream_error("status_5xx");

@@ -1,5 +1,6 @@
 //! Forwarding to the application (SPEC §5): keep-alive connections pooled per worker
-//! (`pool`), one HTTP/1.1 exchange on one of them (`http1`), header hygiene, `timeout_ms` over the whole exchange, Standard Webhooks signing.
+//! (`pool`), one HTTP/1.1 exchange on one of them (`http1`), header hygiene, `timeout_ms`
+//! over the whole exchange, Standard Webhooks signing.
 //!
 //! Takes a forwardable request (made only from a verified delivery); gives the upstream's
 //! status, content-type, retry-after and body, or an [`UpstreamError`] (502 / 504).
