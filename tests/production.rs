@@ -256,8 +256,15 @@ async fn mtls_refuses_a_client_without_a_certificate_and_serves_one_with() {
     assert_eq!(upstream.requests().len(), 1);
 }
 
-/// An HTTPS upstream with the test PKI's server certificate; records bodies.
-async fn spawn_tls_upstream(pki: &Pki) -> (SocketAddr, Arc<std::sync::Mutex<Vec<Bytes>>>) {
+/// An HTTPS upstream with the test PKI's server certificate; records bodies and counts
+/// its TLS connections.
+async fn spawn_tls_upstream(
+    pki: &Pki,
+) -> (
+    SocketAddr,
+    Arc<std::sync::Mutex<Vec<Bytes>>>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
     use http_body_util::BodyExt;
     let chain: Vec<_> = CertificateDer::pem_file_iter(pki.dir.join("server.crt"))
         .expect("c")
@@ -277,17 +284,20 @@ async fn spawn_tls_upstream(pki: &Pki) -> (SocketAddr, Arc<std::sync::Mutex<Vec<
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen2 = Arc::clone(&seen);
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (seen2, counted) = (Arc::clone(&seen), Arc::clone(&connections));
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
             let (acceptor, seen) = (acceptor.clone(), Arc::clone(&seen2));
+            let counted = Arc::clone(&counted);
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let svc =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let seen = Arc::clone(&seen);
@@ -310,17 +320,25 @@ async fn spawn_tls_upstream(pki: &Pki) -> (SocketAddr, Arc<std::sync::Mutex<Vec<
             });
         }
     });
-    (addr, seen)
+    (addr, seen, connections)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_upstream_with_a_private_ca() {
     let dir = temp_dir("tls-up");
     let pki = make_pki(&dir);
-    let (up, seen) = spawn_tls_upstream(&pki).await;
+    let (up, seen, connections) = spawn_tls_upstream(&pki).await;
     let url = format!("https://127.0.0.1:{}/app", up.port());
     // Trusted through [upstream] ca: delivered.
-    let config = one_source(&url, "protocol", "/hooks/p", &[SECRET], "").replace(
+    // No dedupe: the same delivery is sent five times.
+    let config = one_source(
+        &url,
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        "dedupe_window_s = 0",
+    )
+    .replace(
         "timeout_ms = 5000\n",
         "timeout_ms = 5000\nca = \"ca.crt\"\n",
     );
@@ -336,6 +354,25 @@ async fn https_upstream_with_a_private_ca() {
     .await;
     assert_eq!(a.status, 200);
     assert_eq!(seen.lock().expect("lock").len(), 1);
+    // Kept alive over TLS too: four more deliveries, at most one new TLS connection per
+    // worker thread (each worker has its own pool; without reuse this would be 5).
+    for _ in 0..4 {
+        let a = send(
+            gw.addr,
+            "POST",
+            "/hooks/p",
+            &[("x-protocol-signature", &sig)],
+            Bytes::from_static(BODY.as_bytes()),
+        )
+        .await;
+        assert_eq!(a.status, 200);
+    }
+    assert_eq!(seen.lock().expect("lock").len(), 5);
+    let tls_connections = connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&tls_connections),
+        "{tls_connections} TLS connections for 5 deliveries"
+    );
     // Without the CA the certificate is unknown: 502, nothing delivered.
     let gw = spawn_gateway_in(
         &one_source(&url, "protocol", "/hooks/p", &[SECRET], ""),
@@ -351,7 +388,7 @@ async fn https_upstream_with_a_private_ca() {
     )
     .await;
     assert_eq!(a.status, 502);
-    assert_eq!(seen.lock().expect("lock").len(), 1);
+    assert_eq!(seen.lock().expect("lock").len(), 5);
 }
 
 #[test]
