@@ -31,6 +31,8 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// A chunk-size line (with its extensions), or a trailer section, longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
+/// An answer head up to this long is parsed again after every read (see `read_head`).
+const EAGER_PARSE: usize = 4096;
 /// Room made in the read buffer before each read.
 const READ_SIZE: usize = 8 * 1024;
 
@@ -181,8 +183,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     async fn read_head(&mut self) -> Result<Head, ExchangeError> {
         let mut answered = false;
+        // How much of the buffer is known to hold no end of a head.
+        let mut searched = 0;
         loop {
-            if !self.buf.is_empty() {
+            // Parsing the whole buffer again after every read would be quadratic in a head
+            // that arrives a few bytes at a time (up to 64 KiB of it). Small heads, and every
+            // first read (where a non-HTTP answer shows), are parsed at once; past that, only
+            // once the end of a head may have arrived.
+            if !self.buf.is_empty()
+                && (self.buf.len() <= EAGER_PARSE || head_may_end(&self.buf, searched))
+            {
                 answered = true;
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut response = httparse::Response::new(&mut headers);
@@ -190,22 +200,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     Ok(httparse::Status::Complete(len)) => {
                         let head = Head::from_parsed(&response)?;
                         self.buf.advance(len);
+                        searched = 0;
                         match head {
                             // 1xx: an interim answer; the final one follows.
                             None => continue,
                             Some(head) => return Ok(head),
                         }
                     }
-                    Ok(httparse::Status::Partial) if self.buf.len() > MAX_HEAD => {
-                        return Err(invalid("answer head over 64 KiB"));
-                    }
                     Ok(httparse::Status::Partial) => {}
                     Err(e) => return Err(invalid(format!("answer head: {e}"))),
                 }
             }
+            if self.buf.len() > MAX_HEAD {
+                return Err(invalid("answer head over 64 KiB"));
+            }
+            searched = self.buf.len();
             match self.fill().await {
-                Ok(0) if !answered => return Err(ExchangeError::NoAnswer("end of stream".into())),
-                Err(e) if !answered => return Err(ExchangeError::NoAnswer(e.to_string())),
+                Ok(0) if !answered && self.buf.is_empty() => {
+                    return Err(ExchangeError::NoAnswer("end of stream".into()));
+                }
+                Err(e) if !answered && self.buf.is_empty() => {
+                    return Err(ExchangeError::NoAnswer(e.to_string()));
+                }
                 Ok(0) => return Err(invalid("connection closed in the answer's head")),
                 Err(e) => return Err(invalid(format!("reading the answer's head: {e}"))),
                 Ok(_) => {}
@@ -307,6 +323,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
         }
     }
+}
+
+/// Whether a blank line (the end of a head; httparse also takes bare `\n` line ends) may be
+/// in `buf` past the first `searched` bytes, which are known to hold none.
+fn head_may_end(buf: &[u8], searched: usize) -> bool {
+    let new = &buf[searched.saturating_sub(2)..];
+    memchr::memmem::find(new, b"\n\n").is_some() || memchr::memmem::find(new, b"\n\r\n").is_some()
 }
 
 /// How the answer's body is delimited (RFC 9112 §6.3, for an answer to a POST).
@@ -711,6 +734,28 @@ mod tests {
             error(&[&long], 1000).await,
             ExchangeError::Invalid(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_long_head_a_few_bytes_at_a_time_is_read_and_a_non_http_answer_fails_at_once() {
+        // Past EAGER_PARSE a head is parsed again only when a blank line may have come.
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nx-long: {}\r\ncontent-length: 2\r\n\r\nok",
+            "v".repeat(6000)
+        );
+        let pieces: Vec<&[u8]> = head.as_bytes().chunks(7).collect();
+        let a = answer(&pieces, false).await;
+        assert_eq!(
+            (a.answer.status.as_u16(), &a.answer.body[..]),
+            (200, &b"ok"[..])
+        );
+        // A banner that is not HTTP, on a connection kept open: refused on its first read,
+        // not after the timeout.
+        let (result, _, _) = exchange(&[b"SSH-2.0-OpenSSH_9.6\r\n"], false, 1000).await;
+        assert!(
+            matches!(result, Err(ExchangeError::Invalid(_))),
+            "{result:?}"
+        );
     }
 
     #[tokio::test]
