@@ -298,6 +298,46 @@ pub struct SharingOut<'b> {
     chunks: BodyChunks,
 }
 
+thread_local! {
+    /// Event buffers given back once their event was sent, for the next events on this
+    /// thread. An event is a few KiB, too large for glibc's per-thread cache of small blocks,
+    /// so each new buffer took the allocator's slow path (callgrind: 0.7 % of a delivery).
+    static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An event buffer that goes back to `SPARE` when its `Bytes` is dropped.
+struct Recycled(Vec<u8>);
+
+impl AsRef<[u8]> for Recycled {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Recycled {
+    /// Buffers larger than this are freed, not kept.
+    const MAX_CAPACITY: usize = 16 * 1024;
+    /// At most this many are kept per thread (about the deliveries one worker has in flight).
+    const MAX_SPARE: usize = 32;
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        if self.0.capacity() > Self::MAX_CAPACITY {
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.0);
+        buf.clear();
+        // `try_with`: a thread being torn down has no spare list any more.
+        let _ = SPARE.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < Self::MAX_SPARE {
+                spare.push(buf);
+            }
+        });
+    }
+}
+
 /// A body in chunks: one, unless long literals were shared (no allocation for the list
 /// in the common case).
 pub type BodyChunks = smallvec::SmallVec<[bytes::Bytes; 2]>;
@@ -307,9 +347,11 @@ impl<'b> SharingOut<'b> {
     const SHARE_FROM: usize = 4096;
 
     pub fn new(body: &'b bytes::Bytes) -> SharingOut<'b> {
+        let mut buf = SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+        buf.reserve(body.len().min(Self::SHARE_FROM) * 2 + 512);
         SharingOut {
             body,
-            buf: Vec::with_capacity(body.len().min(Self::SHARE_FROM) * 2 + 512),
+            buf,
             chunks: BodyChunks::new(),
         }
     }
@@ -317,7 +359,8 @@ impl<'b> SharingOut<'b> {
     /// The chunks, in order.
     pub fn finish(mut self) -> BodyChunks {
         if !self.buf.is_empty() {
-            self.chunks.push(bytes::Bytes::from(self.buf));
+            self.chunks
+                .push(bytes::Bytes::from_owner(Recycled(self.buf)));
         }
         self.chunks
     }
@@ -695,6 +738,29 @@ mod tests {
         let mut elsewhere = SharingOut::new(&other);
         o.raw_without(None).write(&mut elsewhere);
         assert_eq!(elsewhere.finish().as_slice(), [bytes::Bytes::from(copied)]);
+    }
+
+    #[test]
+    fn event_buffers_are_used_again_once_sent() {
+        // On a thread of its own, so the spare list starts empty.
+        std::thread::spawn(|| {
+            let body = bytes::Bytes::from_static(br#"{"a":"x"}"#);
+            let spare = || SPARE.with(|s| s.borrow().len());
+            let mut out = SharingOut::new(&body);
+            out.raw(b"{\"event\":1}");
+            let first = out.finish();
+            let at = first[0].as_ptr();
+            assert_eq!(spare(), 0, "in use, not spare");
+            drop(first);
+            assert_eq!(spare(), 1, "given back when sent");
+            let mut out = SharingOut::new(&body);
+            out.raw(b"{}");
+            let second = out.finish();
+            assert_eq!((second[0].as_ptr(), &second[0][..]), (at, &b"{}"[..]));
+            assert_eq!(spare(), 0);
+        })
+        .join()
+        .expect("thread");
     }
 
     #[test]
