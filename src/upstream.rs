@@ -248,7 +248,7 @@ fn request_head(
         field("webhook-signature", s.value.as_bytes());
     }
     let length: usize = body.iter().map(Bytes::len).sum();
-    field("content-length", length.to_string().as_bytes());
+    field("content-length", itoa::Buffer::new().format(length).as_bytes());
     head.extend_from_slice(b"\r\n");
     head
 }
