@@ -248,7 +248,10 @@ fn request_head(
         field("webhook-signature", s.value.as_bytes());
     }
     let length: usize = body.iter().map(Bytes::len).sum();
-    field("content-length", itoa::Buffer::new().format(length).as_bytes());
+    field(
+        "content-length",
+        itoa::Buffer::new().format(length).as_bytes(),
+    );
     head.extend_from_slice(b"\r\n");
     head
 }
