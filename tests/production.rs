@@ -344,28 +344,22 @@ async fn https_upstream_with_a_private_ca() {
     );
     let gw = spawn_gateway_in(&config, &pki.dir).await;
     let sig = hmac_hex(SECRET, BODY.as_bytes());
-    let a = send(
-        gw.addr,
-        "POST",
-        "/hooks/p",
-        &[("x-protocol-signature", &sig)],
-        Bytes::from_static(BODY.as_bytes()),
-    )
-    .await;
-    assert_eq!(a.status, 200);
+    let proof = [("x-protocol-signature", sig.as_str())];
+    let deliver = || {
+        send(
+            gw.addr,
+            "POST",
+            "/hooks/p",
+            &proof,
+            Bytes::from_static(BODY.as_bytes()),
+        )
+    };
+    assert_eq!(deliver().await.status, 200);
     assert_eq!(seen.lock().expect("lock").len(), 1);
     // Kept alive over TLS too: four more deliveries, at most one new TLS connection per
     // worker thread (each worker has its own pool; without reuse this would be 5).
     for _ in 0..4 {
-        let a = send(
-            gw.addr,
-            "POST",
-            "/hooks/p",
-            &[("x-protocol-signature", &sig)],
-            Bytes::from_static(BODY.as_bytes()),
-        )
-        .await;
-        assert_eq!(a.status, 200);
+        assert_eq!(deliver().await.status, 200);
     }
     assert_eq!(seen.lock().expect("lock").len(), 5);
     let tls_connections = connections.load(std::sync::atomic::Ordering::SeqCst);
