@@ -5,7 +5,7 @@
 //! ```text
 //! server    accept, worker threads, TLS (tls), HTTP/1.1 + HTTP/2, head deadline, drain
 //! pipeline  route → admit (allow_cidrs) → read body → verify → normalize → forward → reply
-//! body      a request or answer body read whole, within max_body_bytes
+//! body      a request's body read whole, within max_body_bytes
 //! admit     who the client is (X-Forwarded-For rules) and whether it may come in
 //! limit     client and source rate limits (governor); dedupe: ids already forwarded
 //! verify    the proof schemes, constant time; the only producer of `Verified`

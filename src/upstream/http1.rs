@@ -182,7 +182,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     async fn read_head(&mut self) -> Result<Head, ExchangeError> {
-        let mut answered = false;
+        // Whether an interim (1xx) answer was read: then the answer has begun.
+        let mut interim = false;
         // How much of the buffer is known to hold no end of a head.
         let mut searched = 0;
         loop {
@@ -193,7 +194,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if !self.buf.is_empty()
                 && (self.buf.len() <= EAGER_PARSE || head_may_end(&self.buf, searched))
             {
-                answered = true;
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut response = httparse::Response::new(&mut headers);
                 match response.parse(&self.buf) {
@@ -203,7 +203,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         searched = 0;
                         match head {
                             // 1xx: an interim answer; the final one follows.
-                            None => continue,
+                            None => {
+                                interim = true;
+                                continue;
+                            }
                             Some(head) => return Ok(head),
                         }
                     }
@@ -215,15 +218,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 return Err(invalid("answer head over 64 KiB"));
             }
             searched = self.buf.len();
+            if interim || !self.buf.is_empty() {
+                self.fill_or_fail("head").await?;
+                continue;
+            }
+            // Not a byte of an answer yet: an end here is `NoAnswer`, which may be retried.
             match self.fill().await {
-                Ok(0) if !answered && self.buf.is_empty() => {
-                    return Err(ExchangeError::NoAnswer("end of stream".into()));
-                }
-                Err(e) if !answered && self.buf.is_empty() => {
-                    return Err(ExchangeError::NoAnswer(e.to_string()));
-                }
-                Ok(0) => return Err(invalid("connection closed in the answer's head")),
-                Err(e) => return Err(invalid(format!("reading the answer's head: {e}"))),
+                Ok(0) => return Err(ExchangeError::NoAnswer("end of stream".into())),
+                Err(e) => return Err(ExchangeError::NoAnswer(e.to_string())),
                 Ok(_) => {}
             }
         }
@@ -578,6 +580,11 @@ mod tests {
         exchange(pieces, close, 1000).await.0.expect("an answer")
     }
 
+    /// The status, the body and whether the connection can carry another request.
+    fn seen(e: &Exchanged) -> (u16, &[u8], bool) {
+        (e.answer.status.as_u16(), &e.answer.body[..], e.reusable)
+    }
+
     async fn error(pieces: &[&[u8]], limit: usize) -> ExchangeError {
         match exchange(pieces, true, limit).await.0 {
             Ok(e) => panic!("answer {:?}, expected an error", e.answer),
@@ -625,11 +632,7 @@ mod tests {
             false,
         )
         .await;
-        assert_eq!(
-            (a.answer.status.as_u16(), &a.answer.body[..]),
-            (200, &b"abcd0123456789"[..])
-        );
-        assert!(a.reusable);
+        assert_eq!(seen(&a), (200, &b"abcd0123456789"[..], true));
         assert!(a.answer.content_type.is_none() && a.answer.retry_after.is_none());
     }
 
@@ -643,39 +646,36 @@ mod tests {
             false,
         )
         .await;
-        assert_eq!(
-            (a.answer.status.as_u16(), &a.answer.body[..]),
-            (202, &b"ok"[..])
-        );
+        assert_eq!(seen(&a), (202, &b"ok"[..], true));
     }
 
     #[tokio::test]
     async fn answers_that_end_the_connection_are_not_reused() {
         // No length: the body runs to the end of the connection.
         let a = answer(&[b"HTTP/1.1 200 OK\r\n\r\nall ", b"of it"], true).await;
-        assert_eq!((&a.answer.body[..], a.reusable), (&b"all of it"[..], false));
+        assert_eq!(seen(&a), (200, &b"all of it"[..], false));
         // A transfer-encoding that does not end in chunked: likewise.
         let a = answer(
             &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nzz"],
             true,
         )
         .await;
-        assert_eq!((&a.answer.body[..], a.reusable), (&b"zz"[..], false));
+        assert_eq!(seen(&a), (200, &b"zz"[..], false));
         let a = answer(
             &[b"HTTP/1.1 200 OK\r\nconnection: keep-alive, Close\r\ncontent-length: 0\r\n\r\n"],
             false,
         )
         .await;
-        assert_eq!((&a.answer.body[..], a.reusable), (&b""[..], false));
+        assert_eq!(seen(&a), (200, &b""[..], false));
         let a = answer(&[b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\nx"], false).await;
-        assert_eq!((&a.answer.body[..], a.reusable), (&b"x"[..], false));
+        assert_eq!(seen(&a), (200, &b"x"[..], false));
         // Bytes after the answer that nobody asked for.
         let a = answer(
             &[b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nxHTTP/1.1 200 OK\r\n"],
             false,
         )
         .await;
-        assert_eq!((&a.answer.body[..], a.reusable), (&b"x"[..], false));
+        assert_eq!(seen(&a), (200, &b"x"[..], false));
     }
 
     #[tokio::test]
@@ -685,16 +685,13 @@ mod tests {
             false,
         )
         .await;
-        assert_eq!(
-            (a.answer.status.as_u16(), &a.answer.body[..], a.reusable),
-            (204, &b""[..], true)
-        );
+        assert_eq!(seen(&a), (204, &b""[..], true));
         let a = answer(
             &[b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\nabc"],
             false,
         )
         .await;
-        assert_eq!(&a.answer.body[..], b"abc");
+        assert_eq!(seen(&a), (200, &b"abc"[..], true));
     }
 
     #[tokio::test]
@@ -708,7 +705,9 @@ mod tests {
 
     #[tokio::test]
     async fn invalid_answers_are_errors_that_answered_something() {
-        let cases: [&[&[u8]]; 13] = [
+        let cases: [&[&[u8]]; 14] = [
+            // An interim answer, then the end: the answer had begun, so no retry.
+            &[b"HTTP/1.1 100 Continue\r\n\r\n"],
             &[b"HTTP/1.1 200 OK\r\ncontent-le"],
             &[b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"],
             &[b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nxx"],
@@ -745,10 +744,7 @@ mod tests {
         );
         let pieces: Vec<&[u8]> = head.as_bytes().chunks(7).collect();
         let a = answer(&pieces, false).await;
-        assert_eq!(
-            (a.answer.status.as_u16(), &a.answer.body[..]),
-            (200, &b"ok"[..])
-        );
+        assert_eq!(seen(&a), (200, &b"ok"[..], true));
         // A banner that is not HTTP, on a connection kept open: refused on its first read,
         // not after the timeout.
         let (result, _, _) = exchange(&[b"SSH-2.0-OpenSSH_9.6\r\n"], false, 1000).await;
