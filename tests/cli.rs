@@ -59,6 +59,25 @@ fn the_shipped_example_config_checks() {
     );
 }
 
+/// The load benchmark's two gateways: a config that stopped loading would only show as a
+/// failed probe in a long benchmark run.
+#[test]
+fn the_load_benchmark_configs_check() {
+    for (file, verify) in [
+        ("bench.toml", "verify platform proof"),
+        ("bench-bare.toml", "verify none"),
+    ] {
+        let path = format!("{}/benches/load/{file}", env!("CARGO_MANIFEST_DIR"));
+        let (code, out, err) = hookgate(&["check", "--config", &path]);
+        assert_eq!(code, 0, "{file}: {err}");
+        let route = out
+            .lines()
+            .find(|l| l.starts_with("POST /webhook"))
+            .unwrap_or_else(|| panic!("{file}: no /webhook route in {out}"));
+        assert!(route.contains(verify), "{file}: {route}");
+    }
+}
+
 #[test]
 fn bad_configs_exit_2_with_one_line_naming_file_and_field() {
     let dir = temp_dir("cli-bad");

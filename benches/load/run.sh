@@ -5,6 +5,8 @@
 #   direct       wrk -> nginx sink (:18081)                      the box's physical limit
 #   nginx-proxy  wrk -> nginx proxy_pass (:18082) -> sink        the ratio's denominator
 #   hookgate     wrk -> hookgate (:18080) -> sink                verify + normalize + forward
+#   hookgate-bare wrk -> hookgate (:18083) -> sink               no proof, raw forward: the
+#                                                                HTTP stack's own cost
 #
 # Every request POSTs the same signed Protocol message.created webhook (~1 KiB, webhook.json)
 # with x-protocol-signature = hex(HMAC-SHA256("bench-secret", body)). Cases: wrk -c 64 (the
@@ -107,10 +109,14 @@ port_open 18080 && { log "port 18080 already in use"; exit 1; }
 start_bg hookgate "$RUN_DIR/hookgate.log" env RUST_LOG=warn "$HOOKGATE_BIN" run --config "$HERE/bench.toml"
 GW_PID=$LAST_PID
 wait_port 18080 "$GW_PID"
+port_open 18083 && { log "port 18083 already in use"; exit 1; }
+start_bg hookgate-bare "$RUN_DIR/hookgate-bare.log" env RUST_LOG=warn "$HOOKGATE_BIN" run --config "$HERE/bench-bare.toml"
+BARE_PID=$LAST_PID
+wait_port 18083 "$BARE_PID"
 
-declare -A URL=([direct]=http://127.0.0.1:18081/webhook [nginx-proxy]=http://127.0.0.1:18082/webhook [hookgate]=http://127.0.0.1:18080/webhook)
-declare -A UNIT=([direct]=$SINK_PID [nginx-proxy]=$PROXY_PID [hookgate]=$GW_PID)
-SCENARIOS=(direct nginx-proxy hookgate)
+declare -A URL=([direct]=http://127.0.0.1:18081/webhook [nginx-proxy]=http://127.0.0.1:18082/webhook [hookgate]=http://127.0.0.1:18080/webhook [hookgate-bare]=http://127.0.0.1:18083/webhook)
+declare -A UNIT=([direct]=$SINK_PID [nginx-proxy]=$PROXY_PID [hookgate]=$GW_PID [hookgate-bare]=$BARE_PID)
+SCENARIOS=(direct nginx-proxy hookgate hookgate-bare)
 
 # One signed request each, so a 401/502 shows before the load.
 for s in "${SCENARIOS[@]}"; do
@@ -158,14 +164,14 @@ sumcol() { awk -F'\t' -v c="$1" -v s="$2" -v k="$3" 'NR>1 && $1==c && $2==s {t+=
 {
   echo "date $(date -Is)  host $(hostname)  cores $(nproc)  cpu $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
   echo "wrk -t$THREADS -d${DURATION}s x$ROUNDS round(s); hookgate $("$HOOKGATE_BIN" --version 2>/dev/null || echo '?')"
-  printf '%-8s %-12s %9s %8s %8s %9s %7s %7s %8s %10s\n' case scenario 'req/s' 'p50 ms' 'p99 ms' 'vs proxy' non2xx sockerr 'RSS MiB' 'CPU us/req'
+  printf '%-8s %-13s %9s %8s %8s %9s %7s %7s %8s %10s\n' case scenario 'req/s' 'p50 ms' 'p99 ms' 'vs proxy' non2xx sockerr 'RSS MiB' 'CPU us/req'
   for case in $CASES; do
     base=$(col "$case" nginx-proxy 4)
     for s in "${SCENARIOS[@]}"; do
       rps=$(col "$case" "$s" 4); [[ $rps == nan ]] && continue
       awk -v c="$case" -v s="$s" -v rps="$rps" -v p50="$(col "$case" "$s" 5)" -v p99="$(col "$case" "$s" 6)" -v base="$base" \
           -v n2="$(sumcol "$case" "$s" 7)" -v se="$(sumcol "$case" "$s" 8)" -v rss="$(col "$case" "$s" 10)" -v cpu="$(col "$case" "$s" 11)" \
-        'BEGIN { printf "%-8s %-12s %9.0f %8.2f %8.2f %8.2fx %7d %7d %8.1f %10.1f\n", c, s, rps, p50/1000, p99/1000, (base > 0 ? rps/base : 0), n2, se, rss/1024, cpu }'
+        'BEGIN { printf "%-8s %-13s %9.0f %8.2f %8.2f %8.2fx %7d %7d %8.1f %10.1f\n", c, s, rps, p50/1000, p99/1000, (base > 0 ? rps/base : 0), n2, se, rss/1024, cpu }'
     done
   done
   echo "(medians over rounds; RSS = peak VmHWM of the unit's processes so far, nginx = master + workers;"
