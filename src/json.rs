@@ -212,19 +212,13 @@ fn split_array(text: &str) -> Option<Vec<Json<'_>>> {
 /// Whether a string literal's text holds a backslash: eight bytes at a time for the many
 /// short ids and names, memchr for long texts (its set-up costs more than a short loop).
 fn has_escape(text: &str) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    const BACKSLASHES: u64 = u64::from_ne_bytes([b'\\'; 8]);
     let b = text.as_bytes();
     if b.len() >= 32 {
         return memchr::memchr(b'\\', b).is_some();
     }
     let mut words = b.chunks_exact(8);
     for word in &mut words {
-        // A backslash is a zero byte of `w`; (w - 0x01..) & !w & 0x80.. is not zero exactly
-        // when `w` has a zero byte.
-        let w = u64::from_ne_bytes(word.try_into().unwrap_or([0; 8])) ^ BACKSLASHES;
-        if w.wrapping_sub(ONES) & !w & HIGHS != 0 {
+        if has_byte(u64::from_ne_bytes(word.try_into().unwrap_or([0; 8])), b'\\') {
             return true;
         }
     }
@@ -289,10 +283,48 @@ impl Serialize for Text<'_> {
     }
 }
 
-/// Writes `text` as a JSON string (serde_json's escaping).
+/// Writes `text` as a JSON string (serde_json's escaping). Most strings an event writes (ids,
+/// names, types) need none, and then are copied between quotes as they are.
 pub fn write_str(out: &mut Vec<u8>, text: &str) {
+    if !needs_escape(text.as_bytes()) {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Writing into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, text);
+}
+
+const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+
+/// Whether a word has a byte below `n` (n ≤ 128): (w - n..) & !w & 0x80.. is not zero
+/// exactly then. With n = 1 that is a zero byte.
+const fn has_byte_below(w: u64, n: u8) -> bool {
+    w.wrapping_sub(ONES * n as u64) & !w & HIGHS != 0
+}
+
+/// Whether a word holds byte `b`.
+const fn has_byte(w: u64, b: u8) -> bool {
+    has_byte_below(w ^ (ONES * b as u64), 1)
+}
+
+/// Whether serde_json would escape anything in `b`: a quote, a backslash or a control
+/// character (below 0x20); nothing else is escaped.
+fn needs_escape(b: &[u8]) -> bool {
+    let mut words = b.chunks_exact(8);
+    for word in &mut words {
+        let w = u64::from_ne_bytes(word.try_into().unwrap_or([0; 8]));
+        if has_byte_below(w, 0x20) || has_byte(w, b'"') || has_byte(w, b'\\') {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&c| c < 0x20 || c == b'"' || c == b'\\')
 }
 
 /// Where hand-written JSON goes: bytes of its own, strings to escape, and values copied
@@ -651,6 +683,36 @@ mod tests {
                     assert_eq!(has_escape(&with), with.contains('\\'), "{with:?}");
                 }
             }
+        }
+    }
+
+    /// The copy-as-is path against serde_json: each ASCII byte (every control character,
+    /// the quote, the backslash and their neighbours) and a multi-byte character, at every
+    /// place of strings across the word boundaries.
+    #[test]
+    fn write_str_is_serde_json_byte_for_byte() {
+        let chars = (0u8..0x80)
+            .map(char::from)
+            .chain(['é', '€', '\u{7f}', '\u{2028}']);
+        for c in chars {
+            for len in 0..20 {
+                for at in 0..len {
+                    let text: String = (0..len).map(|i| if i == at { c } else { 'x' }).collect();
+                    let mut out = Vec::new();
+                    write_str(&mut out, &text);
+                    let expected = serde_json::to_vec(&text).expect("serde_json");
+                    assert_eq!(out, expected, "{text:?}");
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn write_str_matches_serde_json(text in ".*") {
+            let mut out = b"[".to_vec();
+            write_str(&mut out, &text);
+            proptest::prop_assert_eq!(&out[1..], serde_json::to_vec(&text).expect("serde_json"));
         }
     }
 
