@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# A/B of hookgate builds against nginx-proxy, for one change at a time: each build and
+# nginx-proxy take turns for ROUNDS rounds (wrk -t2 -c64, the 1 KiB bench webhook), and
+# the medians show where each request's CPU went on the whole box (the proxy, the sink and
+# wrk), since on 2 shared cores throughput follows their sum. Taking turns is what makes a
+# few per cent visible on a VM whose phases swing ±20 % (run.sh's table is for reporting).
+#
+#   benches/load/ab.sh BIN_A BIN_B                  # two builds (copies under their own
+#                                                   # names), bench.toml each
+#   SECS=4 ROUNDS=10 benches/load/ab.sh BIN@CONFIG  # a build on another config
+#
+# Columns: req/s, proxy/sink/wrk CPU µs per request, the proxy's voluntary context switches
+# per request (how often its threads went to sleep), p99 µs; then every round's req/s.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SECS=${SECS:-4}
+ROUNDS=${ROUNDS:-8}
+(($# > 0)) || { sed -n '2,14p' "$0" >&2; exit 2; }
+for tool in nginx wrk openssl; do
+  command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
+done
+
+RUN_DIR=$(mktemp -d /tmp/hookgate-ab.XXXXXX)
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in sink proxy; do [[ -f $RUN_DIR/$p/nginx.pid ]] && kill "$(cat "$RUN_DIR/$p/nginx.pid")" 2>/dev/null; done
+  rm -rf "$RUN_DIR"
+}
+trap cleanup EXIT
+
+start_nginx() { # dir conf workers
+  mkdir -p "$RUN_DIR/$1"
+  nginx -p "$RUN_DIR/$1/" -e "$RUN_DIR/$1/error.log" -c "$HERE/nginx/$2" \
+    -g "daemon on; master_process on; worker_processes $3;"
+}
+start_nginx sink sink.conf 1
+start_nginx proxy proxy.conf 2
+sleep 0.5
+workers() { pgrep -P "$(cat "$RUN_DIR/$1/nginx.pid")" | tr '\n' ' '; }
+SINK=$(workers sink)
+
+NAMES=(nginx-proxy) PORTS=(18082) UNITS=("$(workers proxy)")
+port=18090
+for spec in "$@"; do
+  bin=${spec%%@*} config=$HERE/bench.toml
+  [[ $spec == *@* ]] && config=${spec#*@}
+  sed "s/127.0.0.1:1808[03]/127.0.0.1:$port/" "$config" > "$RUN_DIR/$port.toml"
+  RUST_LOG=warn "$bin" run --config "$RUN_DIR/$port.toml" > "$RUN_DIR/$port.log" 2>&1 &
+  PIDS+=($!)
+  name=$(basename "$bin")
+  [[ $spec == *@* ]] && name+="@$(basename "$config" .toml)"
+  NAMES+=("$name") PORTS+=($port) UNITS+=($!)
+  port=$((port + 1))
+done
+sleep 1
+
+printf 'x-protocol-signature: %s\n' \
+  "$(openssl dgst -sha256 -hmac bench-secret -r < "$HERE/webhook.json" | cut -d' ' -f1)" > "$RUN_DIR/headers"
+# CPU ticks (user + system) and voluntary context switches of every thread of the given pids.
+ticks() { local p t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+sleeps() { local p f t=0; for p in "$@"; do for f in /proc/$p/task/*/status; do t=$((t + $(awk '/^voluntary_ctxt/ {print $2}' "$f"))); done; done; echo $t; }
+load() { # port seconds
+  BENCH_BODY_FILE=$HERE/webhook.json BENCH_HEADERS_FILE=$RUN_DIR/headers \
+    wrk -t2 -c64 -d"$2s" --latency -s "$HERE/post.lua" "http://127.0.0.1:$1/webhook"
+}
+
+HZ=$(getconf CLK_TCK)
+OUT=$RUN_DIR/rounds.tsv
+TIMEFORMAT='%U %S'
+for ((r = 1; r <= ROUNDS; r++)); do
+  for i in "${!NAMES[@]}"; do
+    unit=${UNITS[$i]}
+    load "${PORTS[$i]}" 1 > /dev/null
+    p0=$(ticks $unit) s0=$(ticks $SINK) v0=$(sleeps $unit)
+    { time load "${PORTS[$i]}" "$SECS" > "$RUN_DIR/wrk.out"; } 2> "$RUN_DIR/wrk.time"
+    p1=$(ticks $unit) s1=$(ticks $SINK) v1=$(sleeps $unit)
+    line=$(grep '^BENCH ' "$RUN_DIR/wrk.out")
+    n=$(grep -o 'requests=[0-9]*' <<< "$line" | cut -d= -f2)
+    p99=$(grep -o 'p99_us=[0-9]*' <<< "$line" | cut -d= -f2)
+    read -r wu ws < "$RUN_DIR/wrk.time"
+    awk -v nm="${NAMES[$i]}" -v n="$n" -v secs="$SECS" -v hz="$HZ" -v p=$((p1 - p0)) -v s=$((s1 - s0)) \
+      -v w="$wu $ws" -v v=$((v1 - v0)) -v p99="$p99" 'BEGIN {
+        split(w, t, " ")
+        printf "%s\t%.0f\t%.1f\t%.1f\t%.1f\t%.3f\t%d\n", nm, n / secs, p * 1e6 / hz / n, s * 1e6 / hz / n,
+          (t[1] + t[2]) * 1e6 / n, v / n, p99 }' >> "$OUT"
+  done
+done
+
+median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
+printf '%-28s %8s %6s %6s %6s %7s %7s  %s\n' build 'req/s' proxy sink wrk sleeps 'p99 us' 'req/s per round'
+for nm in "${NAMES[@]}"; do
+  col() { awk -F'\t' -v n="$nm" -v c="$1" '$1 == n {print $c}' "$OUT" | median; }
+  printf '%-28s %8s %6s %6s %6s %7s %7s  %s\n' "$nm" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)" "$(col 6)" "$(col 7)" \
+    "$(awk -F'\t' -v n="$nm" '$1 == n {printf "%s ", $2}' "$OUT")"
+done
+echo "(medians of $ROUNDS rounds of ${SECS}s; CPU in µs per request; sleeps = the proxy's voluntary context switches per request)"
