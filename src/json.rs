@@ -216,13 +216,7 @@ fn has_escape(text: &str) -> bool {
     if b.len() >= 32 {
         return memchr::memchr(b'\\', b).is_some();
     }
-    let mut words = b.chunks_exact(8);
-    for word in &mut words {
-        if has_byte(u64::from_ne_bytes(word.try_into().unwrap_or([0; 8])), b'\\') {
-            return true;
-        }
-    }
-    words.remainder().contains(&b'\\')
+    any_in_words(b, |w| has_byte(w, b'\\'), |c| c == b'\\')
 }
 
 /// A JSON string's text, borrowed when it holds no escapes.
@@ -314,17 +308,21 @@ const fn has_byte(w: u64, b: u8) -> bool {
 /// Whether serde_json would escape anything in `b`: a quote, a backslash or a control
 /// character (below 0x20); nothing else is escaped.
 fn needs_escape(b: &[u8]) -> bool {
+    any_in_words(
+        b,
+        |w| has_byte_below(w, 0x20) || has_byte(w, b'"') || has_byte(w, b'\\'),
+        |c| c < 0x20 || c == b'"' || c == b'\\',
+    )
+}
+
+/// Whether `word` holds for one of `b`'s 8-byte words, or `byte` for one of the bytes left
+/// over at its end.
+fn any_in_words(b: &[u8], word: impl Fn(u64) -> bool, byte: impl Fn(u8) -> bool) -> bool {
     let mut words = b.chunks_exact(8);
-    for word in &mut words {
-        let w = u64::from_ne_bytes(word.try_into().unwrap_or([0; 8]));
-        if has_byte_below(w, 0x20) || has_byte(w, b'"') || has_byte(w, b'\\') {
-            return true;
-        }
-    }
     words
-        .remainder()
-        .iter()
-        .any(|&c| c < 0x20 || c == b'"' || c == b'\\')
+        .by_ref()
+        .any(|w| word(u64::from_ne_bytes(w.try_into().unwrap_or([0; 8]))))
+        || words.remainder().iter().any(|&c| byte(c))
 }
 
 /// Where hand-written JSON goes: bytes of its own, strings to escape, and values copied
