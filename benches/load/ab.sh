@@ -16,6 +16,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SECS=${SECS:-4}
 ROUNDS=${ROUNDS:-8}
+# shellcheck source=benches/load/common.sh
+source "$HERE/common.sh"
 (($# > 0)) || { sed -n '2,14p' "$0" >&2; exit 2; }
 for tool in nginx wrk openssl; do
   command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
@@ -39,10 +41,10 @@ start_nginx() { # dir conf workers
 start_nginx sink sink.conf 1
 start_nginx proxy proxy.conf 2
 sleep 0.5
-workers() { pgrep -P "$(cat "$RUN_DIR/$1/nginx.pid")" | tr '\n' ' '; }
-SINK=$(workers sink)
+# An nginx unit is its master's process tree (the master itself is idle under load).
+SINK=$(cat "$RUN_DIR/sink/nginx.pid")
 
-NAMES=(nginx-proxy) PORTS=(18082) UNITS=("$(workers proxy)")
+NAMES=(nginx-proxy) PORTS=(18082) UNITS=("$(cat "$RUN_DIR/proxy/nginx.pid")")
 port=18090
 for spec in "$@"; do
   bin=${spec%%@*} config=$HERE/bench.toml
@@ -57,11 +59,9 @@ for spec in "$@"; do
 done
 sleep 1
 
-printf 'x-protocol-signature: %s\n' \
-  "$(openssl dgst -sha256 -hmac bench-secret -r < "$HERE/webhook.json" | cut -d' ' -f1)" > "$RUN_DIR/headers"
-# CPU ticks (user + system) and voluntary context switches of every thread of the given pids.
-ticks() { local p t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
-sleeps() { local p f t=0; for p in "$@"; do for f in /proc/$p/task/*/status; do t=$((t + $(awk '/^voluntary_ctxt/ {print $2}' "$f"))); done; done; echo $t; }
+signature_header "$HERE/webhook.json" bench-secret > "$RUN_DIR/headers"
+# Voluntary context switches of every thread of a process tree.
+sleeps() { local p f t=0; for p in $(tree_pids "$1"); do for f in /proc/$p/task/*/status; do t=$((t + $(awk '/^voluntary_ctxt/ {print $2}' "$f"))); done; done; echo $t; }
 load() { # port seconds
   BENCH_BODY_FILE=$HERE/webhook.json BENCH_HEADERS_FILE=$RUN_DIR/headers \
     wrk -t2 -c64 -d"$2s" --latency -s "$HERE/post.lua" "http://127.0.0.1:$1/webhook"
@@ -74,9 +74,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
   for i in "${!NAMES[@]}"; do
     unit=${UNITS[$i]}
     load "${PORTS[$i]}" 1 > /dev/null
-    p0=$(ticks $unit) s0=$(ticks $SINK) v0=$(sleeps $unit)
+    p0=$(cpu_ticks "$unit") s0=$(cpu_ticks "$SINK") v0=$(sleeps "$unit")
     { time load "${PORTS[$i]}" "$SECS" > "$RUN_DIR/wrk.out"; } 2> "$RUN_DIR/wrk.time"
-    p1=$(ticks $unit) s1=$(ticks $SINK) v1=$(sleeps $unit)
+    p1=$(cpu_ticks "$unit") s1=$(cpu_ticks "$SINK") v1=$(sleeps "$unit")
     line=$(grep '^BENCH ' "$RUN_DIR/wrk.out")
     n=$(grep -o 'requests=[0-9]*' <<< "$line" | cut -d= -f2)
     p99=$(grep -o 'p99_us=[0-9]*' <<< "$line" | cut -d= -f2)
@@ -89,7 +89,6 @@ for ((r = 1; r <= ROUNDS; r++)); do
   done
 done
 
-median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
 printf '%-28s %8s %6s %6s %6s %7s %7s  %s\n' build 'req/s' proxy sink wrk sleeps 'p99 us' 'req/s per round'
 for nm in "${NAMES[@]}"; do
   col() { awk -F'\t' -v n="$nm" -v c="$1" '$1 == n {print $c}' "$OUT" | median; }

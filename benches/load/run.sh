@@ -29,6 +29,8 @@ ROUNDS=${ROUNDS:-1}
 CASES=${CASES:-"c64 c1 c512 c64-64k"}
 SECRET=bench-secret
 RESULTS_DIR=${RESULTS_DIR:-$HERE/results/$(date +%Y%m%d-%H%M%S)}
+# shellcheck source=benches/load/common.sh
+source "$HERE/common.sh"
 
 for tool in nginx wrk openssl curl ps; do
   command -v "$tool" >/dev/null || { echo "missing tool: $tool (apt-get install -y nginx-light wrk openssl curl procps)" >&2; exit 1; }
@@ -74,9 +76,6 @@ wait_port() { # port pid
     sleep 0.1
   done
 }
-tree_pids() { local c; echo "$1"; for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do tree_pids "$c"; done; }
-peak_rss_kb() { local p t=0 v; for p in $(tree_pids "$1"); do v=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status" 2>/dev/null || true); t=$((t + ${v:-0})); done; echo "$t"; }
-cpu_ticks() { local p t=0 v; for p in $(tree_pids "$1"); do v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}' || true); t=$((t + ${v:-0})); done; echo "$t"; }
 
 start_nginx() { # name conf workers port
   local prefix=$RUN_DIR/$1
@@ -98,7 +97,7 @@ open(sys.argv[2], "w").write(json.dumps(d, separators=(",", ":")))
 PY
 headers_for() { # body -> headers file
   local f=$RUN_DIR/$(basename "$1").headers
-  printf 'x-protocol-signature: %s\n' "$(openssl dgst -sha256 -hmac "$SECRET" -r < "$1" | cut -d' ' -f1)" > "$f"
+  signature_header "$1" "$SECRET" > "$f"
   echo "$f"
 }
 
@@ -158,7 +157,6 @@ for case in $CASES; do
   done
 done
 
-median() { sort -g | awk '{a[NR]=$1} END { if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 col() { awk -F'\t' -v c="$1" -v s="$2" -v k="$3" 'NR>1 && $1==c && $2==s {print $k}' "$RAW" | median; }
 sumcol() { awk -F'\t' -v c="$1" -v s="$2" -v k="$3" 'NR>1 && $1==c && $2==s {t+=$k} END {print t+0}' "$RAW"; }
 {

@@ -1,0 +1,13 @@
+# Helpers shared by run.sh and ab.sh (sourced, not run).
+
+# A pid and all its descendants (nginx: the master and its workers).
+tree_pids() { local c; echo "$1"; for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do tree_pids "$c"; done; }
+# CPU ticks (user + system) of a process tree; fields counted after the ")" of the name,
+# which may hold spaces.
+cpu_ticks() { local p t=0 v; for p in $(tree_pids "$1"); do v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}' || true); t=$((t + ${v:-0})); done; echo "$t"; }
+# Peak RSS (VmHWM) of a process tree, in KiB.
+peak_rss_kb() { local p t=0 v; for p in $(tree_pids "$1"); do v=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status" 2>/dev/null || true); t=$((t + ${v:-0})); done; echo "$t"; }
+# The median of the numbers on stdin, "nan" for none.
+median() { sort -g | awk '{a[NR]=$1} END { if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+# The protocol signature header line for a body file: signature_header BODY SECRET.
+signature_header() { printf 'x-protocol-signature: %s\n' "$(openssl dgst -sha256 -hmac "$2" -r < "$1" | cut -d' ' -f1)"; }
