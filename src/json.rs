@@ -360,6 +360,11 @@ impl AsRef<[u8]> for Recycled {
 }
 
 impl Recycled {
+    /// A spare buffer of this thread's, or a new one.
+    fn take() -> Vec<u8> {
+        SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default()
+    }
+
     /// Buffers larger than this are freed, not kept.
     const MAX_CAPACITY: usize = 16 * 1024;
     /// At most this many are kept per thread (about the deliveries one worker has in flight).
@@ -392,7 +397,7 @@ impl<'b> SharingOut<'b> {
     const SHARE_FROM: usize = 4096;
 
     pub fn new(body: &'b bytes::Bytes) -> SharingOut<'b> {
-        let mut buf = SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+        let mut buf = Recycled::take();
         buf.reserve(body.len().min(Self::SHARE_FROM) * 2 + 512);
         SharingOut {
             body,
@@ -428,8 +433,11 @@ impl JsonOut for SharingOut<'_> {
             return;
         }
         if !self.buf.is_empty() {
-            let written = std::mem::replace(&mut self.buf, Vec::with_capacity(512));
-            self.chunks.push(bytes::Bytes::from(written));
+            let mut next = Recycled::take();
+            next.reserve(512);
+            let written = std::mem::replace(&mut self.buf, next);
+            self.chunks
+                .push(bytes::Bytes::from_owner(Recycled(written)));
         }
         self.chunks.push(self.body.slice_ref(text));
     }
@@ -854,6 +862,22 @@ mod tests {
             let second = out.finish();
             assert_eq!((second[0].as_ptr(), &second[0][..]), (at, &b"{}"[..]));
             assert_eq!(spare(), 0);
+            drop(second);
+            // A long literal splits the event: the text written before it goes back too.
+            let long = format!("\"{}\"", "y".repeat(SharingOut::SHARE_FROM));
+            let body = bytes::Bytes::from(format!("{{\"t\":{long}}}"));
+            let mut out = SharingOut::new(&body);
+            out.raw(b"{\"text\":");
+            out.literal(Json(
+                &std::str::from_utf8(&body).expect("utf-8")[5..5 + long.len()],
+            ));
+            out.raw(b"}");
+            let chunks = out.finish();
+            let written: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
+            assert_eq!(written, [&b"{\"text\":"[..], long.as_bytes(), b"}"]);
+            assert_eq!(spare(), 0);
+            drop(chunks);
+            assert_eq!(spare(), 2, "both written chunks given back");
         })
         .join()
         .expect("thread");
