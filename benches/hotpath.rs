@@ -1,5 +1,5 @@
-//! Hot paths, in-process (no network): HMAC verification at 1 KiB and 256 KiB, normalize per
-//! platform, reply translation, and the whole CPU part of one protocol delivery (verify →
+//! Hot paths, in-process (no network): HMAC verification at 1 KiB and 256 KiB, the body's
+//! parse (hookgate's own against serde_json's) at 1 KiB and 64 KiB, normalize per platform, reply translation, and the whole CPU part of one protocol delivery (verify →
 //! parse → normalize → serialize), which the performance bar puts at ≤ 3 µs for 1 KiB.
 //!
 //!     cargo bench --bench hotpath
@@ -71,6 +71,25 @@ fn verify(c: &mut Criterion) {
                     .verify(&carriers, black_box(body.clone()))
                     .expect("verifies")
             })
+        });
+    }
+    group.finish();
+}
+
+/// The body's one-pass check and split (`Object::parse`) next to serde_json's reading of
+/// the same object (its oracle in tests and fuzzing), at 1 KiB and with a 64 KiB message.
+fn parse(c: &mut Criterion) {
+    let mut long: serde_json::Value = serde_json::from_slice(WEBHOOK).expect("json");
+    long["payload"]["message"] = serde_json::Value::String("x".repeat(64 * 1024 - 1000));
+    let long = serde_json::to_vec(&long).expect("json");
+    let mut group = c.benchmark_group("parse");
+    for (size, body) in [("1KiB", WEBHOOK), ("64KiB", long.as_slice())] {
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function(format!("hookgate_{size}"), |b| {
+            b.iter(|| Object::parse(black_box(body)).expect("object"))
+        });
+        group.bench_function(format!("serde_json_{size}"), |b| {
+            b.iter(|| serde_json::from_slice::<Object>(black_box(body)).expect("object"))
         });
     }
     group.finish();
@@ -157,5 +176,5 @@ fn delivery(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, verify, normalize, reply, delivery);
+criterion_group!(benches, verify, parse, normalize, reply, delivery);
 criterion_main!(benches);

@@ -14,6 +14,8 @@ for f in glob.glob('../tests/vectors/*.json'):
     os.makedirs(f'corpus/{target}', exist_ok=True)
     body = v['request']['body'].encode()
     open(f'corpus/{target}/' + hashlib.sha1(body).hexdigest(), 'wb').write(body)
+    os.makedirs('corpus/json_object', exist_ok=True)
+    open('corpus/json_object/' + hashlib.sha1(body).hexdigest(), 'wb').write(body)
 for f in glob.glob('../tests/vectors/replies/*.json'):
     v = json.load(open(f))
     os.makedirs('corpus/reply', exist_ok=True)
@@ -22,7 +24,7 @@ for f in glob.glob('../tests/vectors/replies/*.json'):
 os.makedirs('corpus/config', exist_ok=True)
 open('corpus/config/example', 'wb').write(open('../config/hookgate.toml', 'rb').read())
 PY
-targets=${TARGETS:-"normalize_protocol normalize_spika normalize_barertc normalize_funtek reply config"}
+targets=${TARGETS:-"json_object normalize_protocol normalize_spika normalize_barertc normalize_funtek reply config"}
 for t in $targets; do cargo fuzz build --release "$t" 2>&1 | tail -1; done
 for t in $targets; do
   echo "== $t (${SECONDS_EACH}s)"

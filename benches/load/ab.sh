@@ -8,6 +8,7 @@
 #   benches/load/ab.sh BIN_A BIN_B                  # two builds (copies under their own
 #                                                   # names), bench.toml each
 #   SECS=4 ROUNDS=10 benches/load/ab.sh BIN@CONFIG  # a build on another config
+#   BODY=big.json benches/load/ab.sh BIN_A BIN_B    # another protocol webhook body
 #
 # Columns: req/s, proxy/sink/wrk CPU µs per request, the proxy's voluntary context switches
 # per request (how often its threads went to sleep), p99 µs; then every round's req/s.
@@ -16,6 +17,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SECS=${SECS:-4}
 ROUNDS=${ROUNDS:-8}
+BODY=${BODY:-$HERE/webhook.json}
 # shellcheck source=benches/load/common.sh
 source "$HERE/common.sh"
 (($# > 0)) || { sed -n '2,14p' "$0" >&2; exit 2; }
@@ -59,11 +61,11 @@ for spec in "$@"; do
 done
 sleep 1
 
-signature_header "$HERE/webhook.json" bench-secret > "$RUN_DIR/headers"
+signature_header "$BODY" bench-secret > "$RUN_DIR/headers"
 # Voluntary context switches of every thread of a process tree.
 sleeps() { local p f t=0; for p in $(tree_pids "$1"); do for f in /proc/$p/task/*/status; do t=$((t + $(awk '/^voluntary_ctxt/ {print $2}' "$f"))); done; done; echo $t; }
 load() { # port seconds
-  BENCH_BODY_FILE=$HERE/webhook.json BENCH_HEADERS_FILE=$RUN_DIR/headers \
+  BENCH_BODY_FILE=$BODY BENCH_HEADERS_FILE=$RUN_DIR/headers \
     wrk -t2 -c64 -d"$2s" --latency -s "$HERE/post.lua" "http://127.0.0.1:$1/webhook"
 }
 
