@@ -5,8 +5,8 @@
 #   direct       wrk -> nginx sink (:18081)                      the box's physical limit
 #   nginx-proxy  wrk -> nginx proxy_pass (:18082) -> sink        the ratio's denominator
 #   hookgate     wrk -> hookgate (:18080) -> sink                verify + normalize + forward
-#   hookgate-bare wrk -> hookgate (:18083) -> sink               no proof, raw forward: the
-#                                                                HTTP stack's own cost
+#   hookgate-bare wrk -> hookgate (:18083) -> sink               no proof, raw forward (the
+#                                                                body still parsed for its id)
 #
 # Every request POSTs the same signed Protocol message.created webhook (~1 KiB, webhook.json)
 # with x-protocol-signature = hex(HMAC-SHA256("bench-secret", body)). Cases: wrk -c 64 (the
