@@ -311,21 +311,12 @@ mod tests {
             br#"{"a":{1:2}}"#,
             br#"{1:2}"#,
         ];
-        for body in read {
-            same_as_serde(body);
-            assert!(
-                parsed(body).is_some(),
-                "{:?}",
-                String::from_utf8_lossy(body)
-            );
-        }
-        for body in refused {
-            same_as_serde(body);
-            assert!(
-                parsed(body).is_none(),
-                "{:?}",
-                String::from_utf8_lossy(body)
-            );
+        for (bodies, is_read) in [(read, true), (refused, false)] {
+            for body in bodies {
+                same_as_serde(body);
+                let text = String::from_utf8_lossy(body);
+                assert_eq!(parsed(body).is_some(), is_read, "{text:?}");
+            }
         }
     }
 
