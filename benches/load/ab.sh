@@ -10,8 +10,9 @@
 #   SECS=4 ROUNDS=10 benches/load/ab.sh BIN@CONFIG  # a build on another config
 #   BODY=big.json benches/load/ab.sh BIN_A BIN_B    # another protocol webhook body
 #
-# Columns: req/s, proxy/sink/wrk CPU µs per request, the proxy's voluntary context switches
-# per request (how often its threads went to sleep), p99 µs; then every round's req/s.
+# Columns: req/s, proxy/sink/wrk CPU µs per request, the proxy's user-space part of it (the
+# rest is its kernel time), the proxy's voluntary context switches per request (how often
+# its threads went to sleep), p99 µs; then every round's req/s.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -20,7 +21,7 @@ ROUNDS=${ROUNDS:-8}
 BODY=${BODY:-$HERE/webhook.json}
 # shellcheck source=benches/load/common.sh
 source "$HERE/common.sh"
-(($# > 0)) || { sed -n '2,14p' "$0" >&2; exit 2; }
+(($# > 0)) || { sed -n '2,15p' "$0" >&2; exit 2; }
 for tool in nginx wrk openssl; do
   command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
 done
@@ -76,25 +77,26 @@ for ((r = 1; r <= ROUNDS; r++)); do
   for i in "${!NAMES[@]}"; do
     unit=${UNITS[$i]}
     load "${PORTS[$i]}" 1 > /dev/null
-    p0=$(cpu_ticks "$unit") s0=$(cpu_ticks "$SINK") v0=$(sleeps "$unit")
+    p0=$(cpu_ticks "$unit") u0=$(cpu_ticks "$unit" user) s0=$(cpu_ticks "$SINK") v0=$(sleeps "$unit")
     { time load "${PORTS[$i]}" "$SECS" > "$RUN_DIR/wrk.out"; } 2> "$RUN_DIR/wrk.time"
-    p1=$(cpu_ticks "$unit") s1=$(cpu_ticks "$SINK") v1=$(sleeps "$unit")
+    p1=$(cpu_ticks "$unit") u1=$(cpu_ticks "$unit" user) s1=$(cpu_ticks "$SINK") v1=$(sleeps "$unit")
     line=$(grep '^BENCH ' "$RUN_DIR/wrk.out")
     n=$(grep -o 'requests=[0-9]*' <<< "$line" | cut -d= -f2)
     p99=$(grep -o 'p99_us=[0-9]*' <<< "$line" | cut -d= -f2)
     read -r wu ws < "$RUN_DIR/wrk.time"
     awk -v nm="${NAMES[$i]}" -v n="$n" -v secs="$SECS" -v hz="$HZ" -v p=$((p1 - p0)) -v s=$((s1 - s0)) \
+      -v u=$((u1 - u0)) \
       -v w="$wu $ws" -v v=$((v1 - v0)) -v p99="$p99" 'BEGIN {
         split(w, t, " ")
-        printf "%s\t%.0f\t%.1f\t%.1f\t%.1f\t%.3f\t%d\n", nm, n / secs, p * 1e6 / hz / n, s * 1e6 / hz / n,
-          (t[1] + t[2]) * 1e6 / n, v / n, p99 }' >> "$OUT"
+        printf "%s\t%.0f\t%.1f\t%.1f\t%.1f\t%.1f\t%.3f\t%d\n", nm, n / secs, p * 1e6 / hz / n, s * 1e6 / hz / n,
+          (t[1] + t[2]) * 1e6 / n, u * 1e6 / hz / n, v / n, p99 }' >> "$OUT"
   done
 done
 
-printf '%-28s %8s %6s %6s %6s %7s %7s  %s\n' build 'req/s' proxy sink wrk sleeps 'p99 us' 'req/s per round'
+printf '%-28s %8s %6s %6s %6s %6s %7s %7s  %s\n' build 'req/s' proxy sink wrk user sleeps 'p99 us' 'req/s per round'
 for nm in "${NAMES[@]}"; do
   col() { awk -F'\t' -v n="$nm" -v c="$1" '$1 == n {print $c}' "$OUT" | median; }
-  printf '%-28s %8s %6s %6s %6s %7s %7s  %s\n' "$nm" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)" "$(col 6)" "$(col 7)" \
+  printf '%-28s %8s %6s %6s %6s %6s %7s %7s  %s\n' "$nm" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)" "$(col 6)" "$(col 7)" "$(col 8)" \
     "$(awk -F'\t' -v n="$nm" '$1 == n {printf "%s ", $2}' "$OUT")"
 done
-echo "(medians of $ROUNDS rounds of ${SECS}s; CPU in µs per request; sleeps = the proxy's voluntary context switches per request)"
+echo "(medians of $ROUNDS rounds of ${SECS}s; CPU in µs per request; user = the proxy's user-space part; sleeps = the proxy's voluntary context switches per request)"

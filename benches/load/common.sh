@@ -2,9 +2,9 @@
 
 # A pid and all its descendants (nginx: the master and its workers).
 tree_pids() { local c; echo "$1"; for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do tree_pids "$c"; done; }
-# CPU ticks (user + system) of a process tree; fields counted after the ")" of the name,
-# which may hold spaces.
-cpu_ticks() { local p t=0 v; for p in $(tree_pids "$1"); do v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}' || true); t=$((t + ${v:-0})); done; echo "$t"; }
+# CPU ticks of a process tree: cpu_ticks PID [user], user + system unless "user" is given.
+# Fields are counted after the ")" of the name, which may hold spaces.
+cpu_ticks() { local p t=0 v; for p in $(tree_pids "$1"); do v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk -v only="${2:-}" '{print $12 + (only == "user" ? 0 : $13)}' || true); t=$((t + ${v:-0})); done; echo "$t"; }
 # Peak RSS (VmHWM) of a process tree, in KiB.
 peak_rss_kb() { local p t=0 v; for p in $(tree_pids "$1"); do v=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status" 2>/dev/null || true); t=$((t + ${v:-0})); done; echo "$t"; }
 # The median of the numbers on stdin, "nan" for none.
