@@ -12,6 +12,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::ser::{self as ser_, SerializeMap, Serializer};
@@ -47,10 +48,58 @@ impl Serialize for Json<'_> {
     }
 }
 
+/// An object's (key, value text) pairs, in order, repeats included; keys borrowed unless
+/// they held escapes.
+type Entries<'a> = Vec<(Cow<'a, str>, Json<'a>)>;
+
 /// A JSON object's entries, borrowed.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, Clone)]
 pub struct Object<'a> {
-    entries: Vec<(Cow<'a, str>, Json<'a>)>,
+    entries: Entries<'a>,
+    /// Where the entries of the objects inside it are, when it was read by `parse` (or is
+    /// nested in what was) and the body was within the tape's bounds.
+    nested: Option<Arc<Nested<'a>>>,
+}
+
+/// Equal when their entries are (how they were found is not compared).
+impl PartialEq for Object<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries
+    }
+}
+
+/// The nested objects' entries of a parsed body, as `validate` recorded them.
+#[derive(Debug)]
+struct Nested<'a> {
+    /// The whole body, which the offsets are into.
+    text: &'a str,
+    entries: Vec<validate::NestedEntry>,
+}
+
+impl<'a> Nested<'a> {
+    /// The entries of the nested object whose text is `raw`, with keys decoded as
+    /// `split_object` decodes them; `None` if `raw` is not in this body or a key does not
+    /// decode (the caller then splits the text, which gives the same answer).
+    fn entries_of(&self, raw: Json<'a>) -> Option<Entries<'a>> {
+        let at = (raw.0.as_ptr() as usize).checked_sub(self.text.as_ptr() as usize)?;
+        if at + raw.0.len() > self.text.len() {
+            return None;
+        }
+        let at = u32::try_from(at).ok()?;
+        let mine = || self.entries.iter().filter(move |e| e.object == at);
+        let mut entries = Vec::with_capacity(mine().count());
+        for e in mine() {
+            let key_text = self.text.get(e.key as usize..e.key_end as usize)?;
+            let key = if e.escaped {
+                Cow::Owned(serde_json::from_str::<String>(key_text).ok()?)
+            } else {
+                Cow::Borrowed(key_text.get(1..key_text.len() - 1)?)
+            };
+            let value = self.text.get(e.value as usize..e.value_end as usize)?;
+            entries.push((key, Json(value)));
+        }
+        Some(entries)
+    }
 }
 
 /// A key that borrows from the input unless it holds escapes.
@@ -94,7 +143,10 @@ impl<'de> Deserialize<'de> for Object<'de> {
                 while let Some((Key(k), v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
                     entries.push((k, Json(v.get())));
                 }
-                Ok(Object { entries })
+                Ok(Object {
+                    entries,
+                    nested: None,
+                })
             }
         }
         d.deserialize_map(V)
@@ -164,7 +216,7 @@ fn value_end(b: &[u8], i: usize) -> Option<usize> {
 }
 
 /// The entries of an object's validated text. Keys with escapes are decoded.
-fn split_object(text: &str) -> Option<Vec<(Cow<'_, str>, Json<'_>)>> {
+fn split_object(text: &str) -> Option<Entries<'_>> {
     let b = text.as_bytes();
     let mut entries = Vec::with_capacity(16);
     let mut i = skip_ws(b, 1);
@@ -516,15 +568,24 @@ pub fn as_array(raw: Json<'_>) -> Option<Vec<Json<'_>>> {
 impl<'a> Object<'a> {
     /// Parses a body that must be a JSON object (any other JSON, or no JSON: `None`).
     pub fn parse(body: &'a [u8]) -> Option<Object<'a>> {
-        validate::object_entries(body).map(|entries| Object { entries })
+        let (entries, tape, text) = validate::object_entries(body)?;
+        // Without a nested entry (a flat body, or only `{}` inside) there is nothing to keep.
+        let nested = tape
+            .into_complete()
+            .filter(|entries| !entries.is_empty())
+            .map(|entries| Arc::new(Nested { text, entries }));
+        Some(Object { entries, nested })
     }
 
-    /// A nested value that is an object.
+    /// A nested value that is an object, split from its text.
     pub fn from_raw(raw: Json<'a>) -> Option<Object<'a>> {
         if raw.first_byte() != b'{' {
             return None;
         }
-        split_object(raw.0).map(|entries| Object { entries })
+        split_object(raw.0).map(|entries| Object {
+            entries,
+            nested: None,
+        })
     }
 
     /// The value of `key` (the last one, where a key repeats).
@@ -547,8 +608,22 @@ impl<'a> Object<'a> {
         self.get(key).and_then(as_id)
     }
 
+    /// The object at `key`: from the tape `parse` made when there is one, else split
+    /// from its text.
     pub fn object(&self, key: &str) -> Option<Object<'a>> {
-        self.get(key).and_then(Object::from_raw)
+        let raw = self.get(key)?;
+        if raw.first_byte() != b'{' {
+            return None;
+        }
+        if let Some(nested) = &self.nested
+            && let Some(entries) = nested.entries_of(raw)
+        {
+            return Some(Object {
+                entries,
+                nested: Some(Arc::clone(nested)),
+            });
+        }
+        Object::from_raw(raw)
     }
 
     pub fn bool(&self, key: &str) -> Option<bool> {

@@ -1,11 +1,30 @@
 //! hookgate's one-pass JSON check against serde_json on the same bytes: the same verdict,
-//! and entry for entry the same object (keys decoded, value texts as borrowed).
+//! and entry for entry the same object (keys decoded, value texts as borrowed); and every
+//! nested object read from the pass's tape the same as split from its own text.
 #![no_main]
 use hookgate::json::Object;
 use libfuzzer_sys::fuzz_target;
+
+/// `object(k)` (the tape) against `from_raw` (the text) for every key, a few levels down.
+fn nested_as_split(object: &Object<'_>, depth: usize) {
+    if depth == 0 {
+        return;
+    }
+    for key in object.keys() {
+        let ours = object.object(key);
+        let split = object.get(key).and_then(Object::from_raw);
+        assert_eq!(ours, split, "{key:?}");
+        if let Some(inner) = ours {
+            nested_as_split(&inner, depth - 1);
+        }
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     let ours = Object::parse(data);
     let serde = serde_json::from_slice::<Object>(data).ok();
     assert_eq!(ours, serde, "{:?}", String::from_utf8_lossy(data));
+    if let Some(object) = ours {
+        nested_as_split(&object, 10);
+    }
 });
