@@ -53,7 +53,10 @@ for spec in "$@"; do
   bin=${spec%%@*} config=$HERE/bench.toml
   [[ $spec == *@* ]] && config=${spec#*@}
   sed "s/127.0.0.1:1808[03]/127.0.0.1:$port/" "$config" > "$RUN_DIR/$port.toml"
-  RUST_LOG=warn "$bin" run --config "$RUN_DIR/$port.toml" > "$RUN_DIR/$port.log" 2>&1 &
+  # A session of its own, as nginx (a daemon) and run.sh's units have: with the kernel's
+  # autogroup scheduling on, a unit left in this script's session shares one scheduling
+  # group with wrk, and competes with the sink as one.
+  RUST_LOG=warn setsid "$bin" run --config "$RUN_DIR/$port.toml" > "$RUN_DIR/$port.log" 2>&1 < /dev/null &
   PIDS+=($!)
   name=$(basename "$bin")
   [[ $spec == *@* ]] && name+="@$(basename "$config" .toml)"
@@ -73,8 +76,12 @@ load() { # port seconds
 HZ=$(getconf CLK_TCK)
 OUT=$RUN_DIR/rounds.tsv
 TIMEFORMAT='%U %S'
+N=${#NAMES[@]}
 for ((r = 1; r <= ROUNDS; r++)); do
-  for i in "${!NAMES[@]}"; do
+  # The order rotates every round: in fixed order the unit that ran second did worse in
+  # each of four A/B runs on 2026-11-24, whichever build it was.
+  for ((k = 0; k < N; k++)); do
+    i=$(((k + r - 1) % N))
     unit=${UNITS[$i]}
     load "${PORTS[$i]}" 1 > /dev/null
     p0=$(cpu_ticks "$unit") u0=$(cpu_ticks "$unit" user) s0=$(cpu_ticks "$SINK") v0=$(sleeps "$unit")
