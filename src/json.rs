@@ -2,12 +2,14 @@
 //!
 //! The body is parsed once, by `validate` (one pass, held to serde_json's verdict by tests
 //! and a fuzz target; see there why it is not serde_json itself), which checks all of it
-//! and gives the top level's entries as (key, value text) pairs borrowed from the body. A
-//! nested object is split into its entries only when a field of it is asked for, by
-//! `split_object`, which only ever sees text already checked, so it needs no validation of
-//! its own: it finds where strings and brackets end. Nothing is decoded
-//! until a field is asked for, and `raw` is written back with the body's own key order and
-//! number literals. Where a key repeats, the last one counts.
+//! and gives the top level's entries as (key, value text) pairs borrowed from the body, with
+//! a bounded tape of where the nested objects' entries are. A nested object's entries come
+//! from that tape when a field of it is asked for; past the tape's bounds (or for text not
+//! read by `parse`) they are split from its text by `split_object`, which only ever sees
+//! text already checked, so it needs no validation of its own: it finds where strings and
+//! brackets end. Nothing is decoded until a field is asked for, and `raw` is written back
+//! with the body's own key order and number literals. Where a key repeats, the last one
+//! counts.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
