@@ -1,5 +1,6 @@
 //! One pass over a body that must be a JSON object: checks all of it (RFC 8259, as
-//! serde_json reads it) and gives the top level's entries as (key, value text) pairs.
+//! serde_json reads it) and gives the top level's entries as (key, value text) pairs, and
+//! where the nested objects' entries are (`Tape`).
 //!
 //! Written by hand, not left to serde_json, for speed on long bodies: serde_json reaches a
 //! value's borrowed text (`&RawValue`) through its deserializer and scans strings eight
