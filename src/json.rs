@@ -91,12 +91,10 @@ impl<'a> Nested<'a> {
         let mine = || self.entries.iter().filter(move |e| e.object == at);
         let mut entries = Vec::with_capacity(mine().count());
         for e in mine() {
-            let key_text = self.text.get(e.key as usize..e.key_end as usize)?;
-            let key = if e.escaped {
-                Cow::Owned(serde_json::from_str::<String>(key_text).ok()?)
-            } else {
-                Cow::Borrowed(key_text.get(1..key_text.len() - 1)?)
-            };
+            let key = key_text(
+                self.text.get(e.key as usize..e.key_end as usize)?,
+                e.escaped,
+            )?;
             let value = self.text.get(e.value as usize..e.value_end as usize)?;
             entries.push((key, Json(value)));
         }
@@ -217,6 +215,19 @@ fn value_end(b: &[u8], i: usize) -> Option<usize> {
     }
 }
 
+/// A key's text from its checked literal (quotes included): borrowed between the quotes
+/// when it holds no escape, else decoded by serde_json, which refuses a lone surrogate in
+/// it as the app's parser would (`None` then).
+fn key_text(literal: &str, escaped: bool) -> Option<Cow<'_, str>> {
+    if escaped {
+        serde_json::from_str::<String>(literal).ok().map(Cow::Owned)
+    } else {
+        literal
+            .get(1..literal.len().checked_sub(1)?)
+            .map(Cow::Borrowed)
+    }
+}
+
 /// The entries of an object's validated text. Keys with escapes are decoded.
 fn split_object(text: &str) -> Option<Entries<'_>> {
     let b = text.as_bytes();
@@ -227,12 +238,7 @@ fn split_object(text: &str) -> Option<Entries<'_>> {
     }
     loop {
         let (key_end, escaped) = string_end(b, i)?;
-        let key_text = text.get(i..key_end)?;
-        let key = if escaped {
-            Cow::Owned(serde_json::from_str::<String>(key_text).ok()?)
-        } else {
-            Cow::Borrowed(key_text.get(1..key_text.len() - 1)?)
-        };
+        let key = key_text(text.get(i..key_end)?, escaped)?;
         i = skip_ws(b, key_end);
         (b.get(i) == Some(&b':')).then_some(())?;
         i = skip_ws(b, i + 1);
@@ -610,10 +616,14 @@ impl<'a> Object<'a> {
         self.get(key).and_then(as_id)
     }
 
-    /// The object at `key`: from the tape `parse` made when there is one, else split
-    /// from its text.
+    /// The object at `key`.
     pub fn object(&self, key: &str) -> Option<Object<'a>> {
-        let raw = self.get(key)?;
+        self.get(key).and_then(|raw| self.object_value(raw))
+    }
+
+    /// `raw`, a value read from this object (at any depth, in arrays too), as an object:
+    /// its entries from the tape `parse` made when there is one, else split from its text.
+    pub fn object_value(&self, raw: Json<'a>) -> Option<Object<'a>> {
         if raw.first_byte() != b'{' {
             return None;
         }

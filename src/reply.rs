@@ -54,7 +54,7 @@ impl<'a> NormalizedReply<'a> {
             None => None,
             Some(r) if r.get() == "null" => None,
             Some(r) => {
-                let m = Object::from_raw(r)?;
+                let m = o.object_value(r)?;
                 Some(ReplyMessage {
                     text: string_or_null(m.get("text")).ok()?,
                     sender_id: string_or_null(m.get("sender_id")).ok()?,
@@ -69,7 +69,7 @@ impl<'a> NormalizedReply<'a> {
                 json::as_array(r)?
                     .into_iter()
                     .map(|entry| {
-                        let e = Object::from_raw(entry)?;
+                        let e = o.object_value(entry)?;
                         Some((e.string("name")?, e.string("value")?))
                     })
                     .collect::<Option<Vec<_>>>()?,

@@ -78,8 +78,7 @@ OUT=$RUN_DIR/rounds.tsv
 TIMEFORMAT='%U %S'
 N=${#NAMES[@]}
 for ((r = 1; r <= ROUNDS; r++)); do
-  # The order rotates every round: in fixed order the unit that ran second did worse in
-  # each of four A/B runs on 2026-11-24, whichever build it was.
+  # The order rotates every round, so that no unit always runs right after the same one.
   for ((k = 0; k < N; k++)); do
     i=$(((k + r - 1) % N))
     unit=${UNITS[$i]}

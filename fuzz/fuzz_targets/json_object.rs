@@ -5,7 +5,8 @@
 use hookgate::json::Object;
 use libfuzzer_sys::fuzz_target;
 
-/// `object(k)` (the tape) against `from_raw` (the text) for every key, a few levels down.
+/// `object(k)` and `object_value` (the tape) against `from_raw` (the text) for every key
+/// and every element of an array value, a few levels down.
 fn nested_as_split(object: &Object<'_>, depth: usize) {
     if depth == 0 {
         return;
@@ -16,6 +17,9 @@ fn nested_as_split(object: &Object<'_>, depth: usize) {
         assert_eq!(ours, split, "{key:?}");
         if let Some(inner) = ours {
             nested_as_split(&inner, depth - 1);
+        }
+        for item in object.array(key).unwrap_or_default() {
+            assert_eq!(object.object_value(item), Object::from_raw(item), "{key:?}[]");
         }
     }
 }

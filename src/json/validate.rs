@@ -24,7 +24,7 @@ use std::borrow::Cow;
 
 use smallvec::SmallVec;
 
-use super::{Entries, Json, ONES, bytes_below, skip_ws};
+use super::{Entries, Json, ONES, bytes_below, key_text, skip_ws};
 
 /// Where one entry of a nested object sits in the body: byte offsets of the object's `{`,
 /// its key's quotes and its value.
@@ -46,7 +46,7 @@ pub(super) struct NestedEntry {
 /// objects are split from their text again, as before.
 #[derive(Debug)]
 pub(super) struct Tape {
-    pub entries: Vec<NestedEntry>,
+    entries: Vec<NestedEntry>,
     /// The entry being read in each open object, by depth (1 is a top-level value).
     pending: [NestedEntry; Tape::MAX_DEPTH],
     complete: bool,
@@ -72,24 +72,20 @@ impl Tape {
         self.complete.then_some(self.entries)
     }
 
-    /// A key at `key..key_end` of the object at `depth`, whose value starts at `value`;
-    /// `object` is the object's `{` when this is its first key.
-    fn key(
-        &mut self,
-        depth: usize,
-        object: Option<usize>,
-        key: (usize, usize, bool),
-        value: usize,
-    ) {
-        let Some(entry) = self.pending.get_mut(depth - 1) else {
-            self.complete = false;
-            return;
-        };
-        if let Some(object) = object {
-            entry.object = object as u32;
+    /// A non-empty object opens at `at`, at `depth`.
+    fn opens(&mut self, depth: usize, at: usize) {
+        match self.pending.get_mut(depth - 1) {
+            Some(entry) => entry.object = at as u32,
+            None => self.complete = false,
         }
-        (entry.key, entry.key_end, entry.escaped) = (key.0 as u32, key.1 as u32, key.2);
-        entry.value = value as u32;
+    }
+
+    /// A key at `key..key_end` of the object open at `depth`, whose value starts at `value`.
+    fn key(&mut self, depth: usize, key: usize, key_end: usize, escaped: bool, value: usize) {
+        if let Some(entry) = self.pending.get_mut(depth - 1) {
+            (entry.key, entry.key_end, entry.escaped) = (key as u32, key_end as u32, escaped);
+            entry.value = value as u32;
+        }
     }
 
     /// The value of the pending entry of the object at `depth` ends at `value_end`.
@@ -149,22 +145,17 @@ pub(super) fn object_entries(b: &[u8]) -> Option<(Entries<'_>, Tape, &str)> {
 /// its value starts.
 fn key(text: &str, i: usize) -> Option<(Cow<'_, str>, usize)> {
     let (end, escaped) = string_end(text.as_bytes(), i)?;
-    let key = if escaped {
-        // Rare; serde_json decodes it (and refuses a lone surrogate in it, as it does here),
-        // so a key reads here as it reads in the app.
-        Cow::Owned(serde_json::from_str::<String>(text.get(i..end)?).ok()?)
-    } else {
-        Cow::Borrowed(text.get(i + 1..end - 1)?)
-    };
+    let key = key_text(text.get(i..end)?, escaped)?;
     Some((key, after_colon(text.as_bytes(), end)?))
 }
 
-/// A nested key at `i`, checked but not decoded (serde_json only skips it, so a lone
-/// surrogate passes there): its span, whether it holds an escape, and where its value
-/// starts.
-fn nested_key(b: &[u8], i: usize) -> Option<((usize, usize, bool), usize)> {
+/// A key at `i` of the object open at `depth`, checked but not decoded (serde_json only
+/// skips it, so a lone surrogate passes there) and put on the tape: where its value starts.
+fn nested_key(b: &[u8], i: usize, depth: usize, tape: &mut Tape) -> Option<usize> {
     let (end, escaped) = string_end(b, i)?;
-    Some(((i, end, escaped), after_colon(b, end)?))
+    let value = after_colon(b, end)?;
+    tape.key(depth, i, end, escaped, value);
+    Some(value)
 }
 
 fn after_colon(b: &[u8], key_end: usize) -> Option<usize> {
@@ -276,9 +267,8 @@ fn value_end(b: &[u8], mut i: usize, tape: &mut Tape) -> Option<usize> {
                 } else {
                     open.push(close);
                     i = if close == b'}' {
-                        let (key, value) = nested_key(b, first)?;
-                        tape.key(open.len(), Some(i), key, value);
-                        value
+                        tape.opens(open.len(), i);
+                        nested_key(b, first, open.len(), tape)?
                     } else {
                         first
                     };
@@ -303,9 +293,7 @@ fn value_end(b: &[u8], mut i: usize, tape: &mut Tape) -> Option<usize> {
                 b',' => {
                     let next = skip_ws(b, i + 1);
                     i = if close == b'}' {
-                        let (key, value) = nested_key(b, next)?;
-                        tape.key(open.len(), None, key, value);
-                        value
+                        nested_key(b, next, open.len(), tape)?
                     } else {
                         next
                     };
@@ -386,6 +374,12 @@ mod tests {
         assert!(c.as_ref().is_some_and(|c| c.nested.is_some()));
         assert_eq!(c.and_then(|c| c.get("d")).map(Json::get), Some("1"));
         assert_eq!(o.object("g").map(|g| g.is_empty()), Some(true));
+        // An object in an array comes from the tape too (funtek's members, reply profiles).
+        let a = o.object("a").expect("a");
+        let first = a.array("e").and_then(|e| e.first().copied()).expect("e[0]");
+        let f = a.object_value(first).expect("e[0] an object");
+        assert!(f.nested.is_some());
+        assert_eq!(f.get("f").map(Json::get), Some("2"));
         same_as_serde(body);
 
         let deep = |depth: usize| {

@@ -57,7 +57,7 @@ pub fn normalize<'a>(
     }
     event.members = data.array("members").map(|list| {
         list.into_iter()
-            .filter_map(|m| Object::from_raw(m).and_then(|o| person(&o)))
+            .filter_map(|m| data.object_value(m).and_then(|o| person(&o)))
             .collect()
     });
     event.state = object.text("botState");
