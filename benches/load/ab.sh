@@ -31,16 +31,11 @@ PIDS=()
 cleanup() {
   local p
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in sink proxy; do [[ -f $RUN_DIR/$p/nginx.pid ]] && kill "$(cat "$RUN_DIR/$p/nginx.pid")" 2>/dev/null; done
+  stop_nginx sink proxy
   rm -rf "$RUN_DIR"
 }
 trap cleanup EXIT
 
-start_nginx() { # dir conf workers
-  mkdir -p "$RUN_DIR/$1"
-  nginx -p "$RUN_DIR/$1/" -e "$RUN_DIR/$1/error.log" -c "$HERE/nginx/$2" \
-    -g "daemon on; master_process on; worker_processes $3;"
-}
 start_nginx sink sink.conf 1
 start_nginx proxy proxy.conf 2
 sleep 0.5

@@ -1,4 +1,4 @@
-# Helpers shared by run.sh and ab.sh (sourced, not run).
+# Helpers shared by run.sh, ab.sh and sched.sh (sourced, not run).
 
 # A pid and all its descendants (nginx: the master and its workers).
 tree_pids() { local c; echo "$1"; for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do tree_pids "$c"; done; }
@@ -11,3 +11,11 @@ peak_rss_kb() { local p t=0 v; for p in $(tree_pids "$1"); do v=$(awk '/^VmHWM:/
 median() { sort -g | awk '{a[NR]=$1} END { if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 # The protocol signature header line for a body file: signature_header BODY SECRET.
 signature_header() { printf 'x-protocol-signature: %s\n' "$(openssl dgst -sha256 -hmac "$2" -r < "$1" | cut -d' ' -f1)"; }
+# An nginx unit (the sink or the proxy) as a daemon under RUN_DIR/NAME, and its stop:
+# start_nginx NAME CONF WORKERS; stop_nginx NAME... (RUN_DIR is the caller's).
+start_nginx() {
+  mkdir -p "$RUN_DIR/$1"
+  nginx -p "$RUN_DIR/$1/" -e "$RUN_DIR/$1/error.log" -c "$HERE/nginx/$2" \
+    -g "daemon on; master_process on; worker_processes $3;"
+}
+stop_nginx() { local n; for n in "$@"; do [[ -f $RUN_DIR/$n/nginx.pid ]] && kill "$(cat "$RUN_DIR/$n/nginx.pid")" 2>/dev/null; done; return 0; }

@@ -30,17 +30,13 @@ RUN_DIR=$(mktemp -d /tmp/hookgate-sched.XXXXXX)
 GW=
 cleanup() {
   [[ -n $GW ]] && kill "$GW" 2>/dev/null
-  for p in sink proxy; do [[ -f $RUN_DIR/$p/nginx.pid ]] && kill "$(cat "$RUN_DIR/$p/nginx.pid")" 2>/dev/null; done
+  stop_nginx sink proxy
   rm -rf "$RUN_DIR"
 }
 trap cleanup EXIT
 
-for unit in sink:sink.conf:1 proxy:proxy.conf:2; do
-  IFS=: read -r name conf workers <<< "$unit"
-  mkdir -p "$RUN_DIR/$name"
-  nginx -p "$RUN_DIR/$name/" -e "$RUN_DIR/$name/error.log" -c "$HERE/nginx/$conf" \
-    -g "daemon on; master_process on; worker_processes $workers;"
-done
+start_nginx sink sink.conf 1
+start_nginx proxy proxy.conf 2
 sed "s/127.0.0.1:18080/127.0.0.1:18090/" "$HERE/bench.toml" > "$RUN_DIR/hookgate.toml"
 # A session of its own, as in ab.sh and run.sh (autogroup scheduling).
 RUST_LOG=warn setsid "$1" run --config "$RUN_DIR/hookgate.toml" > "$RUN_DIR/hookgate.log" 2>&1 < /dev/null &
