@@ -11,7 +11,7 @@ use std::fmt;
 
 use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
@@ -57,6 +57,9 @@ pub enum Scheme {
 #[derive(Clone)]
 pub struct Verifier {
     kind: Option<(Scheme, Prepared)>,
+    /// The scheme's header as a `HeaderName`, made once: a lookup by `&str` would check and
+    /// lower-case the name again for every request.
+    header: Option<HeaderName>,
     /// The secrets as configured, for `sign` and tests.
     secrets: Vec<Secret>,
 }
@@ -133,6 +136,7 @@ impl Verifier {
     pub fn none() -> Verifier {
         Verifier {
             kind: None,
+            header: None,
             secrets: Vec::new(),
         }
     }
@@ -151,8 +155,15 @@ impl Verifier {
             ),
             _ => Prepared::Digests(secrets.iter().map(|s| token_digest(s.expose())).collect()),
         };
+        let header = match scheme {
+            Scheme::HmacSha256Hex { header }
+            | Scheme::HeaderToken { header }
+            | Scheme::QueryOrHeaderToken { header, .. } => Some(HeaderName::from_static(header)),
+            Scheme::BodyKey { .. } => None,
+        };
         Verifier {
             kind: Some((scheme, prepared)),
+            header,
             secrets,
         }
     }
@@ -176,9 +187,10 @@ impl Verifier {
         let Some((scheme, prepared)) = &self.kind else {
             return Ok(Verified { body });
         };
+        let from_header = self.header.as_ref().and_then(|h| carriers.headers.get(h));
         let ok = match (scheme, prepared) {
-            (Scheme::HmacSha256Hex { header }, Prepared::Macs(macs)) => {
-                let given = carriers.headers.get(*header).ok_or(VerifyError::Missing)?;
+            (Scheme::HmacSha256Hex { .. }, Prepared::Macs(macs)) => {
+                let given = from_header.ok_or(VerifyError::Missing)?;
                 let mut sig = [0u8; 32];
                 // Either case of hex is accepted; a wrong length or a non-hex digit is malformed.
                 hex::decode_to_slice(given.as_bytes(), &mut sig)
@@ -192,8 +204,8 @@ impl Verifier {
                 }
                 any
             }
-            (Scheme::HeaderToken { header }, Prepared::Digests(d)) => {
-                let given = carriers.headers.get(*header).ok_or(VerifyError::Missing)?;
+            (Scheme::HeaderToken { .. }, Prepared::Digests(d)) => {
+                let given = from_header.ok_or(VerifyError::Missing)?;
                 any_digest_matches(d, given.as_bytes())
             }
             (Scheme::BodyKey { field }, Prepared::Digests(d)) => {
@@ -202,9 +214,9 @@ impl Verifier {
                 let key = object.string(field).ok_or(VerifyError::Missing)?;
                 any_digest_matches(d, key.as_bytes())
             }
-            (Scheme::QueryOrHeaderToken { param, header }, Prepared::Digests(d)) => {
+            (Scheme::QueryOrHeaderToken { param, .. }, Prepared::Digests(d)) => {
                 let from_query = carriers.query.and_then(|q| query_param(q, param));
-                let from_header = carriers.headers.get(*header).map(|v| v.as_bytes());
+                let from_header = from_header.map(|v| v.as_bytes());
                 if from_query.is_none() && from_header.is_none() {
                     return Err(VerifyError::Missing);
                 }
