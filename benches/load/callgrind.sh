@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Instructions per request of a hookgate build, counted by callgrind: steadier than any
+# wall-clock figure on a shared VM, so it tells a 1 % step from the noise. One worker, wrk
+# at 8 connections on the 1 KiB bench webhook in front of the nginx sink; the counters are
+# zeroed after a warm-up, so start-up is not in the figure. valgrind hides SHA-NI: the
+# HMAC counts ~56.7k instructions in software, a constant between builds.
+#
+#   apt-get install -y nginx-light wrk valgrind
+#   benches/load/callgrind.sh target/release/hookgate    # requests, instructions, per request
+#   SECS=4 BODY=big.json benches/load/callgrind.sh BIN
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SECS=${SECS:-8}
+BODY=${BODY:-$HERE/webhook.json}
+# shellcheck source=benches/load/common.sh
+source "$HERE/common.sh"
+(($# == 1)) || { sed -n '2,10p' "$0" >&2; exit 2; }
+for tool in nginx wrk openssl valgrind callgrind_control; do
+  command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
+done
+RUN_DIR=$(mktemp -d /tmp/hookgate-callgrind.XXXXXX)
+GW=
+cleanup() {
+  [[ -n $GW ]] && kill "$GW" 2>/dev/null
+  stop_nginx sink
+  rm -rf "$RUN_DIR"
+}
+trap cleanup EXIT
+
+start_nginx sink sink.conf 1
+sed "s/127.0.0.1:18080/127.0.0.1:18090/" "$HERE/bench.toml" > "$RUN_DIR/hookgate.toml"
+RUST_LOG=warn HOOKGATE_WORKERS=1 valgrind --tool=callgrind --callgrind-out-file="$RUN_DIR/cg.out" \
+  "$1" run --config "$RUN_DIR/hookgate.toml" 2> "$RUN_DIR/valgrind.log" &
+GW=$!
+# Under valgrind the start takes a few seconds: wait for the port.
+for _ in $(seq 100); do
+  (exec 3<> /dev/tcp/127.0.0.1/18090) 2>/dev/null && break
+  sleep 0.1
+done
+signature_header "$BODY" bench-secret > "$RUN_DIR/headers"
+load() {
+  BENCH_BODY_FILE=$BODY BENCH_HEADERS_FILE=$RUN_DIR/headers \
+    wrk -t1 -c8 -d"$1s" -s "$HERE/post.lua" http://127.0.0.1:18090/webhook
+}
+load 2 > /dev/null
+callgrind_control -z "$GW" > /dev/null 2>&1
+load "$SECS" > "$RUN_DIR/wrk.out"
+kill -INT "$GW"
+wait "$GW" || true
+GW=
+n=$(grep -o 'requests=[0-9]*' "$RUN_DIR/wrk.out" | cut -d= -f2)
+ir=$(cat "$RUN_DIR"/cg.out* | awk '/^summary:/ {s += $2} END {printf "%d", s}')
+echo "requests=$n instructions=$ir per_request=$((ir / n))"
