@@ -37,19 +37,20 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// How a platform's webhook proves who sent it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a platform's webhook proves who sent it. Headers are `HeaderName`s, made when the
+/// constant is: a lookup by `&str` would check and lower-case the name for every request.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scheme {
     /// Lowercase (or upper-case) hex HMAC-SHA256 of the raw body in a header.
-    HmacSha256Hex { header: &'static str },
+    HmacSha256Hex { header: HeaderName },
     /// A static token in a header.
-    HeaderToken { header: &'static str },
+    HeaderToken { header: HeaderName },
     /// A key inside the JSON body, compared after JSON decoding.
     BodyKey { field: &'static str },
     /// A token in a query parameter or in a header; either one matching verifies.
     QueryOrHeaderToken {
         param: &'static str,
-        header: &'static str,
+        header: HeaderName,
     },
 }
 
@@ -57,9 +58,6 @@ pub enum Scheme {
 #[derive(Clone)]
 pub struct Verifier {
     kind: Option<(Scheme, Prepared)>,
-    /// The scheme's header as a `HeaderName`, made once: a lookup by `&str` would check and
-    /// lower-case the name again for every request.
-    header: Option<HeaderName>,
     /// The secrets as configured, for `sign` and tests.
     secrets: Vec<Secret>,
 }
@@ -136,7 +134,6 @@ impl Verifier {
     pub fn none() -> Verifier {
         Verifier {
             kind: None,
-            header: None,
             secrets: Vec::new(),
         }
     }
@@ -155,15 +152,8 @@ impl Verifier {
             ),
             _ => Prepared::Digests(secrets.iter().map(|s| token_digest(s.expose())).collect()),
         };
-        let header = match scheme {
-            Scheme::HmacSha256Hex { header }
-            | Scheme::HeaderToken { header }
-            | Scheme::QueryOrHeaderToken { header, .. } => Some(HeaderName::from_static(header)),
-            Scheme::BodyKey { .. } => None,
-        };
         Verifier {
             kind: Some((scheme, prepared)),
-            header,
             secrets,
         }
     }
@@ -187,10 +177,9 @@ impl Verifier {
         let Some((scheme, prepared)) = &self.kind else {
             return Ok(Verified { body });
         };
-        let from_header = self.header.as_ref().and_then(|h| carriers.headers.get(h));
         let ok = match (scheme, prepared) {
-            (Scheme::HmacSha256Hex { .. }, Prepared::Macs(macs)) => {
-                let given = from_header.ok_or(VerifyError::Missing)?;
+            (Scheme::HmacSha256Hex { header }, Prepared::Macs(macs)) => {
+                let given = carriers.headers.get(header).ok_or(VerifyError::Missing)?;
                 let mut sig = [0u8; 32];
                 // Either case of hex is accepted; a wrong length or a non-hex digit is malformed.
                 hex::decode_to_slice(given.as_bytes(), &mut sig)
@@ -204,8 +193,8 @@ impl Verifier {
                 }
                 any
             }
-            (Scheme::HeaderToken { .. }, Prepared::Digests(d)) => {
-                let given = from_header.ok_or(VerifyError::Missing)?;
+            (Scheme::HeaderToken { header }, Prepared::Digests(d)) => {
+                let given = carriers.headers.get(header).ok_or(VerifyError::Missing)?;
                 any_digest_matches(d, given.as_bytes())
             }
             (Scheme::BodyKey { field }, Prepared::Digests(d)) => {
@@ -214,9 +203,9 @@ impl Verifier {
                 let key = object.string(field).ok_or(VerifyError::Missing)?;
                 any_digest_matches(d, key.as_bytes())
             }
-            (Scheme::QueryOrHeaderToken { param, .. }, Prepared::Digests(d)) => {
+            (Scheme::QueryOrHeaderToken { param, header }, Prepared::Digests(d)) => {
                 let from_query = carriers.query.and_then(|q| query_param(q, param));
-                let from_header = from_header.map(|v| v.as_bytes());
+                let from_header = carriers.headers.get(header).map(|v| v.as_bytes());
                 if from_query.is_none() && from_header.is_none() {
                     return Err(VerifyError::Missing);
                 }
@@ -302,7 +291,9 @@ mod tests {
             .map(|_| ())
     }
 
-    const H: Scheme = Scheme::HmacSha256Hex { header: "x-sig" };
+    const H: Scheme = Scheme::HmacSha256Hex {
+        header: HeaderName::from_static("x-sig"),
+    };
 
     #[test]
     fn hmac_accepts_any_secret_in_either_case_over_raw_bytes() {
@@ -350,7 +341,9 @@ mod tests {
     #[test]
     fn header_token_needs_the_whole_token() {
         let v = Verifier::new(
-            Scheme::HeaderToken { header: "x-tok" },
+            Scheme::HeaderToken {
+                header: HeaderName::from_static("x-tok"),
+            },
             secrets(&["room-one", "room-two"]),
         );
         assert_eq!(check(&v, &[("x-tok", "room-two")], None, b"{}"), Ok(()));
@@ -394,7 +387,7 @@ mod tests {
         let v = Verifier::new(
             Scheme::QueryOrHeaderToken {
                 param: "token",
-                header: "x-tok",
+                header: HeaderName::from_static("x-tok"),
             },
             secrets(&["a+b/c"]),
         );

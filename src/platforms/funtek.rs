@@ -11,10 +11,11 @@ use crate::event::{Event, Message, Room, unlisted_type};
 use crate::json::Object;
 use crate::reply::NormalizedReply;
 use crate::verify::Scheme;
+use http::HeaderName;
 
 pub const SCHEME: Scheme = Scheme::QueryOrHeaderToken {
     param: "token",
-    header: "x-webhook-token",
+    header: HeaderName::from_static("x-webhook-token"),
 };
 
 pub fn normalize<'a>(

@@ -7,9 +7,10 @@ use super::{Delivery, NotPlatformJson, Platform, blank_event, user};
 use crate::event::{Event, Message, Room, unlisted_type};
 use crate::json::{Object, Text};
 use crate::verify::Scheme;
+use http::HeaderName;
 
 pub const SCHEME: Scheme = Scheme::HmacSha256Hex {
-    header: "x-protocol-signature",
+    header: HeaderName::from_static("x-protocol-signature"),
 };
 
 const RESOURCES: [&str; 5] = ["contact", "conversation", "message", "group", "attachment"];

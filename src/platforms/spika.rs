@@ -8,9 +8,10 @@ use super::{Delivery, NotPlatformJson, Platform, blank_event};
 use crate::event::{Event, Message, Room, User};
 use crate::json::Object;
 use crate::verify::Scheme;
+use http::HeaderName;
 
 pub const SCHEME: Scheme = Scheme::HeaderToken {
-    header: "verification-signature",
+    header: HeaderName::from_static("verification-signature"),
 };
 
 pub fn normalize<'a>(
