@@ -22,9 +22,7 @@ BODY=${BODY:-$HERE/webhook.json}
 # shellcheck source=benches/load/common.sh
 source "$HERE/common.sh"
 (($# > 0)) || { sed -n '2,15p' "$0" >&2; exit 2; }
-for tool in nginx wrk openssl; do
-  command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
-done
+need_tools nginx wrk openssl
 
 RUN_DIR=$(mktemp -d /tmp/hookgate-ab.XXXXXX)
 PIDS=()
@@ -47,7 +45,7 @@ port=18090
 for spec in "$@"; do
   bin=${spec%%@*} config=$HERE/bench.toml
   [[ $spec == *@* ]] && config=${spec#*@}
-  sed "s/127.0.0.1:1808[03]/127.0.0.1:$port/" "$config" > "$RUN_DIR/$port.toml"
+  gateway_config "$config" "$port" > "$RUN_DIR/$port.toml"
   # A session of its own, as nginx (a daemon) and run.sh's units have: with the kernel's
   # autogroup scheduling on, a unit left in this script's session shares one scheduling
   # group with wrk, and competes with the sink as one.

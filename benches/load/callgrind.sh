@@ -15,9 +15,7 @@ BODY=${BODY:-$HERE/webhook.json}
 # shellcheck source=benches/load/common.sh
 source "$HERE/common.sh"
 (($# == 1)) || { sed -n '2,10p' "$0" >&2; exit 2; }
-for tool in nginx wrk openssl valgrind callgrind_control; do
-  command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
-done
+need_tools nginx wrk openssl valgrind callgrind_control
 RUN_DIR=$(mktemp -d /tmp/hookgate-callgrind.XXXXXX)
 GW=
 cleanup() {
@@ -28,7 +26,7 @@ cleanup() {
 trap cleanup EXIT
 
 start_nginx sink sink.conf 1
-sed "s/127.0.0.1:18080/127.0.0.1:18090/" "$HERE/bench.toml" > "$RUN_DIR/hookgate.toml"
+gateway_config "$HERE/bench.toml" 18090 > "$RUN_DIR/hookgate.toml"
 RUST_LOG=warn HOOKGATE_WORKERS=1 valgrind --tool=callgrind --callgrind-out-file="$RUN_DIR/cg.out" \
   "$1" run --config "$RUN_DIR/hookgate.toml" 2> "$RUN_DIR/valgrind.log" &
 GW=$!

@@ -1,4 +1,4 @@
-# Helpers shared by run.sh, ab.sh and sched.sh (sourced, not run).
+# Helpers shared by run.sh, ab.sh, sched.sh and callgrind.sh (sourced, not run).
 
 # A pid and all its descendants (nginx: the master and its workers).
 tree_pids() { local c; echo "$1"; for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do tree_pids "$c"; done; }
@@ -19,3 +19,7 @@ start_nginx() {
     -g "daemon on; master_process on; worker_processes $3;"
 }
 stop_nginx() { local n; for n in "$@"; do [[ -f $RUN_DIR/$n/nginx.pid ]] && kill "$(cat "$RUN_DIR/$n/nginx.pid")" 2>/dev/null; done; return 0; }
+# Exits naming the first tool that is not on PATH: need_tools TOOL...
+need_tools() { local t; for t in "$@"; do command -v "$t" >/dev/null || { echo "missing tool: $t" >&2; exit 1; }; done; }
+# A bench config moved to another listen port: gateway_config CONFIG PORT > OUT.
+gateway_config() { sed "s/127.0.0.1:1808[03]/127.0.0.1:$2/" "$1"; }

@@ -20,9 +20,7 @@ BODY=${BODY:-$HERE/webhook.json}
 # shellcheck source=benches/load/common.sh
 source "$HERE/common.sh"
 (($# == 1)) || { sed -n '2,13p' "$0" >&2; exit 2; }
-for tool in nginx wrk openssl perf; do
-  command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
-done
+need_tools nginx wrk openssl perf
 mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
 
 EVENTS=task-clock,raw_syscalls:sys_enter,syscalls:sys_enter_epoll_wait,sched:sched_switch,sched:sched_wakeup,net:net_dev_queue
@@ -37,7 +35,7 @@ trap cleanup EXIT
 
 start_nginx sink sink.conf 1
 start_nginx proxy proxy.conf 2
-sed "s/127.0.0.1:18080/127.0.0.1:18090/" "$HERE/bench.toml" > "$RUN_DIR/hookgate.toml"
+gateway_config "$HERE/bench.toml" 18090 > "$RUN_DIR/hookgate.toml"
 # A session of its own, as in ab.sh and run.sh (autogroup scheduling).
 RUST_LOG=warn setsid "$1" run --config "$RUN_DIR/hookgate.toml" > "$RUN_DIR/hookgate.log" 2>&1 < /dev/null &
 GW=$!

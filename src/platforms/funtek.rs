@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 
+use http::HeaderName;
 use serde::Serialize;
 
 use super::{Delivery, NotPlatformJson, Platform, blank_event, user};
@@ -11,7 +12,6 @@ use crate::event::{Event, Message, Room, unlisted_type};
 use crate::json::Object;
 use crate::reply::NormalizedReply;
 use crate::verify::Scheme;
-use http::HeaderName;
 
 pub const SCHEME: Scheme = Scheme::QueryOrHeaderToken {
     param: "token",

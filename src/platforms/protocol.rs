@@ -3,11 +3,12 @@
 
 use std::borrow::Cow;
 
+use http::HeaderName;
+
 use super::{Delivery, NotPlatformJson, Platform, blank_event, user};
 use crate::event::{Event, Message, Room, unlisted_type};
 use crate::json::{Object, Text};
 use crate::verify::Scheme;
-use http::HeaderName;
 
 pub const SCHEME: Scheme = Scheme::HmacSha256Hex {
     header: HeaderName::from_static("x-protocol-signature"),

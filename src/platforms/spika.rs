@@ -4,11 +4,12 @@
 
 use std::borrow::Cow;
 
+use http::HeaderName;
+
 use super::{Delivery, NotPlatformJson, Platform, blank_event};
 use crate::event::{Event, Message, Room, User};
 use crate::json::Object;
 use crate::verify::Scheme;
-use http::HeaderName;
 
 pub const SCHEME: Scheme = Scheme::HeaderToken {
     header: HeaderName::from_static("verification-signature"),
