@@ -1,4 +1,4 @@
-# Helpers shared by run.sh, ab.sh, sched.sh and callgrind.sh (sourced, not run).
+# Helpers shared by run.sh, ab.sh, sched.sh, callgrind.sh and pgo.sh (sourced, not run).
 
 # A pid and all its descendants (nginx: the master and its workers).
 tree_pids() { local c; echo "$1"; for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do tree_pids "$c"; done; }
@@ -23,3 +23,7 @@ stop_nginx() { local n; for n in "$@"; do [[ -f $RUN_DIR/$n/nginx.pid ]] && kill
 need_tools() { local t; for t in "$@"; do command -v "$t" >/dev/null || { echo "missing tool: $t" >&2; exit 1; }; done; }
 # A bench config moved to another listen port: gateway_config CONFIG PORT > OUT.
 gateway_config() { sed "s/127.0.0.1:1808[03]/127.0.0.1:$2/" "$1"; }
+# Waits up to 10 s for 127.0.0.1:PORT to take connections: wait_listening PORT.
+wait_listening() { local _; for _ in $(seq 100); do (exec 3<> "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing listens on :$1" >&2; return 1; }
+# The EXIT trap of a script with one gateway (pid in GW, if started) in front of the sink.
+stop_gateway_and_sink() { [[ -n ${GW:-} ]] && kill "$GW" 2>/dev/null; stop_nginx sink; rm -rf "$RUN_DIR"; }

@@ -7,6 +7,8 @@
 #   hookgate     wrk -> hookgate (:18080) -> sink                verify + normalize + forward
 #   hookgate-bare wrk -> hookgate (:18083) -> sink               no proof, raw forward (the
 #                                                                body still parsed for its id)
+#   hookgate-pgo wrk -> hookgate (:18084) -> sink                as hookgate, the build of
+#                                                                HOOKGATE_PGO_BIN (pgo.sh), if set
 #
 # Every request POSTs the same signed Protocol message.created webhook (~1 KiB, webhook.json)
 # with x-protocol-signature = hex(HMAC-SHA256("bench-secret", body)). Cases: wrk -c 64 (the
@@ -18,6 +20,7 @@
 #
 # Knobs: DURATION=10 WARMUP=2 THREADS=2 ROUNDS=1 CASES="c64 c1 c512 c64-64k"
 #        HOOKGATE_BIN (default: target/release/hookgate, built here) RESULTS_DIR
+#        HOOKGATE_PGO_BIN (a profile-guided build, benches/load/pgo.sh: adds hookgate-pgo)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -116,6 +119,14 @@ wait_port 18083 "$BARE_PID"
 declare -A URL=([direct]=http://127.0.0.1:18081/webhook [nginx-proxy]=http://127.0.0.1:18082/webhook [hookgate]=http://127.0.0.1:18080/webhook [hookgate-bare]=http://127.0.0.1:18083/webhook)
 declare -A UNIT=([direct]=$SINK_PID [nginx-proxy]=$PROXY_PID [hookgate]=$GW_PID [hookgate-bare]=$BARE_PID)
 SCENARIOS=(direct nginx-proxy hookgate hookgate-bare)
+if [[ -n ${HOOKGATE_PGO_BIN:-} ]]; then
+  port_open 18084 && { log "port 18084 already in use"; exit 1; }
+  gateway_config "$HERE/bench.toml" 18084 > "$RUN_DIR/bench-pgo.toml"
+  start_bg hookgate-pgo "$RUN_DIR/hookgate-pgo.log" env RUST_LOG=warn "$HOOKGATE_PGO_BIN" run --config "$RUN_DIR/bench-pgo.toml"
+  wait_port 18084 "$LAST_PID"
+  URL[hookgate-pgo]=http://127.0.0.1:18084/webhook UNIT[hookgate-pgo]=$LAST_PID
+  SCENARIOS+=(hookgate-pgo)
+fi
 
 # One signed request each, so a 401/502 shows before the load.
 for s in "${SCENARIOS[@]}"; do

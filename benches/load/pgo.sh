@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# A profile-guided build of hookgate (PGO): an instrumented build serves a training load in
+# front of the nginx sink, and the release build is made again with that profile, so the
+# compiler lays out and inlines the code by what a delivery actually runs. The training is
+# the bench's protocol webhook (64 and 1 connections, 1 KiB and 64 KiB) and one forwarded
+# test vector or two per platform, plus some refused ones, so no platform's path is left
+# cold. Semantics do not change (the same source and flags; only optimization decisions
+# differ); measure the result with ab.sh against the plain build.
+#
+#   apt-get install -y nginx-light wrk openssl python3 && rustup component add llvm-tools
+#   benches/load/pgo.sh     # -> target/pgo/release/hookgate (profile: target/pgo/hookgate.profdata)
+#
+# Knobs: SECS=4 (each training load's length). Two full builds: ~7 minutes on 2 cores.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+SECS=${SECS:-4}
+# shellcheck source=benches/load/common.sh
+source "$HERE/common.sh"
+need_tools nginx wrk openssl python3 cargo rustc
+# The profile must be merged by the llvm-profdata of rustc's own LLVM.
+PROFDATA=$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata
+[[ -x $PROFDATA ]] || { echo "missing $PROFDATA: rustup component add llvm-tools" >&2; exit 1; }
+
+RUN_DIR=$(mktemp -d /tmp/hookgate-pgo.XXXXXX)
+GW=
+trap stop_gateway_and_sink EXIT
+
+# Their own target directories: other RUSTFLAGS would otherwise rebuild target/release.
+echo "== instrumented build" >&2
+RUSTFLAGS="-Cprofile-generate=$RUN_DIR/profiles" \
+  cargo build --release --locked --bin hookgate --target-dir "$ROOT/target/pgo-generate" --manifest-path "$ROOT/Cargo.toml"
+
+# The training bodies: the bench webhook, its 64 KiB form, and test vectors by name.
+python3 - "$HERE/webhook.json" "$ROOT/tests/vectors" "$RUN_DIR" <<'PY'
+import json, sys
+bench, vectors, out = sys.argv[1:]
+d = json.load(open(bench))
+d["payload"]["message"] = "x" * (64 * 1024 - len(open(bench).read()) - 10)
+open(f"{out}/webhook-64k.json", "w").write(json.dumps(d, separators=(",", ":")))
+for name in ["protocol-message-updated", "protocol-contact-created", "protocol-bad-signature",
+             "spika-message", "spika-wrong-token", "barertc-report", "barertc-profile",
+             "funtek-message", "funtek-add-members", "funtek-no-token"]:
+    r = json.load(open(f"{vectors}/{name}.json"))["request"]
+    open(f"{out}/{name}.body", "w").write(r["body"])
+    open(f"{out}/{name}.headers", "w").write("".join(f"{k}: {v}\n" for k, v in r["headers"].items()))
+    open(f"{out}/{name}.url", "w").write(r["path"] + ("?" + r["query"] if r["query"] else ""))
+PY
+signature_header "$HERE/webhook.json" bench-secret > "$RUN_DIR/bench.headers"
+signature_header "$RUN_DIR/webhook-64k.json" bench-secret > "$RUN_DIR/bench-64k.headers"
+
+start_nginx sink sink.conf 1
+gateway_config "$HERE/pgo.toml" 18085 > "$RUN_DIR/hookgate.toml"
+RUST_LOG=warn setsid "$ROOT/target/pgo-generate/release/hookgate" run --config "$RUN_DIR/hookgate.toml" \
+  > "$RUN_DIR/hookgate.log" 2>&1 < /dev/null &
+GW=$!
+wait_listening 18085
+train() { # BODY HEADERS PATH CONNECTIONS SECONDS
+  local t=2; (($4 < 2)) && t=1
+  printf '%-40s c%-3s ' "$3" "$4" >&2
+  BENCH_BODY_FILE=$1 BENCH_HEADERS_FILE=$2 wrk -t$t -c"$4" -d"$5s" -s "$HERE/post.lua" "http://127.0.0.1:18085$3" |
+    awk '/^BENCH/ {print $2, $9}' >&2
+}
+echo "== training" >&2
+train "$HERE/webhook.json" "$RUN_DIR/bench.headers" /webhook 64 "$SECS"
+train "$HERE/webhook.json" "$RUN_DIR/bench.headers" /webhook 1 "$SECS"
+train "$RUN_DIR/webhook-64k.json" "$RUN_DIR/bench-64k.headers" /webhook 64 "$SECS"
+for v in "$RUN_DIR"/*.url; do
+  v=${v%.url} secs=$(((SECS + 1) / 2))
+  # Refusals are on the profile, but briefly: most of what a gateway sees is deliveries.
+  case $v in *-bad-* | *-wrong-* | *-no-*) secs=1 ;; esac
+  train "$v.body" "$v.headers" "$(cat "$v.url")" 64 "$secs"
+done
+# SIGINT: a graceful stop, at whose exit the instrumented build writes its profile.
+kill -INT "$GW"
+wait "$GW" || true
+GW=
+mkdir -p "$ROOT/target/pgo"
+"$PROFDATA" merge -o "$ROOT/target/pgo/hookgate.profdata" "$RUN_DIR/profiles"
+
+echo "== build with the profile" >&2
+RUSTFLAGS="-Cprofile-use=$ROOT/target/pgo/hookgate.profdata" \
+  cargo build --release --locked --bin hookgate --target-dir "$ROOT/target/pgo" --manifest-path "$ROOT/Cargo.toml"
+echo "$ROOT/target/pgo/release/hookgate"
