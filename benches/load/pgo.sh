@@ -26,10 +26,13 @@ RUN_DIR=$(mktemp -d /tmp/hookgate-pgo.XXXXXX)
 GW=
 trap stop_gateway_and_sink EXIT
 
-# Their own target directories: other RUSTFLAGS would otherwise rebuild target/release.
+# Their own target directories: other RUSTFLAGS would otherwise rebuild target/release. The
+# flags name fixed paths, so that a second run rebuilds only what changed.
+PROFILES=$ROOT/target/pgo-generate/profiles
 echo "== instrumented build" >&2
-RUSTFLAGS="-Cprofile-generate=$RUN_DIR/profiles" \
+RUSTFLAGS="-Cprofile-generate=$PROFILES" \
   cargo build --release --locked --bin hookgate --target-dir "$ROOT/target/pgo-generate" --manifest-path "$ROOT/Cargo.toml"
+rm -rf "$PROFILES"
 
 # The training bodies: the bench webhook, its 64 KiB form, and test vectors by name.
 python3 - "$HERE/webhook.json" "$ROOT/tests/vectors" "$RUN_DIR" <<'PY'
@@ -76,7 +79,7 @@ kill -INT "$GW"
 wait "$GW" || true
 GW=
 mkdir -p "$ROOT/target/pgo"
-"$PROFDATA" merge -o "$ROOT/target/pgo/hookgate.profdata" "$RUN_DIR/profiles"
+"$PROFDATA" merge -o "$ROOT/target/pgo/hookgate.profdata" "$PROFILES"
 
 echo "== build with the profile" >&2
 RUSTFLAGS="-Cprofile-use=$ROOT/target/pgo/hookgate.profdata" \
