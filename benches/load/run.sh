@@ -9,6 +9,9 @@
 #                                                                body still parsed for its id)
 #   hookgate-pgo wrk -> hookgate (:18084) -> sink                as hookgate, the build of
 #                                                                HOOKGATE_PGO_BIN (pgo.sh), if set
+#   nginx-proxy-ka wrk -> nginx proxy_pass (:18085) -> sink      nginx-proxy with an upstream
+#                                                                keep-alive pool as large as
+#                                                                hookgate's; only past 128 conns
 #
 # Every request POSTs the same signed Protocol message.created webhook (~1 KiB, webhook.json)
 # with x-protocol-signature = hex(HMAC-SHA256("bench-secret", body)). Cases: wrk -c 64 (the
@@ -80,11 +83,12 @@ wait_port() { # port pid
   done
 }
 
-start_nginx() { # name conf workers port
-  local prefix=$RUN_DIR/$1
+start_nginx() { # name conf (under nginx/, or a path) workers port
+  local prefix=$RUN_DIR/$1 conf=$2
+  [[ $conf == /* ]] || conf=$HERE/nginx/$conf
   mkdir -p "$prefix"
   port_open "$4" && { log "port $4 already in use"; exit 1; }
-  start_bg "$1" "$RUN_DIR/$1.log" nginx -p "$prefix/" -e "$prefix/error.log" -c "$HERE/nginx/$2" \
+  start_bg "$1" "$RUN_DIR/$1.log" nginx -p "$prefix/" -e "$prefix/error.log" -c "$conf" \
     -g "daemon off; master_process on; worker_processes $3;"
   wait_port "$4" "$LAST_PID"
 }
@@ -107,6 +111,14 @@ headers_for() { # body -> headers file
 # ------------------------------------------------------------------ servers
 start_nginx sink sink.conf 1 18081; SINK_PID=$LAST_PID
 start_nginx nginx-proxy proxy.conf 2 18082; PROXY_PID=$LAST_PID
+# The reference proxy (../shared/bench) keeps 64 idle upstream connections per worker;
+# hookgate keeps up to 1024 (src/upstream/pool.rs). Past 128 client connections nginx-proxy
+# then closes and reopens upstream connections all the time, and the c512 ratio would
+# flatter hookgate: nginx-proxy-ka is the same proxy with a pool as large as hookgate's.
+sed 's/keepalive 64; /keepalive 1024;/; s/127\.0\.0\.1:18082/127.0.0.1:18085/' "$HERE/nginx/proxy.conf" > "$RUN_DIR/proxy-ka.conf"
+grep -q 'keepalive 1024;' "$RUN_DIR/proxy-ka.conf" && grep -q ':18085' "$RUN_DIR/proxy-ka.conf" \
+  || { log "proxy-ka.conf: the keepalive or listen line of nginx/proxy.conf has changed"; exit 1; }
+start_nginx nginx-proxy-ka "$RUN_DIR/proxy-ka.conf" 2 18085; PROXY_KA_PID=$LAST_PID
 port_open 18080 && { log "port 18080 already in use"; exit 1; }
 start_bg hookgate "$RUN_DIR/hookgate.log" env RUST_LOG=warn "$HOOKGATE_BIN" run --config "$HERE/bench.toml"
 GW_PID=$LAST_PID
@@ -116,9 +128,9 @@ start_bg hookgate-bare "$RUN_DIR/hookgate-bare.log" env RUST_LOG=warn "$HOOKGATE
 BARE_PID=$LAST_PID
 wait_port 18083 "$BARE_PID"
 
-declare -A URL=([direct]=http://127.0.0.1:18081/webhook [nginx-proxy]=http://127.0.0.1:18082/webhook [hookgate]=http://127.0.0.1:18080/webhook [hookgate-bare]=http://127.0.0.1:18083/webhook)
-declare -A UNIT=([direct]=$SINK_PID [nginx-proxy]=$PROXY_PID [hookgate]=$GW_PID [hookgate-bare]=$BARE_PID)
-SCENARIOS=(direct nginx-proxy hookgate hookgate-bare)
+declare -A URL=([direct]=http://127.0.0.1:18081/webhook [nginx-proxy]=http://127.0.0.1:18082/webhook [nginx-proxy-ka]=http://127.0.0.1:18085/webhook [hookgate]=http://127.0.0.1:18080/webhook [hookgate-bare]=http://127.0.0.1:18083/webhook)
+declare -A UNIT=([direct]=$SINK_PID [nginx-proxy]=$PROXY_PID [nginx-proxy-ka]=$PROXY_KA_PID [hookgate]=$GW_PID [hookgate-bare]=$BARE_PID)
+SCENARIOS=(direct nginx-proxy nginx-proxy-ka hookgate hookgate-bare)
 if [[ -n ${HOOKGATE_PGO_BIN:-} ]]; then
   port_open 18084 && { log "port 18084 already in use"; exit 1; }
   gateway_config "$HERE/bench.toml" 18084 > "$RUN_DIR/bench-pgo.toml"
@@ -149,6 +161,8 @@ for case in $CASES; do
   threads=$THREADS; ((conns < threads)) && threads=$conns
   for ((r = 1; r <= ROUNDS; r++)); do
     for s in "${SCENARIOS[@]}"; do
+      # Up to 128 connections the two pools hold every upstream connection: the same proxy.
+      [[ $s == nginx-proxy-ka ]] && ((conns <= 128)) && continue
       log "$case round $r/$ROUNDS: $s (${WARMUP}s warm-up + ${DURATION}s, -c$conns, $(wc -c < "$body") B)"
       THREADS=$threads run_wrk "$s" "$conns" "$body" "$WARMUP" /dev/null
       c0=$(cpu_ticks "${UNIT[$s]}")
@@ -173,14 +187,22 @@ sumcol() { awk -F'\t' -v c="$1" -v s="$2" -v k="$3" 'NR>1 && $1==c && $2==s {t+=
 {
   echo "date $(date -Is)  host $(hostname)  cores $(nproc)  cpu $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
   echo "wrk -t$THREADS -d${DURATION}s x$ROUNDS round(s); hookgate $("$HOOKGATE_BIN" --version 2>/dev/null || echo '?')"
-  printf '%-8s %-13s %9s %8s %8s %9s %7s %7s %8s %10s\n' case scenario 'req/s' 'p50 ms' 'p99 ms' 'vs proxy' non2xx sockerr 'RSS MiB' 'CPU us/req'
+  printf '%-8s %-14s %9s %8s %8s %9s %7s %7s %8s %10s\n' case scenario 'req/s' 'p50 ms' 'p99 ms' 'vs proxy' non2xx sockerr 'RSS MiB' 'CPU us/req'
   for case in $CASES; do
     base=$(col "$case" nginx-proxy 4)
     for s in "${SCENARIOS[@]}"; do
       rps=$(col "$case" "$s" 4); [[ $rps == nan ]] && continue
       awk -v c="$case" -v s="$s" -v rps="$rps" -v p50="$(col "$case" "$s" 5)" -v p99="$(col "$case" "$s" 6)" -v base="$base" \
           -v n2="$(sumcol "$case" "$s" 7)" -v se="$(sumcol "$case" "$s" 8)" -v rss="$(col "$case" "$s" 10)" -v cpu="$(col "$case" "$s" 11)" \
-        'BEGIN { printf "%-8s %-13s %9.0f %8.2f %8.2f %8.2fx %7d %7d %8.1f %10.1f\n", c, s, rps, p50/1000, p99/1000, (base > 0 ? rps/base : 0), n2, se, rss/1024, cpu }'
+        'BEGIN { printf "%-8s %-14s %9.0f %8.2f %8.2f %8.2fx %7d %7d %8.1f %10.1f\n", c, s, rps, p50/1000, p99/1000, (base > 0 ? rps/base : 0), n2, se, rss/1024, cpu }'
+    done
+  done
+  for case in $CASES; do
+    ka=$(col "$case" nginx-proxy-ka 4); [[ $ka == nan ]] && continue
+    for s in "${SCENARIOS[@]}"; do
+      [[ $s == hookgate* ]] || continue
+      awk -v c="$case" -v s="$s" -v rps="$(col "$case" "$s" 4)" -v ka="$ka" \
+        'BEGIN { printf "%s: %s against nginx-proxy-ka %.2fx\n", c, s, (ka > 0 ? rps/ka : 0) }'
     done
   done
   echo "(medians over rounds; RSS = peak VmHWM of the unit's processes so far, nginx = master + workers;"
