@@ -112,9 +112,10 @@ headers_for() { # body -> headers file
 start_nginx sink sink.conf 1 18081; SINK_PID=$LAST_PID
 start_nginx nginx-proxy proxy.conf 2 18082; PROXY_PID=$LAST_PID
 # The reference proxy (nginx/proxy.conf, as the shared bench has it) keeps 64 idle
-# upstream connections per worker; hookgate keeps up to 1024 (src/upstream/pool.rs). Past 128 client connections nginx-proxy
-# then closes and reopens upstream connections all the time, and the c512 ratio would
-# flatter hookgate: nginx-proxy-ka is the same proxy with a pool as large as hookgate's.
+# upstream connections per worker; hookgate keeps up to 1024 (src/upstream/pool.rs). Past
+# 128 client connections nginx-proxy then closes and reopens upstream connections all the
+# time, and the c512 ratio would flatter hookgate: nginx-proxy-ka is the same proxy with a
+# pool as large as hookgate's.
 sed 's/keepalive 64; /keepalive 1024;/; s/127\.0\.0\.1:18082/127.0.0.1:18085/' "$HERE/nginx/proxy.conf" > "$RUN_DIR/proxy-ka.conf"
 grep -q 'keepalive 1024;' "$RUN_DIR/proxy-ka.conf" && grep -q ':18085' "$RUN_DIR/proxy-ka.conf" \
   || { log "proxy-ka.conf: the keepalive or listen line of nginx/proxy.conf has changed"; exit 1; }
