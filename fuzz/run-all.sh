@@ -21,10 +21,20 @@ for f in glob.glob('../tests/vectors/replies/*.json'):
     os.makedirs('corpus/reply', exist_ok=True)
     body = bytes([0]) + v['upstream_body'].encode()
     open('corpus/reply/' + hashlib.sha1(body).hexdigest(), 'wb').write(body)
+# Upstream answers: a piece size byte, a limit byte, then the answer.
+answers = [b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}',
+           b'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n'
+           b'3;x=y\r\nabc\r\n0\r\ntrailer: 1\r\n\r\n',
+           b'HTTP/1.0 502 Bad Gateway\r\nretry-after: 3\r\n\r\nuntil the end',
+           b'HTTP/1.1 204 No Content\r\ncontent-length: 9\r\nconnection: close\r\n\r\n']
+os.makedirs('corpus/upstream_answer', exist_ok=True)
+for a in answers:
+    body = bytes([7, 16]) + a
+    open('corpus/upstream_answer/' + hashlib.sha1(body).hexdigest(), 'wb').write(body)
 os.makedirs('corpus/config', exist_ok=True)
 open('corpus/config/example', 'wb').write(open('../config/hookgate.toml', 'rb').read())
 PY
-targets=${TARGETS:-"json_object normalize_protocol normalize_spika normalize_barertc normalize_funtek reply config"}
+targets=${TARGETS:-"json_object normalize_protocol normalize_spika normalize_barertc normalize_funtek reply config upstream_answer"}
 for t in $targets; do cargo fuzz build --release "$t" 2>&1 | tail -1; done
 for t in $targets; do
   echo "== $t (${SECONDS_EACH}s)"

@@ -7,7 +7,7 @@
 //! Nothing of the sender's request is passed on but what §5 lists: hookgate frames
 //! what it forwards itself.
 
-mod http1;
+pub mod http1;
 mod pool;
 
 use std::path::Path;

@@ -197,6 +197,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut response = httparse::Response::new(&mut headers);
                 match response.parse(&self.buf) {
+                    // The bound is on the head's own length, however much one read brought.
+                    Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+                        return Err(invalid("answer head over 64 KiB"));
+                    }
                     Ok(httparse::Status::Complete(len)) => {
                         let head = Head::from_parsed(&response)?;
                         self.buf.advance(len);
@@ -265,6 +269,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     return Err(invalid("bad chunk size"));
                 }
                 match httparse::parse_chunk_size(&self.buf) {
+                    Ok(httparse::Status::Complete((used, _))) if used > MAX_CHUNK_LINE => {
+                        return Err(invalid("chunk size line too long"));
+                    }
                     Ok(httparse::Status::Complete((used, size))) => {
                         self.buf.advance(used);
                         break size;
@@ -305,23 +312,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// The trailer section after the last chunk, up to and including its empty line.
+    /// The trailer section after the last chunk, up to and including its empty line, which
+    /// must end within `MAX_CHUNK_LINE` bytes. Lines are found in place and the section is
+    /// dropped at its end, so that only the section's own bytes count against the bound
+    /// (never bytes past the answer that came in the same read).
     async fn skip_trailers(&mut self) -> Result<(), ExchangeError> {
-        let mut skipped = 0;
+        let mut line = 0;
         loop {
-            match memchr::memmem::find(&self.buf, b"\r\n") {
+            let section = &self.buf[..self.buf.len().min(MAX_CHUNK_LINE)];
+            match memchr::memmem::find(&section[line..], b"\r\n") {
                 Some(0) => {
-                    self.buf.advance(2);
+                    self.buf.advance(line + 2);
                     return Ok(());
                 }
-                Some(end) => {
-                    skipped += end + 2;
-                    self.buf.advance(end + 2);
+                Some(end) => line += end + 2,
+                None if section.len() == MAX_CHUNK_LINE => {
+                    return Err(invalid("trailer section too long"));
                 }
                 None => self.fill_or_fail("trailers").await?,
-            }
-            if skipped > MAX_CHUNK_LINE || self.buf.len() > MAX_CHUNK_LINE {
-                return Err(invalid("trailer section too long"));
             }
         }
     }
@@ -470,6 +478,57 @@ async fn write_all_vectored<S: AsyncWrite + Unpin>(
         IoSlice::advance_slices(&mut slices, n);
     }
     Ok(())
+}
+
+/// Reads `bytes` as an upstream's answer to one request, handed over `piece` bytes per read,
+/// its body limited to `limit`. For the `upstream_answer` fuzz target and the tests: what an
+/// answer reads as must not depend on how the upstream's bytes were split.
+#[doc(hidden)]
+pub fn read_replayed(bytes: &[u8], piece: usize, limit: usize) -> Result<Exchanged, ExchangeError> {
+    let mut connection = Connection::new(Replay {
+        rest: bytes,
+        piece: piece.max(1),
+    });
+    let exchange = std::pin::pin!(connection.exchange(b"POST / HTTP/1.1\r\n\r\n", &[], limit));
+    match exchange.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(result) => result,
+        Poll::Pending => unreachable!("a replayed answer is always ready"),
+    }
+}
+
+/// An upstream that takes any request and answers with `rest`, `piece` bytes per read, then
+/// ends: it never waits, so one poll runs an exchange to its end.
+struct Replay<'a> {
+    rest: &'a [u8],
+    piece: usize,
+}
+
+impl AsyncRead for Replay<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let n = self.piece.min(self.rest.len()).min(buf.remaining());
+        let (now, rest) = self.rest.split_at(n);
+        buf.put_slice(now);
+        self.rest = rest;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Replay<'_> {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(b.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl AsyncRead for Stream {
@@ -807,6 +866,88 @@ mod tests {
             .block_on(f)
     }
 
+    /// What an exchange says of the answer: what is relayed, or which error (the messages
+    /// name where the reading stopped, which depends on the split).
+    type Outcome = Result<
+        (u16, Option<HeaderValue>, Option<HeaderValue>, Bytes),
+        std::mem::Discriminant<ExchangeError>,
+    >;
+
+    fn outcome(result: &Result<Exchanged, ExchangeError>) -> Outcome {
+        match result {
+            Ok(e) => Ok((
+                e.answer.status.as_u16(),
+                e.answer.content_type.clone(),
+                e.answer.retry_after.clone(),
+                e.answer.body.clone(),
+            )),
+            Err(e) => Err(std::mem::discriminant(e)),
+        }
+    }
+
+    /// An answer's bytes, from parts that reach every limit of the reader: heads around
+    /// `EAGER_PARSE` and `MAX_HEAD`, chunk-size lines and trailer sections around
+    /// `MAX_CHUNK_LINE`, bytes past the answer.
+    fn answer_bytes() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let status = prop::sample::select(vec![
+            "HTTP/1.1 200 OK\r\n",
+            "HTTP/1.0 200 OK\r\n",
+            "HTTP/1.1 204 No Content\r\n",
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\n",
+        ]);
+        let header = prop_oneof![
+            (0u64..40).prop_map(|n| format!("content-length: {n}\r\n")),
+            Just("transfer-encoding: chunked\r\n".to_string()),
+            Just("connection: close\r\n".to_string()),
+            Just("content-type: application/json\r\n".to_string()),
+            Just("retry-after: 3\r\n".to_string()),
+            prop::sample::select(vec![10usize, 4000, 4090, 8000, MAX_HEAD - 100, MAX_HEAD])
+                .prop_map(|n| format!("x-pad: {}\r\n", "p".repeat(n))),
+        ];
+        let chunk = (
+            0usize..30,
+            prop::sample::select(vec![0usize, 10, MAX_CHUNK_LINE - 8, MAX_CHUNK_LINE]),
+        )
+            .prop_map(|(size, ext)| {
+                let ext = if ext == 0 {
+                    String::new()
+                } else {
+                    format!(";e={}", "x".repeat(ext))
+                };
+                format!("{size:x}{ext}\r\n{}\r\n", "b".repeat(size))
+            });
+        let trailers = prop::collection::vec(
+            prop::sample::select(vec![1usize, 100, MAX_CHUNK_LINE / 2]),
+            0..3,
+        )
+        .prop_map(|lines| {
+            lines
+                .iter()
+                .map(|n| format!("t: {}\r\n", "v".repeat(*n)))
+                .collect::<String>()
+        });
+        let past = prop::sample::select(vec![0usize, 3, READ_SIZE]).prop_map(|n| "z".repeat(n));
+        (
+            status,
+            prop::collection::vec(header, 0..4),
+            prop::collection::vec(chunk, 0..3),
+            trailers,
+            past,
+            prop::collection::vec(any::<u8>(), 0..8),
+        )
+            .prop_map(|(status, headers, chunks, trailers, past, noise)| {
+                let mut bytes = format!(
+                    "{status}{}\r\n{}0\r\n{trailers}\r\n{past}",
+                    headers.concat(),
+                    chunks.concat()
+                )
+                .into_bytes();
+                bytes.extend(noise);
+                bytes
+            })
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
 
@@ -827,6 +968,26 @@ mod tests {
             let (result, _, _) = block_on(exchange(&[first, second], true, 64));
             if let Ok(a) = result {
                 proptest::prop_assert!(a.answer.body.len() <= 64);
+            }
+        }
+
+        /// However the upstream's bytes are split, they read as the same answer (or the same
+        /// error): every limit counts the bytes of what it bounds, not what a read happened to
+        /// bring. A connection kept for reuse after the bytes came at once is kept after they
+        /// came in pieces too (in pieces, bytes past the answer may not have arrived yet).
+        #[test]
+        fn an_answer_reads_the_same_however_it_is_split(
+            bytes in answer_bytes(),
+            piece in 1usize..200,
+            limit in 0usize..64,
+        ) {
+            let whole = read_replayed(&bytes, usize::MAX, limit);
+            let pieces = read_replayed(&bytes, piece, limit);
+            proptest::prop_assert_eq!(outcome(&whole), outcome(&pieces), "{:?} / {:?}", whole.as_ref().err(), pieces.as_ref().err());
+            if let Ok(e) = &whole {
+                proptest::prop_assert!(e.answer.body.len() <= limit);
+                proptest::prop_assert!(!e.answer.status.is_informational());
+                proptest::prop_assert!(!e.reusable || pieces.is_ok_and(|p| p.reusable));
             }
         }
 
