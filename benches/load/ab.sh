@@ -76,26 +76,27 @@ for ((r = 1; r <= ROUNDS; r++)); do
     i=$(((k + r - 1) % N))
     unit=${UNITS[$i]}
     load "${PORTS[$i]}" 1 > /dev/null
-    p0=$(cpu_ticks "$unit") u0=$(cpu_ticks "$unit" user) s0=$(cpu_ticks "$SINK") v0=$(sleeps "$unit")
+    p0=$(cpu_ticks "$unit") u0=$(cpu_ticks "$unit" user) s0=$(cpu_ticks "$SINK") v0=$(sleeps "$unit") st0=$(steal_ticks)
     { time load "${PORTS[$i]}" "$SECS" > "$RUN_DIR/wrk.out"; } 2> "$RUN_DIR/wrk.time"
-    p1=$(cpu_ticks "$unit") u1=$(cpu_ticks "$unit" user) s1=$(cpu_ticks "$SINK") v1=$(sleeps "$unit")
+    p1=$(cpu_ticks "$unit") u1=$(cpu_ticks "$unit" user) s1=$(cpu_ticks "$SINK") v1=$(sleeps "$unit") st1=$(steal_ticks)
     line=$(grep '^BENCH ' "$RUN_DIR/wrk.out")
     n=$(grep -o 'requests=[0-9]*' <<< "$line" | cut -d= -f2)
     p99=$(grep -o 'p99_us=[0-9]*' <<< "$line" | cut -d= -f2)
     read -r wu ws < "$RUN_DIR/wrk.time"
     awk -v nm="${NAMES[$i]}" -v n="$n" -v secs="$SECS" -v hz="$HZ" -v p=$((p1 - p0)) -v s=$((s1 - s0)) \
       -v u=$((u1 - u0)) \
-      -v w="$wu $ws" -v v=$((v1 - v0)) -v p99="$p99" 'BEGIN {
+      -v w="$wu $ws" -v v=$((v1 - v0)) -v p99="$p99" -v steal="$(steal_pct "$st0" "$st1")" 'BEGIN {
         split(w, t, " ")
-        printf "%s\t%.0f\t%.1f\t%.1f\t%.1f\t%.1f\t%.3f\t%d\n", nm, n / secs, p * 1e6 / hz / n, s * 1e6 / hz / n,
-          (t[1] + t[2]) * 1e6 / n, u * 1e6 / hz / n, v / n, p99 }' >> "$OUT"
+        printf "%s\t%.0f\t%.1f\t%.1f\t%.1f\t%.1f\t%.3f\t%d\t%s\n", nm, n / secs, p * 1e6 / hz / n, s * 1e6 / hz / n,
+          (t[1] + t[2]) * 1e6 / n, u * 1e6 / hz / n, v / n, p99, steal }' >> "$OUT"
   done
 done
 
-printf '%-28s %8s %6s %6s %6s %6s %7s %7s  %s\n' build 'req/s' proxy sink wrk user sleeps 'p99 us' 'req/s per round'
+printf '%-28s %8s %6s %6s %6s %6s %7s %7s %7s  %s\n' build 'req/s' proxy sink wrk user sleeps 'p99 us' 'steal %' 'req/s per round'
 for nm in "${NAMES[@]}"; do
   col() { awk -F'\t' -v n="$nm" -v c="$1" '$1 == n {print $c}' "$OUT" | median; }
-  printf '%-28s %8s %6s %6s %6s %6s %7s %7s  %s\n' "$nm" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)" "$(col 6)" "$(col 7)" "$(col 8)" \
+  printf '%-28s %8s %6s %6s %6s %6s %7s %7s %7s  %s\n' "$nm" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)" "$(col 6)" "$(col 7)" "$(col 8)" "$(col 9)" \
     "$(awk -F'\t' -v n="$nm" '$1 == n {printf "%s ", $2}' "$OUT")"
 done
-echo "(medians of $ROUNDS rounds of ${SECS}s; CPU in µs per request; user = the proxy's user-space part; sleeps = the proxy's voluntary context switches per request)"
+echo "(medians of $ROUNDS rounds of ${SECS}s; CPU in µs per request; user = the proxy's user-space part; sleeps = the proxy's voluntary context switches per request;"
+echo " steal % = the machine's time the VM's host took during the round, worst $(awk -F'\t' '$9 > m {m = $9} END {print m + 0}' "$OUT") %: above a few %, rounds are not comparable)"

@@ -150,7 +150,7 @@ for s in "${SCENARIOS[@]}"; do
 done
 
 RAW=$RESULTS_DIR/raw.tsv
-printf 'case\tscenario\tround\trps\tp50_us\tp99_us\tnon2xx\tsockerr\trequests\tpeak_rss_kb\tcpu_us_per_req\n' > "$RAW"
+printf 'case\tscenario\tround\trps\tp50_us\tp99_us\tnon2xx\tsockerr\trequests\tpeak_rss_kb\tcpu_us_per_req\tsteal_pct\n' > "$RAW"
 run_wrk() { # scenario conns body seconds out
   BENCH_BODY_FILE=$3 BENCH_HEADERS_FILE=$(headers_for "$3") \
     wrk -t"$THREADS" -c"$2" -d"${4}s" --latency -s "$HERE/post.lua" "${URL[$1]}" > "$5" 2>&1 || true
@@ -166,17 +166,17 @@ for case in $CASES; do
       [[ $s == nginx-proxy-ka ]] && ((conns <= 128)) && continue
       log "$case round $r/$ROUNDS: $s (${WARMUP}s warm-up + ${DURATION}s, -c$conns, $(wc -c < "$body") B)"
       THREADS=$threads run_wrk "$s" "$conns" "$body" "$WARMUP" /dev/null
-      c0=$(cpu_ticks "${UNIT[$s]}")
+      c0=$(cpu_ticks "${UNIT[$s]}"); st0=$(steal_ticks)
       out=$RESULTS_DIR/$case.$s.r$r.txt
       THREADS=$threads run_wrk "$s" "$conns" "$body" "$DURATION" "$out"
-      c1=$(cpu_ticks "${UNIT[$s]}")
+      c1=$(cpu_ticks "${UNIT[$s]}"); st1=$(steal_ticks)
       line=$(grep '^BENCH ' "$out" || true)
       [[ -n $line ]] || { log "no result for $s:"; cat "$out" >&2; continue; }
       declare -A m=()
       for kv in ${line#BENCH }; do m[${kv%%=*}]=${kv#*=}; done
       cpu=$(awk -v d=$((c1 - c0)) -v n="${m[requests]}" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (n > 0 ? d * 1e6 / hz / n : 0) }')
-      printf '%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case" "$s" "$r" "${m[rps]}" "${m[p50_us]}" "${m[p99_us]}" \
-        "${m[non2xx]}" "${m[sockerr]}" "${m[requests]}" "$(peak_rss_kb "${UNIT[$s]}")" "$cpu" >> "$RAW"
+      printf '%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case" "$s" "$r" "${m[rps]}" "${m[p50_us]}" "${m[p99_us]}" \
+        "${m[non2xx]}" "${m[sockerr]}" "${m[requests]}" "$(peak_rss_kb "${UNIT[$s]}")" "$cpu" "$(steal_pct "$st0" "$st1")" >> "$RAW"
       unset m
       sleep 1
     done
@@ -188,14 +188,15 @@ sumcol() { awk -F'\t' -v c="$1" -v s="$2" -v k="$3" 'NR>1 && $1==c && $2==s {t+=
 {
   echo "date $(date -Is)  host $(hostname)  cores $(nproc)  cpu $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
   echo "wrk -t$THREADS -d${DURATION}s x$ROUNDS round(s); hookgate $("$HOOKGATE_BIN" --version 2>/dev/null || echo '?')"
-  printf '%-8s %-14s %9s %8s %8s %9s %7s %7s %8s %10s\n' case scenario 'req/s' 'p50 ms' 'p99 ms' 'vs proxy' non2xx sockerr 'RSS MiB' 'CPU us/req'
+  printf '%-8s %-14s %9s %8s %8s %9s %7s %7s %8s %10s %7s\n' case scenario 'req/s' 'p50 ms' 'p99 ms' 'vs proxy' non2xx sockerr 'RSS MiB' 'CPU us/req' 'steal %'
   for case in $CASES; do
     base=$(col "$case" nginx-proxy 4)
     for s in "${SCENARIOS[@]}"; do
       rps=$(col "$case" "$s" 4); [[ $rps == nan ]] && continue
       awk -v c="$case" -v s="$s" -v rps="$rps" -v p50="$(col "$case" "$s" 5)" -v p99="$(col "$case" "$s" 6)" -v base="$base" \
           -v n2="$(sumcol "$case" "$s" 7)" -v se="$(sumcol "$case" "$s" 8)" -v rss="$(col "$case" "$s" 10)" -v cpu="$(col "$case" "$s" 11)" \
-        'BEGIN { printf "%-8s %-14s %9.0f %8.2f %8.2f %8.2fx %7d %7d %8.1f %10.1f\n", c, s, rps, p50/1000, p99/1000, (base > 0 ? rps/base : 0), n2, se, rss/1024, cpu }'
+          -v steal="$(col "$case" "$s" 12)" \
+        'BEGIN { printf "%-8s %-14s %9.0f %8.2f %8.2f %8.2fx %7d %7d %8.1f %10.1f %7.1f\n", c, s, rps, p50/1000, p99/1000, (base > 0 ? rps/base : 0), n2, se, rss/1024, cpu, steal }'
     done
   done
   for case in $CASES; do
@@ -207,5 +208,7 @@ sumcol() { awk -F'\t' -v c="$1" -v s="$2" -v k="$3" 'NR>1 && $1==c && $2==s {t+=
     done
   done
   echo "(medians over rounds; RSS = peak VmHWM of the unit's processes so far, nginx = master + workers;"
-  echo " CPU us/req = CPU time of the unit under test only: the sink for direct, not wrk)"
+  echo " CPU us/req = CPU time of the unit under test only: the sink for direct, not wrk;"
+  echo " steal % = the machine's time the VM's host took while the round ran: above a few %, rounds"
+  echo " are not comparable; worst round $(awk -F'\t' 'NR > 1 && $12 > m {m = $12} END {print m + 0}' "$RAW") %)"
 } | tee "$RESULTS_DIR/table.txt"
