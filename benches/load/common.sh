@@ -8,7 +8,8 @@ cpu_ticks() { local p t=0 v; for p in $(tree_pids "$1"); do v=$(sed 's/.*) //' "
 # The machine's CPU ticks from /proc/stat: "STEAL ALL". On a VM, steal is time the host gave
 # to someone else while this guest wanted the CPU; between two readings, 100 * dSTEAL / dALL
 # is the share of the machine's time lost that way (a noisy host shows here first).
-steal_ticks() { awk 'NR == 1 { t = 0; for (i = 2; i <= NF; i++) t += $i; print $9, t }' /proc/stat; }
+# (Fields 2-9, user to steal: guest time is already counted in user.)
+steal_ticks() { awk 'NR == 1 { t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t }' /proc/stat; }
 # steal_pct "STEAL0 ALL0" "STEAL1 ALL1": the share of steal between two steal_ticks readings.
 steal_pct() { awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; printf "%.1f", (d > 0 ? 100 * (y[1] - x[1]) / d : 0) }'; }
 # Peak RSS (VmHWM) of a process tree, in KiB.
