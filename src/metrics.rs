@@ -4,8 +4,15 @@
 //! (plain atomic counters) once, when a config is loaded; a status counter is looked up in
 //! the label family once per (source, status) and kept. The upstream latency histogram is
 //! our own atomic one, because the crate's `Histogram` takes a mutex on every observation.
+//!
+//! What every forwarded request writes (its status counter, the in-flight gauge, the
+//! latency histogram) is sharded by worker thread, each shard on its own cache line, and
+//! summed when scraped: one atomic shared by two cores moves its cache line between them on
+//! every write, and with each worker on its own core that was a measured part of a
+//! request's CPU (`benches/PERFORMANCE.md`, "Shared cache lines"). Counters a request
+//! touches only when refused stay plain.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -59,10 +66,120 @@ pub const UPSTREAM_ERROR_KINDS: [&str; 6] = [
     "status_5xx",
 ];
 
-/// A histogram of atomics: observing is a few relaxed atomic adds, no lock.
-#[derive(Clone, Debug, Default)]
+/// Shards per sharded metric: a worker writes shard `worker % SHARDS`. Workers past it
+/// share shards (still correct, only contended again); one per core is the default.
+const SHARDS: usize = 8;
+
+/// One shard, alone on its cache line(s) (128 bytes: the pair of lines Intel's adjacent-line
+/// prefetcher fetches together).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+fn shards<T: Default>() -> Arc<[Padded<T>]> {
+    (0..SHARDS).map(|_| Padded::default()).collect()
+}
+
+/// A counter written by many threads, one shard each (see the module's doc).
+#[derive(Clone, Debug)]
+pub struct ShardedCounter {
+    shards: Arc<[Padded<AtomicU64>]>,
+}
+
+impl Default for ShardedCounter {
+    fn default() -> Self {
+        ShardedCounter { shards: shards() }
+    }
+}
+
+impl ShardedCounter {
+    pub fn inc(&self, worker: usize) {
+        self.shards[worker % SHARDS]
+            .0
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl TypedMetric for ShardedCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for ShardedCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// A gauge moved up and down by many threads, one shard each; its value is the shards' sum
+/// (a request's `inc` and `dec` land on the same shard, its worker's).
+#[derive(Clone, Debug)]
+pub struct ShardedGauge {
+    shards: Arc<[Padded<AtomicI64>]>,
+}
+
+impl Default for ShardedGauge {
+    fn default() -> Self {
+        ShardedGauge { shards: shards() }
+    }
+}
+
+impl ShardedGauge {
+    pub fn inc(&self, worker: usize) {
+        self.shards[worker % SHARDS]
+            .0
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dec(&self, worker: usize) {
+        self.shards[worker % SHARDS]
+            .0
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> i64 {
+        self.shards
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl TypedMetric for ShardedGauge {
+    const TYPE: MetricType = MetricType::Gauge;
+}
+
+impl EncodeMetric for ShardedGauge {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&self.get())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// A histogram of atomics: observing is a few relaxed atomic adds to the worker's shard, no
+/// lock.
+#[derive(Clone, Debug)]
 pub struct AtomicHistogram {
-    inner: Arc<HistogramInner>,
+    inner: Arc<[Padded<HistogramInner>]>,
+}
+
+impl Default for AtomicHistogram {
+    fn default() -> Self {
+        AtomicHistogram { inner: shards() }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -70,21 +187,20 @@ struct HistogramInner {
     /// One count per bucket of `BUCKETS`, plus +Inf (not cumulative).
     counts: [AtomicU64; BUCKETS.len() + 1],
     sum_micros: AtomicU64,
-    count: AtomicU64,
 }
 
 impl AtomicHistogram {
-    pub fn observe(&self, d: Duration) {
+    pub fn observe(&self, worker: usize, d: Duration) {
         let secs = d.as_secs_f64();
         let i = BUCKETS
             .iter()
             .position(|b| secs <= *b)
             .unwrap_or(BUCKETS.len());
-        self.inner.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.inner
+        let shard = &self.inner[worker % SHARDS].0;
+        shard.counts[i].fetch_add(1, Ordering::Relaxed);
+        shard
             .sum_micros
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-        self.inner.count.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -98,9 +214,21 @@ impl EncodeMetric for AtomicHistogram {
             .iter()
             .copied()
             .chain(std::iter::once(f64::INFINITY))
-            .zip(self.inner.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .enumerate()
+            .map(|(i, le)| {
+                let n = self
+                    .inner
+                    .iter()
+                    .map(|s| s.0.counts[i].load(Ordering::Relaxed));
+                (le, n.sum())
+            })
             .collect();
-        let sum = self.inner.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let sum_micros: u64 = self
+            .inner
+            .iter()
+            .map(|s| s.0.sum_micros.load(Ordering::Relaxed))
+            .sum();
+        let sum = sum_micros as f64 / 1e6;
         // The count is the buckets' total, so the exposition is self-consistent.
         let count = buckets.iter().map(|(_, c)| c).sum();
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
@@ -114,12 +242,12 @@ impl EncodeMetric for AtomicHistogram {
 /// The process's metrics.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<SourceStatus, Counter>,
+    requests: Family<SourceStatus, ShardedCounter>,
     verification_failures: Family<SourceLabel, Counter>,
     rate_limited: Family<SourceScope, Counter>,
     upstream_duration: Family<SourceLabel, AtomicHistogram>,
     upstream_errors: Family<SourceKind, Counter>,
-    pub in_flight: Gauge,
+    pub in_flight: ShardedGauge,
     /// Requests that match no source count under `source=""`.
     pub unmatched: SourceMetrics,
 }
@@ -133,12 +261,12 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("hookgate");
-        let requests = Family::<SourceStatus, Counter>::default();
+        let requests = Family::<SourceStatus, ShardedCounter>::default();
         let verification_failures = Family::<SourceLabel, Counter>::default();
         let rate_limited = Family::<SourceScope, Counter>::default();
         let upstream_duration = Family::<SourceLabel, AtomicHistogram>::default();
         let upstream_errors = Family::<SourceKind, Counter>::default();
-        let in_flight = Gauge::default();
+        let in_flight = ShardedGauge::default();
         let build_info = Family::<Version, Gauge>::default();
         build_info
             .get_or_create(&Version {
@@ -231,8 +359,8 @@ impl Metrics {
 pub struct SourceMetrics {
     name: String,
     /// Status 100..599 → its counter, looked up in the family once.
-    statuses: Box<[OnceLock<Counter>]>,
-    requests: Family<SourceStatus, Counter>,
+    statuses: Box<[OnceLock<ShardedCounter>]>,
+    requests: Family<SourceStatus, ShardedCounter>,
     pub verification_failures: Counter,
     pub rate_limited_client: Counter,
     pub rate_limited_source: Counter,
@@ -255,7 +383,8 @@ impl SourceMetrics {
         }
     }
 
-    pub fn request(&self, status: u16) {
+    /// A request answered with `status`, counted in `worker`'s shard.
+    pub fn request(&self, worker: usize, status: u16) {
         let Some(slot) = status
             .checked_sub(100)
             .and_then(|i| self.statuses.get(usize::from(i)))
@@ -268,7 +397,7 @@ impl SourceMetrics {
                 status,
             })
         })
-        .inc();
+        .inc(worker);
     }
 
     pub fn upstream_error(&self, kind: &str) {
@@ -286,23 +415,32 @@ mod tests {
     fn exposition_has_the_spec_families() {
         let m = Metrics::new();
         let s = m.source("p");
-        s.request(200);
-        s.request(200);
-        s.request(401);
+        // Counted on different workers' shards, and on one shard by two workers (9 % 8):
+        // the exposition sums them.
+        s.request(0, 200);
+        s.request(1, 200);
+        s.request(9, 200);
+        s.request(1, 401);
         s.verification_failures.inc();
-        s.upstream_duration.observe(Duration::from_millis(3));
+        s.upstream_duration.observe(0, Duration::from_millis(3));
+        s.upstream_duration.observe(1, Duration::from_millis(300));
         s.upstream_error("status_5xx");
-        m.unmatched.request(404);
+        m.unmatched.request(3, 404);
+        m.in_flight.inc(0);
+        m.in_flight.inc(1);
+        m.in_flight.dec(1);
         let text = m.encode();
         for line in [
-            "hookgate_requests_total{source=\"p\",status=\"200\"} 2",
+            "hookgate_requests_total{source=\"p\",status=\"200\"} 3",
             "hookgate_requests_total{source=\"p\",status=\"401\"} 1",
             "hookgate_requests_total{source=\"\",status=\"404\"} 1",
             "hookgate_verification_failures_total{source=\"p\"} 1",
             "hookgate_upstream_duration_seconds_bucket{le=\"0.005\",source=\"p\"} 1",
-            "hookgate_upstream_duration_seconds_count{source=\"p\"} 1",
+            "hookgate_upstream_duration_seconds_bucket{le=\"0.5\",source=\"p\"} 2",
+            "hookgate_upstream_duration_seconds_count{source=\"p\"} 2",
+            "hookgate_upstream_duration_seconds_sum{source=\"p\"} 0.303",
             "hookgate_upstream_errors_total{source=\"p\",kind=\"status_5xx\"} 1",
-            "hookgate_in_flight_requests 0",
+            "hookgate_in_flight_requests 1",
         ] {
             assert!(text.contains(line), "missing {line}\n{text}");
         }

@@ -199,7 +199,7 @@ impl Outcome<'_> {
 
 /// Handles one request.
 pub async fn handle(
-    gateway: Arc<Gateway>,
+    gateway: &Gateway,
     health: &Health,
     metrics: &Metrics,
     conn: Conn,
@@ -222,7 +222,8 @@ pub async fn handle(
         return response;
     }
 
-    metrics.in_flight.inc();
+    let worker = conn.worker;
+    metrics.in_flight.inc(worker);
     // What the log line needs of the request, only when it will be written.
     let logged = tracing::enabled!(target: "hookgate::request", tracing::Level::INFO)
         .then(|| (request.method().clone(), path.to_string()));
@@ -230,7 +231,7 @@ pub async fn handle(
         logged: logged.is_some(),
         ..Outcome::default()
     };
-    let result = deliver(&gateway, conn, request, started, &request_id, &mut outcome).await;
+    let result = deliver(gateway, conn, request, started, &request_id, &mut outcome).await;
     let barertc = outcome
         .source()
         .is_some_and(|s| s.platform == Platform::Barertc);
@@ -264,9 +265,9 @@ pub async fn handle(
         .insert(upstream::X_REQUEST_ID.clone(), request_id.clone());
 
     let status = response.status().as_u16();
-    metrics.in_flight.dec();
+    metrics.in_flight.dec(worker);
     let source_metrics = outcome.route.map_or(&metrics.unmatched, |r| &r.metrics);
-    source_metrics.request(status);
+    source_metrics.request(worker, status);
     match &refusal {
         Some(Refusal::Unverified(_)) => {
             source_metrics.verification_failures.inc();
@@ -520,7 +521,7 @@ async fn deliver<'g>(
     route
         .metrics
         .upstream_duration
-        .observe(forwarded_at.elapsed());
+        .observe(conn.worker, forwarded_at.elapsed());
     let answer = sent?;
     if answer.status.is_server_error() {
         route.metrics.upstream_error("status_5xx");

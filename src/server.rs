@@ -85,6 +85,12 @@ pub fn prepare_with(
 
 struct State {
     gateway: ArcSwap<Gateway>,
+    /// The same gateway once more per worker, each behind an `Arc` of the worker's own: a
+    /// request holds its config by cloning its worker's handle, so the reference count it
+    /// writes twice per request is on a cache line only its own core uses (one count shared
+    /// by every worker moved between cores on every request: `benches/PERFORMANCE.md`,
+    /// "Shared cache lines"). Swapped with `gateway` on reload.
+    worker_gateways: Box<[ArcSwap<Arc<Gateway>>]>,
     tls: ArcSwapOption<TlsAcceptor>,
     health: Health,
     builder: auto::Builder<TokioExecutor>,
@@ -165,8 +171,13 @@ impl Server {
         };
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
 
+        let gateway = Arc::new(prepared.gateway);
+        let workers = prepared.context.workers.max(1);
         let state = Arc::new(State {
-            gateway: ArcSwap::from_pointee(prepared.gateway),
+            worker_gateways: (0..workers)
+                .map(|_| ArcSwap::from_pointee(Arc::clone(&gateway)))
+                .collect(),
+            gateway: ArcSwap::new(gateway),
             tls: ArcSwapOption::new(prepared.tls.map(Arc::new)),
             health: Health {
                 ready: AtomicBool::new(true),
@@ -238,7 +249,11 @@ impl Server {
         if o.server.tls.is_some() == n.server.tls.is_some() {
             self.state.tls.store(prepared.tls.map(Arc::new));
         }
-        self.state.gateway.store(Arc::new(prepared.gateway));
+        let gateway = Arc::new(prepared.gateway);
+        for worker in &self.state.worker_gateways {
+            worker.store(Arc::new(Arc::clone(&gateway)));
+        }
+        self.state.gateway.store(gateway);
         Ok(at_next_start)
     }
 
@@ -474,16 +489,19 @@ async fn serve_http<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Activity::new();
-    let svc_state = Arc::clone(&state);
+    // The connection's own handle on the state: each request clones this one, whose count
+    // only this connection's worker writes, rather than the `State`'s (see `worker_gateways`).
+    let svc_state = Arc::new(Arc::clone(&state));
     let svc_activity = Arc::clone(&activity);
+    let worker_gateway = conn.worker % state.worker_gateways.len();
     let service = service_fn(move |request| {
         head_pending.store(false, Ordering::Relaxed);
         let open = OpenRequest::new(&svc_activity);
         let state = Arc::clone(&svc_state);
         async move {
-            let gateway = state.gateway.load_full();
+            let gateway = state.worker_gateways[worker_gateway].load_full();
             let response = pipeline::handle(
-                gateway,
+                &gateway,
                 &state.health,
                 &state.context.metrics,
                 conn,
