@@ -80,26 +80,63 @@ fn shards<T: Default>() -> Arc<[Padded<T>]> {
     (0..SHARDS).map(|_| Padded::default()).collect()
 }
 
-/// A counter written by many threads, one shard each (see the module's doc).
-#[derive(Clone, Debug)]
-pub struct ShardedCounter {
-    shards: Arc<[Padded<AtomicU64>]>,
+/// A metric written by many threads, one shard each (see the module's doc); its value is
+/// the shards' sum.
+#[derive(Debug)]
+pub struct Sharded<A> {
+    shards: Arc<[Padded<A>]>,
 }
 
-impl Default for ShardedCounter {
-    fn default() -> Self {
-        ShardedCounter { shards: shards() }
+// By hand: a derive would ask `A: Clone`, and a clone shares the shards.
+impl<A> Clone for Sharded<A> {
+    fn clone(&self) -> Self {
+        Sharded {
+            shards: Arc::clone(&self.shards),
+        }
     }
 }
+
+impl<A: Default> Default for Sharded<A> {
+    fn default() -> Self {
+        Sharded { shards: shards() }
+    }
+}
+
+impl<A> Sharded<A> {
+    /// The shard `worker` writes.
+    fn shard(&self, worker: usize) -> &A {
+        &self.shards[worker % SHARDS].0
+    }
+}
+
+/// A counter (requests by source and status).
+pub type ShardedCounter = Sharded<AtomicU64>;
+/// A gauge (requests in flight); a request's `inc` and `dec` land on its worker's shard.
+pub type ShardedGauge = Sharded<AtomicI64>;
 
 impl ShardedCounter {
     pub fn inc(&self, worker: usize) {
-        self.shards[worker % SHARDS]
-            .0
-            .fetch_add(1, Ordering::Relaxed);
+        self.shard(worker).fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl ShardedGauge {
+    pub fn inc(&self, worker: usize) {
+        self.shard(worker).fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dec(&self, worker: usize) {
+        self.shard(worker).fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> i64 {
         self.shards
             .iter()
             .map(|s| s.0.load(Ordering::Relaxed))
@@ -121,40 +158,6 @@ impl EncodeMetric for ShardedCounter {
     }
 }
 
-/// A gauge moved up and down by many threads, one shard each; its value is the shards' sum
-/// (a request's `inc` and `dec` land on the same shard, its worker's).
-#[derive(Clone, Debug)]
-pub struct ShardedGauge {
-    shards: Arc<[Padded<AtomicI64>]>,
-}
-
-impl Default for ShardedGauge {
-    fn default() -> Self {
-        ShardedGauge { shards: shards() }
-    }
-}
-
-impl ShardedGauge {
-    pub fn inc(&self, worker: usize) {
-        self.shards[worker % SHARDS]
-            .0
-            .fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn dec(&self, worker: usize) {
-        self.shards[worker % SHARDS]
-            .0
-            .fetch_sub(1, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> i64 {
-        self.shards
-            .iter()
-            .map(|s| s.0.load(Ordering::Relaxed))
-            .sum()
-    }
-}
-
 impl TypedMetric for ShardedGauge {
     const TYPE: MetricType = MetricType::Gauge;
 }
@@ -171,15 +174,9 @@ impl EncodeMetric for ShardedGauge {
 
 /// A histogram of atomics: observing is a few relaxed atomic adds to the worker's shard, no
 /// lock.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct AtomicHistogram {
-    inner: Arc<[Padded<HistogramInner>]>,
-}
-
-impl Default for AtomicHistogram {
-    fn default() -> Self {
-        AtomicHistogram { inner: shards() }
-    }
+    inner: Sharded<HistogramInner>,
 }
 
 #[derive(Debug, Default)]
@@ -196,7 +193,7 @@ impl AtomicHistogram {
             .iter()
             .position(|b| secs <= *b)
             .unwrap_or(BUCKETS.len());
-        let shard = &self.inner[worker % SHARDS].0;
+        let shard = self.inner.shard(worker);
         shard.counts[i].fetch_add(1, Ordering::Relaxed);
         shard
             .sum_micros
@@ -218,6 +215,7 @@ impl EncodeMetric for AtomicHistogram {
             .map(|(i, le)| {
                 let n = self
                     .inner
+                    .shards
                     .iter()
                     .map(|s| s.0.counts[i].load(Ordering::Relaxed));
                 (le, n.sum())
@@ -225,6 +223,7 @@ impl EncodeMetric for AtomicHistogram {
             .collect();
         let sum_micros: u64 = self
             .inner
+            .shards
             .iter()
             .map(|s| s.0.sum_micros.load(Ordering::Relaxed))
             .sum();
