@@ -84,17 +84,24 @@ pub fn prepare_with(
 }
 
 struct State {
-    gateway: ArcSwap<Gateway>,
-    /// The same gateway once more per worker, each behind an `Arc` of the worker's own: a
+    /// The gateway in force, once per worker, each behind an `Arc` of the worker's own: a
     /// request holds its config by cloning its worker's handle, so the reference count it
     /// writes twice per request is on a cache line only its own core uses (one count shared
     /// by every worker moved between cores on every request: `benches/PERFORMANCE.md`,
-    /// "Shared cache lines"). Swapped with `gateway` on reload.
+    /// "Shared cache lines"). All point to the same `Gateway`; a reload swaps every one.
     worker_gateways: Box<[ArcSwap<Arc<Gateway>>]>,
     tls: ArcSwapOption<TlsAcceptor>,
     health: Health,
     builder: auto::Builder<TokioExecutor>,
     context: Context,
+}
+
+impl State {
+    /// The gateway in force, for what is not a request (reload, drain, housekeeping, a new
+    /// connection's head deadline): every worker's handle holds the same one.
+    fn gateway(&self) -> Arc<Gateway> {
+        Arc::clone(&self.worker_gateways[0].load())
+    }
 }
 
 /// A running gateway.
@@ -177,7 +184,6 @@ impl Server {
             worker_gateways: (0..workers)
                 .map(|_| ArcSwap::from_pointee(Arc::clone(&gateway)))
                 .collect(),
-            gateway: ArcSwap::new(gateway),
             tls: ArcSwapOption::new(prepared.tls.map(Arc::new)),
             health: Health {
                 ready: AtomicBool::new(true),
@@ -220,12 +226,12 @@ impl Server {
 
     /// The gateway now in force.
     pub fn gateway(&self) -> Arc<Gateway> {
-        self.state.gateway.load_full()
+        self.state.gateway()
     }
 
     /// Re-reads the config file; on any error the old config stays and the error is returned.
     pub fn reload(&self) -> Result<Vec<&'static str>, StartError> {
-        let old = self.state.gateway.load_full();
+        let old = self.state.gateway();
         let config = Config::load(&old.config.path)?;
         let prepared = prepare_with(config, self.state.context.clone(), Some(&old))?;
         let (o, n) = (&old.config, &prepared.gateway.config);
@@ -253,7 +259,6 @@ impl Server {
         for worker in &self.state.worker_gateways {
             worker.store(Arc::new(Arc::clone(&gateway)));
         }
-        self.state.gateway.store(gateway);
         Ok(at_next_start)
     }
 
@@ -267,7 +272,7 @@ impl Server {
     pub async fn shutdown(mut self) -> bool {
         self.set_unready();
         let (delay, grace) = {
-            let g = self.state.gateway.load();
+            let g = self.state.gateway();
             (
                 g.config.server.shutdown_delay,
                 g.config.server.shutdown_grace,
@@ -297,7 +302,7 @@ async fn housekeeping(state: Arc<State>) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         tick.tick().await;
-        state.gateway.load().housekeeping();
+        state.gateway().housekeeping();
     }
 }
 
@@ -396,7 +401,7 @@ async fn serve_connection(
     // request head (hyper has no header timer here; later heads: the idle check in serve_http).
     let head_pending = Arc::new(AtomicBool::new(true));
     // Read per connection, so a reload's header_timeout_s holds for the connections after it.
-    let header_timeout = state.gateway.load().config.server.header_timeout;
+    let header_timeout = state.gateway().config.server.header_timeout;
     let io = HeadDeadline::new(stream, header_timeout, Arc::clone(&head_pending));
     match state.tls.load_full() {
         Some(acceptor) => match acceptor.accept(io).await {

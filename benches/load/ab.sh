@@ -94,17 +94,19 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 printf '%-28s %8s %6s %6s %6s %6s %7s %7s %7s  %s\n' build 'req/s' proxy sink wrk user sleeps 'p99 us' 'steal %' 'req/s per round'
+# col COLUMN [MAX_STEAL]: the median of a column over $nm's rounds (those with at most
+# MAX_STEAL % steal, when given).
+col() { awk -F'\t' -v n="$nm" -v c="$1" -v max="${2:-101}" '$1 == n && $9 <= max {print $c}' "$OUT" | median; }
 for nm in "${NAMES[@]}"; do
-  col() { awk -F'\t' -v n="$nm" -v c="$1" '$1 == n {print $c}' "$OUT" | median; }
   printf '%-28s %8s %6s %6s %6s %6s %7s %7s %7s  %s\n' "$nm" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)" "$(col 6)" "$(col 7)" "$(col 8)" "$(col 9)" \
     "$(awk -F'\t' -v n="$nm" '$1 == n {printf "%s ", $2}' "$OUT")"
 done
 # The same medians over the rounds that lost at most STEAL_MAX % to the VM's host.
 STEAL_MAX=${STEAL_MAX:-3}
 for nm in "${NAMES[@]}"; do
-  clean() { awk -F'\t' -v n="$nm" -v c="$1" -v max="$STEAL_MAX" '$1 == n && $9 <= max {print $c}' "$OUT" | median; }
   k=$(awk -F'\t' -v n="$nm" -v max="$STEAL_MAX" '$1 == n && $9 <= max' "$OUT" | wc -l)
-  printf '%-28s %8s %6s %6s %6s %6s %7s %7s  (%d of %d rounds with steal <= %s %%)\n' "$nm" "$(clean 2)" "$(clean 3)" "$(clean 4)" "$(clean 5)" "$(clean 6)" "$(clean 7)" "$(clean 8)" \
+  m=$STEAL_MAX
+  printf '%-28s %8s %6s %6s %6s %6s %7s %7s  (%d of %d rounds with steal <= %s %%)\n' "$nm" "$(col 2 $m)" "$(col 3 $m)" "$(col 4 $m)" "$(col 5 $m)" "$(col 6 $m)" "$(col 7 $m)" "$(col 8 $m)" \
     "$k" "$ROUNDS" "$STEAL_MAX"
 done
 [[ -n ${ROUNDS_OUT:-} ]] && cp "$OUT" "$ROUNDS_OUT"
