@@ -5,7 +5,8 @@
 # the bench's protocol webhook (64 and 1 connections, 1 KiB and 64 KiB) and one forwarded
 # test vector or two per platform, plus some refused ones, so no platform's path is left
 # cold. Semantics do not change (the same source and flags; only optimization decisions
-# differ); measure the result with ab.sh against the plain build.
+# differ); measure the result with ab.sh against the plain build. At the end the built binary
+# must forward the bench webhook (every answer a 2xx), since the container image ships it.
 #
 #   apt-get install -y nginx-light wrk openssl python3 && rustup component add llvm-tools
 #   benches/load/pgo.sh     # -> target/pgo/release/hookgate (profile: target/pgo/hookgate.profdata)
@@ -54,10 +55,14 @@ signature_header "$RUN_DIR/webhook-64k.json" bench-secret > "$RUN_DIR/bench-64k.
 
 start_nginx sink sink.conf 1
 gateway_config "$HERE/pgo.toml" 18085 > "$RUN_DIR/hookgate.toml"
-RUST_LOG=warn setsid "$ROOT/target/pgo-generate/release/hookgate" run --config "$RUN_DIR/hookgate.toml" \
-  > "$RUN_DIR/hookgate.log" 2>&1 < /dev/null &
-GW=$!
-wait_listening 18085
+serve() { # BIN: runs it on the training config, GW its pid
+  RUST_LOG=warn setsid "$1" run --config "$RUN_DIR/hookgate.toml" > "$RUN_DIR/hookgate.log" 2>&1 < /dev/null &
+  GW=$!
+  wait_listening 18085
+}
+# SIGINT: a graceful stop (at whose exit the instrumented build writes its profile).
+stop_serving() { kill -INT "$GW"; wait "$GW" || true; GW=; }
+serve "$ROOT/target/pgo-generate/release/hookgate"
 train() { # BODY HEADERS PATH CONNECTIONS SECONDS
   local t=2; (($4 < 2)) && t=1
   printf '%-40s c%-3s ' "$3" "$4" >&2
@@ -74,14 +79,22 @@ for v in "$RUN_DIR"/*.url; do
   case $v in *-bad-* | *-wrong-* | *-no-*) secs=1 ;; esac
   train "$v.body" "$v.headers" "$(cat "$v.url")" 64 "$secs"
 done
-# SIGINT: a graceful stop, at whose exit the instrumented build writes its profile.
-kill -INT "$GW"
-wait "$GW" || true
-GW=
+stop_serving
 mkdir -p "$ROOT/target/pgo"
 "$PROFDATA" merge -o "$ROOT/target/pgo/hookgate.profdata" "$PROFILES"
 
 echo "== build with the profile" >&2
 RUSTFLAGS="-Cprofile-use=$ROOT/target/pgo/hookgate.profdata" \
   cargo build --release --locked --bin hookgate --target-dir "$ROOT/target/pgo" --manifest-path "$ROOT/Cargo.toml"
-echo "$ROOT/target/pgo/release/hookgate"
+BUILT=$ROOT/target/pgo/release/hookgate
+
+# The image ships this binary: it must forward the bench webhook, every request a 2xx.
+echo "== the built binary forwards" >&2
+serve "$BUILT"
+got=$(BENCH_BODY_FILE=$HERE/webhook.json BENCH_HEADERS_FILE=$RUN_DIR/bench.headers \
+  wrk -t1 -c4 -d1s -s "$HERE/post.lua" http://127.0.0.1:18085/webhook | awk '/^BENCH/ {print $2, $9}')
+stop_serving
+echo "/webhook c4 $got" >&2
+[[ $got =~ ^requests=([0-9]+)\ non2xx=0$ ]] && ((BASH_REMATCH[1] > 0)) ||
+  { echo "the profile-guided build did not forward the bench webhook: $got" >&2; exit 1; }
+echo "$BUILT"
