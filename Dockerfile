@@ -6,7 +6,7 @@
 FROM rust:1.88-slim-bookworm AS build
 # The profile-guided build is the default because it is what the benchmarks hold to the bar
 # (README, Performance): the same source, laid out and inlined by a profile of a training
-# load, ~25 % less CPU per delivery. Training runs the instrumented build in front of an
+# load, 10–30 % less CPU per delivery. Training runs the instrumented build in front of an
 # nginx sink on this stage's loopback, so the stage needs nginx, wrk and rustc's own
 # llvm-profdata.
 ARG PGO=1
