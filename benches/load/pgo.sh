@@ -63,12 +63,12 @@ serve() { # BIN: runs it on the training config, GW its pid
 # SIGINT: a graceful stop (at whose exit the instrumented build writes its profile).
 stop_serving() { kill -INT "$GW"; wait "$GW" || true; GW=; }
 serve "$ROOT/target/pgo-generate/release/hookgate"
-train() { # BODY HEADERS PATH CONNECTIONS SECONDS
+load() { # BODY HEADERS PATH CONNECTIONS SECONDS: prints "requests=N non2xx=M"
   local t=2; (($4 < 2)) && t=1
-  printf '%-40s c%-3s ' "$3" "$4" >&2
   BENCH_BODY_FILE=$1 BENCH_HEADERS_FILE=$2 wrk -t$t -c"$4" -d"$5s" -s "$HERE/post.lua" "http://127.0.0.1:18085$3" |
-    awk '/^BENCH/ {print $2, $9}' >&2
+    awk '/^BENCH/ {print $2, $9}'
 }
+train() { printf '%-40s c%-3s ' "$3" "$4" >&2; load "$@" >&2; }
 echo "== training" >&2
 train "$HERE/webhook.json" "$RUN_DIR/bench.headers" /webhook 64 "$SECS"
 train "$HERE/webhook.json" "$RUN_DIR/bench.headers" /webhook 1 "$SECS"
@@ -91,10 +91,9 @@ BUILT=$ROOT/target/pgo/release/hookgate
 # The image ships this binary: it must forward the bench webhook, every request a 2xx.
 echo "== the built binary forwards" >&2
 serve "$BUILT"
-got=$(BENCH_BODY_FILE=$HERE/webhook.json BENCH_HEADERS_FILE=$RUN_DIR/bench.headers \
-  wrk -t1 -c4 -d1s -s "$HERE/post.lua" http://127.0.0.1:18085/webhook | awk '/^BENCH/ {print $2, $9}')
+got=$(load "$HERE/webhook.json" "$RUN_DIR/bench.headers" /webhook 4 1)
 stop_serving
-echo "/webhook c4 $got" >&2
+printf '%-40s c%-3s %s\n' /webhook 4 "$got" >&2
 [[ $got =~ ^requests=([0-9]+)\ non2xx=0$ ]] && ((BASH_REMATCH[1] > 0)) ||
   { echo "the profile-guided build did not forward the bench webhook: $got" >&2; exit 1; }
 echo "$BUILT"
