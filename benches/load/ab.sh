@@ -5,8 +5,8 @@
 # wrk), since on 2 shared cores throughput follows their sum. Taking turns is what makes a
 # few per cent visible on a VM whose phases swing ±20 % (run.sh's table is for reporting).
 #
-#   benches/load/ab.sh BIN_A BIN_B                  # two builds (copies under their own
-#                                                   # names), bench.toml each
+#   benches/load/ab.sh BIN_A BIN_B                  # two builds, bench.toml each (one
+#                                                   # name twice: the second gets "#2")
 #   SECS=4 ROUNDS=10 benches/load/ab.sh BIN@CONFIG  # a build on another config
 #   BODY=big.json benches/load/ab.sh BIN_A BIN_B    # another protocol webhook body
 #   STEAL_MAX=3 (the second table's rounds), ROUNDS_OUT=FILE (keeps the per-round figures)
@@ -54,6 +54,9 @@ for spec in "$@"; do
   PIDS+=($!)
   name=$(basename "$bin")
   [[ $spec == *@* ]] && name+="@$(basename "$config" .toml)"
+  # Two builds of one name (target/release/hookgate, target/pgo/release/hookgate) would
+  # share one row: the later one gets its argument's place as a suffix.
+  for taken in "${NAMES[@]}"; do [[ $taken == "$name" ]] && name+="#${#NAMES[@]}" && break; done
   NAMES+=("$name") PORTS+=($port) UNITS+=($!)
   port=$((port + 1))
 done
