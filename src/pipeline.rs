@@ -22,6 +22,7 @@ use crate::body;
 use crate::config::{Config, ForwardMode, Source};
 use crate::dedupe::Dedupe;
 use crate::error::{Refusal, error_body};
+use crate::event::Event;
 use crate::json::{BodyChunks, Object, SharingOut};
 use crate::limit::{ClientLimiter, LimitClock, SourceLimiter};
 use crate::metrics::{Metrics, SourceMetrics};
@@ -29,7 +30,7 @@ use crate::platforms::{Delivery, Platform};
 use crate::reply::{self, Answer};
 use crate::time::Millis;
 use crate::upstream::{self, Forward, ForwardHeaders, Upstream};
-use crate::verify::Carriers;
+use crate::verify::{Carriers, Verified};
 
 /// What outlives a config: the limiters' clock and the metrics.
 #[derive(Clone)]
@@ -567,18 +568,8 @@ pub fn process(
     received_at: Millis,
 ) -> Result<Processed, Refusal> {
     let verified = source.verifier.verify(carriers, body)?;
-    let object = Object::parse(verified.body())
-        .ok_or(Refusal::NotPlatformJson("the body is not a JSON object"))?;
-    let delivery = Delivery {
-        source: &source.name,
-        body: verified.body(),
-        received_at,
-        include_raw: source.include_raw,
-    };
-    let event = source
-        .platform
-        .normalize(&object, &delivery)
-        .map_err(|e| Refusal::NotPlatformJson(e.0))?;
+    let object = parse(&verified)?;
+    let event = normalize(source, &verified, &object, received_at)?;
     let body = match source.forward {
         ForwardMode::Event => {
             let mut out = SharingOut::new(verified.body());
@@ -594,6 +585,32 @@ pub fn process(
             .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
         body,
     })
+}
+
+/// Check that a verified body is a JSON object. Only a `Verified` body gets here (and on to
+/// `normalize`), so nothing unverified is ever normalized or forwarded.
+pub fn parse(verified: &Verified) -> Result<Object<'_>, Refusal> {
+    Object::parse(verified.body()).ok_or(Refusal::NotPlatformJson("the body is not a JSON object"))
+}
+
+/// Normalize a verified body's object into the event (SPEC §7), or refuse it as not the
+/// platform's JSON. The event borrows the body and the object.
+pub fn normalize<'a>(
+    source: &'a Source,
+    verified: &'a Verified,
+    object: &'a Object<'a>,
+    received_at: Millis,
+) -> Result<Event<'a>, Refusal> {
+    let delivery = Delivery {
+        source: &source.name,
+        body: verified.body(),
+        received_at,
+        include_raw: source.include_raw,
+    };
+    source
+        .platform
+        .normalize(object, &delivery)
+        .map_err(|e| Refusal::NotPlatformJson(e.0))
 }
 
 fn is_identity(v: &HeaderValue) -> bool {
