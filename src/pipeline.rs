@@ -587,8 +587,8 @@ pub fn process(
     })
 }
 
-/// Check that a verified body is a JSON object. Only a `Verified` body gets here (and on to
-/// `normalize`), so nothing unverified is ever normalized or forwarded.
+/// Check that a verified body is a JSON object (the first step after `verify` in `process`;
+/// public, with `normalize`, so the benchmarks time exactly these steps).
 pub fn parse(verified: &Verified) -> Result<Object<'_>, Refusal> {
     Object::parse(verified.body()).ok_or(Refusal::NotPlatformJson("the body is not a JSON object"))
 }

@@ -6,7 +6,8 @@
 # few per cent visible on a VM whose phases swing ±20 % (run.sh's table is for reporting).
 #
 #   benches/load/ab.sh BIN_A BIN_B                  # two builds, bench.toml each (one
-#                                                   # name twice: the second gets "#2")
+#                                                   # file name twice: the second row is
+#                                                   # named by its path)
 #   SECS=4 ROUNDS=10 benches/load/ab.sh BIN@CONFIG  # a build on another config
 #   BODY=big.json benches/load/ab.sh BIN_A BIN_B    # another protocol webhook body
 #   STEAL_MAX=3 (the second table's rounds), ROUNDS_OUT=FILE (keeps the per-round figures)
@@ -54,9 +55,9 @@ for spec in "$@"; do
   PIDS+=($!)
   name=$(basename "$bin")
   [[ $spec == *@* ]] && name+="@$(basename "$config" .toml)"
-  # Two builds of one name (target/release/hookgate, target/pgo/release/hookgate) would
-  # share one row: the later one gets its argument's place as a suffix.
-  for taken in "${NAMES[@]}"; do [[ $taken == "$name" ]] && name+="#${#NAMES[@]}" && break; done
+  # Two builds of one file name (target/release/hookgate, target/pgo/release/hookgate)
+  # would share one row: the later one is named by its path as given.
+  for taken in "${NAMES[@]}"; do [[ $taken == "$name" ]] && name=$spec && break; done
   NAMES+=("$name") PORTS+=($port) UNITS+=($!)
   port=$((port + 1))
 done
