@@ -32,6 +32,15 @@ fn certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, TlsErro
     Ok(certs)
 }
 
+/// The crypto provider of every TLS config, server and upstream client: *ring*, a lean build
+/// (aws-lc-rs, rustls' default, compiles the whole AWS-LC C library: a long build on 2
+/// cores). rustls 0.23.48 deprecates `ring::default_provider` because *ring* has no
+/// post-quantum key exchange (X25519MLKEM768); the README says so under TLS.
+#[allow(deprecated)]
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
 /// Loads the files into a server config (PKCS#8, PKCS#1 and SEC1 keys).
 pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let chain = certs(&files.cert)?;
@@ -39,7 +48,7 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsE
         path: files.key.display().to_string(),
         message: format!("cannot read a private key: {e}"),
     })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider();
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError {

@@ -148,8 +148,7 @@ fn tls_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, ClientSetupErro
                 .map_err(|e| ClientSetupError(format!("{}: {e}", path.display())))?;
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientSetupError(e.to_string()))?
         .with_root_certificates(roots)

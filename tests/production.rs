@@ -74,10 +74,6 @@ fn make_pki(dir: &Path) -> Pki {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// A TLS client trusting the test CA, offering `alpn`, optionally with a client certificate.
 fn connector(pki: &Pki, alpn: &[&[u8]], with_client_cert: bool) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
@@ -87,7 +83,7 @@ fn connector(pki: &Pki, alpn: &[&[u8]], with_client_cert: bool) -> TlsConnector 
     {
         roots.add(c).expect("root");
     }
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(hookgate::tls::provider())
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_root_certificates(roots);
@@ -271,7 +267,7 @@ async fn spawn_tls_upstream(
         .flatten()
         .collect();
     let key = PrivateKeyDer::from_pem_file(pki.dir.join("server.key")).expect("k");
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(hookgate::tls::provider())
         .with_safe_default_protocol_versions()
         .expect("v")
         .with_no_client_auth()
