@@ -125,8 +125,8 @@ fn run(config: Config) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
-    // The main runtime only accepts, answers the admin listener and handles signals: the
-    // requests are served by the server's worker threads.
+    // The main runtime only answers the admin listener, handles signals and keeps house: the
+    // server's worker threads accept and serve the connections.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -10,7 +10,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
@@ -114,14 +114,15 @@ pub struct Server {
     stop: watch::Sender<bool>,
     connections: Arc<Semaphore>,
     max_connections: u32,
-    accept_task: tokio::task::JoinHandle<()>,
+    /// Every worker's accept loop holds a sender: `recv` gives `None` once all have stopped
+    /// accepting (and closed their handle on the listener).
+    accepting: tokio::sync::mpsc::Receiver<()>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.draining.send(true);
         let _ = self.stop.send(true);
-        self.accept_task.abort();
     }
 }
 
@@ -194,20 +195,29 @@ impl Server {
         let (draining, drain_rx) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(max_connections as usize));
+        let (accepting_tx, accepting) = tokio::sync::mpsc::channel(1);
 
-        let workers = (0..state.context.workers.max(1))
-            .map(|i| spawn_worker(i, Arc::clone(&state), drain_rx.clone(), stop_rx.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| StartError::Bind {
-                addr: listen,
-                source,
-            })?;
-        let accept_task = tokio::spawn(accept_loop(
-            listener,
-            workers,
-            Arc::clone(&connections),
-            drain_rx,
-        ));
+        let bind_error = |source| StartError::Bind {
+            addr: listen,
+            source,
+        };
+        let listener = listener.into_std().map_err(bind_error)?;
+        let (balance, handed) = Balance::new(workers);
+        for (index, handed) in handed.into_iter().enumerate() {
+            let worker = Worker {
+                index,
+                // One listening socket, a handle on it per worker.
+                listener: listener.try_clone().map_err(bind_error)?,
+                state: Arc::clone(&state),
+                connections: Arc::clone(&connections),
+                balance: Arc::clone(&balance),
+                handed,
+                draining: drain_rx.clone(),
+                accepting: accepting_tx.clone(),
+            };
+            spawn_worker(worker, stop_rx.clone()).map_err(bind_error)?;
+        }
+        drop(listener);
         tokio::spawn(housekeeping(Arc::clone(&state)));
         if let Some(l) = admin_listener {
             tokio::spawn(admin_loop(l, Arc::clone(&state)));
@@ -220,7 +230,7 @@ impl Server {
             stop,
             connections,
             max_connections,
-            accept_task,
+            accepting,
         })
     }
 
@@ -280,7 +290,8 @@ impl Server {
         };
         tokio::time::sleep(delay).await;
         let _ = self.draining.send(true);
-        let _ = (&mut self.accept_task).await;
+        // No worker accepts any more, and the listening socket is closed.
+        let _ = self.accepting.recv().await;
         // Every connection holds a permit: all of them back means all connections closed.
         let clean =
             tokio::time::timeout(grace, self.connections.acquire_many(self.max_connections))
@@ -306,66 +317,164 @@ async fn housekeeping(state: Arc<State>) {
     }
 }
 
-/// A connection handed to a worker, with its place under `max_connections`.
-type Handoff = (
-    std::net::TcpStream,
-    SocketAddr,
-    tokio::sync::OwnedSemaphorePermit,
-);
+/// A connection taken by one worker and handed to another (see `Balance`), with its place
+/// under `max_connections`.
+type Handoff = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
+
+/// How many connections each worker has been given, and the way to hand one to another
+/// worker. Workers accept for themselves, and a burst of new connections lands on whichever
+/// woke first (all 64 of wrk's, once in five runs, without this): a worker that has been
+/// given two more than another hands the connection to the one given fewest. So the
+/// connections are spread as evenly as round robin spreads them, while a worker keeps most
+/// of what it accepts when the workers take turns at accepting anyway (a hand-over costs a
+/// cross-thread wake). Counted over the process's life, not as connections open now: those
+/// counts lag while closing connections wait to be read, and a burst of new ones during a
+/// burst of closes could then all land on one worker, for as long as they are kept alive.
+struct Balance {
+    given: Box<[AtomicUsize]>,
+    handoff: Box<[tokio::sync::mpsc::UnboundedSender<Handoff>]>,
+}
+
+impl Balance {
+    fn new(
+        workers: usize,
+    ) -> (
+        Arc<Balance>,
+        Vec<tokio::sync::mpsc::UnboundedReceiver<Handoff>>,
+    ) {
+        let (senders, receivers) = (0..workers)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip::<_, _, Vec<_>, Vec<_>>();
+        let balance = Balance {
+            given: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            handoff: senders.into_boxed_slice(),
+        };
+        (Arc::new(balance), receivers)
+    }
+
+    /// The worker to serve a connection that `taker` has accepted (counted at once, so that
+    /// a burst is split as it is accepted).
+    fn assign(&self, taker: usize) -> usize {
+        let given = |w: usize| self.given[w].load(Ordering::Relaxed);
+        let fewest = (0..self.given.len())
+            .min_by_key(|&w| given(w))
+            .unwrap_or(taker);
+        let worker = if given(taker) >= given(fewest) + 2 {
+            fewest
+        } else {
+            taker
+        };
+        self.given[worker].fetch_add(1, Ordering::Relaxed);
+        worker
+    }
+}
+
+/// What a worker thread serves: its own handle on the listening socket, under the
+/// connection limit, until the drain; and the connections other workers hand it.
+struct Worker {
+    index: usize,
+    listener: std::net::TcpListener,
+    state: Arc<State>,
+    connections: Arc<Semaphore>,
+    balance: Arc<Balance>,
+    handed: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
+    draining: watch::Receiver<bool>,
+    /// Held while the worker accepts (see `Server::accepting`).
+    accepting: tokio::sync::mpsc::Sender<()>,
+}
 
 /// A worker: an OS thread with its own single-threaded runtime and its own upstream client.
-/// Connections are spread over the workers and each is served start to end on one thread,
-/// so a request never wakes another thread (the multi-threaded scheduler's cross-thread
-/// wake-ups cost more than the whole verification).
-fn spawn_worker(
-    index: usize,
-    state: Arc<State>,
-    draining: watch::Receiver<bool>,
-    mut stop: watch::Receiver<bool>,
-) -> io::Result<tokio::sync::mpsc::UnboundedSender<Handoff>> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Handoff>();
+/// Each worker accepts for itself and serves a connection start to end on its thread, so
+/// neither a request nor (mostly) a new connection wakes another thread: the multi-threaded
+/// scheduler's cross-thread wake-ups cost more than the whole verification, and a separate
+/// accepting thread handing every connection over cost ~6 µs of CPU per connection
+/// (`benches/PERFORMANCE.md`, "New connections").
+fn spawn_worker(worker: Worker, mut stop: watch::Receiver<bool>) -> io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     std::thread::Builder::new()
-        .name(format!("hookgate-worker-{index}"))
+        .name(format!("hookgate-worker-{}", worker.index))
         .spawn(move || {
             runtime.block_on(async move {
-                let serve = async {
-                    while let Some((stream, peer, permit)) = rx.recv().await {
-                        let Ok(stream) = TcpStream::from_std(stream) else {
-                            continue;
-                        };
-                        let state = Arc::clone(&state);
-                        let draining = draining.clone();
-                        tokio::spawn(async move {
-                            serve_connection(state, stream, peer, index, draining).await;
-                            drop(permit);
-                        });
+                let Worker {
+                    index,
+                    listener,
+                    state,
+                    connections,
+                    balance,
+                    mut handed,
+                    draining,
+                    accepting,
+                } = worker;
+                let served = Served {
+                    state,
+                    worker: index,
+                    draining,
+                };
+                let accept = async {
+                    accept_loop(listener, &served, &connections, &balance).await;
+                    drop(accepting);
+                };
+                // Handed-over connections are served after the drain too: they were
+                // accepted before it.
+                let take_handed = async {
+                    while let Some((stream, peer, permit)) = handed.recv().await {
+                        if let Ok(stream) = TcpStream::from_std(stream) {
+                            served.spawn(stream, peer, permit);
+                        }
                     }
-                    // The acceptor is gone: keep serving what is open until told to stop.
-                    std::future::pending::<()>().await;
                 };
                 tokio::select! {
-                    _ = serve => {}
+                    _ = async { tokio::join!(accept, take_handed) } => {}
                     _ = stop.wait_for(|s| *s) => {}
                 }
             });
         })?;
-    Ok(tx)
+    Ok(())
 }
 
+/// What every connection a worker serves shares.
+struct Served {
+    state: Arc<State>,
+    worker: usize,
+    draining: watch::Receiver<bool>,
+}
+
+impl Served {
+    fn spawn(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+        let state = Arc::clone(&self.state);
+        let (worker, draining) = (self.worker, self.draining.clone());
+        tokio::spawn(async move {
+            serve_connection(state, stream, peer, worker, draining).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Accepts on the worker's handle of the listening socket until the drain. Every worker
+/// waits on the same socket: a new connection wakes each idle one, and the first to take it
+/// serves it or hands it on (the others find nothing, one failed `accept` each). One socket
+/// and not `SO_REUSEPORT` sockets: with those, a second hookgate on the same port would
+/// start instead of failing (SPEC §2).
 async fn accept_loop(
-    listener: TcpListener,
-    workers: Vec<tokio::sync::mpsc::UnboundedSender<Handoff>>,
-    connections: Arc<Semaphore>,
-    mut draining: watch::Receiver<bool>,
+    listener: std::net::TcpListener,
+    served: &Served,
+    connections: &Arc<Semaphore>,
+    balance: &Balance,
 ) {
-    let mut next = 0usize;
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(worker = served.worker, error = %e, "cannot accept on the listener");
+            return;
+        }
+    };
+    let mut draining = served.draining.clone();
     loop {
         // Past max_connections, new connections wait in the backlog.
         let permit = tokio::select! {
-            p = Arc::clone(&connections).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            p = Arc::clone(connections).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = drained(&mut draining) => return,
         };
         let (stream, peer) = tokio::select! {
@@ -381,12 +490,13 @@ async fn accept_loop(
             _ = drained(&mut draining) => return,
         };
         let _ = stream.set_nodelay(true);
-        let Ok(stream) = stream.into_std() else {
-            continue;
-        };
-        // Round robin over the workers.
-        next = (next + 1) % workers.len();
-        let _ = workers[next].send((stream, peer, permit));
+        let to = balance.assign(served.worker);
+        if to == served.worker {
+            served.spawn(stream, peer, permit);
+        } else if let Ok(stream) = stream.into_std() {
+            // The other worker's runtime holds the receiver until the process ends.
+            let _ = balance.handoff[to].send((stream, peer, permit));
+        }
     }
 }
 
@@ -443,7 +553,7 @@ async fn serve_connection(
 /// Requests in flight on one connection, and since when it has had none.
 struct Activity {
     base: Instant,
-    open: std::sync::atomic::AtomicUsize,
+    open: AtomicUsize,
     idle_since_ms: std::sync::atomic::AtomicU64,
 }
 
@@ -451,7 +561,7 @@ impl Activity {
     fn new() -> Arc<Activity> {
         Arc::new(Activity {
             base: Instant::now(),
-            open: std::sync::atomic::AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
             idle_since_ms: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -636,5 +746,40 @@ impl<IO: AsyncWrite> AsyncWrite for HeadDeadline<IO> {
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Who serves each connection of a sequence accepted by `takers`.
+    fn assigned(workers: usize, takers: impl IntoIterator<Item = usize>) -> Vec<usize> {
+        let (balance, _handed) = Balance::new(workers);
+        takers.into_iter().map(|t| balance.assign(t)).collect()
+    }
+
+    #[test]
+    fn a_burst_accepted_by_one_worker_is_split_evenly() {
+        let served = assigned(2, std::iter::repeat_n(0, 64));
+        let on = |w| served.iter().filter(|&&s| s == w).count();
+        assert_eq!((on(0), on(1)), (33, 31));
+        let served = assigned(4, std::iter::repeat_n(3, 100));
+        let counts: Vec<usize> = (0..4)
+            .map(|w| served.iter().filter(|&&s| s == w).count())
+            .collect();
+        assert!(counts.iter().all(|&c| (24..=27).contains(&c)), "{counts:?}");
+    }
+
+    #[test]
+    fn workers_taking_turns_keep_what_they_accept() {
+        let takers = [0, 1, 1, 0, 0, 1, 0, 1, 1, 0];
+        assert_eq!(assigned(2, takers), takers);
+    }
+
+    #[test]
+    fn a_worker_ahead_by_two_hands_over_until_even() {
+        // Worker 1 took three in a row: the third goes to worker 0.
+        assert_eq!(assigned(2, [1, 1, 1, 1]), [1, 1, 0, 1]);
     }
 }

@@ -583,3 +583,70 @@ async fn a_reload_keeps_dedupe_and_unchanged_rate_limit_state() {
     assert_eq!(deliver(&gw, "r4", &[]).await.status, 200);
     assert_eq!(upstream.requests().len(), 3);
 }
+
+/// Reads one answer (head and a `content-length` body) off a kept-alive connection.
+async fn read_answer(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .and_then(|n| n.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = s.read(&mut buf).await.expect("read");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// SPEC §3 `max_connections`: past it a new connection waits, unserved, while the served
+/// ones go on undisturbed; it is served once one of them closes. (Every worker accepts for
+/// itself: the limit holds across them.)
+#[tokio::test]
+async fn past_max_connections_a_new_connection_waits_and_served_ones_go_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let gw = gateway(&upstream, "", "max_connections = 2", &LimitClock::default()).await;
+    let post = |id: &str| signed_post("/hooks/p", SECRET, &body(id));
+    let mut held = Vec::new();
+    for id in ["a", "b"] {
+        let mut s = connect_and_write(gw.addr, post(id).as_bytes()).await;
+        assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    let mut third = connect_and_write(gw.addr, post("c").as_bytes()).await;
+    let mut byte = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), third.read(&mut byte))
+            .await
+            .is_err(),
+        "a third connection was served past max_connections = 2"
+    );
+    for (s, id) in held.iter_mut().zip(["a2", "b2"]) {
+        s.write_all(post(id).as_bytes()).await.expect("write");
+        assert!(read_answer(s).await.starts_with("HTTP/1.1 200"));
+    }
+    drop(held.pop());
+    let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut third))
+        .await
+        .expect("the waiting connection is served once a place is free");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let ids: Vec<String> = upstream
+        .requests()
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ids, ["a", "b", "a2", "b2", "c"]);
+}

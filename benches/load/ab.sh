@@ -10,6 +10,7 @@
 #                                                   # named by its path)
 #   SECS=4 ROUNDS=10 benches/load/ab.sh BIN@CONFIG  # a build on another config
 #   BODY=big.json benches/load/ab.sh BIN_A BIN_B    # another protocol webhook body
+#   CLOSE=1 benches/load/ab.sh BIN_A BIN_B          # a new connection for every request
 #   STEAL_MAX=3 (the second table's rounds), ROUNDS_OUT=FILE (keeps the per-round figures)
 #
 # Columns: req/s, proxy/sink/wrk CPU µs per request, the proxy's user-space part of it (the
@@ -23,7 +24,7 @@ ROUNDS=${ROUNDS:-8}
 BODY=${BODY:-$HERE/webhook.json}
 # shellcheck source=benches/load/common.sh
 source "$HERE/common.sh"
-(($# > 0)) || { sed -n '2,15p' "$0" >&2; exit 2; }
+(($# > 0)) || { sed -n '2,16p' "$0" >&2; exit 2; }
 need_tools nginx wrk openssl
 
 RUN_DIR=$(mktemp -d /tmp/hookgate-ab.XXXXXX)
@@ -64,6 +65,7 @@ done
 sleep 1
 
 signature_header "$BODY" bench-secret > "$RUN_DIR/headers"
+[[ -n ${CLOSE:-} ]] && echo 'Connection: close' >> "$RUN_DIR/headers"
 # Voluntary context switches of every thread of a process tree.
 sleeps() { local p f t=0; for p in $(tree_pids "$1"); do for f in /proc/$p/task/*/status; do t=$((t + $(awk '/^voluntary_ctxt/ {print $2}' "$f"))); done; done; echo $t; }
 load() { # port seconds

@@ -15,13 +15,14 @@
 #
 # Every request POSTs the same signed Protocol message.created webhook (~1 KiB, webhook.json)
 # with x-protocol-signature = hex(HMAC-SHA256("bench-secret", body)). Cases: wrk -c 64 (the
-# bar), -c 1, -c 512, and -c 64 with a 64 KiB body.
+# bar), -c 1, -c 512, -c 64 with a 64 KiB body, and -c 64 with a new connection for every
+# request (c64-close: `Connection: close`, as senders that do not keep connections alive).
 #
 #   apt-get install -y nginx-light wrk curl openssl
 #   benches/load/run.sh                       # builds the release binary, ~3 min
 #   CASES="c64" ROUNDS=3 benches/load/run.sh  # the bar's case only, medians of 3 rounds
 #
-# Knobs: DURATION=10 WARMUP=2 THREADS=2 ROUNDS=1 CASES="c64 c1 c512 c64-64k"
+# Knobs: DURATION=10 WARMUP=2 THREADS=2 ROUNDS=1 CASES="c64 c1 c512 c64-64k c64-close"
 #        HOOKGATE_BIN (default: target/release/hookgate, built here) RESULTS_DIR
 #        HOOKGATE_PGO_BIN (a profile-guided build, benches/load/pgo.sh: adds hookgate-pgo)
 #        STEAL_MAX=3 (rounds where a unit lost more of the machine to the VM's host, in %,
@@ -35,7 +36,7 @@ WARMUP=${WARMUP:-2}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-1}
 STEAL_MAX=${STEAL_MAX:-3}
-CASES=${CASES:-"c64 c1 c512 c64-64k"}
+CASES=${CASES:-"c64 c1 c512 c64-64k c64-close"}
 SECRET=bench-secret
 RESULTS_DIR=${RESULTS_DIR:-$HERE/results/$(date +%Y%m%d-%H%M%S)}
 # shellcheck source=benches/load/common.sh
@@ -154,8 +155,8 @@ done
 
 RAW=$RESULTS_DIR/raw.tsv
 printf 'case\tscenario\tround\trps\tp50_us\tp99_us\tnon2xx\tsockerr\trequests\tpeak_rss_kb\tcpu_us_per_req\tsteal_pct\n' > "$RAW"
-run_wrk() { # scenario conns body seconds out
-  BENCH_BODY_FILE=$3 BENCH_HEADERS_FILE=$(headers_for "$3") \
+run_wrk() { # scenario conns body seconds out headers
+  BENCH_BODY_FILE=$3 BENCH_HEADERS_FILE=$6 \
     wrk -t"$THREADS" -c"$2" -d"${4}s" --latency -s "$HERE/post.lua" "${URL[$1]}" > "$5" 2>&1 || true
 }
 
@@ -163,15 +164,20 @@ for case in $CASES; do
   conns=${case#c}; conns=${conns%%-*}
   body=$BODY_1K; [[ $case == *-64k ]] && body=$BODY_64K
   threads=$THREADS; ((conns < threads)) && threads=$conns
+  headers=$(headers_for "$body")
+  if [[ $case == *-close ]]; then
+    cp "$headers" "$RUN_DIR/close.headers" && echo 'Connection: close' >> "$RUN_DIR/close.headers"
+    headers=$RUN_DIR/close.headers
+  fi
   for ((r = 1; r <= ROUNDS; r++)); do
     for s in "${SCENARIOS[@]}"; do
       # Up to 128 connections the two pools hold every upstream connection: the same proxy.
       [[ $s == nginx-proxy-ka ]] && ((conns <= 128)) && continue
       log "$case round $r/$ROUNDS: $s (${WARMUP}s warm-up + ${DURATION}s, -c$conns, $(wc -c < "$body") B)"
-      THREADS=$threads run_wrk "$s" "$conns" "$body" "$WARMUP" /dev/null
+      THREADS=$threads run_wrk "$s" "$conns" "$body" "$WARMUP" /dev/null "$headers"
       c0=$(cpu_ticks "${UNIT[$s]}"); st0=$(steal_ticks)
       out=$RESULTS_DIR/$case.$s.r$r.txt
-      THREADS=$threads run_wrk "$s" "$conns" "$body" "$DURATION" "$out"
+      THREADS=$threads run_wrk "$s" "$conns" "$body" "$DURATION" "$out" "$headers"
       c1=$(cpu_ticks "${UNIT[$s]}"); st1=$(steal_ticks)
       line=$(grep '^BENCH ' "$out" || true)
       [[ -n $line ]] || { log "no result for $s:"; cat "$out" >&2; continue; }
