@@ -15,9 +15,11 @@ use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::{Bytes, BytesMut};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -92,7 +94,7 @@ struct State {
     worker_gateways: Box<[ArcSwap<Arc<Gateway>>]>,
     tls: ArcSwapOption<TlsAcceptor>,
     health: Health,
-    builder: auto::Builder<TokioExecutor>,
+    http: Http,
     context: Context,
 }
 
@@ -126,29 +128,102 @@ impl Drop for Server {
     }
 }
 
-fn http_builder() -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    // No timer for HTTP/1: hyper's header timer allocates a new sleep for every request.
-    // `serve_http` keeps the deadline instead (first head: `HeadDeadline`; later heads: the
-    // idle check, which closes a kept-alive connection whose next head is not in by then).
-    // half_close: hyper would otherwise read the socket while a request is in flight, to
-    // notice a sender that hung up, and cancel the delivery half-way (perhaps with the
-    // upstream already holding it). A delivery that was read whole is forwarded whole.
-    // (That read also took a new 8 KiB read buffer per request, the old one being still
-    // held by the request's bytes.)
-    b.http1()
-        .header_read_timeout(None)
-        .keep_alive(true)
-        .half_close(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(64 * 1024)
-        .max_pending_accept_reset_streams(20)
-        .max_local_error_reset_streams(64)
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10));
-    b
+/// The HTTP/1.1 and HTTP/2 server settings, made once. A connection is served by one of
+/// them, chosen before hyper reads a byte (`Protocol`).
+struct Http {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Http {
+    fn new() -> Http {
+        let mut http1 = http1::Builder::new();
+        // No timer for HTTP/1: hyper's header timer allocates a new sleep for every request.
+        // `serve_http` keeps the deadline instead (first head: `HeadDeadline`; later heads:
+        // the idle check, which closes a kept-alive connection whose next head is not in by
+        // then). half_close: hyper would otherwise read the socket while a request is in
+        // flight, to notice a sender that hung up, and cancel the delivery half-way (perhaps
+        // with the upstream already holding it). A delivery that was read whole is
+        // forwarded whole. (That read also took a new 8 KiB read buffer per request, the old
+        // one being still held by the request's bytes.)
+        http1
+            .header_read_timeout(None)
+            .keep_alive(true)
+            .half_close(true);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(64 * 1024)
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(64)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10));
+        Http { http1, http2 }
+    }
+}
+
+/// Which protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl Protocol {
+    /// A TLS connection's protocol is what ALPN agreed (RFC 9113 §3.2: HTTP/2 over TLS is
+    /// negotiated, never assumed).
+    fn by_alpn(alpn: Option<&[u8]>) -> Protocol {
+        if alpn == Some(b"h2") {
+            Protocol::Http2
+        } else {
+            Protocol::Http1
+        }
+    }
+
+    /// A plaintext connection's protocol by its first bytes: HTTP/2 with prior knowledge
+    /// opens with the preface, anything else is HTTP/1 (or garbage, which hyper's HTTP/1
+    /// parser answers). `None` while the bytes so far could still be the preface.
+    fn by_first_bytes(first: &[u8]) -> Option<Protocol> {
+        let n = first.len().min(H2_PREFACE.len());
+        if first[..n] != H2_PREFACE[..n] || first.is_empty() {
+            Some(Protocol::Http1)
+        } else if n == H2_PREFACE.len() {
+            Some(Protocol::Http2)
+        } else {
+            None
+        }
+    }
+
+    /// Reads a plaintext connection's first bytes (within the head deadline) to tell its
+    /// protocol; they are put back for the protocol to read (`HeadDeadline::put_back`).
+    ///
+    /// By hand rather than hyper-util's `auto` connection: that reads exactly the
+    /// preface's 24 bytes first, so hyper's own first read got those alone and its second
+    /// grew the fresh 8 KiB read buffer to 16 KiB, copying it, on every new connection
+    /// (one read syscall and ~4k instructions more per connection, and 8 KiB more memory
+    /// for each kept-alive one). Here one read of up to 8 KiB decides, and hyper finds the
+    /// whole first request in it.
+    async fn sniff(io: &mut HeadDeadline<TcpStream>) -> io::Result<Protocol> {
+        use tokio::io::AsyncReadExt;
+        // hyper's first read buffer is 8 KiB: what is read here fits it whole.
+        let mut first = BytesMut::with_capacity(8 * 1024);
+        loop {
+            let n = io.read_buf(&mut first).await?;
+            // At the end of the stream the bytes so far decide (hyper then sees the end).
+            let decided = if n == 0 {
+                Some(Protocol::Http1)
+            } else {
+                Protocol::by_first_bytes(&first)
+            };
+            if let Some(protocol) = decided {
+                io.put_back(first.freeze());
+                return Ok(protocol);
+            }
+        }
+    }
 }
 
 impl Server {
@@ -189,7 +264,7 @@ impl Server {
             health: Health {
                 ready: AtomicBool::new(true),
             },
-            builder: http_builder(),
+            http: Http::new(),
             context: prepared.context,
         });
         let (draining, drain_rx) = watch::channel(false);
@@ -512,42 +587,50 @@ async fn serve_connection(
     let head_pending = Arc::new(AtomicBool::new(true));
     // Read per connection, so a reload's header_timeout_s holds for the connections after it.
     let header_timeout = state.gateway().config.server.header_timeout;
-    let io = HeadDeadline::new(stream, header_timeout, Arc::clone(&head_pending));
-    match state.tls.load_full() {
-        Some(acceptor) => match acceptor.accept(io).await {
-            Ok(tls) => {
-                serve_http(
-                    state,
-                    tls,
-                    Conn {
-                        peer,
-                        tls: true,
-                        worker,
-                    },
-                    head_pending,
-                    header_timeout,
-                    draining,
-                )
-                .await
-            }
-            Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+    let mut io = HeadDeadline::new(stream, header_timeout, Arc::clone(&head_pending));
+    let tls = state.tls.load_full();
+    let serving = Serving {
+        conn: Conn {
+            peer,
+            tls: tls.is_some(),
+            worker,
         },
-        None => {
-            serve_http(
-                state,
-                io,
-                Conn {
-                    peer,
-                    tls: false,
-                    worker,
-                },
-                head_pending,
-                header_timeout,
-                draining,
-            )
-            .await
-        }
+        state,
+        head_pending,
+        header_timeout,
+        draining,
+    };
+    match tls {
+        // Boxed: a TLS connection's state (rustls' own, the handshake's) would otherwise
+        // enlarge every connection's task, plaintext ones too (8.5 against 2.6 KiB), and a
+        // task is copied into place for every new connection. A TLS connection pays one
+        // allocation more, next to its handshake.
+        Some(acceptor) => Box::pin(serve_tls(&acceptor, io, serving)).await,
+        None => match Protocol::sniff(&mut io).await {
+            Ok(protocol) => serve_http(serving, io, protocol).await,
+            Err(e) => tracing::debug!(%peer, error = %e, "no request head"),
+        },
     }
+}
+
+async fn serve_tls(acceptor: &TlsAcceptor, io: HeadDeadline<TcpStream>, serving: Serving) {
+    match acceptor.accept(io).await {
+        Ok(tls) => {
+            let protocol = Protocol::by_alpn(tls.get_ref().1.alpn_protocol());
+            serve_http(serving, tls, protocol).await
+        }
+        Err(e) => tracing::debug!(peer = %serving.conn.peer, error = %e, "TLS handshake failed"),
+    }
+}
+
+/// What serving a connection needs besides its socket.
+struct Serving {
+    state: Arc<State>,
+    conn: Conn,
+    /// Until the first request head is in (`HeadDeadline`).
+    head_pending: Arc<AtomicBool>,
+    header_timeout: Duration,
+    draining: watch::Receiver<bool>,
 }
 
 /// Requests in flight on one connection, and since when it has had none.
@@ -593,16 +676,17 @@ impl Drop for OpenRequest {
     }
 }
 
-async fn serve_http<IO>(
-    state: Arc<State>,
-    io: IO,
-    conn: Conn,
-    head_pending: Arc<AtomicBool>,
-    header_timeout: Duration,
-    mut draining: watch::Receiver<bool>,
-) where
+async fn serve_http<IO>(serving: Serving, io: IO, protocol: Protocol)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Serving {
+        state,
+        conn,
+        head_pending,
+        header_timeout,
+        mut draining,
+    } = serving;
     let activity = Activity::new();
     // The connection's own handle on the state: each request clones this one, whose count
     // only this connection's worker writes, rather than the `State`'s (see `worker_gateways`).
@@ -627,27 +711,17 @@ async fn serve_http<IO>(
             Ok::<_, Infallible>(response)
         }
     });
-    let connection = state.builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(connection);
-    let result = loop {
-        // A connection with no request open for header_timeout_s is closed: HTTP/2 with a
-        // GOAWAY, HTTP/1.1 between two requests (its next head counts from the last answer).
-        let idle_at = activity.idle_deadline(header_timeout);
-        let wake_at = idle_at.unwrap_or_else(|| Instant::now() + header_timeout);
-        tokio::select! {
-            // The connection first: it is what wakes this task nearly every time.
-            biased;
-            r = connection.as_mut() => break r,
-            _ = drained(&mut draining) => {
-                connection.as_mut().graceful_shutdown();
-                break connection.await;
-            }
-            _ = tokio::time::sleep_until(wake_at) => {
-                if activity.idle_deadline(header_timeout).is_some_and(|at| at <= Instant::now()) {
-                    connection.as_mut().graceful_shutdown();
-                    break connection.await;
-                }
-            }
+    let io = TokioIo::new(io);
+    let result = match protocol {
+        Protocol::Http1 => {
+            let connection = state.http.http1.serve_connection(io, service);
+            drive(connection, &activity, header_timeout, &mut draining).await
+        }
+        // Boxed: HTTP/2's connection state would otherwise enlarge every connection's task,
+        // which is copied into place for each new connection.
+        Protocol::Http2 => {
+            let connection = state.http.http2.serve_connection(io, service);
+            Box::pin(drive(connection, &activity, header_timeout, &mut draining)).await
         }
     };
     if let Err(e) = result {
@@ -655,8 +729,41 @@ async fn serve_http<IO>(
     }
 }
 
+/// Runs a connection to its end, or closes it gracefully at the drain or when it has had no
+/// request open for `header_timeout`.
+async fn drive<C: GracefulConnection>(
+    connection: C,
+    activity: &Activity,
+    header_timeout: Duration,
+    draining: &mut watch::Receiver<bool>,
+) -> Result<(), C::Error> {
+    tokio::pin!(connection);
+    loop {
+        // A connection with no request open for header_timeout_s is closed: HTTP/2 with a
+        // GOAWAY, HTTP/1.1 between two requests (its next head counts from the last answer).
+        let idle_at = activity.idle_deadline(header_timeout);
+        let wake_at = idle_at.unwrap_or_else(|| Instant::now() + header_timeout);
+        tokio::select! {
+            // The connection first: it is what wakes this task nearly every time.
+            biased;
+            r = connection.as_mut() => return r,
+            _ = drained(draining) => {
+                connection.as_mut().graceful_shutdown();
+                return connection.await;
+            }
+            _ = tokio::time::sleep_until(wake_at) => {
+                if activity.idle_deadline(header_timeout).is_some_and(|at| at <= Instant::now()) {
+                    connection.as_mut().graceful_shutdown();
+                    return connection.await;
+                }
+            }
+        }
+    }
+}
+
 async fn admin_loop(listener: TcpListener, state: Arc<State>) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    // HTTP/1.1: what Prometheus and the kubelet's probes speak.
+    let builder = Arc::new(http1::Builder::new());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -690,6 +797,8 @@ pin_project_lite::pin_project! {
         io: IO,
         deadline: Pin<Box<Sleep>>,
         head_pending: Arc<AtomicBool>,
+        // Bytes read to tell the protocol, read again first.
+        put_back: Bytes,
     }
 }
 
@@ -699,7 +808,13 @@ impl<IO> HeadDeadline<IO> {
             io,
             deadline: Box::pin(tokio::time::sleep_until(Instant::now() + timeout)),
             head_pending,
+            put_back: Bytes::new(),
         }
+    }
+
+    /// Bytes already read, to be read again before the socket's.
+    fn put_back(&mut self, bytes: Bytes) {
+        self.put_back = bytes;
     }
 }
 
@@ -715,6 +830,11 @@ impl<IO: AsyncRead> AsyncRead for HeadDeadline<IO> {
                 io::ErrorKind::TimedOut,
                 "request head not received within header_timeout_s",
             )));
+        }
+        if !this.put_back.is_empty() {
+            let n = this.put_back.len().min(buf.remaining());
+            buf.put_slice(&this.put_back.split_to(n));
+            return Poll::Ready(Ok(()));
         }
         this.io.poll_read(cx, buf)
     }
@@ -775,6 +895,30 @@ mod tests {
     fn workers_taking_turns_keep_what_they_accept() {
         let takers = [0, 1, 1, 0, 0, 1, 0, 1, 1, 0];
         assert_eq!(assigned(2, takers), takers);
+    }
+
+    #[test]
+    fn the_first_bytes_tell_http2_prior_knowledge_from_http1() {
+        use Protocol::*;
+        assert_eq!(Protocol::by_first_bytes(H2_PREFACE), Some(Http2));
+        assert_eq!(
+            Protocol::by_first_bytes(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"),
+            Some(Http2)
+        );
+        for undecided in [&b"P"[..], b"PRI * HTTP/2.0\r\n", &H2_PREFACE[..23]] {
+            assert_eq!(Protocol::by_first_bytes(undecided), None);
+        }
+        for http1 in [
+            &b"POST / HTTP/1.1\r\n"[..],
+            b"G",
+            b"PRI * HTTP/1.1\r\n\r\n",
+            b"\r\n",
+        ] {
+            assert_eq!(Protocol::by_first_bytes(http1), Some(Http1));
+        }
+        assert_eq!(Protocol::by_alpn(Some(b"h2")), Http2);
+        assert_eq!(Protocol::by_alpn(Some(b"http/1.1")), Http1);
+        assert_eq!(Protocol::by_alpn(None), Http1);
     }
 
     #[test]

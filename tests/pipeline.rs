@@ -275,6 +275,55 @@ async fn include_raw_false_leaves_raw_out() {
     assert_eq!(event["id"], "evt-1");
 }
 
+/// The protocol of a plaintext connection is told by its first bytes, however they are
+/// split: HTTP/2's preface in two writes is HTTP/2 (the server's SETTINGS frame comes back,
+/// not an HTTP/1 400), and an HTTP/1 request written a few bytes at a time, its first byte
+/// alone (`P`, as the preface's), is served whole.
+#[tokio::test]
+async fn the_protocol_is_told_by_the_first_bytes_however_split() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (upstream, gw) = protocol_gateway("", "").await;
+
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The rest of the preface, then an empty SETTINGS frame.
+    s.write_all(b"\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("write");
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut frame))
+        .await
+        .expect("an answer")
+        .expect("read");
+    assert_eq!(frame[3], 0x04, "not an HTTP/2 SETTINGS frame: {frame:?}");
+
+    let request = format!(
+        "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        signature(),
+        BODY.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    for piece in std::iter::once(&request.as_bytes()[..1]).chain(request.as_bytes()[1..].chunks(7))
+    {
+        s.write_all(piece).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut answer))
+        .await
+        .expect("an answer")
+        .expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(upstream.requests().len(), 1);
+    assert_eq!(upstream.requests()[0].json()["id"], "evt-1");
+}
+
 #[tokio::test]
 async fn http2_delivery() {
     let (upstream, gw) = protocol_gateway("", "").await;
