@@ -462,7 +462,7 @@ struct Worker {
 /// Each worker accepts for itself and serves a connection start to end on its thread, so
 /// neither a request nor (mostly) a new connection wakes another thread: the multi-threaded
 /// scheduler's cross-thread wake-ups cost more than the whole verification, and a separate
-/// accepting thread handing every connection over cost ~6 µs of CPU per connection
+/// accepting thread handing every connection over cost 4-5 µs of CPU per connection
 /// (`benches/PERFORMANCE.md`, "New connections").
 fn spawn_worker(worker: Worker, mut stop: watch::Receiver<bool>) -> io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
