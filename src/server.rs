@@ -203,9 +203,9 @@ impl Protocol {
     /// By hand rather than hyper-util's `auto` connection: that reads exactly the
     /// preface's 24 bytes first, so hyper's own first read got those alone and its second
     /// grew the fresh 8 KiB read buffer to 16 KiB, copying it, on every new connection
-    /// (one read syscall and ~4k instructions more per connection, and 8 KiB more memory
-    /// for each kept-alive one). Here one read of up to 8 KiB decides, and hyper finds the
-    /// whole first request in it.
+    /// (a read syscall and a `realloc` more per connection, and 8 KiB more memory for each
+    /// kept-alive one). Here one read of up to 8 KiB decides, and hyper finds the whole
+    /// first request in it.
     async fn sniff(io: &mut HeadDeadline<TcpStream>) -> io::Result<Protocol> {
         use tokio::io::AsyncReadExt;
         // hyper's first read buffer is 8 KiB: what is read here fits it whole.
