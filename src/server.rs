@@ -188,7 +188,7 @@ impl Protocol {
     /// parser answers). `None` while the bytes so far could still be the preface.
     fn by_first_bytes(first: &[u8]) -> Option<Protocol> {
         let n = first.len().min(H2_PREFACE.len());
-        if first[..n] != H2_PREFACE[..n] || first.is_empty() {
+        if first[..n] != H2_PREFACE[..n] {
             Some(Protocol::Http1)
         } else if n == H2_PREFACE.len() {
             Some(Protocol::Http2)
@@ -482,13 +482,13 @@ fn spawn_worker(worker: Worker, mut stop: watch::Receiver<bool>) -> io::Result<(
                     draining,
                     accepting,
                 } = worker;
-                let served = Served {
+                let spawner = Spawner {
                     state,
                     worker: index,
                     draining,
                 };
                 let accept = async {
-                    accept_loop(listener, &served, &connections, &balance).await;
+                    accept_loop(listener, &spawner, &connections, &balance).await;
                     drop(accepting);
                 };
                 // Handed-over connections are served after the drain too: they were
@@ -496,7 +496,7 @@ fn spawn_worker(worker: Worker, mut stop: watch::Receiver<bool>) -> io::Result<(
                 let take_handed = async {
                     while let Some((stream, peer, permit)) = handed.recv().await {
                         if let Ok(stream) = TcpStream::from_std(stream) {
-                            served.spawn(stream, peer, permit);
+                            spawner.spawn(stream, peer, permit);
                         }
                     }
                 };
@@ -509,14 +509,14 @@ fn spawn_worker(worker: Worker, mut stop: watch::Receiver<bool>) -> io::Result<(
     Ok(())
 }
 
-/// What every connection a worker serves shares.
-struct Served {
+/// Starts a worker's connection tasks, with what they all share.
+struct Spawner {
     state: Arc<State>,
     worker: usize,
     draining: watch::Receiver<bool>,
 }
 
-impl Served {
+impl Spawner {
     fn spawn(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
         let state = Arc::clone(&self.state);
         let (worker, draining) = (self.worker, self.draining.clone());
@@ -534,18 +534,18 @@ impl Served {
 /// start instead of failing (SPEC §2).
 async fn accept_loop(
     listener: std::net::TcpListener,
-    served: &Served,
+    spawner: &Spawner,
     connections: &Arc<Semaphore>,
     balance: &Balance,
 ) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(worker = served.worker, error = %e, "cannot accept on the listener");
+            tracing::error!(worker = spawner.worker, error = %e, "cannot accept on the listener");
             return;
         }
     };
-    let mut draining = served.draining.clone();
+    let mut draining = spawner.draining.clone();
     loop {
         // Past max_connections, new connections wait in the backlog.
         let permit = tokio::select! {
@@ -565,9 +565,9 @@ async fn accept_loop(
             _ = drained(&mut draining) => return,
         };
         let _ = stream.set_nodelay(true);
-        let to = balance.assign(served.worker);
-        if to == served.worker {
-            served.spawn(stream, peer, permit);
+        let to = balance.assign(spawner.worker);
+        if to == spawner.worker {
+            spawner.spawn(stream, peer, permit);
         } else if let Ok(stream) = stream.into_std() {
             // The other worker's runtime holds the receiver until the process ends.
             let _ = balance.handoff[to].send((stream, peer, permit));
@@ -798,7 +798,7 @@ pin_project_lite::pin_project! {
         deadline: Pin<Box<Sleep>>,
         head_pending: Arc<AtomicBool>,
         // Bytes read to tell the protocol, read again first.
-        put_back: Bytes,
+        unread: Bytes,
     }
 }
 
@@ -808,13 +808,13 @@ impl<IO> HeadDeadline<IO> {
             io,
             deadline: Box::pin(tokio::time::sleep_until(Instant::now() + timeout)),
             head_pending,
-            put_back: Bytes::new(),
+            unread: Bytes::new(),
         }
     }
 
     /// Bytes already read, to be read again before the socket's.
     fn put_back(&mut self, bytes: Bytes) {
-        self.put_back = bytes;
+        self.unread = bytes;
     }
 }
 
@@ -831,9 +831,9 @@ impl<IO: AsyncRead> AsyncRead for HeadDeadline<IO> {
                 "request head not received within header_timeout_s",
             )));
         }
-        if !this.put_back.is_empty() {
-            let n = this.put_back.len().min(buf.remaining());
-            buf.put_slice(&this.put_back.split_to(n));
+        if !this.unread.is_empty() {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread.split_to(n));
             return Poll::Ready(Ok(()));
         }
         this.io.poll_read(cx, buf)
@@ -905,7 +905,7 @@ mod tests {
             Protocol::by_first_bytes(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"),
             Some(Http2)
         );
-        for undecided in [&b"P"[..], b"PRI * HTTP/2.0\r\n", &H2_PREFACE[..23]] {
+        for undecided in [&b""[..], b"P", b"PRI * HTTP/2.0\r\n", &H2_PREFACE[..23]] {
             assert_eq!(Protocol::by_first_bytes(undecided), None);
         }
         for http1 in [

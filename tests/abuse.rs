@@ -343,28 +343,39 @@ async fn send_signed_raw(gw: &Gateway, id: &str) -> tokio::net::TcpStream {
     .await
 }
 
+/// Reads one answer (head and a `content-length` body) off a kept-alive connection.
+async fn read_answer(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|n| n.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return String::from_utf8_lossy(&got).into_owned();
+            }
+        }
+        let n = s.read(&mut buf).await.expect("read");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// On a kept-alive connection the next head's deadline counts from the end of the previous
 /// answer, however steadily its bytes trickle in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_second_head_on_a_kept_alive_connection_is_cut_off() {
-    use tokio::io::AsyncReadExt;
     let (upstream, gw) = one_second_head_deadline().await;
     let mut s = send_signed_raw(&gw, "keepalive-1").await;
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("an answer in time")
-            .expect("read");
-        assert_ne!(n, 0, "closed before answering the first request");
-        answer.extend_from_slice(&buf[..n]);
-    }
-    assert!(
-        answer.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
+    let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut s))
+        .await
+        .expect("an answer in time");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let answered = Instant::now();
     assert!(
         dribble_head(&mut s, Duration::from_secs(4)).await,
@@ -584,33 +595,6 @@ async fn a_reload_keeps_dedupe_and_unchanged_rate_limit_state() {
     assert_eq!(upstream.requests().len(), 3);
 }
 
-/// Reads one answer (head and a `content-length` body) off a kept-alive connection.
-async fn read_answer(s: &mut tokio::net::TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let text = String::from_utf8_lossy(&got).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length: ")
-                        .map(str::to_owned)
-                })
-                .and_then(|n| n.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if got.len() >= end + 4 + length {
-                return text;
-            }
-        }
-        let n = s.read(&mut buf).await.expect("read");
-        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
-}
-
 /// SPEC §3 `max_connections`: past it a new connection waits, unserved, while the served
 /// ones go on undisturbed; it is served once one of them closes. (Every worker accepts for
 /// itself: the limit holds across them.)
@@ -619,14 +603,13 @@ async fn past_max_connections_a_new_connection_waits_and_served_ones_go_on() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
     let gw = gateway(&upstream, "", "max_connections = 2", &LimitClock::default()).await;
-    let post = |id: &str| signed_post("/hooks/p", SECRET, &body(id));
     let mut held = Vec::new();
     for id in ["a", "b"] {
-        let mut s = connect_and_write(gw.addr, post(id).as_bytes()).await;
+        let mut s = send_signed_raw(&gw, id).await;
         assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
         held.push(s);
     }
-    let mut third = connect_and_write(gw.addr, post("c").as_bytes()).await;
+    let mut third = send_signed_raw(&gw, "c").await;
     let mut byte = [0u8; 1];
     assert!(
         tokio::time::timeout(Duration::from_millis(500), third.read(&mut byte))
@@ -635,7 +618,8 @@ async fn past_max_connections_a_new_connection_waits_and_served_ones_go_on() {
         "a third connection was served past max_connections = 2"
     );
     for (s, id) in held.iter_mut().zip(["a2", "b2"]) {
-        s.write_all(post(id).as_bytes()).await.expect("write");
+        let post = signed_post("/hooks/p", SECRET, &body(id));
+        s.write_all(post.as_bytes()).await.expect("write");
         assert!(read_answer(s).await.starts_with("HTTP/1.1 200"));
     }
     drop(held.pop());

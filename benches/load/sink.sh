@@ -86,7 +86,6 @@ for kind in webhook event; do
     "$(cut -d' ' -f2 "$RUN_DIR/$kind.rounds" | median)" "$(cut -d' ' -f2 "$RUN_DIR/$kind.rounds" | tr '\n' ' ')"
 done
 # The VM's speed drifts between rounds; a pair of rounds, one of each, run back to back.
-echo "event against webhook, sink µs per request by pair: $(paste -d' ' "$RUN_DIR/webhook.rounds" "$RUN_DIR/event.rounds" |
-  awk '{ printf "%+.2f ", $4 - $2 }') (median $(paste -d' ' "$RUN_DIR/webhook.rounds" "$RUN_DIR/event.rounds" |
-  awk '{ print $4 - $2 }' | median))"
+paste -d' ' "$RUN_DIR/webhook.rounds" "$RUN_DIR/event.rounds" | awk '{ printf "%+.2f\n", $4 - $2 }' > "$RUN_DIR/pairs"
+echo "event against webhook, sink µs per request by pair: $(tr '\n' ' ' < "$RUN_DIR/pairs")(median $(median < "$RUN_DIR/pairs"))"
 echo "(medians of $ROUNDS alternating rounds of ${SECS}s, wrk -t2 -c64 straight to the nginx sink; sink µs = its CPU per request)"
