@@ -1,0 +1,419 @@
+//! One connection from accept to close: the TLS handshake, the protocol (by ALPN, or by
+//! the first bytes in plaintext), hyper's HTTP/1.1 or HTTP/2 connection with the gateway as
+//! its service, the deadline for the first request head, the idle close and the drain.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+
+use super::{State, drained};
+use crate::pipeline::{self, Conn};
+
+/// The HTTP/1.1 and HTTP/2 server settings, made once. A connection is served by one of
+/// them, chosen before hyper reads a byte (`Protocol`).
+pub(super) struct Http {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Http {
+    pub(super) fn new() -> Http {
+        let mut http1 = http1::Builder::new();
+        // No timer for HTTP/1: hyper's header timer allocates a new sleep for every request.
+        // `serve_http` keeps the deadline instead (first head: `HeadDeadline`; later heads:
+        // the idle check, which closes a kept-alive connection whose next head is not in by
+        // then). half_close: hyper would otherwise read the socket while a request is in
+        // flight, to notice a sender that hung up, and cancel the delivery half-way (perhaps
+        // with the upstream already holding it). A delivery that was read whole is
+        // forwarded whole. (That read also took a new 8 KiB read buffer per request, the old
+        // one being still held by the request's bytes.)
+        http1
+            .header_read_timeout(None)
+            .keep_alive(true)
+            .half_close(true);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(64 * 1024)
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(64)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10));
+        Http { http1, http2 }
+    }
+}
+
+/// Which protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl Protocol {
+    /// A TLS connection's protocol is what ALPN agreed (RFC 9113 §3.2: HTTP/2 over TLS is
+    /// negotiated, never assumed).
+    fn by_alpn(alpn: Option<&[u8]>) -> Protocol {
+        if alpn == Some(b"h2") {
+            Protocol::Http2
+        } else {
+            Protocol::Http1
+        }
+    }
+
+    /// A plaintext connection's protocol by its first bytes: HTTP/2 with prior knowledge
+    /// opens with the preface, anything else is HTTP/1 (or garbage, which hyper's HTTP/1
+    /// parser answers). `None` while the bytes so far could still be the preface.
+    fn by_first_bytes(first: &[u8]) -> Option<Protocol> {
+        let n = first.len().min(H2_PREFACE.len());
+        if first[..n] != H2_PREFACE[..n] {
+            Some(Protocol::Http1)
+        } else if n == H2_PREFACE.len() {
+            Some(Protocol::Http2)
+        } else {
+            None
+        }
+    }
+
+    /// Reads a plaintext connection's first bytes (within the head deadline) to tell its
+    /// protocol; they are put back for the protocol to read (`HeadDeadline::put_back`).
+    ///
+    /// By hand rather than hyper-util's `auto` connection: that reads exactly the
+    /// preface's 24 bytes first, so hyper's own first read got those alone and its second
+    /// grew the fresh 8 KiB read buffer to 16 KiB, copying it, on every new connection
+    /// (a read syscall and a `realloc` more per connection, and 8 KiB more memory for each
+    /// kept-alive one). Here one read of up to 8 KiB decides, and hyper finds the whole
+    /// first request in it.
+    async fn sniff(io: &mut HeadDeadline<TcpStream>) -> io::Result<Protocol> {
+        use tokio::io::AsyncReadExt;
+        // hyper's first read buffer is 8 KiB: what is read here fits it whole.
+        let mut first = BytesMut::with_capacity(8 * 1024);
+        loop {
+            let n = io.read_buf(&mut first).await?;
+            // At the end of the stream the bytes so far decide (hyper then sees the end).
+            let decided = if n == 0 {
+                Some(Protocol::Http1)
+            } else {
+                Protocol::by_first_bytes(&first)
+            };
+            if let Some(protocol) = decided {
+                io.put_back(first.freeze());
+                return Ok(protocol);
+            }
+        }
+    }
+}
+
+pub(super) async fn serve_connection(
+    state: Arc<State>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    worker: usize,
+    draining: watch::Receiver<bool>,
+) {
+    // One deadline from accept over the TLS handshake, the protocol detection and the first
+    // request head (hyper has no header timer here; later heads: the idle check in serve_http).
+    let head_pending = Arc::new(AtomicBool::new(true));
+    // Read per connection, so a reload's header_timeout_s holds for the connections after it.
+    let header_timeout = state.gateway().config.server.header_timeout;
+    let mut io = HeadDeadline::new(stream, header_timeout, Arc::clone(&head_pending));
+    let tls = state.tls.load_full();
+    let serving = Serving {
+        conn: Conn {
+            peer,
+            tls: tls.is_some(),
+            worker,
+        },
+        state,
+        head_pending,
+        header_timeout,
+        draining,
+    };
+    match tls {
+        // Boxed: a TLS connection's state (rustls' own, the handshake's) would otherwise
+        // enlarge every connection's task, plaintext ones too (8.5 against 2.6 KiB), and a
+        // task is copied into place for every new connection. A TLS connection pays one
+        // allocation more, next to its handshake.
+        Some(acceptor) => Box::pin(serve_tls(&acceptor, io, serving)).await,
+        None => match Protocol::sniff(&mut io).await {
+            Ok(protocol) => serve_http(serving, io, protocol).await,
+            Err(e) => tracing::debug!(%peer, error = %e, "no request head"),
+        },
+    }
+}
+
+async fn serve_tls(acceptor: &TlsAcceptor, io: HeadDeadline<TcpStream>, serving: Serving) {
+    match acceptor.accept(io).await {
+        Ok(tls) => {
+            let protocol = Protocol::by_alpn(tls.get_ref().1.alpn_protocol());
+            serve_http(serving, tls, protocol).await
+        }
+        Err(e) => tracing::debug!(peer = %serving.conn.peer, error = %e, "TLS handshake failed"),
+    }
+}
+
+/// What serving a connection needs besides its socket.
+struct Serving {
+    state: Arc<State>,
+    conn: Conn,
+    /// Until the first request head is in (`HeadDeadline`).
+    head_pending: Arc<AtomicBool>,
+    header_timeout: Duration,
+    draining: watch::Receiver<bool>,
+}
+
+/// Requests in flight on one connection, and since when it has had none.
+struct Activity {
+    base: Instant,
+    open: AtomicUsize,
+    idle_since_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            base: Instant::now(),
+            open: AtomicUsize::new(0),
+            idle_since_ms: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// When the connection may be closed for idleness, if it is idle now.
+    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
+        (self.open.load(Ordering::SeqCst) == 0).then(|| {
+            self.base + Duration::from_millis(self.idle_since_ms.load(Ordering::SeqCst)) + timeout
+        })
+    }
+}
+
+/// Counts a request as open until it is dropped (finished or cancelled).
+struct OpenRequest(Arc<Activity>);
+
+impl OpenRequest {
+    fn new(activity: &Arc<Activity>) -> OpenRequest {
+        activity.open.fetch_add(1, Ordering::SeqCst);
+        OpenRequest(Arc::clone(activity))
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let since = a.base.elapsed().as_millis() as u64;
+        a.idle_since_ms.store(since, Ordering::SeqCst);
+        a.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn serve_http<IO>(serving: Serving, io: IO, protocol: Protocol)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Serving {
+        state,
+        conn,
+        head_pending,
+        header_timeout,
+        mut draining,
+    } = serving;
+    let activity = Activity::new();
+    // The connection's own handle on the state: each request clones this one, whose count
+    // only this connection's worker writes, rather than the `State`'s (see `worker_gateways`).
+    let svc_state = Arc::new(Arc::clone(&state));
+    let svc_activity = Arc::clone(&activity);
+    let worker_gateway = conn.worker % state.worker_gateways.len();
+    let service = service_fn(move |request| {
+        head_pending.store(false, Ordering::Relaxed);
+        let open = OpenRequest::new(&svc_activity);
+        let state = Arc::clone(&svc_state);
+        async move {
+            let gateway = state.worker_gateways[worker_gateway].load_full();
+            let response = pipeline::handle(
+                &gateway,
+                &state.health,
+                &state.context.metrics,
+                conn,
+                request,
+            )
+            .await;
+            drop(open);
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let io = TokioIo::new(io);
+    let result = match protocol {
+        Protocol::Http1 => {
+            let connection = state.http.http1.serve_connection(io, service);
+            drive(connection, &activity, header_timeout, &mut draining).await
+        }
+        // Boxed: HTTP/2's connection state would otherwise enlarge every connection's task,
+        // which is copied into place for each new connection.
+        Protocol::Http2 => {
+            let connection = state.http.http2.serve_connection(io, service);
+            Box::pin(drive(connection, &activity, header_timeout, &mut draining)).await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Runs a connection to its end, or closes it gracefully at the drain or when it has had no
+/// request open for `header_timeout`.
+async fn drive<C: GracefulConnection>(
+    connection: C,
+    activity: &Activity,
+    header_timeout: Duration,
+    draining: &mut watch::Receiver<bool>,
+) -> Result<(), C::Error> {
+    tokio::pin!(connection);
+    loop {
+        // A connection with no request open for header_timeout_s is closed: HTTP/2 with a
+        // GOAWAY, HTTP/1.1 between two requests (its next head counts from the last answer).
+        let idle_at = activity.idle_deadline(header_timeout);
+        let wake_at = idle_at.unwrap_or_else(|| Instant::now() + header_timeout);
+        tokio::select! {
+            // The connection first: it is what wakes this task nearly every time.
+            biased;
+            r = connection.as_mut() => return r,
+            _ = drained(draining) => {
+                connection.as_mut().graceful_shutdown();
+                return connection.await;
+            }
+            _ = tokio::time::sleep_until(wake_at) => {
+                if activity.idle_deadline(header_timeout).is_some_and(|at| at <= Instant::now()) {
+                    connection.as_mut().graceful_shutdown();
+                    return connection.await;
+                }
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A socket with a deadline that holds until the first request head has arrived:
+    /// reads fail with `TimedOut` past it.
+    struct HeadDeadline<IO> {
+        #[pin]
+        io: IO,
+        deadline: Pin<Box<Sleep>>,
+        head_pending: Arc<AtomicBool>,
+        // Bytes read to tell the protocol, read again first.
+        unread: Bytes,
+    }
+}
+
+impl<IO> HeadDeadline<IO> {
+    fn new(io: IO, timeout: Duration, head_pending: Arc<AtomicBool>) -> Self {
+        HeadDeadline {
+            io,
+            deadline: Box::pin(tokio::time::sleep_until(Instant::now() + timeout)),
+            head_pending,
+            unread: Bytes::new(),
+        }
+    }
+
+    /// Bytes already read, to be read again before the socket's.
+    fn put_back(&mut self, bytes: Bytes) {
+        self.unread = bytes;
+    }
+}
+
+impl<IO: AsyncRead> AsyncRead for HeadDeadline<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if this.head_pending.load(Ordering::Relaxed) && this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request head not received within header_timeout_s",
+            )));
+        }
+        if !this.unread.is_empty() {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        this.io.poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite> AsyncWrite for HeadDeadline<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_bytes_tell_http2_prior_knowledge_from_http1() {
+        use Protocol::*;
+        assert_eq!(Protocol::by_first_bytes(H2_PREFACE), Some(Http2));
+        assert_eq!(
+            Protocol::by_first_bytes(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"),
+            Some(Http2)
+        );
+        for undecided in [&b""[..], b"P", b"PRI * HTTP/2.0\r\n", &H2_PREFACE[..23]] {
+            assert_eq!(Protocol::by_first_bytes(undecided), None);
+        }
+        for http1 in [
+            &b"POST / HTTP/1.1\r\n"[..],
+            b"G",
+            b"PRI * HTTP/1.1\r\n\r\n",
+            b"\r\n",
+        ] {
+            assert_eq!(Protocol::by_first_bytes(http1), Some(Http1));
+        }
+        assert_eq!(Protocol::by_alpn(Some(b"h2")), Http2);
+        assert_eq!(Protocol::by_alpn(Some(b"http/1.1")), Http1);
+        assert_eq!(Protocol::by_alpn(None), Http1);
+    }
+}
