@@ -715,8 +715,8 @@ secrets = ["literal-secret"]
 
     #[test]
     fn file_secret_is_relative_to_the_config_and_trimmed() {
-        let dir = std::env::temp_dir().join(format!("hookgate-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let temp = tempfile::tempdir().expect("dir");
+        let dir = temp.path();
         std::fs::write(dir.join("s.txt"), "from-file\n\n").expect("write");
         let text = MINIMAL.replace("literal-secret", "file:s.txt");
         let c = Config::from_toml_str(&text, &dir.join("hookgate.toml")).expect("valid");

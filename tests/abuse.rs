@@ -46,7 +46,10 @@ async fn gateway(upstream: &Upstream, source: &str, server: &str, clock: &LimitC
         source,
     )
     .replace("[server]\n", &format!("[server]\n{server}\n"));
-    spawn_gateway_with(&config, &temp_dir("abuse"), clock.clone()).await
+    let dir = temp_dir("abuse");
+    spawn_gateway_with(&config, &dir, clock.clone())
+        .await
+        .keeping(dir)
 }
 
 #[tokio::test]

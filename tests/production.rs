@@ -364,11 +364,13 @@ async fn https_upstream_with_a_private_ca() {
         "{tls_connections} TLS connections for 5 deliveries"
     );
     // Without the CA the certificate is unknown: 502, nothing delivered.
+    let dir2 = temp_dir("tls-up2");
     let gw = spawn_gateway_in(
         &one_source(&url, "protocol", "/hooks/p", &[SECRET], ""),
-        &temp_dir("tls-up2"),
+        &dir2,
     )
-    .await;
+    .await
+    .keeping(dir2);
     let a = send(
         gw.addr,
         "POST",
@@ -407,7 +409,7 @@ fn the_dev_cert_script_makes_certificates_that_load() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/make-dev-certs.sh");
     let st = Command::new("bash")
         .arg(script)
-        .arg(&dir)
+        .arg(&*dir)
         .output()
         .expect("run script");
     assert!(

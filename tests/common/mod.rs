@@ -140,28 +140,44 @@ pub async fn spawn_upstream(reply: Reply) -> Upstream {
 pub struct Gateway {
     pub server: Server,
     pub addr: SocketAddr,
-    pub dir: PathBuf,
+    /// The folder of its config, when the gateway owns it (removed with the gateway).
+    dir: Option<TempDir>,
 }
 
 impl Gateway {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
+
+    /// Keeps `dir` (its config, its secret files) for as long as the gateway lives.
+    pub fn keeping(mut self, dir: TempDir) -> Gateway {
+        self.dir = Some(dir);
+        self
+    }
+}
+
+/// A test's temporary folder, removed when dropped; reads as the `Path` it is.
+pub struct TempDir(tempfile::TempDir);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
 }
 
 /// A fresh temporary folder for a test's files.
-pub fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "hookgate-test-{tag}-{}-{:x}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+pub fn temp_dir(tag: &str) -> TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("hookgate-test-{tag}-"))
+        .tempdir()
+        .expect("temp dir");
+    TempDir(dir)
 }
 
 pub async fn spawn_gateway(config: &str) -> Gateway {
-    spawn_gateway_in(config, &temp_dir("gw")).await
+    let dir = temp_dir("gw");
+    spawn_gateway_in(config, &dir).await.keeping(dir)
 }
 
 pub async fn spawn_gateway_in(config: &str, dir: &Path) -> Gateway {
@@ -183,7 +199,7 @@ pub async fn spawn_gateway_with(config: &str, dir: &Path, clock: LimitClock) -> 
     Gateway {
         server,
         addr,
-        dir: dir.to_path_buf(),
+        dir: None,
     }
 }
 
