@@ -83,9 +83,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
     i=$(((k + r - 1) % N))
     unit=${UNITS[$i]}
     load "${PORTS[$i]}" 1 > /dev/null
-    p0=$(cpu_ticks "$unit") u0=$(cpu_ticks "$unit" user) s0=$(cpu_ticks "$SINK") v0=$(sleeps "$unit") st0=$(steal_ticks)
+    p0=$(cpu_ticks "$unit") u0=$(cpu_ticks "$unit" user) s0=$(cpu_ticks "$SINK") v0=$(sleeps "$unit") st0=$(machine_ticks)
     { time load "${PORTS[$i]}" "$SECS" > "$RUN_DIR/wrk.out"; } 2> "$RUN_DIR/wrk.time"
-    p1=$(cpu_ticks "$unit") u1=$(cpu_ticks "$unit" user) s1=$(cpu_ticks "$SINK") v1=$(sleeps "$unit") st1=$(steal_ticks)
+    p1=$(cpu_ticks "$unit") u1=$(cpu_ticks "$unit" user) s1=$(cpu_ticks "$SINK") v1=$(sleeps "$unit") st1=$(machine_ticks)
     line=$(grep '^BENCH ' "$RUN_DIR/wrk.out")
     n=$(grep -o 'requests=[0-9]*' <<< "$line" | cut -d= -f2)
     p99=$(grep -o 'p99_us=[0-9]*' <<< "$line" | cut -d= -f2)

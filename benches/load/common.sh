@@ -5,13 +5,17 @@ tree_pids() { local c; echo "$1"; for c in $(ps -o pid= --ppid "$1" 2>/dev/null)
 # CPU ticks of a process tree: cpu_ticks PID [user], user + system unless "user" is given.
 # Fields are counted after the ")" of the name, which may hold spaces.
 cpu_ticks() { local p t=0 v; for p in $(tree_pids "$1"); do v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk -v only="${2:-}" '{print $12 + (only == "user" ? 0 : $13)}' || true); t=$((t + ${v:-0})); done; echo "$t"; }
-# The machine's CPU ticks from /proc/stat: "STEAL ALL". On a VM, steal is time the host gave
-# to someone else while this guest wanted the CPU; between two readings, 100 * dSTEAL / dALL
-# is the share of the machine's time lost that way (a noisy host shows here first).
+# The machine's CPU ticks from /proc/stat: "STEAL ALL BUSY". On a VM, steal is time the host
+# gave to someone else while this guest wanted the CPU; between two readings, 100 * dSTEAL /
+# dALL is the share of the machine's time lost that way (a noisy host shows here first).
+# BUSY is the time the guest's CPUs worked (user, nice, system, irq, softirq): between two
+# readings, what the whole box (proxy, sink, wrk, the kernel's packet work) spent.
 # (Fields 2-9, user to steal: guest time is already counted in user.)
-steal_ticks() { awk 'NR == 1 { t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t }' /proc/stat; }
-# steal_pct "STEAL0 ALL0" "STEAL1 ALL1": the share of steal between two steal_ticks readings.
+machine_ticks() { awk 'NR == 1 { t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t, $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+# steal_pct "STEAL0 ALL0 …" "STEAL1 ALL1 …": the share of steal between two machine_ticks readings.
 steal_pct() { awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; printf "%.1f", (d > 0 ? 100 * (y[1] - x[1]) / d : 0) }'; }
+# box_us_per_req "… BUSY0" "… BUSY1" REQUESTS: the whole machine's CPU µs per request.
+box_us_per_req() { awk -v a="$1" -v b="$2" -v n="$3" -v hz="$(getconf CLK_TCK)" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.1f", (n > 0 ? (y[3] - x[3]) * 1e6 / hz / n : 0) }'; }
 # Peak RSS (VmHWM) of a process tree, in KiB.
 peak_rss_kb() { local p t=0 v; for p in $(tree_pids "$1"); do v=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status" 2>/dev/null || true); t=$((t + ${v:-0})); done; echo "$t"; }
 # The median of the numbers on stdin, "nan" for none.

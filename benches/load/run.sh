@@ -154,7 +154,7 @@ for s in "${SCENARIOS[@]}"; do
 done
 
 RAW=$RESULTS_DIR/raw.tsv
-printf 'case\tscenario\tround\trps\tp50_us\tp99_us\tnon2xx\tsockerr\trequests\tpeak_rss_kb\tcpu_us_per_req\tsteal_pct\n' > "$RAW"
+printf 'case\tscenario\tround\trps\tp50_us\tp99_us\tnon2xx\tsockerr\trequests\tpeak_rss_kb\tcpu_us_per_req\tsteal_pct\tbox_us_per_req\n' > "$RAW"
 run_wrk() { # scenario conns body seconds out headers
   BENCH_BODY_FILE=$3 BENCH_HEADERS_FILE=$6 \
     wrk -t"$THREADS" -c"$2" -d"${4}s" --latency -s "$HERE/post.lua" "${URL[$1]}" > "$5" 2>&1 || true
@@ -175,17 +175,18 @@ for case in $CASES; do
       [[ $s == nginx-proxy-ka ]] && ((conns <= 128)) && continue
       log "$case round $r/$ROUNDS: $s (${WARMUP}s warm-up + ${DURATION}s, -c$conns, $(wc -c < "$body") B)"
       THREADS=$threads run_wrk "$s" "$conns" "$body" "$WARMUP" /dev/null "$headers"
-      c0=$(cpu_ticks "${UNIT[$s]}"); st0=$(steal_ticks)
+      c0=$(cpu_ticks "${UNIT[$s]}"); st0=$(machine_ticks)
       out=$RESULTS_DIR/$case.$s.r$r.txt
       THREADS=$threads run_wrk "$s" "$conns" "$body" "$DURATION" "$out" "$headers"
-      c1=$(cpu_ticks "${UNIT[$s]}"); st1=$(steal_ticks)
+      c1=$(cpu_ticks "${UNIT[$s]}"); st1=$(machine_ticks)
       line=$(grep '^BENCH ' "$out" || true)
       [[ -n $line ]] || { log "no result for $s:"; cat "$out" >&2; continue; }
       declare -A m=()
       for kv in ${line#BENCH }; do m[${kv%%=*}]=${kv#*=}; done
       cpu=$(awk -v d=$((c1 - c0)) -v n="${m[requests]}" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (n > 0 ? d * 1e6 / hz / n : 0) }')
-      printf '%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case" "$s" "$r" "${m[rps]}" "${m[p50_us]}" "${m[p99_us]}" \
-        "${m[non2xx]}" "${m[sockerr]}" "${m[requests]}" "$(peak_rss_kb "${UNIT[$s]}")" "$cpu" "$(steal_pct "$st0" "$st1")" >> "$RAW"
+      printf '%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case" "$s" "$r" "${m[rps]}" "${m[p50_us]}" "${m[p99_us]}" \
+        "${m[non2xx]}" "${m[sockerr]}" "${m[requests]}" "$(peak_rss_kb "${UNIT[$s]}")" "$cpu" "$(steal_pct "$st0" "$st1")" \
+        "$(box_us_per_req "$st0" "$st1" "${m[requests]}")" >> "$RAW"
       unset m
       sleep 1
     done
@@ -238,8 +239,24 @@ sumcol() { awk -F'\t' -v c="$1" -v s="$2" -v k="$3" 'NR>1 && $1==c && $2==s {t+=
         }' "$RAW"
     done
   done
+  # The whole machine's CPU per request: with the two cores saturated (not at one connection),
+  # throughput follows it, so the reference's figure over a build's predicts the build's ratio,
+  # and what the build adds can be set against what SPEC makes it do (benches/load/sink.sh,
+  # criterion's pipeline::process).
+  for case in $CASES; do
+    ref=nginx-proxy; [[ $(col "$case" nginx-proxy-ka 4) != nan ]] && ref=nginx-proxy-ka
+    refbox=$(col "$case" "$ref" 13)
+    line="$case: box CPU us/req:"
+    for s in "${SCENARIOS[@]}"; do
+      b=$(col "$case" "$s" 13); [[ $b == nan ]] && continue
+      line+=$(awk -v s="$s" -v b="$b" -v r="$refbox" 'BEGIN { printf " %s %.1f", s, b; if (s ~ /^hookgate/ && b > 0) printf " (%.2fx)", r / b; printf "," }')
+    done
+    echo "${line%,}"
+  done
   echo "(medians over rounds; RSS = peak VmHWM of the unit's processes so far, nginx = master + workers;"
   echo " CPU us/req = CPU time of the unit under test only: the sink for direct, not wrk;"
+  echo " box CPU = the machine's busy time per request (unit, sink, wrk, the kernel's packet work);"
+  echo " (Nx) = the reference's box CPU over the build's: the req/s ratio a saturated box predicts;"
   echo " steal % = the machine's time the VM's host took while the round ran: above a few %, rounds"
   echo " are not comparable; worst round $(awk -F'\t' 'NR > 1 && $12 > m {m = $12} END {print m + 0}' "$RAW") %)"
 } | tee "$RESULTS_DIR/table.txt"
