@@ -123,6 +123,8 @@ impl Protocol {
     }
 }
 
+/// Serves one accepted connection to its end: TLS if configured, then the protocol, then
+/// hyper's connection until the client closes, the idle close or the drain.
 pub(super) async fn serve_connection(
     state: Arc<State>,
     stream: TcpStream,
@@ -161,6 +163,7 @@ pub(super) async fn serve_connection(
     }
 }
 
+/// The TLS handshake (within the head deadline), then the protocol ALPN agreed.
 async fn serve_tls(acceptor: &TlsAcceptor, io: HeadDeadline<TcpStream>, serving: Serving) {
     match acceptor.accept(io).await {
         Ok(tls) => {
@@ -224,6 +227,8 @@ impl Drop for OpenRequest {
     }
 }
 
+/// hyper's HTTP/1.1 or HTTP/2 connection over `io`, every request going to the worker's
+/// gateway (`pipeline::handle`), counted open while it runs for the idle close.
 async fn serve_http<IO>(serving: Serving, io: IO, protocol: Protocol)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
