@@ -348,25 +348,10 @@ async fn send_signed_raw(gw: &Gateway, id: &str) -> tokio::net::TcpStream {
 
 /// Reads one answer (head and a `content-length` body) off a kept-alive connection.
 async fn read_answer(s: &mut tokio::net::TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
-            let length = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|n| n.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if got.len() >= end + 4 + length {
-                return String::from_utf8_lossy(&got).into_owned();
-            }
-        }
-        let n = s.read(&mut buf).await.expect("read");
-        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
+    let answer = read_message(s, &mut Vec::new())
+        .await
+        .expect("closed before a whole answer");
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// On a kept-alive connection the next head's deadline counts from the end of the previous

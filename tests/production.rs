@@ -364,13 +364,7 @@ async fn https_upstream_with_a_private_ca() {
         "{tls_connections} TLS connections for 5 deliveries"
     );
     // Without the CA the certificate is unknown: 502, nothing delivered.
-    let dir2 = temp_dir("tls-up2");
-    let gw = spawn_gateway_in(
-        &one_source(&url, "protocol", "/hooks/p", &[SECRET], ""),
-        &dir2,
-    )
-    .await
-    .keeping(dir2);
+    let gw = spawn_gateway(&one_source(&url, "protocol", "/hooks/p", &[SECRET], "")).await;
     let a = send(
         gw.addr,
         "POST",

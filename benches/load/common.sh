@@ -14,8 +14,10 @@ cpu_ticks() { local p t=0 v; for p in $(tree_pids "$1"); do v=$(sed 's/.*) //' "
 machine_ticks() { awk 'NR == 1 { t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t, $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 # steal_pct "STEAL0 ALL0 …" "STEAL1 ALL1 …": the share of steal between two machine_ticks readings.
 steal_pct() { awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; printf "%.1f", (d > 0 ? 100 * (y[1] - x[1]) / d : 0) }'; }
-# box_us_per_req "… BUSY0" "… BUSY1" REQUESTS: the whole machine's CPU µs per request.
-box_us_per_req() { awk -v a="$1" -v b="$2" -v n="$3" -v hz="$(getconf CLK_TCK)" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.1f", (n > 0 ? (y[3] - x[3]) * 1e6 / hz / n : 0) }'; }
+# busy_ticks "… BUSY0" "… BUSY1": the machine's busy ticks between two machine_ticks readings.
+busy_ticks() { echo $((${2##* } - ${1##* })); }
+# CPU µs per request: us_per_req TICKS REQUESTS.
+us_per_req() { awk -v d="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (n > 0 ? d * 1e6 / hz / n : 0) }'; }
 # Peak RSS (VmHWM) of a process tree, in KiB.
 peak_rss_kb() { local p t=0 v; for p in $(tree_pids "$1"); do v=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status" 2>/dev/null || true); t=$((t + ${v:-0})); done; echo "$t"; }
 # The median of the numbers on stdin, "nan" for none.

@@ -183,10 +183,10 @@ for case in $CASES; do
       [[ -n $line ]] || { log "no result for $s:"; cat "$out" >&2; continue; }
       declare -A m=()
       for kv in ${line#BENCH }; do m[${kv%%=*}]=${kv#*=}; done
-      cpu=$(awk -v d=$((c1 - c0)) -v n="${m[requests]}" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (n > 0 ? d * 1e6 / hz / n : 0) }')
+      cpu=$(us_per_req $((c1 - c0)) "${m[requests]}")
       printf '%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case" "$s" "$r" "${m[rps]}" "${m[p50_us]}" "${m[p99_us]}" \
         "${m[non2xx]}" "${m[sockerr]}" "${m[requests]}" "$(peak_rss_kb "${UNIT[$s]}")" "$cpu" "$(steal_pct "$st0" "$st1")" \
-        "$(box_us_per_req "$st0" "$st1" "${m[requests]}")" >> "$RAW"
+        "$(us_per_req "$(busy_ticks "$st0" "$st1")" "${m[requests]}")" >> "$RAW"
       unset m
       sleep 1
     done

@@ -329,6 +329,31 @@ pub async fn connect_and_write(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
     s
 }
 
+/// Reads one HTTP/1.1 message (its head and a `content-length` body) off a raw connection,
+/// taking `buf`'s bytes first and leaving what follows the message there; `None` if the
+/// peer closes (or the read fails) before the message is whole.
+pub async fn read_message(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|n| n.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return Some(buf.drain(..end + 4 + length).collect());
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// Writes raw bytes on a new connection and reads until the server closes it or `wait` passes.
 pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
     use tokio::io::AsyncReadExt;
