@@ -484,11 +484,13 @@ async fn deliver<'g>(
             .check()
             .map_err(|retry_after_s| Refusal::SourceRateLimited { retry_after_s })?;
     }
-    if route
+    // The id's header form is a one-to-one encoding of it (every `%` is encoded too), so
+    // it keys dedupe as well as the id itself.
+    let dedupe = route
         .dedupe
         .as_ref()
-        .is_some_and(|d| d.seen(dedupe_key(&delivery.event_id_header)))
-    {
+        .map(|d| (d, d.key(delivery.event_id_header.as_bytes())));
+    if dedupe.is_some_and(|(d, key)| d.seen(key)) {
         return Ok(Delivered::Duplicate);
     }
     let Processed {
@@ -528,9 +530,9 @@ async fn deliver<'g>(
         route.metrics.upstream_error("status_5xx");
     }
     if answer.status.is_success()
-        && let Some(d) = &route.dedupe
+        && let Some((d, key)) = dedupe
     {
-        d.remember(dedupe_key(&event_id_header));
+        d.remember(key);
     }
     let retry_after = answer.retry_after.clone();
     let mut translated = reply::translate(
@@ -550,13 +552,6 @@ pub struct Processed {
     pub event_type: HeaderValue,
     /// What the upstream gets: the event, or the raw body in raw mode, in chunks.
     pub body: BodyChunks,
-}
-
-/// The id's header form is a one-to-one encoding of it (every `%` is encoded too), so it
-/// keys dedupe as well as the id itself, without another copy of the id per delivery.
-fn dedupe_key(event_id_header: &HeaderValue) -> &str {
-    // Only visible ASCII is ever in it.
-    event_id_header.to_str().unwrap_or_default()
 }
 
 /// The CPU part of a delivery, no I/O: verify the proof over the raw bytes, check the body

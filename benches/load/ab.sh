@@ -11,6 +11,8 @@
 #   SECS=4 ROUNDS=10 benches/load/ab.sh BIN@CONFIG  # a build on another config
 #   BODY=big.json benches/load/ab.sh BIN_A BIN_B    # another protocol webhook body
 #   CLOSE=1 benches/load/ab.sh BIN_A BIN_B          # a new connection for every request
+#   UNIQUE=200000 benches/load/ab.sh BIN@bench-dedupe.toml  # every request a new event id
+#                                                   # (unique.lua), for dedupe on
 #   STEAL_MAX=3 (the second table's rounds), ROUNDS_OUT=FILE (keeps the per-round figures)
 #
 # Columns: req/s, proxy/sink/wrk CPU µs per request, the proxy's user-space part of it (the
@@ -66,11 +68,16 @@ sleep 1
 
 signature_header "$BODY" bench-secret > "$RUN_DIR/headers"
 [[ -n ${CLOSE:-} ]] && echo 'Connection: close' >> "$RUN_DIR/headers"
+SCRIPT=$HERE/post.lua
+if [[ -n ${UNIQUE:-} ]]; then
+  unique_signatures "$BODY" bench-secret "$UNIQUE" > "$RUN_DIR/sigs"
+  SCRIPT=$HERE/unique.lua
+fi
 # Voluntary context switches of every thread of a process tree.
 sleeps() { local p f t=0; for p in $(tree_pids "$1"); do for f in /proc/$p/task/*/status; do t=$((t + $(awk '/^voluntary_ctxt/ {print $2}' "$f"))); done; done; echo $t; }
 load() { # port seconds
-  BENCH_BODY_FILE=$BODY BENCH_HEADERS_FILE=$RUN_DIR/headers \
-    wrk -t2 -c64 -d"$2s" --latency -s "$HERE/post.lua" "http://127.0.0.1:$1/webhook"
+  BENCH_BODY_FILE=$BODY BENCH_HEADERS_FILE=$RUN_DIR/headers BENCH_SIGS_FILE=$RUN_DIR/sigs BENCH_STATE_FILE=$RUN_DIR/ids BENCH_THREADS=2 \
+    wrk -t2 -c64 -d"$2s" --latency -s "$SCRIPT" "http://127.0.0.1:$1/webhook"
 }
 
 HZ=$(getconf CLK_TCK)

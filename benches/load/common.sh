@@ -24,6 +24,20 @@ peak_rss_kb() { local p t=0 v; for p in $(tree_pids "$1"); do v=$(awk '/^VmHWM:/
 median() { sort -g | awk '{a[NR]=$1} END { if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 # The protocol signature header line for a body file: signature_header BODY SECRET.
 signature_header() { printf 'x-protocol-signature: %s\n' "$(openssl dgst -sha256 -hmac "$2" -r < "$1" | cut -d' ' -f1)"; }
+# The signatures unique.lua sends, one per line: BODY with its first "id" value (16
+# characters) replaced by 0…N-1, zero-padded to 16 digits: unique_signatures BODY SECRET N > OUT.
+unique_signatures() {
+  python3 - "$@" <<'PY'
+import hashlib, hmac, sys
+body, secret, n = open(sys.argv[1], "rb").read(), sys.argv[2].encode(), int(sys.argv[3])
+at = body.index(b'"id":"') + 6
+assert body[at + 16:at + 17] == b'"', "the body's first id is not 16 characters"
+head, tail = body[:at], body[at + 16:]
+out = sys.stdout
+for i in range(n):
+    out.write(hmac.new(secret, head + b"%016d" % i + tail, hashlib.sha256).hexdigest() + "\n")
+PY
+}
 # An nginx unit (the sink or the proxy) as a daemon under RUN_DIR/NAME, and its stop:
 # start_nginx NAME CONF WORKERS; stop_nginx NAME... (RUN_DIR is the caller's).
 start_nginx() {
