@@ -13,6 +13,7 @@
 //! event     the normalized event: the only thing sent upstream in event mode
 //! upstream  one pooled client, timeouts, header hygiene, Standard Webhooks signing
 //! error     every refusal as one enum, mapped to a status in one place
+//! logs      stderr, each worker's lines written in batches
 //! ```
 //!
 //! `config` turns the TOML file into validated runtime types once, at startup (and on
@@ -27,6 +28,7 @@ pub mod error;
 pub mod event;
 pub mod json;
 pub mod limit;
+pub mod logs;
 pub mod metrics;
 pub mod pipeline;
 pub mod platforms;

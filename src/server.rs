@@ -119,6 +119,8 @@ pub struct Server {
     /// Every worker's accept loop holds a sender: `recv` gives `None` once all have stopped
     /// accepting (and closed their handle on the listener).
     accepting: tokio::sync::mpsc::Receiver<()>,
+    /// Every worker thread holds a sender until it has ended and written its last log lines.
+    running: tokio::sync::mpsc::Receiver<()>,
 }
 
 impl Drop for Server {
@@ -173,6 +175,7 @@ impl Server {
         let (stop, stop_rx) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(max_connections as usize));
         let (accepting_tx, accepting) = tokio::sync::mpsc::channel(1);
+        let (running_tx, running) = tokio::sync::mpsc::channel(1);
 
         let bind_error = |source| StartError::Bind {
             addr: listen,
@@ -191,6 +194,7 @@ impl Server {
                 handed,
                 draining: drain_rx.clone(),
                 accepting: accepting_tx.clone(),
+                running: running_tx.clone(),
             };
             spawn_worker(worker, stop_rx.clone()).map_err(bind_error)?;
         }
@@ -208,6 +212,7 @@ impl Server {
             connections,
             max_connections,
             accepting,
+            running,
         })
     }
 
@@ -275,6 +280,9 @@ impl Server {
                 .await
                 .is_ok();
         let _ = self.stop.send(true);
+        // The workers' last log lines are written as they end (bounded: a worker stuck in
+        // a request past the grace must not hold up the exit).
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.running.recv()).await;
         clean
     }
 }

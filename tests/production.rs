@@ -497,6 +497,14 @@ async fn sigterm_lets_an_in_flight_delivery_finish_then_exits_0() {
         "still accepting after exit"
     );
     assert_eq!(upstream.requests().len(), 1);
+    // Its log line was written before the exit (a worker writes its lines in batches).
+    let request_id = a.headers["x-request-id"].to_str().expect("ascii");
+    let log = p.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(request_id) && l.contains("status=200")),
+        "no log line for {request_id}:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

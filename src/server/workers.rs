@@ -78,6 +78,8 @@ pub(super) struct Worker {
     pub(super) draining: watch::Receiver<bool>,
     /// Held while the worker accepts (see `Server::accepting`).
     pub(super) accepting: tokio::sync::mpsc::Sender<()>,
+    /// Held until the worker thread ends (see `Server::running`).
+    pub(super) running: tokio::sync::mpsc::Sender<()>,
 }
 
 /// A worker: an OS thread with its own single-threaded runtime and its own upstream client.
@@ -89,10 +91,14 @@ pub(super) struct Worker {
 pub(super) fn spawn_worker(worker: Worker, mut stop: watch::Receiver<bool>) -> io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // The worker's log lines are written in batches: what it holds, before it idles.
+        .on_thread_park(crate::logs::flush)
         .build()?;
     std::thread::Builder::new()
         .name(format!("hookgate-worker-{}", worker.index))
         .spawn(move || {
+            crate::logs::batch_this_thread();
+            let running = worker.running.clone();
             runtime.block_on(async move {
                 let Worker {
                     index,
@@ -103,6 +109,7 @@ pub(super) fn spawn_worker(worker: Worker, mut stop: watch::Receiver<bool>) -> i
                     mut handed,
                     draining,
                     accepting,
+                    running: _,
                 } = worker;
                 let spawner = Spawner {
                     state,
@@ -127,6 +134,10 @@ pub(super) fn spawn_worker(worker: Worker, mut stop: watch::Receiver<bool>) -> i
                     _ = stop.wait_for(|s| *s) => {}
                 }
             });
+            // Connection tasks still there (cut off at the grace) go with the runtime.
+            drop(runtime);
+            crate::logs::flush();
+            drop(running);
         })?;
     Ok(())
 }
