@@ -4,7 +4,8 @@
 # compiler lays out and inlines the code by what a delivery actually runs. The training is
 # the bench's protocol webhook (64 and 1 connections, 1 KiB and 64 KiB) and one forwarded
 # test vector or two per platform, plus some refused ones, so no platform's path is left
-# cold. Semantics do not change (the same source and flags; only optimization decisions
+# cold; then, at the default log level, a source on the defaults (dedupe on) with a new id
+# per request, which is what operators run. Semantics do not change (the same source and flags; only optimization decisions
 # differ); measure the result with ab.sh against the plain build. At the end the built binary
 # must forward the bench webhook (every answer a 2xx), since the container image ships it.
 #
@@ -55,8 +56,8 @@ signature_header "$RUN_DIR/webhook-64k.json" bench-secret > "$RUN_DIR/bench-64k.
 
 start_nginx sink sink.conf 1
 gateway_config "$HERE/pgo.toml" 18085 > "$RUN_DIR/hookgate.toml"
-serve() { # BIN: runs it on the training config, GW its pid
-  RUST_LOG=warn setsid "$1" run --config "$RUN_DIR/hookgate.toml" > "$RUN_DIR/hookgate.log" 2>&1 < /dev/null &
+serve() { # BIN [LEVEL]: runs it on the training config (RUST_LOG=LEVEL, warn), GW its pid
+  RUST_LOG=${2:-warn} setsid "$1" run --config "$RUN_DIR/hookgate.toml" > "$RUN_DIR/hookgate.log" 2>&1 < /dev/null &
   GW=$!
   wait_listening 18085
 }
@@ -65,7 +66,8 @@ stop_serving() { kill -INT "$GW"; wait "$GW" || true; GW=; }
 serve "$ROOT/target/pgo-generate/release/hookgate"
 load() { # BODY HEADERS PATH CONNECTIONS SECONDS: prints "requests=N non2xx=M"
   local t=2; (($4 < 2)) && t=1
-  BENCH_BODY_FILE=$1 BENCH_HEADERS_FILE=$2 wrk -t$t -c"$4" -d"$5s" -s "$HERE/post.lua" "http://127.0.0.1:18085$3" |
+  BENCH_BODY_FILE=$1 BENCH_HEADERS_FILE=$2 BENCH_SIGS_FILE=$RUN_DIR/sigs BENCH_THREADS=$t \
+    wrk -t$t -c"$4" -d"$5s" -s "${SCRIPT:-$HERE/post.lua}" "http://127.0.0.1:18085$3" |
     awk '/^BENCH/ {print $2, $9}'
 }
 train() { printf '%-40s c%-3s ' "$3" "$4" >&2; load "$@" >&2; }
@@ -79,6 +81,11 @@ for v in "$RUN_DIR"/*.url; do
   case $v in *-bad-* | *-wrong-* | *-no-*) secs=1 ;; esac
   train "$v.body" "$v.headers" "$(cat "$v.url")" 64 "$secs"
 done
+stop_serving
+# The defaults: a line logged per request, and dedupe's check and remember of new ids.
+serve "$ROOT/target/pgo-generate/release/hookgate" info
+unique_signatures "$HERE/webhook.json" bench-secret 300000 > "$RUN_DIR/sigs"
+SCRIPT=$HERE/unique.lua train "$HERE/webhook.json" "$RUN_DIR/bench.headers" /defaults 64 "$SECS"
 stop_serving
 mkdir -p "$ROOT/target/pgo"
 "$PROFDATA" merge -o "$ROOT/target/pgo/hookgate.profdata" "$PROFILES"
