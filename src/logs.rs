@@ -30,7 +30,7 @@ thread_local! {
 pub fn batch_this_thread() {
     PENDING.with(|p| {
         if let Ok(mut p) = p.try_borrow_mut() {
-            *p = Some(Batch::default());
+            *p = Some(Batch::new());
         }
     });
 }
@@ -59,15 +59,14 @@ impl<'a> MakeWriter<'a> for Stderr {
 
 impl Write for Stderr {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        PENDING.with(|p| match p.try_borrow_mut() {
-            Ok(mut p) => match p.as_mut() {
-                Some(batch) => {
-                    batch.push(line, &mut io::stderr());
-                    Ok(line.len())
-                }
-                None => io::stderr().write(line),
-            },
-            Err(_) => io::stderr().write(line),
+        PENDING.with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut()
+                && let Some(batch) = p.as_mut()
+            {
+                batch.push(line, &mut io::stderr());
+                return Ok(line.len());
+            }
+            io::stderr().write(line)
         })
     }
 
@@ -77,12 +76,17 @@ impl Write for Stderr {
 }
 
 /// Lines gathered for one write.
-#[derive(Default)]
 struct Batch {
     bytes: Vec<u8>,
 }
 
 impl Batch {
+    fn new() -> Batch {
+        Batch {
+            bytes: Vec::with_capacity(BATCH),
+        }
+    }
+
     /// Adds a line, first writing out what is gathered if the line would not fit with it.
     /// A line of a batch's size or more is written on its own. (Lost if `out` fails: stderr
     /// is all a log has.)
@@ -93,9 +97,6 @@ impl Batch {
         if line.len() >= BATCH {
             let _ = out.write_all(line);
         } else {
-            if self.bytes.capacity() == 0 {
-                self.bytes.reserve_exact(BATCH);
-            }
             self.bytes.extend_from_slice(line);
         }
     }
@@ -135,7 +136,7 @@ mod tests {
 
     #[test]
     fn batches_are_whole_lines_of_at_most_pipe_buf() {
-        let mut batch = Batch::default();
+        let mut batch = Batch::new();
         let mut out = Writes::default();
         let lines: Vec<Vec<u8>> = (0..100).map(|n| line(n, 150 + n * 7 % 300)).collect();
         for l in &lines {
@@ -152,13 +153,24 @@ mod tests {
             );
         }
         assert_eq!(out.0.concat(), lines.concat(), "every line, in order");
-        // Fewer writes than lines, and each batch as full as the next line allowed.
-        assert!(out.0.len() * 10 < lines.len() * 2);
+        // Each batch as full as the next line allowed: that line would not have fitted.
+        for pair in out.0.windows(2) {
+            let next_line = pair[1]
+                .split_inclusive(|&b| b == b'\n')
+                .next()
+                .expect("a line");
+            assert!(
+                pair[0].len() + next_line.len() > BATCH,
+                "a batch of {} bytes written before a {}-byte line",
+                pair[0].len(),
+                next_line.len()
+            );
+        }
     }
 
     #[test]
     fn a_long_line_is_written_alone_after_what_was_gathered() {
-        let mut batch = Batch::default();
+        let mut batch = Batch::new();
         let mut out = Writes::default();
         let (short, long) = (line(1, 100), line(2, BATCH + 500));
         batch.push(&short, &mut out);

@@ -11,8 +11,11 @@
 #   SECS=4 ROUNDS=10 benches/load/ab.sh BIN@CONFIG  # a build on another config
 #   BODY=big.json benches/load/ab.sh BIN_A BIN_B    # another protocol webhook body
 #   CLOSE=1 benches/load/ab.sh BIN_A BIN_B          # a new connection for every request
-#   UNIQUE=200000 benches/load/ab.sh BIN@bench-dedupe.toml  # every request a new event id
-#                                                   # (unique.lua), for dedupe on
+#   UNIQUE=700000 benches/load/ab.sh BIN@bench-dedupe.toml  # every request a new event id
+#                                                   # (unique.lua), for dedupe on; the ids
+#                                                   # are shared by all units in turn, so N
+#                                                   # must be > 2 x 100,000 (dedupe's capacity)
+#                                                   # x the units, or ids come back as duplicates
 #   STEAL_MAX=3 (the second table's rounds), ROUNDS_OUT=FILE (keeps the per-round figures)
 #
 # Columns: req/s, proxy/sink/wrk CPU µs per request, the proxy's user-space part of it (the
@@ -94,8 +97,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
     { time load "${PORTS[$i]}" "$SECS" > "$RUN_DIR/wrk.out"; } 2> "$RUN_DIR/wrk.time"
     p1=$(cpu_ticks "$unit") u1=$(cpu_ticks "$unit" user) s1=$(cpu_ticks "$SINK") v1=$(sleeps "$unit") st1=$(machine_ticks)
     line=$(grep '^BENCH ' "$RUN_DIR/wrk.out")
-    n=$(grep -o 'requests=[0-9]*' <<< "$line" | cut -d= -f2)
-    p99=$(grep -o 'p99_us=[0-9]*' <<< "$line" | cut -d= -f2)
+    n=$(bench_field requests "$line")
+    p99=$(bench_field p99_us "$line")
     read -r wu ws < "$RUN_DIR/wrk.time"
     awk -v nm="${NAMES[$i]}" -v n="$n" -v secs="$SECS" -v hz="$HZ" -v p=$((p1 - p0)) -v s=$((s1 - s0)) \
       -v u=$((u1 - u0)) \

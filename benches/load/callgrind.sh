@@ -38,7 +38,7 @@ load "$SECS" > "$RUN_DIR/wrk.out"
 kill -INT "$GW"
 wait "$GW" || true
 GW=
-n=$(grep -o 'requests=[0-9]*' "$RUN_DIR/wrk.out" | cut -d= -f2)
+n=$(bench_field requests "$(< "$RUN_DIR/wrk.out")")
 # %.0f, not %d: mawk's %d stops at 2^31, which a 64 KiB body's run passes.
 cat "$RUN_DIR"/cg.out* | awk -v n="$n" '/^summary:/ {s += $2}
   END {printf "requests=%d instructions=%.0f per_request=%.0f\n", n, s, s / n}'

@@ -16,6 +16,8 @@ machine_ticks() { awk 'NR == 1 { t = 0; for (i = 2; i <= 9; i++) t += $i; print 
 steal_pct() { awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; printf "%.1f", (d > 0 ? 100 * (y[1] - x[1]) / d : 0) }'; }
 # busy_ticks "… BUSY0" "… BUSY1": the machine's busy ticks between two machine_ticks readings.
 busy_ticks() { echo $((${2##* } - ${1##* })); }
+# One figure of post.lua's "BENCH ..." summary line: bench_field NAME LINE (requests, p99_us, …).
+bench_field() { grep -o "$1=[0-9]*" <<< "$2" | cut -d= -f2; }
 # CPU µs per request: us_per_req TICKS REQUESTS.
 us_per_req() { awk -v d="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (n > 0 ? d * 1e6 / hz / n : 0) }'; }
 # Peak RSS (VmHWM) of a process tree, in KiB.

@@ -58,7 +58,7 @@ for proxy in "nginx-proxy:18082:$(cat "$RUN_DIR/proxy/nginx.pid")" "$(basename "
   sleep 0.3
   load "$port" "$SECS" "$RUN_DIR/wrk.stat" > "$RUN_DIR/wrk.out"
   kill -INT "$p1" "$p2"; wait "$p1" "$p2" || true
-  n=$(grep -o 'requests=[0-9]*' "$RUN_DIR/wrk.out" | cut -d= -f2)
+  n=$(bench_field requests "$(< "$RUN_DIR/wrk.out")")
   for process in proxy sink wrk; do
     # perf -x, lines: value,unit,event,...; task-clock is in ms.
     awk -F, -v n="$n" -v nm="$name" -v pr="$process" '

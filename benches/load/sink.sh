@@ -73,7 +73,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     line=$(BENCH_BODY_FILE=$(body_of $kind) BENCH_HEADERS_FILE=$RUN_DIR/$kind.headers \
       wrk -t2 -c64 -d"${SECS}s" -s "$HERE/post.lua" http://127.0.0.1:18081/ | grep '^BENCH ')
     s1=$(cpu_ticks "$SINK")
-    n=$(grep -o 'requests=[0-9]*' <<< "$line" | cut -d= -f2)
+    n=$(bench_field requests "$line")
     awk -v n="$n" -v d=$((s1 - s0)) -v hz="$HZ" -v secs="$SECS" \
       'BEGIN { printf "%.0f %.2f\n", n / secs, d * 1e6 / hz / n }' >> "$RUN_DIR/$kind.rounds"
   done

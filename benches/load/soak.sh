@@ -80,11 +80,11 @@ failed=0
 check() {
   local line n bad
   line=$(grep '^BENCH ' "$RUN_DIR/$1.out") || { echo "$1: no summary from wrk"; failed=1; return; }
-  n=$(grep -o 'requests=[0-9]*' <<< "$line" | cut -d= -f2)
-  bad=$(grep -o 'non2xx=[0-9]*' <<< "$line" | cut -d= -f2)
+  n=$(bench_field requests "$line")
+  bad=$(bench_field non2xx "$line")
   [[ $2 == none ]] && bad=$((n - bad))
   printf '%-9s %10d requests, %s answers not as they should be (want %s), p99 %s µs, socket errors %s\n' \
-    "$1" "$n" "$bad" "$2" "$(grep -o 'p99_us=[0-9]*' <<< "$line" | cut -d= -f2)" "$(grep -o 'sockerr=[0-9]*' <<< "$line" | cut -d= -f2)"
+    "$1" "$n" "$bad" "$2" "$(bench_field p99_us "$line")" "$(bench_field sockerr "$line")"
   ((bad == 0)) || failed=1
 }
 check fresh 2xx
