@@ -1,4 +1,4 @@
-//! Reading a request's body whole, within a size limit.
+//! Reading a request's body whole, within a size limit and the worker's memory budget.
 //!
 //! By hand rather than http-body-util's `Limited` + `collect`: those queue every piece in a
 //! `VecDeque` and copy them out again, an allocation and a pass per body, while nearly every
@@ -7,6 +7,73 @@
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError};
+
+/// The request-body bytes one worker thread may hold at once (`server.max_buffered_bytes`
+/// shared out between the workers): a permit per byte received, kept until the request
+/// is answered. A body that is still arriving waits for others' bytes to be given back
+/// before its next piece is read (the sender's TCP window fills; `body_timeout_s` still
+/// runs), so bodies sent faster than they are verified cannot grow memory without bound
+/// before any proof is checked. A body's last piece never waits: it is in memory already
+/// and reading stops anyway, and a webhook that arrives whole (nearly all do) must not
+/// queue behind bodies stalled half-way; it holds the bytes only if they are free.
+/// Per worker, so the permits' counter stays on its worker's core (the shared cache line
+/// cost was measured: `benches/PERFORMANCE.md`, "Shared cache lines").
+#[repr(align(128))]
+pub struct Budget {
+    bytes: Semaphore,
+    size: usize,
+    /// Pieces that had to wait for the budget (`hookgate_body_budget_waits_total`).
+    waits: Counter,
+}
+
+impl Budget {
+    pub fn new(size: usize, waits: Counter) -> Budget {
+        let size = size.min(Semaphore::MAX_PERMITS);
+        Budget {
+            bytes: Semaphore::new(size),
+            size,
+            waits,
+        }
+    }
+
+    /// The bytes it holds in all.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// `n` more bytes for `held`; while `more` of the body is to come, waiting for them if
+    /// others hold the budget.
+    async fn take<'b>(&'b self, held: &mut Option<SemaphorePermit<'b>>, n: usize, more: bool) {
+        // A piece is never over `max_body_bytes`, which is never over `size`, so it fits u32
+        // whenever it can fit at all; a larger one waits for the whole budget.
+        let n = u32::try_from(n.min(self.size)).unwrap_or(u32::MAX);
+        let permit = match self.bytes.try_acquire_many(n) {
+            Ok(p) => p,
+            Err(TryAcquireError::NoPermits) if !more => return,
+            Err(TryAcquireError::NoPermits) => {
+                self.waits.inc();
+                match self.bytes.acquire_many(n).await {
+                    Ok(p) => p,
+                    // The semaphore is never closed.
+                    Err(_) => return,
+                }
+            }
+            Err(TryAcquireError::Closed) => return,
+        };
+        match held {
+            Some(h) => h.merge(permit),
+            None => *held = Some(permit),
+        }
+    }
+}
+
+/// A body's share of its worker's budget, given back when dropped (when the request has
+/// been answered: the forwarded event shares the body's bytes).
+pub struct Held<'b> {
+    _permit: Option<SemaphorePermit<'b>>,
+}
 
 /// Why a body could not be read whole.
 #[derive(Debug, thiserror::Error)]
@@ -17,10 +84,16 @@ pub enum ReadError {
     Failed(#[from] hyper::Error),
 }
 
-/// The whole body, or `TooLarge` as soon as it passes `limit` bytes (trailers are ignored).
-pub async fn read_whole(mut body: Incoming, limit: usize) -> Result<Bytes, ReadError> {
+/// The whole body, or `TooLarge` as soon as it passes `limit` bytes (trailers are ignored);
+/// each piece is taken from `budget` before the next is read.
+pub async fn read_whole<'b>(
+    mut body: Incoming,
+    limit: usize,
+    budget: &'b Budget,
+) -> Result<(Bytes, Held<'b>), ReadError> {
     let mut first = Bytes::new();
     let mut joined: Option<BytesMut> = None;
+    let mut held = None;
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame?.into_data() else {
             continue;
@@ -29,6 +102,9 @@ pub async fn read_whole(mut body: Incoming, limit: usize) -> Result<Bytes, ReadE
         if data.len() > limit - read {
             return Err(ReadError::TooLarge);
         }
+        budget
+            .take(&mut held, data.len(), !body.is_end_stream())
+            .await;
         match &mut joined {
             Some(j) => j.extend_from_slice(&data),
             None if first.is_empty() => first = data,
@@ -43,5 +119,8 @@ pub async fn read_whole(mut body: Incoming, limit: usize) -> Result<Bytes, ReadE
             }
         }
     }
-    Ok(joined.map_or(first, BytesMut::freeze))
+    Ok((
+        joined.map_or(first, BytesMut::freeze),
+        Held { _permit: held },
+    ))
 }

@@ -66,6 +66,8 @@ struct FileServer {
     body_timeout_s: u64,
     #[serde(default = "default_max_connections")]
     max_connections: usize,
+    /// Not in SPEC §3 (README: "Memory"); absent: the larger of 64 MiB and max_body_bytes.
+    max_buffered_bytes: Option<u64>,
 }
 
 impl Default for FileServer {
@@ -82,6 +84,7 @@ impl Default for FileServer {
             header_timeout_s: default_header_timeout(),
             body_timeout_s: default_body_timeout(),
             max_connections: default_max_connections(),
+            max_buffered_bytes: None,
         }
     }
 }
@@ -103,6 +106,10 @@ fn default_body_timeout() -> u64 {
 }
 fn default_max_connections() -> usize {
     10_000
+}
+/// `max_buffered_bytes` when absent: 64 MiB, or one largest body if that is more.
+fn default_max_buffered(max_body_bytes: u64) -> u64 {
+    max_body_bytes.max(64 << 20)
 }
 fn default_timeout_ms() -> u64 {
     10_000
@@ -215,6 +222,9 @@ pub struct Server {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub max_connections: usize,
+    /// Request-body bytes held in memory at once, all connections together; at least
+    /// `max_body_bytes`.
+    pub max_buffered_bytes: u64,
 }
 
 /// Certificate files of `[server] tls`, resolved against the config's folder.
@@ -428,9 +438,20 @@ impl Builder {
 
     fn build(&self, f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         let s = &f.server;
+        let max_body_bytes = self.positive("server.max_body_bytes", s.max_body_bytes)?;
+        let max_buffered_bytes = match s.max_buffered_bytes {
+            None => default_max_buffered(max_body_bytes),
+            Some(n) if n < max_body_bytes => {
+                return Err(self.err(
+                    "server.max_buffered_bytes",
+                    format!("must be at least server.max_body_bytes ({max_body_bytes})"),
+                ));
+            }
+            Some(n) => n,
+        };
         let server = Server {
             listen: self.socket_addr("server.listen", &s.listen)?,
-            max_body_bytes: self.positive("server.max_body_bytes", s.max_body_bytes)?,
+            max_body_bytes,
             tls: s.tls.as_ref().map(|t| TlsFiles {
                 cert: self.resolve_path(&t.cert),
                 key: self.resolve_path(&t.key),
@@ -452,6 +473,7 @@ impl Builder {
             ),
             max_connections: self.positive("server.max_connections", s.max_connections as u64)?
                 as usize,
+            max_buffered_bytes,
         };
         let admin = f
             .admin
@@ -663,6 +685,7 @@ secrets = ["literal-secret"]
         assert_eq!(c.server.header_timeout, Duration::from_secs(10));
         assert_eq!(c.server.body_timeout, Duration::from_secs(30));
         assert_eq!(c.server.max_connections, 10_000);
+        assert_eq!(c.server.max_buffered_bytes, 64 << 20);
         assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
         let s = &c.sources[0];
         assert_eq!(s.forward, ForwardMode::Event);
@@ -671,6 +694,21 @@ secrets = ["literal-secret"]
         assert_eq!(s.dedupe_window, Duration::from_secs(300));
         assert!(s.rate_limit.is_none());
         assert!(c.admin.is_none());
+    }
+
+    #[test]
+    fn the_body_budget_holds_at_least_one_largest_body() {
+        let with = |server: &str| format!("[server]\n{server}\n{MINIMAL}");
+        let c = parse(&with("max_body_bytes = 100000000")).expect("valid");
+        assert_eq!(c.server.max_buffered_bytes, 100_000_000, "default follows");
+        let c = parse(&with("max_buffered_bytes = 2000000")).expect("valid");
+        assert_eq!(c.server.max_buffered_bytes, 2_000_000);
+        let e = err(&with("max_buffered_bytes = 1000"));
+        assert!(
+            e.contains("server.max_buffered_bytes")
+                && e.contains("at least server.max_body_bytes (1048576)"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -247,6 +247,8 @@ pub struct Metrics {
     upstream_duration: Family<SourceLabel, AtomicHistogram>,
     upstream_errors: Family<SourceKind, Counter>,
     pub in_flight: ShardedGauge,
+    /// Body pieces that waited for the memory budget (`server.max_buffered_bytes`).
+    pub body_budget_waits: Counter,
     /// Requests that match no source count under `source=""`.
     pub unmatched: SourceMetrics,
 }
@@ -266,6 +268,7 @@ impl Metrics {
         let upstream_duration = Family::<SourceLabel, AtomicHistogram>::default();
         let upstream_errors = Family::<SourceKind, Counter>::default();
         let in_flight = ShardedGauge::default();
+        let body_budget_waits = Counter::default();
         let build_info = Family::<Version, Gauge>::default();
         build_info
             .get_or_create(&Version {
@@ -302,6 +305,11 @@ impl Metrics {
             "Requests being handled now",
             in_flight.clone(),
         );
+        registry.register(
+            "body_budget_waits",
+            "Request body pieces that waited for server.max_buffered_bytes",
+            body_budget_waits.clone(),
+        );
         registry.register("build_info", "hookgate's version", build_info);
         let mut m = Metrics {
             registry,
@@ -311,6 +319,7 @@ impl Metrics {
             upstream_duration,
             upstream_errors,
             in_flight,
+            body_budget_waits,
             unmatched: SourceMetrics::placeholder(),
         };
         m.unmatched = m.source("");

@@ -68,6 +68,8 @@ pub struct Gateway {
     /// One pooled client per worker thread: a connection is only ever used on the thread
     /// whose runtime drives it.
     upstreams: Vec<Upstream>,
+    /// Each worker's share of `max_buffered_bytes`, indexed like `upstreams`.
+    budgets: Arc<[body::Budget]>,
     client_limiter: Option<Arc<ClientLimiter>>,
 }
 
@@ -130,6 +132,22 @@ impl Gateway {
                 (s.path.clone(), route)
             })
             .collect();
+        // A worker's share holds at least one largest body, or that body could never be read.
+        let workers = upstreams.len();
+        let share = usize::try_from(
+            (config.server.max_buffered_bytes / workers as u64).max(config.server.max_body_bytes),
+        )
+        .unwrap_or(usize::MAX)
+        .min(tokio::sync::Semaphore::MAX_PERMITS);
+        // Kept across a reload that leaves them as they are: requests in flight hold them.
+        let budgets = previous
+            .map(|p| Arc::clone(&p.budgets))
+            .filter(|b| b.len() == workers && b[0].size() == share)
+            .unwrap_or_else(|| {
+                (0..workers)
+                    .map(|_| body::Budget::new(share, context.metrics.body_budget_waits.clone()))
+                    .collect()
+            });
         let client_limiter = config.server.client_rate_limit.map(|rate| {
             previous
                 .and_then(|p| p.client_limiter.clone())
@@ -140,6 +158,7 @@ impl Gateway {
             config,
             routes,
             upstreams,
+            budgets,
             client_limiter,
         })
     }
@@ -453,11 +472,13 @@ async fn deliver<'g>(
     }
 
     let (parts, body) = request.into_parts();
-    let body = read_body(
+    // Held until the delivery is answered: the forwarded event shares the body's bytes.
+    let (body, _held) = read_body(
         &parts.headers,
         body,
         server.max_body_bytes,
         started + server.body_timeout,
+        &gateway.budgets[conn.worker % gateway.budgets.len()],
     )
     .await?;
     if parts
@@ -613,13 +634,15 @@ fn is_identity(v: &HeaderValue) -> bool {
     s.is_empty() || s.eq_ignore_ascii_case(b"identity")
 }
 
-/// Reads the whole body within `max` bytes and `timeout`, never buffering past the limit.
-async fn read_body(
+/// Reads the whole body within `max` bytes, `timeout` and the worker's `budget`, never
+/// buffering past the limit.
+async fn read_body<'b>(
     headers: &HeaderMap,
     body: Incoming,
     max: u64,
     deadline: Instant,
-) -> Result<Bytes, Refusal> {
+    budget: &'b body::Budget,
+) -> Result<(Bytes, body::Held<'b>), Refusal> {
     // A declared length over the limit is refused before reading a byte. With a
     // Transfer-Encoding the body is read by it alone (RFC 9112 §6.1), never by the length.
     if !headers.contains_key(header::TRANSFER_ENCODING) {
@@ -633,10 +656,10 @@ async fn read_body(
     }
     let limit = usize::try_from(max).unwrap_or(usize::MAX);
     let deadline = tokio::time::Instant::from_std(deadline);
-    match tokio::time::timeout_at(deadline, body::read_whole(body, limit)).await {
+    match tokio::time::timeout_at(deadline, body::read_whole(body, limit, budget)).await {
         Err(_) => Err(Refusal::BodyTimeout),
         Ok(Err(body::ReadError::TooLarge)) => Err(Refusal::TooLarge),
         Ok(Err(body::ReadError::Failed(e))) => Err(Refusal::BadBody(e.to_string())),
-        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Ok(read)) => Ok(read),
     }
 }

@@ -339,11 +339,7 @@ async fn slowloris_connections_are_cut_at_the_head_deadline() {
 
 /// A new connection with one signed delivery of `body(id)` written on it, as raw HTTP/1.1.
 async fn send_signed_raw(gw: &Gateway, id: &str) -> tokio::net::TcpStream {
-    connect_and_write(
-        gw.addr,
-        signed_post("/hooks/p", SECRET, &body(id)).as_bytes(),
-    )
-    .await
+    send_signed_raw_body(gw, &body(id)).await
 }
 
 /// Reads one answer (head and a `content-length` body) off a kept-alive connection.
@@ -621,4 +617,71 @@ async fn past_max_connections_a_new_connection_waits_and_served_ones_go_on() {
         .map(|r| r.json()["id"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(ids, ["a", "b", "a2", "b2", "c"]);
+}
+
+/// `max_buffered_bytes`: a body still arriving is not read past the worker's budget until
+/// others give their bytes back, and a webhook that arrives whole is never held up by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_past_the_memory_budget_wait_and_whole_ones_go_through() {
+    use hookgate::pipeline::Context;
+    use tokio::io::AsyncWriteExt;
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "").replace(
+        "[server]\n",
+        "[server]\nmax_body_bytes = 200000\nmax_buffered_bytes = 200000\nbody_timeout_s = 20\n",
+    );
+    // One worker, so all three connections share one budget of 200,000 bytes.
+    let context = Context {
+        workers: 1,
+        ..Context::default()
+    };
+    let metrics = std::sync::Arc::clone(&context.metrics);
+    let dir = temp_dir("budget");
+    let gw = spawn_gateway_in_context(&config, &dir, context)
+        .await
+        .keeping(dir);
+    let padded = |id: &str, len: usize| {
+        let short = body(id).replace("{}", r#"{"pad":""}"#);
+        short.replace(
+            r#""pad":"""#,
+            &format!(r#""pad":"{}""#, "p".repeat(len - short.len())),
+        )
+    };
+
+    // A: 150,000 of its 151,000 bytes, then it stalls, holding them.
+    let a = signed_post("/hooks/p", SECRET, &padded("a", 151_000));
+    let (a_most, a_rest) = a.as_bytes().split_at(a.len() - 1_000);
+    let mut a_conn = connect_and_write(gw.addr, a_most).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(metrics.body_budget_waits.get(), 0, "A alone fits");
+    // B: all of its 150,000 bytes are sent, but past the 50,000 left it is not read on.
+    let mut b_conn = send_signed_raw_body(&gw, &padded("b", 150_000)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(metrics.body_budget_waits.get() >= 1, "B waited");
+    // C arrives whole: not held up, though the budget is spent.
+    let started = Instant::now();
+    let c = deliver(&gw, "c", &[]).await;
+    assert_eq!(c.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let ids = || -> Vec<String> {
+        upstream
+            .requests()
+            .iter()
+            .map(|r| r.json()["id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(), ["c"], "B was read past the budget");
+
+    // A's last bytes: A is forwarded and answered, gives its bytes back, and B goes on.
+    a_conn.write_all(a_rest).await.expect("write");
+    assert!(read_answer(&mut a_conn).await.starts_with("HTTP/1.1 200"));
+    let b_answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut b_conn))
+        .await
+        .expect("B is read once A's bytes are given back");
+    assert!(b_answer.starts_with("HTTP/1.1 200"), "{b_answer}");
+    assert_eq!(ids(), ["c", "a", "b"]);
+}
+
+async fn send_signed_raw_body(gw: &Gateway, body: &str) -> tokio::net::TcpStream {
+    connect_and_write(gw.addr, signed_post("/hooks/p", SECRET, body).as_bytes()).await
 }

@@ -193,6 +193,7 @@ async fn metrics_count_exactly_what_happened() {
         "{text}"
     );
     assert_eq!(get(&m, "hookgate_in_flight_requests", &[]), Some(0.0));
+    assert_eq!(get(&m, "hookgate_body_budget_waits_total", &[]), Some(0.0));
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(
         get(&m, "hookgate_build_info", &[("version", version)]),

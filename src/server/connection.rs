@@ -43,7 +43,14 @@ impl Http {
         // with the upstream already holding it). A delivery that was read whole is
         // forwarded whole. (That read also took a new 8 KiB read buffer per request, the old
         // one being still held by the request's bytes.)
+        //
+        // max_buf_size: a body is read in pieces of at most this, and each is taken from
+        // the worker's memory budget (`body::Budget`) before the next is read; a connection
+        // waiting for the budget holds at most one piece beyond it (hyper's default, ~400
+        // KiB, times max_connections was the bound before). It also caps a request head,
+        // as HTTP/2's max_header_list_size below does.
         http1
+            .max_buf_size(64 * 1024)
             .header_read_timeout(None)
             .keep_alive(true)
             .half_close(true);
@@ -52,6 +59,10 @@ impl Http {
             .timer(TokioTimer::new())
             .max_concurrent_streams(256)
             .max_header_list_size(64 * 1024)
+            // What a connection's streams may have sent beyond what was read (taken from
+            // the budget): flow control stops the sender there.
+            .initial_connection_window_size(256 * 1024)
+            .initial_stream_window_size(256 * 1024)
             .max_pending_accept_reset_streams(20)
             .max_local_error_reset_streams(64)
             .keep_alive_interval(Duration::from_secs(30))

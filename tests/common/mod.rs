@@ -186,13 +186,18 @@ pub async fn spawn_gateway_in(config: &str, dir: &Path) -> Gateway {
 
 /// A gateway whose rate limits and dedupe run on `clock` (a fake one: no sleeps).
 pub async fn spawn_gateway_with(config: &str, dir: &Path, clock: LimitClock) -> Gateway {
-    let path = dir.join("hookgate.toml");
-    std::fs::write(&path, config).expect("write config");
-    let config = Config::load(&path).expect("valid test config");
     let context = Context {
         clock,
         ..Context::default()
     };
+    spawn_gateway_in_context(config, dir, context).await
+}
+
+/// A gateway on a context of the test's own (its worker count, its metrics).
+pub async fn spawn_gateway_in_context(config: &str, dir: &Path, context: Context) -> Gateway {
+    let path = dir.join("hookgate.toml");
+    std::fs::write(&path, config).expect("write config");
+    let config = Config::load(&path).expect("valid test config");
     let prepared = server::prepare_with(config, context, None).expect("prepare");
     let server = Server::start(prepared).await.expect("start");
     let addr = server.local_addr;
