@@ -17,7 +17,8 @@ use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError};
 /// runs), so bodies sent faster than they are verified cannot grow memory without bound
 /// before any proof is checked. A body's last piece never waits: it is in memory already
 /// and reading stops anyway, and a webhook that arrives whole (nearly all do) must not
-/// queue behind bodies stalled half-way; it holds the bytes only if they are free.
+/// queue behind bodies stalled half-way; it holds the bytes only if they are free, and a
+/// body read in one piece is not counted at all.
 /// Per worker, so the permits' counter stays on its worker's core (the shared cache line
 /// cost was measured: `benches/PERFORMANCE.md`, "Shared cache lines").
 #[repr(align(128))]
@@ -102,9 +103,12 @@ pub async fn read_whole<'b>(
         if data.len() > limit - read {
             return Err(ReadError::TooLarge);
         }
-        budget
-            .take(&mut held, data.len(), !body.is_end_stream())
-            .await;
+        // A body read in one piece (at most hyper's 64 KiB buffer) is not counted: it is
+        // verified at once, and the common webhook then costs no budget work at all.
+        let more = !body.is_end_stream();
+        if more || held.is_some() {
+            budget.take(&mut held, data.len(), more).await;
+        }
         match &mut joined {
             Some(j) => j.extend_from_slice(&data),
             None if first.is_empty() => first = data,
