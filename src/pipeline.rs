@@ -663,3 +663,38 @@ async fn read_body<'b>(
         Ok(Ok(read)) => Ok(read),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway(server: &str, previous: Option<&Gateway>) -> Gateway {
+        let text = format!(
+            "[server]\n{server}\n[upstream]\nurl = \"http://127.0.0.1:9/\"\n\
+             [[source]]\nname = \"p\"\nplatform = \"protocol\"\npath = \"/p\"\nsecrets = [\"s\"]\n"
+        );
+        let config = Config::from_toml_str(&text, std::path::Path::new("/etc/hookgate/t.toml"))
+            .expect("valid");
+        let context = Context {
+            workers: 2,
+            ..Context::default()
+        };
+        Gateway::new(config, &context, previous).expect("gateway")
+    }
+
+    #[test]
+    fn the_body_budget_is_shared_out_and_kept_by_a_reload_that_leaves_it() {
+        let a = gateway("max_buffered_bytes = 4000000", None);
+        assert_eq!(a.budgets.len(), 2);
+        assert_eq!(a.budgets[0].size(), 2_000_000);
+        let b = gateway("max_buffered_bytes = 4000000", Some(&a));
+        assert!(Arc::ptr_eq(&a.budgets, &b.budgets), "unchanged: kept");
+        let c = gateway("max_buffered_bytes = 1500000", Some(&b));
+        assert!(!Arc::ptr_eq(&b.budgets, &c.budgets), "changed: new");
+        assert_eq!(
+            c.budgets[1].size(),
+            1_048_576,
+            "a share holds one largest body"
+        );
+    }
+}

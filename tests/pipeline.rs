@@ -347,6 +347,35 @@ async fn http2_delivery() {
     assert_eq!(a.status, 401);
 }
 
+/// A body of most of `max_body_bytes` comes in many pieces (HTTP/1.1 reads of at most 64
+/// KiB, HTTP/2 windows of 256 KiB) within a budget of one such body, and is forwarded whole.
+#[tokio::test]
+async fn a_large_body_arrives_whole_over_http1_and_http2() {
+    let (upstream, gw) = protocol_gateway(
+        "dedupe_window_s = 0",
+        "max_body_bytes = 1000000\nmax_buffered_bytes = 1000000",
+    )
+    .await;
+    let text = "t".repeat(900_000);
+    let body = BODY.replace(r#""message":"hi""#, &format!(r#""message":"{text}""#));
+    let sig = hmac_hex(SECRET, body.as_bytes());
+    let headers = [("x-protocol-signature", sig.as_str())];
+    let a = send_h2(gw.addr, "/hooks/p", &headers, body.clone()).await;
+    assert_eq!(a.status, 200);
+    let b = send(gw.addr, "POST", "/hooks/p", &headers, Bytes::from(body)).await;
+    assert_eq!(b.status, 200);
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 2);
+    for r in &requests {
+        let event = r.json();
+        assert_eq!(
+            event["message"]["text"].as_str().map(str::len),
+            Some(900_000)
+        );
+        assert_eq!(event["raw"]["payload"]["message"], event["message"]["text"]);
+    }
+}
+
 /// Without a sender's `x-request-id`, a new one (32 hex digits, fresh each time) goes to the
 /// upstream and back in the answer.
 #[tokio::test]
