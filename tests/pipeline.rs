@@ -776,6 +776,39 @@ async fn an_answer_in_pieces_is_relayed_whole() {
     assert_eq!(&a.body[..], b"first,second,third");
 }
 
+/// A request head over 64 KiB gets 431 whether it comes in one write or in pieces; one just
+/// under it is served.
+#[tokio::test]
+async fn a_request_head_over_64_kib_is_431_however_it_arrives() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (upstream, gw) = protocol_gateway("dedupe_window_s = 0", "").await;
+    let sig = signature();
+    let head = |pad: usize| {
+        format!(
+            "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-pad: {}\r\nx-protocol-signature: {sig}\r\ncontent-length: {}\r\n\r\n{BODY}",
+            "p".repeat(pad),
+            BODY.len()
+        )
+    };
+    let out = raw_exchange(gw.addr, head(100_000).as_bytes(), Duration::from_secs(3)).await;
+    assert!(out.starts_with("HTTP/1.1 431"), "one write: {out:.40}");
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    for piece in head(100_000).as_bytes().chunks(8_000) {
+        if s.write_all(piece).await.is_err() {
+            break; // answered and closed before the rest
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    assert!(out.starts_with(b"HTTP/1.1 431"), "in pieces");
+    let out = raw_exchange(gw.addr, head(60_000).as_bytes(), Duration::from_millis(500)).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:.40}");
+    assert_eq!(upstream.requests().len(), 1);
+}
+
 #[tokio::test]
 async fn malformed_framing_is_400_never_5xx_nor_forwarded() {
     let (upstream, gw) = protocol_gateway("", "").await;

@@ -44,13 +44,17 @@ impl Http {
         // forwarded whole. (That read also took a new 8 KiB read buffer per request, the old
         // one being still held by the request's bytes.)
         //
-        // max_buf_size: a body is read in pieces of at most this, and each is taken from
-        // the worker's memory budget (`body::Budget`) before the next is read; a connection
-        // waiting for the budget holds at most one piece beyond it (hyper's default, ~400
-        // KiB, times max_connections was the bound before). It also caps a request head,
-        // as HTTP/2's max_header_list_size below does.
+        // max_buf_size: how far hyper grows a connection's read buffer, so about the largest
+        // piece a body is read in (a read fills the buffer's spare room, which can be a
+        // little more). Each piece is taken from the worker's memory budget (`body::Budget`)
+        // before the next is read, so a connection waiting for the budget holds about one
+        // piece beyond it (hyper's default, ~400 KiB, was the size of that piece before).
+        // max_header_size: a request head over 64 KiB gets 431, however it arrived (without
+        // it the buffer's size decides, and a head read whole in one read could be longer),
+        // as HTTP/2's max_header_list_size below bounds a stream's headers.
         http1
             .max_buf_size(64 * 1024)
+            .max_header_size(64 * 1024)
             .header_read_timeout(None)
             .keep_alive(true)
             .half_close(true);
