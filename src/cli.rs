@@ -97,6 +97,34 @@ fn routes(config: &Config) -> Vec<String> {
         .collect()
 }
 
+/// Raises the open-files soft limit to the hard one, as Go's runtime does at start: each
+/// connection takes a descriptor and each delivery in flight another for its upstream
+/// exchange, and the soft limit is often 1024, far below `max_connections`. Returns a
+/// warning when even that cannot hold `max_connections` (past it accepts fail and back
+/// off, and upstream connects fail with 502).
+fn raise_open_files_limit(max_connections: usize) -> Option<String> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => open_files_warning(limit, max_connections),
+        Err(e) => Some(format!(
+            "warning: cannot raise the open-files limit ({e}); connections past it will wait"
+        )),
+    }
+}
+
+/// Two descriptors per connection (the client's, its upstream's) and a few dozen for the
+/// listeners, the runtimes and the log.
+fn open_files_warning(limit: u64, max_connections: usize) -> Option<String> {
+    let needed = 2 * max_connections as u64 + 64;
+    (limit < needed).then(|| {
+        format!(
+            "warning: the open-files limit is {limit}, below the {needed} that \
+             server.max_connections = {max_connections} can need (a descriptor per connection \
+             and one per upstream exchange): raise it (ulimit -n, systemd LimitNOFILE, the \
+             container's nofile ulimit) or lower max_connections"
+        )
+    })
+}
+
 fn check(config: Config) -> ExitCode {
     for w in config.warnings() {
         eprintln!("hookgate: {w}");
@@ -119,6 +147,9 @@ fn run(config: Config) -> ExitCode {
     for w in config.warnings() {
         tracing::warn!("{w}");
     }
+    // Before the listeners exist; its warning only once they do (a start that fails says
+    // one line, its reason).
+    let open_files = raise_open_files_limit(config.server.max_connections);
     let lines = routes(&config);
     let prepared = match server::prepare(config) {
         Ok(p) => p,
@@ -141,6 +172,9 @@ fn run(config: Config) -> ExitCode {
         tracing::info!(listen = %server.local_addr, admin = ?server.admin_addr, "hookgate listening");
         for l in lines {
             tracing::info!("route {l}");
+        }
+        if let Some(w) = open_files {
+            tracing::warn!("{w}");
         }
         wait_for_signals(&server).await;
         tracing::info!("shutting down: /readyz is 503, draining in-flight requests");
@@ -285,6 +319,29 @@ fn sign(config: &Config, name: &str, body: Option<&std::path::Path>) -> ExitCode
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_open_files_limit_is_weighed_against_max_connections() {
+        let w = open_files_warning(1024, 10_000).expect("a warning");
+        assert!(
+            w.contains("is 1024, below the 20064") && w.contains("max_connections = 10000"),
+            "{w}"
+        );
+        assert_eq!(open_files_warning(20_064, 10_000), None);
+        assert_eq!(open_files_warning(1_048_576, 10_000), None);
+    }
+
+    #[test]
+    fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
+        let (_, hard) = rlimit::Resource::NOFILE.get().expect("getrlimit");
+        // Lowered first (an unprivileged process may), so that raising it shows.
+        rlimit::Resource::NOFILE
+            .set(hard.min(512), hard)
+            .expect("setrlimit");
+        let _ = raise_open_files_limit(1);
+        let (soft, _) = rlimit::Resource::NOFILE.get().expect("getrlimit");
+        assert_eq!(soft, hard);
+    }
 
     #[test]
     fn quoting_and_hosts() {
