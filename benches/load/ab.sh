@@ -11,8 +11,9 @@
 #   SECS=4 ROUNDS=10 benches/load/ab.sh BIN@CONFIG  # a build on another config
 #   BODY=big.json benches/load/ab.sh BIN_A BIN_B    # another protocol webhook body
 #   CLOSE=1 benches/load/ab.sh BIN_A BIN_B          # a new connection for every request
-#   CONNS=512 benches/load/ab.sh BIN_A BIN_B        # wrk's connections (64); nginx-proxy keeps
-#                                                   # 64 idle upstream ones, too few past 128
+#   CONNS=512 benches/load/ab.sh BIN_A BIN_B        # wrk's connections (64; 1 runs one wrk
+#                                                   # thread); nginx-proxy keeps 64 idle
+#                                                   # upstream ones, too few past 128
 #   UNIQUE=700000 benches/load/ab.sh BIN@bench-dedupe.toml  # every request a new event id
 #                                                   # (unique.lua), for dedupe on; the ids
 #                                                   # are shared by all units in turn, so N
@@ -29,10 +30,11 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SECS=${SECS:-4}
 ROUNDS=${ROUNDS:-8}
 CONNS=${CONNS:-64}
+THREADS=$((CONNS < 2 ? 1 : 2))
 BODY=${BODY:-$HERE/webhook.json}
 # shellcheck source=benches/load/common.sh
 source "$HERE/common.sh"
-(($# > 0)) || { sed -n '2,21p' "$0" >&2; exit 2; }
+(($# > 0)) || { sed -n '2,22p' "$0" >&2; exit 2; }
 need_tools nginx wrk openssl
 
 RUN_DIR=$(mktemp -d /tmp/hookgate-ab.XXXXXX)
@@ -82,8 +84,8 @@ fi
 # Voluntary context switches of every thread of a process tree.
 sleeps() { local p f t=0; for p in $(tree_pids "$1"); do for f in /proc/$p/task/*/status; do t=$((t + $(awk '/^voluntary_ctxt/ {print $2}' "$f"))); done; done; echo $t; }
 load() { # port seconds
-  BENCH_BODY_FILE=$BODY BENCH_HEADERS_FILE=$RUN_DIR/headers BENCH_SIGS_FILE=$RUN_DIR/sigs BENCH_STATE_FILE=$RUN_DIR/ids BENCH_THREADS=2 \
-    wrk -t2 -c"$CONNS" -d"$2s" --latency -s "$SCRIPT" "http://127.0.0.1:$1/webhook"
+  BENCH_BODY_FILE=$BODY BENCH_HEADERS_FILE=$RUN_DIR/headers BENCH_SIGS_FILE=$RUN_DIR/sigs BENCH_STATE_FILE=$RUN_DIR/ids BENCH_THREADS=$THREADS \
+    wrk -t"$THREADS" -c"$CONNS" -d"$2s" --latency -s "$SCRIPT" "http://127.0.0.1:$1/webhook"
 }
 
 HZ=$(getconf CLK_TCK)

@@ -44,7 +44,7 @@ signature_header "$BODY" bench-secret > "$RUN_DIR/headers"
 SINK=$(cat "$RUN_DIR/sink/nginx.pid")
 comma_pids() { tree_pids "$1" | paste -sd, -; }
 load() { # port seconds [perf output]
-  local cmd=(wrk -t2 -c"$CONNS" -d"$2s" --latency -s "$HERE/post.lua" "http://127.0.0.1:$1/webhook")
+  local cmd=(wrk -t"$((CONNS < 2 ? 1 : 2))" -c"$CONNS" -d"$2s" --latency -s "$HERE/post.lua" "http://127.0.0.1:$1/webhook")
   [[ -n ${3:-} ]] && cmd=(perf stat -x, -e "$EVENTS" -o "$3" "${cmd[@]}")
   BENCH_BODY_FILE=$BODY BENCH_HEADERS_FILE=$RUN_DIR/headers "${cmd[@]}"
 }
