@@ -12,7 +12,7 @@
 #   apt-get install -y nginx-light wrk openssl python3 && rustup component add llvm-tools
 #   benches/load/pgo.sh     # -> target/pgo/release/hookgate (profile: target/pgo/hookgate.profdata)
 #
-# Knobs: SECS=4 (each training load's length). Two full builds: ~7 minutes on 2 cores.
+# Knobs: SECS=4 (each training load's length). Two full builds: 2–3 minutes on a 2-core Zen 5, ~7 on slower 2-core machines.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
