@@ -31,15 +31,15 @@ pub struct Budget {
 
 impl Budget {
     pub fn new(size: usize, waits: Counter) -> Budget {
-        let size = size.min(Semaphore::MAX_PERMITS);
         Budget {
-            bytes: Semaphore::new(size),
+            // More than a semaphore can count (2^61 bytes) is no bound anyway.
+            bytes: Semaphore::new(size.min(Semaphore::MAX_PERMITS)),
             size,
             waits,
         }
     }
 
-    /// The bytes it holds in all.
+    /// The bytes it was made to hold in all.
     pub fn size(&self) -> usize {
         self.size
     }

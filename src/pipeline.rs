@@ -137,8 +137,7 @@ impl Gateway {
         let share = usize::try_from(
             (config.server.max_buffered_bytes / workers as u64).max(config.server.max_body_bytes),
         )
-        .unwrap_or(usize::MAX)
-        .min(tokio::sync::Semaphore::MAX_PERMITS);
+        .unwrap_or(usize::MAX);
         // Kept across a reload that leaves them as they are: requests in flight hold them.
         let budgets = previous
             .map(|p| Arc::clone(&p.budgets))

@@ -98,19 +98,18 @@ pub(super) fn spawn_worker(worker: Worker, mut stop: watch::Receiver<bool>) -> i
         .name(format!("hookgate-worker-{}", worker.index))
         .spawn(move || {
             crate::logs::batch_this_thread();
-            let running = worker.running.clone();
+            let Worker {
+                index,
+                listener,
+                state,
+                connections,
+                balance,
+                mut handed,
+                draining,
+                accepting,
+                running,
+            } = worker;
             runtime.block_on(async move {
-                let Worker {
-                    index,
-                    listener,
-                    state,
-                    connections,
-                    balance,
-                    mut handed,
-                    draining,
-                    accepting,
-                    running: _,
-                } = worker;
                 let spawner = Spawner {
                     state,
                     worker: index,
