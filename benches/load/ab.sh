@@ -34,7 +34,7 @@ THREADS=$((CONNS < 2 ? 1 : 2))
 BODY=${BODY:-$HERE/webhook.json}
 # shellcheck source=benches/load/common.sh
 source "$HERE/common.sh"
-(($# > 0)) || { sed -n '2,22p' "$0" >&2; exit 2; }
+(($# > 0)) || usage
 need_tools nginx wrk openssl
 
 RUN_DIR=$(mktemp -d /tmp/hookgate-ab.XXXXXX)

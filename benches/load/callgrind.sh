@@ -14,7 +14,7 @@ SECS=${SECS:-8}
 BODY=${BODY:-$HERE/webhook.json}
 # shellcheck source=benches/load/common.sh
 source "$HERE/common.sh"
-(($# == 1)) || { sed -n '2,10p' "$0" >&2; exit 2; }
+(($# == 1)) || usage
 need_tools nginx wrk openssl valgrind callgrind_control
 RUN_DIR=$(mktemp -d /tmp/hookgate-callgrind.XXXXXX)
 GW=

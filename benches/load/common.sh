@@ -48,6 +48,9 @@ start_nginx() {
     -g "daemon on; master_process on; worker_processes $3;"
 }
 stop_nginx() { local n; for n in "$@"; do [[ -f $RUN_DIR/$n/nginx.pid ]] && kill "$(cat "$RUN_DIR/$n/nginx.pid")" 2>/dev/null; done; return 0; }
+# Prints the calling script's header comment (its usage) and exits 2: usage. Read from the
+# file itself, so no line range has to be kept in step with the header.
+usage() { awk 'NR == 1 { next } /^#/ { print; next } { exit }' "$0" >&2; exit 2; }
 # Exits naming the first tool that is not on PATH: need_tools TOOL...
 need_tools() { local t; for t in "$@"; do command -v "$t" >/dev/null || { echo "missing tool: $t" >&2; exit 1; }; done; }
 # A bench config moved to another listen port: gateway_config CONFIG PORT > OUT.

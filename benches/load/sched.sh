@@ -19,7 +19,7 @@ CONNS=${CONNS:-64}
 BODY=${BODY:-$HERE/webhook.json}
 # shellcheck source=benches/load/common.sh
 source "$HERE/common.sh"
-(($# == 1)) || { sed -n '2,13p' "$0" >&2; exit 2; }
+(($# == 1)) || usage
 need_tools nginx wrk openssl perf
 mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
 

@@ -14,7 +14,7 @@ SECS=${SECS:-4}
 ROUNDS=${ROUNDS:-6}
 # shellcheck source=benches/load/common.sh
 source "$HERE/common.sh"
-(($# == 1)) || { sed -n '2,10p' "$0" >&2; exit 2; }
+(($# == 1)) || usage
 need_tools nginx wrk openssl curl python3
 RUN_DIR=$(mktemp -d /tmp/hookgate-sink.XXXXXX)
 GW= CAPTURE=

@@ -25,7 +25,7 @@ GROW_MAX_MIB=${GROW_MAX_MIB:-2}
 IDS=${IDS:-300000}
 # shellcheck source=benches/load/common.sh
 source "$HERE/common.sh"
-(($# == 1)) || { sed -n '2,19p' "$0" >&2; exit 2; }
+(($# == 1)) || usage
 need_tools nginx wrk openssl python3 curl
 RUN_DIR=$(mktemp -d /tmp/hookgate-soak.XXXXXX)
 GW=

@@ -19,7 +19,7 @@ SECS=${SECS:-15}
 SENT=${SENT:-1000000}
 # shellcheck source=benches/load/common.sh
 source "$HERE/common.sh"
-(($# == 1)) || { sed -n '2,12p' "$0" >&2; exit 2; }
+(($# == 1)) || usage
 need_tools nginx openssl python3
 RUN_DIR=$(mktemp -d /tmp/hookgate-stall.XXXXXX)
 GW=
