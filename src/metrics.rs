@@ -238,6 +238,11 @@ impl EncodeMetric for AtomicHistogram {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadResult {
+    result: &'static str,
+}
+
 /// The process's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -246,9 +251,19 @@ pub struct Metrics {
     rate_limited: Family<SourceScope, Counter>,
     upstream_duration: Family<SourceLabel, AtomicHistogram>,
     upstream_errors: Family<SourceKind, Counter>,
+    duplicates: Family<SourceLabel, Counter>,
     pub in_flight: ShardedGauge,
     /// Body pieces that waited for the memory budget (`server.max_buffered_bytes`).
     pub body_budget_waits: Counter,
+    /// Connections on the main listener now, counted by the worker serving each (its
+    /// `max_connections` is a gauge of its own).
+    pub open_connections: ShardedGauge,
+    max_connections: Gauge,
+    /// TLS handshakes on the main listener that failed (no or a wrong client certificate,
+    /// plain HTTP on the TLS port, a client that gave up).
+    pub tls_handshake_failures: Counter,
+    config_reloads: Family<ReloadResult, Counter>,
+    config_last_reload_successful: Gauge,
     /// Requests that match no source count under `source=""`.
     pub unmatched: SourceMetrics,
 }
@@ -269,6 +284,16 @@ impl Metrics {
         let upstream_errors = Family::<SourceKind, Counter>::default();
         let in_flight = ShardedGauge::default();
         let body_budget_waits = Counter::default();
+        let open_connections = ShardedGauge::default();
+        let max_connections = Gauge::default();
+        let tls_handshake_failures = Counter::default();
+        let config_reloads = Family::<ReloadResult, Counter>::default();
+        for result in ["success", "failure"] {
+            let _ = config_reloads.get_or_create_owned(&ReloadResult { result });
+        }
+        let config_last_reload_successful = Gauge::default();
+        config_last_reload_successful.set(1);
+        let duplicates = Family::<SourceLabel, Counter>::default();
         let build_info = Family::<Version, Gauge>::default();
         build_info
             .get_or_create(&Version {
@@ -310,6 +335,36 @@ impl Metrics {
             "Request body pieces that waited for server.max_buffered_bytes",
             body_budget_waits.clone(),
         );
+        registry.register(
+            "duplicates",
+            "Deliveries answered as duplicates (dedupe_window_s), not forwarded",
+            duplicates.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Connections open on the main listener",
+            open_connections.clone(),
+        );
+        registry.register(
+            "max_connections",
+            "server.max_connections of the main listener",
+            max_connections.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes on the main listener that failed",
+            tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "SIGHUP reloads, by result (a failed one keeps the old config)",
+            config_reloads.clone(),
+        );
+        registry.register(
+            "config_last_reload_successful",
+            "1 unless the last reload failed",
+            config_last_reload_successful.clone(),
+        );
         registry.register("build_info", "hookgate's version", build_info);
         let mut m = Metrics {
             registry,
@@ -320,10 +375,30 @@ impl Metrics {
             upstream_errors,
             in_flight,
             body_budget_waits,
+            open_connections,
+            max_connections,
+            tls_handshake_failures,
+            config_reloads,
+            config_last_reload_successful,
+            duplicates,
             unmatched: SourceMetrics::placeholder(),
         };
         m.unmatched = m.source("");
         m
+    }
+
+    /// The main listener's `max_connections`, as a gauge beside `open_connections`.
+    pub fn set_max_connections(&self, max: u32) {
+        self.max_connections.set(i64::from(max));
+    }
+
+    /// A reload's outcome.
+    pub fn config_reloaded(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.config_reloads
+            .get_or_create(&ReloadResult { result })
+            .inc();
+        self.config_last_reload_successful.set(i64::from(success));
     }
 
     /// A source's handles (made when a config is loaded, not per request).
@@ -345,6 +420,7 @@ impl Metrics {
                 scope: "source",
             }),
             upstream_duration: self.upstream_duration.get_or_create_owned(&label),
+            duplicates: self.duplicates.get_or_create_owned(&label),
             upstream_errors: UPSTREAM_ERROR_KINDS.map(|kind| {
                 self.upstream_errors.get_or_create_owned(&SourceKind {
                     source: name.to_string(),
@@ -373,6 +449,7 @@ pub struct SourceMetrics {
     pub rate_limited_client: Counter,
     pub rate_limited_source: Counter,
     pub upstream_duration: AtomicHistogram,
+    pub duplicates: Counter,
     upstream_errors: [Counter; UPSTREAM_ERROR_KINDS.len()],
 }
 
@@ -387,6 +464,7 @@ impl SourceMetrics {
             rate_limited_client: Counter::default(),
             rate_limited_source: Counter::default(),
             upstream_duration: AtomicHistogram::default(),
+            duplicates: Counter::default(),
             upstream_errors: Default::default(),
         }
     }

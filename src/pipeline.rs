@@ -511,6 +511,7 @@ async fn deliver<'g>(
         .as_ref()
         .map(|d| (d, d.key(delivery.event_id_header.as_bytes())));
     if dedupe.is_some_and(|(d, key)| d.seen(key)) {
+        route.metrics.duplicates.inc();
         return Ok(Delivered::Duplicate);
     }
     let Processed {

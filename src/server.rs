@@ -174,6 +174,7 @@ impl Server {
         let (draining, drain_rx) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(max_connections as usize));
+        state.context.metrics.set_max_connections(max_connections);
         let (accepting_tx, accepting) = tokio::sync::mpsc::channel(1);
         let (running_tx, running) = tokio::sync::mpsc::channel(1);
 
@@ -223,6 +224,12 @@ impl Server {
 
     /// Re-reads the config file; on any error the old config stays and the error is returned.
     pub fn reload(&self) -> Result<Vec<&'static str>, StartError> {
+        let result = self.load_again();
+        self.state.context.metrics.config_reloaded(result.is_ok());
+        result
+    }
+
+    fn load_again(&self) -> Result<Vec<&'static str>, StartError> {
         let old = self.state.gateway();
         let config = Config::load(&old.config.path)?;
         let prepared = prepare_with(config, self.state.context.clone(), Some(&old))?;

@@ -282,3 +282,94 @@ async fn json_log_lines_carry_the_fields_and_no_secret() {
         "{text}"
     );
 }
+
+/// The admin listener's scrape, parsed, and its text.
+async fn scrape_admin(admin: SocketAddr) -> (Samples, String) {
+    let a = send(admin, "GET", "/metrics", &[], Bytes::new()).await;
+    assert_eq!(a.status, 200);
+    let text = String::from_utf8(a.body.to_vec()).expect("utf-8");
+    (scrape(&text), text)
+}
+
+/// Scrapes until `hookgate_open_connections` is `want` (connections are counted by the
+/// worker serving them, a moment after the client's connect or close).
+async fn wait_for_open_connections(admin: SocketAddr, want: f64) -> (Samples, String) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (m, text) = scrape_admin(admin).await;
+        let open = get(&m, "hookgate_open_connections", &[]);
+        if open == Some(want) {
+            return (m, text);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "open connections {open:?}, not {want}\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// (`config_last_reload_successful`, reloads that succeeded, reloads that failed).
+fn reloads(m: &Samples) -> (Option<f64>, Option<f64>, Option<f64>) {
+    let total = |result| get(m, "hookgate_config_reloads_total", &[("result", result)]);
+    (
+        get(m, "hookgate_config_last_reload_successful", &[]),
+        total("success"),
+        total("failure"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_duplicates_and_reloads_are_counted() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_connections = 50\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nurl = {:?}\n\n\
+         [[source]]\nname = \"p\"\nplatform = \"protocol\"\npath = \"/p\"\nsecrets = [{SECRET:?}]\n",
+        upstream.url("/")
+    );
+    let gw = spawn_gateway(&config).await;
+    let admin = gw.server.admin_addr.expect("admin");
+
+    // Dedupe is on by default for protocol: the second copy is answered, not forwarded.
+    for id in ["same", "same", "other"] {
+        assert_eq!(deliver(gw.addr, "/p", id, SECRET).await, 200);
+    }
+    assert_eq!(upstream.requests().len(), 2);
+
+    // Three connections held open on the main listener (the admin's own are not counted).
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            tokio::net::TcpStream::connect(gw.addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    let (m, text) = wait_for_open_connections(admin, 3.0).await;
+    assert_eq!(get(&m, "hookgate_max_connections", &[]), Some(50.0));
+    let p = [("source", "p")];
+    assert_eq!(
+        get(&m, "hookgate_duplicates_total", &p),
+        Some(1.0),
+        "{text}"
+    );
+    let ok = [("source", "p"), ("status", "200")];
+    assert_eq!(get(&m, "hookgate_requests_total", &ok), Some(3.0));
+    assert_eq!(reloads(&m), (Some(1.0), Some(0.0), Some(0.0)), "{text}");
+    let failures = get(&m, "hookgate_tls_handshake_failures_total", &[]);
+    assert_eq!(failures, Some(0.0));
+    drop(held);
+    wait_for_open_connections(admin, 0.0).await;
+
+    // A reload that fails keeps the old config and says so; a good one says so too.
+    let path = gw.server.gateway().config.path.clone();
+    std::fs::write(&path, format!("{config}\nunknown_key = 1\n")).expect("write");
+    assert!(gw.server.reload().is_err());
+    let (m, text) = scrape_admin(admin).await;
+    assert_eq!(reloads(&m), (Some(0.0), Some(0.0), Some(1.0)), "{text}");
+    std::fs::write(&path, &config).expect("write");
+    assert!(gw.server.reload().is_ok());
+    let (m, text) = scrape_admin(admin).await;
+    assert_eq!(reloads(&m), (Some(1.0), Some(1.0), Some(1.0)), "{text}");
+}

@@ -221,7 +221,16 @@ async fn mtls_refuses_a_client_without_a_certificate_and_serves_one_with() {
     let dir = temp_dir("mtls");
     let pki = make_pki(&dir);
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
-    let gw = spawn_gateway_in(&tls_config(&upstream.url("/"), true), &pki.dir).await;
+    let context = hookgate::pipeline::Context::default();
+    let metrics = std::sync::Arc::clone(&context.metrics);
+    let gw =
+        spawn_gateway_in_context(&tls_config(&upstream.url("/"), true), &pki.dir, context).await;
+    // A peer that connects and closes before any handshake (a TCP probe) is no failure.
+    drop(
+        tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect"),
+    );
 
     // Without a certificate: refused at the handshake (TLS 1.3 reports it on first use).
     let refused = async {
@@ -241,6 +250,12 @@ async fn mtls_refuses_a_client_without_a_certificate_and_serves_one_with() {
         "a client without a certificate was served"
     );
     assert!(upstream.requests().is_empty());
+    // Counted once the gateway's side of the handshake has ended.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while metrics.tls_handshake_failures.get() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(metrics.tls_handshake_failures.get(), 1);
 
     let a = h1_delivery(
         tls_connect(gw.addr, &connector(&pki, &[b"http/1.1"], true))
@@ -250,6 +265,11 @@ async fn mtls_refuses_a_client_without_a_certificate_and_serves_one_with() {
     .await;
     assert_eq!(a.status, 200);
     assert_eq!(upstream.requests().len(), 1);
+    assert_eq!(
+        metrics.tls_handshake_failures.get(),
+        1,
+        "the TCP probe was counted"
+    );
 }
 
 /// An HTTPS upstream with the test PKI's server certificate; records bodies and counts

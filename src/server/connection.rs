@@ -141,7 +141,7 @@ impl Protocol {
 /// Serves one accepted connection to its end: TLS if configured, then the protocol, then
 /// hyper's connection until the client closes, the idle close or the drain.
 pub(super) async fn serve_connection(
-    state: Arc<State>,
+    state: &Arc<State>,
     stream: TcpStream,
     peer: SocketAddr,
     worker: usize,
@@ -179,19 +179,25 @@ pub(super) async fn serve_connection(
 }
 
 /// The TLS handshake (within the head deadline), then the protocol ALPN agreed.
-async fn serve_tls(acceptor: &TlsAcceptor, io: HeadDeadline<TcpStream>, serving: Serving) {
+async fn serve_tls(acceptor: &TlsAcceptor, io: HeadDeadline<TcpStream>, serving: Serving<'_>) {
     match acceptor.accept(io).await {
         Ok(tls) => {
             let protocol = Protocol::by_alpn(tls.get_ref().1.alpn_protocol());
             serve_http(serving, tls, protocol).await
         }
-        Err(e) => tracing::debug!(peer = %serving.conn.peer, error = %e, "TLS handshake failed"),
+        Err(e) => {
+            // A peer that closes before a handshake (a TCP health probe) is not a failure.
+            if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                serving.state.context.metrics.tls_handshake_failures.inc();
+            }
+            tracing::debug!(peer = %serving.conn.peer, error = %e, "TLS handshake failed");
+        }
     }
 }
 
 /// What serving a connection needs besides its socket.
-struct Serving {
-    state: Arc<State>,
+struct Serving<'a> {
+    state: &'a Arc<State>,
     conn: Conn,
     /// Until the first request head is in (`HeadDeadline`).
     head_pending: Arc<AtomicBool>,
@@ -244,7 +250,7 @@ impl Drop for OpenRequest {
 
 /// hyper's HTTP/1.1 or HTTP/2 connection over `io`, every request going to the worker's
 /// gateway (`pipeline::handle`), counted open while it runs for the idle close.
-async fn serve_http<IO>(serving: Serving, io: IO, protocol: Protocol)
+async fn serve_http<IO>(serving: Serving<'_>, io: IO, protocol: Protocol)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -258,7 +264,7 @@ where
     let activity = Activity::new();
     // The connection's own handle on the state: each request clones this one, whose count
     // only this connection's worker writes, rather than the `State`'s (see `worker_gateways`).
-    let svc_state = Arc::new(Arc::clone(&state));
+    let svc_state = Arc::new(Arc::clone(state));
     let svc_activity = Arc::clone(&activity);
     let worker_gateway = conn.worker % state.worker_gateways.len();
     let service = service_fn(move |request| {

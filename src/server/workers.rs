@@ -152,8 +152,10 @@ impl Spawner {
     fn spawn(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
         let state = Arc::clone(&self.state);
         let (worker, draining) = (self.worker, self.draining.clone());
+        state.context.metrics.open_connections.inc(worker);
         tokio::spawn(async move {
-            serve_connection(state, stream, peer, worker, draining).await;
+            serve_connection(&state, stream, peer, worker, draining).await;
+            state.context.metrics.open_connections.dec(worker);
             drop(permit);
         });
     }
