@@ -16,7 +16,7 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -309,16 +309,33 @@ async fn housekeeping(state: Arc<State>) {
     }
 }
 
+/// Admin connections served at once; past it a new one is closed at once. Prometheus and
+/// the kubelet's probes need a few; the cap keeps a flood on the admin port from taking the
+/// file descriptors the main listener needs.
+const ADMIN_CONNECTIONS: usize = 256;
+
+/// An admin connection is closed after this long (its answer in progress finished first):
+/// scrapes and probes take milliseconds, and a kept-alive scraper simply connects again.
+const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
 async fn admin_loop(listener: TcpListener, state: Arc<State>) {
-    // HTTP/1.1: what Prometheus and the kubelet's probes speak.
-    let builder = Arc::new(http1::Builder::new());
+    let open = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            continue;
+        };
+        // HTTP/1.1: what Prometheus and the kubelet's probes speak. A client that has not
+        // sent a whole head within header_timeout_s (read per connection, for reloads) is
+        // cut off, as on the main listener; hyper's header timer needs a timer to run.
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(state.gateway().config.server.header_timeout);
         let state = Arc::clone(&state);
-        let builder = Arc::clone(&builder);
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let state = Arc::clone(&state);
@@ -330,9 +347,18 @@ async fn admin_loop(listener: TcpListener, state: Arc<State>) {
                     ))
                 }
             });
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            if tokio::time::timeout(ADMIN_CONNECTION_LIFETIME, connection.as_mut())
+                .await
+                .is_err()
+            {
+                // Past its lifetime: the answer being written is finished, then it closes
+                // (a client that does not read it has another lifetime at most).
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(ADMIN_CONNECTION_LIFETIME, connection).await;
+            }
+            drop(permit);
         });
     }
 }

@@ -685,3 +685,101 @@ async fn bodies_past_the_memory_budget_wait_and_whole_ones_go_through() {
 async fn send_signed_raw_body(gw: &Gateway, body: &str) -> tokio::net::TcpStream {
     connect_and_write(gw.addr, signed_post("/hooks/p", SECRET, body).as_bytes()).await
 }
+
+/// The admin listener (`/metrics`, probes) holds no connection longer than the main one
+/// would: a silent client, a head that never ends and a kept-alive idle connection are cut at
+/// `header_timeout_s`, and past 256 admin connections a new one is closed at once, so a
+/// flood there cannot take the file descriptors the main listener serves with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_cuts_idle_and_slow_clients_and_caps_its_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "")
+        .replace("[server]\n", "[server]\nheader_timeout_s = 2\n")
+        .replace(
+            "[upstream]\n",
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[upstream]\n",
+        );
+    let gw = spawn_gateway(&config).await;
+    let admin = gw.server.admin_addr.expect("admin");
+    let connect = || async move {
+        tokio::net::TcpStream::connect(admin)
+            .await
+            .expect("connect")
+    };
+    /// How long until the gateway closes `s` (None: still open after `within`).
+    async fn closed_after(s: &mut tokio::net::TcpStream, within: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        let mut buf = [0u8; 512];
+        loop {
+            let left = within.checked_sub(started.elapsed())?;
+            match tokio::time::timeout(left, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+                Ok(Ok(_)) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    let started = Instant::now();
+    let mut silent = connect().await;
+    let mut partial = connect().await;
+    partial
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .expect("write");
+    let mut idle = connect().await;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_answer(&mut idle).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    for (name, s) in [
+        ("silent", &mut silent),
+        ("partial", &mut partial),
+        ("idle", &mut idle),
+    ] {
+        let at = closed_after(s, Duration::from_secs(6)).await;
+        assert!(at.is_some(), "the {name} admin connection was not cut");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    // 256 held connections; the next one is closed at once, long before the head deadline.
+    let mut held = Vec::new();
+    for _ in 0..256 {
+        held.push(connect().await);
+    }
+    let mut over = connect().await;
+    let at = closed_after(&mut over, Duration::from_secs(1)).await;
+    assert!(at.is_some(), "a 257th admin connection was served");
+    // The main listener serves all the while.
+    let a = send(gw.addr, "GET", "/healthz", &[], Bytes::new()).await;
+    assert_eq!(a.status, 200);
+    drop(held);
+    // Once they are gone, the admin listener serves again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = connect().await;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        if let Ok(Some(answer)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            read_message(&mut s, &mut Vec::new()),
+        )
+        .await
+        {
+            assert!(answer.starts_with(b"HTTP/1.1 200"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the admin listener did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
