@@ -374,26 +374,49 @@ async fn a_slow_second_head_on_a_kept_alive_connection_is_cut_off() {
 }
 
 /// A client still reading a long answer when the next head's deadline passes gets the
-/// answer whole; the connection is closed after it, not in the middle.
+/// answer whole, however long it takes, as long as it keeps reading (no pause as long as
+/// `body_timeout_s`); the connection is closed after it, not in the middle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_gets_the_whole_answer_before_the_idle_close() {
     use tokio::io::AsyncReadExt;
     // 16 MiB: more than loopback's socket buffers hold, so the gateway is still writing
-    // when header_timeout_s passes.
+    // when header_timeout_s passes, and for longer than body_timeout_s after it.
     let answer_body = format!("\"{}\"", "x".repeat(16 << 20));
     let upstream = spawn_upstream(Reply::json(200, &answer_body)).await;
     let gw = gateway(
         &upstream,
         "",
-        "header_timeout_s = 1\nmax_body_bytes = 33554432",
+        "header_timeout_s = 1\nbody_timeout_s = 1\nmax_body_bytes = 33554432",
         &LimitClock::default(),
     )
     .await;
     let mut s = send_signed_raw(&gw, "slow-reader").await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 1 MiB every 200 ms: ~3.5 s in all.
     let mut got = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut got)).await;
-    assert!(read.is_ok(), "the connection stayed open after the answer");
+    let mut piece = vec![0u8; 1 << 20];
+    loop {
+        let mut filled = 0;
+        while filled < piece.len() {
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut piece[filled..])).await {
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => filled += n,
+                Ok(Err(e)) => panic!("read: {e}"),
+                Err(_) => panic!("the connection stayed open after the answer"),
+            }
+        }
+        got.extend_from_slice(&piece[..filled]);
+        if filled < piece.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        started.elapsed() > Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     let split = got
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -782,4 +805,66 @@ async fn the_admin_listener_cuts_idle_and_slow_clients_and_caps_its_connections(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A client that stops reading its answer is let go after `body_timeout_s` without any of
+/// it being read (past the idle close), so it cannot hold its connection and the answer's
+/// memory for good; one that reads, however slowly, gets it whole (the test above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answer_is_let_go() {
+    let answer_body = format!("\"{}\"", "x".repeat(16 << 20));
+    let upstream = spawn_upstream(Reply::json(200, &answer_body)).await;
+    let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "").replace(
+        "[server]\n",
+        "[server]\nheader_timeout_s = 1\nbody_timeout_s = 1\nmax_body_bytes = 33554432\n",
+    );
+    let context = hookgate::pipeline::Context::default();
+    let metrics = std::sync::Arc::clone(&context.metrics);
+    let dir = temp_dir("abuse");
+    let gw = spawn_gateway_in_context(&config, &dir, context).await;
+    // Forwarded (the `n`th delivery), then let go at the idle close plus 1 s unread.
+    let let_go = |protocol: &'static str, n: usize| {
+        let (upstream, metrics) = (&upstream, &metrics);
+        async move {
+            let started = Instant::now();
+            while upstream.requests().len() < n {
+                assert!(started.elapsed() < Duration::from_secs(5), "not forwarded");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(metrics.open_connections.get(), 1);
+            while metrics.open_connections.get() != 0 {
+                assert!(
+                    started.elapsed() < Duration::from_secs(8),
+                    "{protocol}: a client that reads nothing still holds its connection"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let took = started.elapsed();
+            assert!(took >= Duration::from_millis(1800), "{protocol}: {took:?}");
+        }
+    };
+    let held = send_signed_raw(&gw, "never-read").await;
+    let_go("HTTP/1.1", 1).await;
+    drop(held);
+
+    // HTTP/2: the answer's head is taken, its body never (so no window is given back).
+    let stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(connection);
+    let b = body("never-read-h2");
+    let request = http::Request::post(format!("http://{}/hooks/p", gw.addr))
+        .header("x-protocol-signature", hmac_hex(SECRET, b.as_bytes()))
+        .body(http_body_util::Full::new(Bytes::from(b)))
+        .expect("request");
+    let answer = sender.send_request(request).await.expect("answer head");
+    assert_eq!(answer.status(), 200);
+    let_go("HTTP/2", 2).await;
+    drop(answer);
 }

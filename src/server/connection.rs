@@ -7,7 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -149,10 +149,13 @@ pub(super) async fn serve_connection(
 ) {
     // One deadline from accept over the TLS handshake, the protocol detection and the first
     // request head (hyper has no header timer here; later heads: the idle check in serve_http).
-    let head_pending = Arc::new(AtomicBool::new(true));
-    // Read per connection, so a reload's header_timeout_s holds for the connections after it.
-    let header_timeout = state.gateway().config.server.header_timeout;
-    let mut io = HeadDeadline::new(stream, header_timeout, Arc::clone(&head_pending));
+    let activity = Activity::new();
+    // Read per connection, so a reload's timeouts hold for the connections after it.
+    let (header_timeout, body_timeout) = {
+        let server = &state.gateway().config.server;
+        (server.header_timeout, server.body_timeout)
+    };
+    let mut io = HeadDeadline::new(stream, header_timeout, Arc::clone(&activity));
     let tls = state.tls.load_full();
     let serving = Serving {
         conn: Conn {
@@ -161,8 +164,9 @@ pub(super) async fn serve_connection(
             worker,
         },
         state,
-        head_pending,
+        activity,
         header_timeout,
+        body_timeout,
         draining,
     };
     match tls {
@@ -199,26 +203,36 @@ async fn serve_tls(acceptor: &TlsAcceptor, io: HeadDeadline<TcpStream>, serving:
 struct Serving<'a> {
     state: &'a Arc<State>,
     conn: Conn,
-    /// Until the first request head is in (`HeadDeadline`).
-    head_pending: Arc<AtomicBool>,
+    activity: Arc<Activity>,
     header_timeout: Duration,
+    body_timeout: Duration,
     draining: watch::Receiver<bool>,
 }
 
-/// Requests in flight on one connection, and since when it has had none.
+/// What one connection's parts share: whether its first request head is still awaited (the
+/// socket's deadline), its requests in flight and since when it has had none (the idle
+/// close), and the bytes written to its socket (whether its client still reads).
 struct Activity {
     base: Instant,
+    head_pending: AtomicBool,
     open: AtomicUsize,
-    idle_since_ms: std::sync::atomic::AtomicU64,
+    idle_since_ms: AtomicU64,
+    written: AtomicU64,
 }
 
 impl Activity {
     fn new() -> Arc<Activity> {
         Arc::new(Activity {
             base: Instant::now(),
+            head_pending: AtomicBool::new(true),
             open: AtomicUsize::new(0),
-            idle_since_ms: std::sync::atomic::AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            written: AtomicU64::new(0),
         })
+    }
+
+    fn wrote(&self, n: usize) {
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// When the connection may be closed for idleness, if it is idle now.
@@ -257,18 +271,18 @@ where
     let Serving {
         state,
         conn,
-        head_pending,
+        activity,
         header_timeout,
+        body_timeout,
         mut draining,
     } = serving;
-    let activity = Activity::new();
     // The connection's own handle on the state: each request clones this one, whose count
     // only this connection's worker writes, rather than the `State`'s (see `worker_gateways`).
     let svc_state = Arc::new(Arc::clone(state));
     let svc_activity = Arc::clone(&activity);
     let worker_gateway = conn.worker % state.worker_gateways.len();
     let service = service_fn(move |request| {
-        head_pending.store(false, Ordering::Relaxed);
+        svc_activity.head_pending.store(false, Ordering::Relaxed);
         let open = OpenRequest::new(&svc_activity);
         let state = Arc::clone(&svc_state);
         async move {
@@ -289,13 +303,27 @@ where
     let result = match protocol {
         Protocol::Http1 => {
             let connection = state.http.http1.serve_connection(io, service);
-            drive(connection, &activity, header_timeout, &mut draining).await
+            drive(
+                connection,
+                &activity,
+                header_timeout,
+                body_timeout,
+                &mut draining,
+            )
+            .await
         }
         // Boxed: HTTP/2's connection state would otherwise enlarge every connection's task,
         // which is copied into place for each new connection.
         Protocol::Http2 => {
             let connection = state.http.http2.serve_connection(io, service);
-            Box::pin(drive(connection, &activity, header_timeout, &mut draining)).await
+            let driven = drive(
+                connection,
+                &activity,
+                header_timeout,
+                body_timeout,
+                &mut draining,
+            );
+            Box::pin(driven).await
         }
     };
     if let Err(e) = result {
@@ -304,11 +332,13 @@ where
 }
 
 /// Runs a connection to its end, or closes it gracefully at the drain or when it has had no
-/// request open for `header_timeout`.
+/// request open for `header_timeout` (what it still has to write going out, unless its
+/// client reads none of it for `body_timeout`: see `finish`).
 async fn drive<C: GracefulConnection>(
     connection: C,
     activity: &Activity,
     header_timeout: Duration,
+    body_timeout: Duration,
     draining: &mut watch::Receiver<bool>,
 ) -> Result<(), C::Error> {
     tokio::pin!(connection);
@@ -322,15 +352,35 @@ async fn drive<C: GracefulConnection>(
             biased;
             r = connection.as_mut() => return r,
             _ = drained(draining) => {
-                connection.as_mut().graceful_shutdown();
-                return connection.await;
+                return finish(connection, activity, body_timeout).await;
             }
             _ = tokio::time::sleep_until(wake_at) => {
                 if activity.idle_deadline(header_timeout).is_some_and(|at| at <= Instant::now()) {
-                    connection.as_mut().graceful_shutdown();
-                    return connection.await;
+                    return finish(connection, activity, body_timeout).await;
                 }
             }
+        }
+    }
+}
+
+/// Closes a connection gracefully: the answers it is writing go out whole, however slowly
+/// they are read, but a client that reads none of them for `stall` is let go (the connection
+/// dropped), since it would otherwise hold the connection and its answers' memory for good.
+async fn finish<C: GracefulConnection>(
+    mut connection: Pin<&mut C>,
+    activity: &Activity,
+    stall: Duration,
+) -> Result<(), C::Error> {
+    connection.as_mut().graceful_shutdown();
+    loop {
+        let written = activity.written.load(Ordering::Relaxed);
+        match tokio::time::timeout(stall, connection.as_mut()).await {
+            Ok(result) => return result,
+            Err(_) if activity.written.load(Ordering::Relaxed) == written => {
+                tracing::debug!("answer not read for body_timeout_s; connection dropped");
+                return Ok(());
+            }
+            Err(_) => {}
         }
     }
 }
@@ -342,18 +392,18 @@ pin_project_lite::pin_project! {
         #[pin]
         io: IO,
         deadline: Pin<Box<Sleep>>,
-        head_pending: Arc<AtomicBool>,
+        activity: Arc<Activity>,
         // Bytes read to tell the protocol, read again first.
         unread: Bytes,
     }
 }
 
 impl<IO> HeadDeadline<IO> {
-    fn new(io: IO, timeout: Duration, head_pending: Arc<AtomicBool>) -> Self {
+    fn new(io: IO, timeout: Duration, activity: Arc<Activity>) -> Self {
         HeadDeadline {
             io,
             deadline: Box::pin(tokio::time::sleep_until(Instant::now() + timeout)),
-            head_pending,
+            activity,
             unread: Bytes::new(),
         }
     }
@@ -371,7 +421,8 @@ impl<IO: AsyncRead> AsyncRead for HeadDeadline<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
-        if this.head_pending.load(Ordering::Relaxed) && this.deadline.as_mut().poll(cx).is_ready() {
+        let head_pending = this.activity.head_pending.load(Ordering::Relaxed);
+        if head_pending && this.deadline.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "request head not received within header_timeout_s",
@@ -392,7 +443,12 @@ impl<IO: AsyncWrite> AsyncWrite for HeadDeadline<IO> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
+        let this = self.project();
+        let written = this.io.poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            this.activity.wrote(n);
+        }
+        written
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
         self.project().io.poll_flush(cx)
@@ -408,7 +464,12 @@ impl<IO: AsyncWrite> AsyncWrite for HeadDeadline<IO> {
         cx: &mut std::task::Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        let written = this.io.poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = written {
+            this.activity.wrote(n);
+        }
+        written
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
