@@ -480,17 +480,7 @@ async fn sigterm_lets_an_in_flight_delivery_finish_then_exits_0() {
     );
     let mut p = spawn_process(&dir, &config, &[]);
     let addr = p.addr;
-    let in_flight = tokio::spawn(async move {
-        let sig = hmac_hex(SECRET, BODY.as_bytes());
-        send(
-            addr,
-            "POST",
-            "/hooks/p",
-            &[("x-protocol-signature", &sig)],
-            Bytes::from_static(BODY.as_bytes()),
-        )
-        .await
-    });
+    let in_flight = deliver_in_background(addr);
     tokio::time::sleep(Duration::from_millis(300)).await;
     p.signal("TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -733,4 +723,42 @@ async fn a_reload_serves_new_connections_with_the_new_certificate() {
         tls_connect(gw.addr, &old_client).await.is_err(),
         "the old certificate is gone"
     );
+}
+
+/// The signed `BODY` sent to `/hooks/p` by a task of its own.
+fn deliver_in_background(addr: SocketAddr) -> tokio::task::JoinHandle<Answer> {
+    tokio::spawn(async move {
+        let sig = hmac_hex(SECRET, BODY.as_bytes());
+        send(
+            addr,
+            "POST",
+            "/hooks/p",
+            &[("x-protocol-signature", &sig)],
+            Bytes::from_static(BODY.as_bytes()),
+        )
+        .await
+    })
+}
+
+/// A drain lets a delivery still waiting on a slow upstream finish, even past
+/// `body_timeout_s`, which bounds only how long an answer may go unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_waits_for_a_slow_upstream_past_body_timeout() {
+    let upstream = spawn_upstream(Reply {
+        delay: Duration::from_millis(2500),
+        ..Reply::json(200, r#"{"slow":true}"#)
+    })
+    .await;
+    let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "").replace(
+        "[server]\n",
+        "[server]\nbody_timeout_s = 1\nshutdown_grace_s = 10\n",
+    );
+    let gw = spawn_gateway(&config).await;
+    let addr = gw.addr;
+    let in_flight = deliver_in_background(addr);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let server = gw.server;
+    assert!(server.shutdown().await, "the drain did not end cleanly");
+    let a = in_flight.await.expect("the delivery's answer");
+    assert_eq!((a.status, &a.body[..]), (200, &br#"{"slow":true}"#[..]));
 }

@@ -363,9 +363,11 @@ async fn drive<C: GracefulConnection>(
     }
 }
 
-/// Closes a connection gracefully: the answers it is writing go out whole, however slowly
-/// they are read, but a client that reads none of them for `stall` is let go (the connection
-/// dropped), since it would otherwise hold the connection and its answers' memory for good.
+/// Closes a connection gracefully: requests in flight finish (their own timeouts bound
+/// them), and the answers it is writing go out whole, however slowly they are read; but a
+/// client that reads none of them for `stall` while no request is in flight is let go (the
+/// connection dropped), since it would otherwise hold the connection and its answers'
+/// memory for good.
 async fn finish<C: GracefulConnection>(
     mut connection: Pin<&mut C>,
     activity: &Activity,
@@ -376,7 +378,10 @@ async fn finish<C: GracefulConnection>(
         let written = activity.written.load(Ordering::Relaxed);
         match tokio::time::timeout(stall, connection.as_mut()).await {
             Ok(result) => return result,
-            Err(_) if activity.written.load(Ordering::Relaxed) == written => {
+            Err(_)
+                if activity.open.load(Ordering::SeqCst) == 0
+                    && activity.written.load(Ordering::Relaxed) == written =>
+            {
                 tracing::debug!("answer not read for body_timeout_s; connection dropped");
                 return Ok(());
             }
