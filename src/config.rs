@@ -111,6 +111,11 @@ fn default_max_connections() -> usize {
 fn default_max_buffered(max_body_bytes: u64) -> u64 {
     max_body_bytes.max(64 << 20)
 }
+/// The longest any duration in the config may be: longer is surely a mistake, and a
+/// deadline that far out would overflow the clock's arithmetic (`Instant + Duration` panics
+/// past ~292 billion years, which a `u64` of seconds reaches).
+const MAX_DURATION_S: u64 = 365 * 24 * 3600;
+
 fn default_timeout_ms() -> u64 {
     10_000
 }
@@ -429,6 +434,26 @@ impl Builder {
         }
     }
 
+    /// A duration in seconds: at most `MAX_DURATION_S`, and above 0 unless `zero_allowed`.
+    fn seconds(&self, field: &str, v: u64, zero_allowed: bool) -> Result<Duration, ConfigError> {
+        if !zero_allowed {
+            self.positive(field, v)?;
+        }
+        if v > MAX_DURATION_S {
+            return Err(self.err(field, format!("must be at most {MAX_DURATION_S} (a year)")));
+        }
+        Ok(Duration::from_secs(v))
+    }
+
+    /// A timeout in milliseconds: above 0 and at most `MAX_DURATION_S` seconds.
+    fn millis(&self, field: &str, v: u64) -> Result<u64, ConfigError> {
+        let max = MAX_DURATION_S * 1000;
+        if v > max {
+            return Err(self.err(field, format!("must be at most {max} (a year)")));
+        }
+        self.positive(field, v)
+    }
+
     fn upstream_uri(&self, field: &str, s: &str) -> Result<Target, ConfigError> {
         let uri: Uri = s
             .parse()
@@ -457,20 +482,16 @@ impl Builder {
                 key: self.resolve_path(&t.key),
                 client_ca: t.client_ca.as_deref().map(|c| self.resolve_path(c)),
             }),
-            shutdown_grace: Duration::from_secs(s.shutdown_grace_s),
-            shutdown_delay: Duration::from_secs(s.shutdown_delay_s),
+            shutdown_grace: self.seconds("server.shutdown_grace_s", s.shutdown_grace_s, true)?,
+            shutdown_delay: self.seconds("server.shutdown_delay_s", s.shutdown_delay_s, true)?,
             log_format: s.log_format,
             trusted_proxies: self.nets("server.trusted_proxies", &s.trusted_proxies)?,
             client_rate_limit: s
                 .client_rate_limit
                 .map(|r| self.rate("server.client_rate_limit", r))
                 .transpose()?,
-            header_timeout: Duration::from_secs(
-                self.positive("server.header_timeout_s", s.header_timeout_s)?,
-            ),
-            body_timeout: Duration::from_secs(
-                self.positive("server.body_timeout_s", s.body_timeout_s)?,
-            ),
+            header_timeout: self.seconds("server.header_timeout_s", s.header_timeout_s, false)?,
+            body_timeout: self.seconds("server.body_timeout_s", s.body_timeout_s, false)?,
             max_connections: self.positive("server.max_connections", s.max_connections as u64)?
                 as usize,
             max_buffered_bytes,
@@ -487,7 +508,7 @@ impl Builder {
             .map(|u| self.upstream_uri("upstream.url", u))
             .transpose()?;
         let default_timeout_ms = match up {
-            Some(u) => self.positive("upstream.timeout_ms", u.timeout_ms)?,
+            Some(u) => self.millis("upstream.timeout_ms", u.timeout_ms)?,
             None => default_timeout_ms(),
         };
         let upstream = UpstreamSettings {
@@ -577,7 +598,7 @@ impl Builder {
                 }
             };
             let timeout_ms = match src.timeout_ms {
-                Some(t) => self.positive(&at("timeout_ms"), t)?,
+                Some(t) => self.millis(&at("timeout_ms"), t)?,
                 // BareRTC gives up after 10 s: answer it before it stops listening.
                 None if src.platform == Platform::Barertc => default_timeout_ms.min(8000),
                 None => default_timeout_ms,
@@ -593,10 +614,12 @@ impl Builder {
                     .rate_limit
                     .map(|r| self.rate(&at("rate_limit"), r))
                     .transpose()?,
-                dedupe_window: Duration::from_secs(
+                dedupe_window: self.seconds(
+                    &at("dedupe_window_s"),
                     src.dedupe_window_s
                         .unwrap_or(src.platform.default_dedupe_window_s()),
-                ),
+                    true,
+                )?,
                 upstream,
                 timeout: Duration::from_millis(timeout_ms),
                 allow_cidrs: src
@@ -709,6 +732,58 @@ secrets = ["literal-secret"]
                 && e.contains("at least server.max_body_bytes (1048576)"),
             "{e}"
         );
+    }
+
+    /// Durations past a year are refused, naming the field: a deadline as far out as a
+    /// `u64` of seconds reaches overflowed `Instant + Duration` and panicked a worker.
+    #[test]
+    fn durations_are_at_most_a_year() {
+        let server = |line: &str| format!("[server]\n{line}\n{MINIMAL}");
+        let source = |line: &str| format!("{MINIMAL}{line}\n");
+        let upstream =
+            |line: &str| MINIMAL.replace("[upstream]\n", &format!("[upstream]\n{line}\n"));
+        let year = 31_536_000u64;
+        for (field, text) in [
+            (
+                "server.header_timeout_s",
+                server(&format!("header_timeout_s = {}", u64::MAX)),
+            ),
+            (
+                "server.body_timeout_s",
+                server(&format!("body_timeout_s = {}", i64::MAX)),
+            ),
+            (
+                "server.shutdown_grace_s",
+                server(&format!("shutdown_grace_s = {}", year + 1)),
+            ),
+            (
+                "server.shutdown_delay_s",
+                server(&format!("shutdown_delay_s = {}", year + 1)),
+            ),
+            (
+                "source[0].dedupe_window_s",
+                source(&format!("dedupe_window_s = {}", u64::MAX)),
+            ),
+            (
+                "source[0].timeout_ms",
+                source(&format!("timeout_ms = {}", u64::MAX)),
+            ),
+            (
+                "upstream.timeout_ms",
+                upstream(&format!("timeout_ms = {}", year * 1000 + 1)),
+            ),
+        ] {
+            let e = err(&text);
+            assert!(e.contains(field) && e.contains("at most"), "{field}: {e}");
+        }
+        let c = parse(&server(&format!(
+            "header_timeout_s = {year}\nshutdown_delay_s = 0"
+        )))
+        .expect("a year is allowed");
+        assert_eq!(c.server.header_timeout, Duration::from_secs(year));
+        assert_eq!(c.server.shutdown_delay, Duration::ZERO);
+        let c = parse(&source("dedupe_window_s = 0")).expect("dedupe off");
+        assert_eq!(c.sources[0].dedupe_window, Duration::ZERO);
     }
 
     #[test]
