@@ -1,9 +1,20 @@
-//! Config text through parsing and validation.
+//! Config text through parsing and validation; a config that validates must be usable as
+//! it is: every duration can be added to the clock (one that could not once panicked the
+//! workers at their first connection).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = hookgate::config::Config::from_toml_str(text, std::path::Path::new("/nonexistent/fuzz.toml"));
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let path = std::path::Path::new("/nonexistent/fuzz.toml");
+    let Ok(config) = hookgate::config::Config::from_toml_str(text, path) else { return };
+    let now = std::time::Instant::now();
+    let s = &config.server;
+    for d in [s.header_timeout, s.body_timeout, s.shutdown_grace, s.shutdown_delay] {
+        assert!(now.checked_add(d).is_some(), "{d:?}");
+    }
+    for source in &config.sources {
+        assert!(now.checked_add(source.timeout).is_some());
+        assert!(now.checked_add(source.dedupe_window).is_some());
     }
 });
