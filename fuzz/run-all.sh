@@ -31,10 +31,15 @@ os.makedirs('corpus/upstream_answer', exist_ok=True)
 for a in answers:
     body = bytes([7, 16]) + a
     open('corpus/upstream_answer/' + hashlib.sha1(body).hexdigest(), 'wb').write(body)
+# A mode byte, a query string, then X-Forwarded-For lines (the last also X-Forwarded-Proto).
+os.makedirs('corpus/forwarded', exist_ok=True)
+for seed in [b'\x02token=a&b=c\n1.2.3.4, 10.0.0.1\n[::1]:80',
+             b'\x05x%20y=%74oken&token=%2B\n::ffff:192.168.1.1\nunknown, 8.8.8.8\nhttps']:
+    open('corpus/forwarded/' + hashlib.sha1(seed).hexdigest(), 'wb').write(seed)
 os.makedirs('corpus/config', exist_ok=True)
 open('corpus/config/example', 'wb').write(open('../config/hookgate.toml', 'rb').read())
 PY
-targets=${TARGETS:-"json_object normalize_protocol normalize_spika normalize_barertc normalize_funtek reply config upstream_answer"}
+targets=${TARGETS:-"json_object normalize_protocol normalize_spika normalize_barertc normalize_funtek reply config upstream_answer forwarded"}
 for t in $targets; do cargo fuzz build --release "$t" 2>&1 | tail -1; done
 for t in $targets; do
   echo "== $t (${SECONDS_EACH}s)"
