@@ -541,8 +541,15 @@ impl Builder {
             if !names.insert(src.name.clone()) {
                 return Err(self.err(at("name"), format!("duplicate source name {:?}", src.name)));
             }
-            if !src.path.starts_with('/') || src.path.contains('?') {
-                return Err(self.err(at("path"), "must start with / and hold no query"));
+            // Matched byte for byte against the request's path as sent, which is visible
+            // ASCII with no query or fragment: any other path could never match.
+            let path_byte = |b: &u8| b.is_ascii_graphic() && *b != b'?' && *b != b'#';
+            if !src.path.starts_with('/') || !src.path.as_bytes().iter().all(path_byte) {
+                return Err(self.err(
+                    at("path"),
+                    "must start with / and hold only visible ASCII, no query or fragment \
+                     (percent-encode the rest, as senders do)",
+                ));
             }
             if src.path == "/healthz" || src.path == "/readyz" {
                 return Err(self.err(at("path"), format!("{} is reserved", src.path)));
@@ -732,6 +739,24 @@ secrets = ["literal-secret"]
                 && e.contains("at least server.max_body_bytes (1048576)"),
             "{e}"
         );
+    }
+
+    /// A source path is matched byte for byte against the request's path as sent, so one
+    /// that no request path can be (a fragment, a space, raw UTF-8) is refused.
+    #[test]
+    fn source_paths_are_ones_a_request_can_have() {
+        let with = |path: &str| MINIMAL.replace("\"/hooks/p\"", &format!("{path:?}"));
+        for bad in ["", "p", "/p?x=1", "/p#f", "/p q", "/ü", "/p\t"] {
+            let e = err(&with(bad));
+            assert!(
+                e.contains("source[0].path") && e.contains("visible ASCII"),
+                "{bad:?}: {e}"
+            );
+        }
+        for good in ["/p", "/%C3%BC", "/a/b-c_d.e~f!$&'()*+,;=:@"] {
+            let c = parse(&with(good)).unwrap_or_else(|e| panic!("{good:?}: {e}"));
+            assert_eq!(c.sources[0].path, good);
+        }
     }
 
     /// Durations past a year are refused, naming the field: a deadline as far out as a
