@@ -225,9 +225,11 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
+    // An empty id is no id: nothing could be correlated by it.
     let request_id = request
         .headers()
         .get(&upstream::X_REQUEST_ID)
+        .filter(|id| !id.is_empty())
         .cloned()
         .unwrap_or_else(new_request_id);
     let version = request.version();
