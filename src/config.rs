@@ -668,7 +668,8 @@ impl Builder {
 impl Config {
     /// Warnings an operator must see at startup and in `check`.
     pub fn warnings(&self) -> Vec<String> {
-        self.sources
+        let mut warnings: Vec<String> = self
+            .sources
             .iter()
             .filter(|s| s.verifier.is_none())
             .map(|s| {
@@ -677,7 +678,22 @@ impl Config {
                     s.name, s.path
                 )
             })
-            .collect()
+            .collect();
+        // Legitimate behind a front proxy that is the only way in, but then every client's
+        // X-Forwarded-For is believed: the operator should know it was meant.
+        if let Some(all) = self
+            .server
+            .trusted_proxies
+            .iter()
+            .find(|n| n.prefix_len() == 0)
+        {
+            warnings.push(format!(
+                "warning: server.trusted_proxies includes {all}, every address: any client that \
+                 reaches hookgate directly can name its own address in X-Forwarded-For, past \
+                 allow_cidrs and client_rate_limit"
+            ));
+        }
+        warnings
     }
 }
 
@@ -952,6 +968,20 @@ secrets = ["literal-secret"]
         let w = c.warnings();
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("warning") && w[0].contains("\"p\""), "{w:?}");
+    }
+
+    #[test]
+    fn trusting_every_address_is_warned_about() {
+        let with = |nets: &str| format!("[server]\ntrusted_proxies = {nets}\n{MINIMAL}");
+        let c = parse(&with(r#"["10.0.0.0/8", "::/0"]"#)).expect("valid");
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("server.trusted_proxies") && w[0].contains("::/0"),
+            "{w:?}"
+        );
+        let c = parse(&with(r#"["10.0.0.0/8", "192.168.0.0/16"]"#)).expect("valid");
+        assert!(c.warnings().is_empty());
     }
 
     #[test]
