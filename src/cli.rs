@@ -176,22 +176,46 @@ fn run(config: Config) -> ExitCode {
         if let Some(w) = open_files {
             tracing::warn!("{w}");
         }
-        wait_for_signals(&server).await;
+        let mut signals = wait_for_signals(&server).await;
         tracing::info!("shutting down: /readyz is 503, draining in-flight requests");
-        let clean = server.shutdown().await;
-        if clean {
-            tracing::info!("shutdown complete");
-        } else {
-            tracing::warn!("shutdown_grace_s elapsed with requests still in flight");
+        tokio::select! {
+            clean = server.shutdown() => {
+                if clean {
+                    tracing::info!("shutdown complete");
+                } else {
+                    tracing::warn!("shutdown_grace_s elapsed with requests still in flight");
+                }
+                ExitCode::SUCCESS
+            }
+            // An operator who asks twice (a second Ctrl-C) means now; Kubernetes asks once.
+            _ = signals.stop() => {
+                tracing::warn!("a second SIGTERM or SIGINT: exiting now, requests in flight are cut");
+                ExitCode::FAILURE
+            }
         }
-        ExitCode::SUCCESS
     })
 }
 
-/// Serves until SIGTERM or SIGINT; SIGHUP reloads the config.
-async fn wait_for_signals(server: &Server) {
+/// The signals that stop hookgate, kept for a second one during the drain.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    async fn stop(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// Serves until SIGTERM or SIGINT (then gives the stop signals back, for a second one);
+/// SIGHUP reloads the config.
+async fn wait_for_signals(server: &Server) -> StopSignals {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+    let (Ok(term), Ok(int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
@@ -199,10 +223,10 @@ async fn wait_for_signals(server: &Server) {
         tracing::error!("cannot install signal handlers; serving until killed");
         return std::future::pending().await;
     };
+    let mut signals = StopSignals { term, int };
     loop {
         tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
+            _ = signals.stop() => return signals,
             _ = hup.recv() => match server.reload() {
                 Ok(later) if later.is_empty() => tracing::info!("config reloaded"),
                 Ok(later) => tracing::warn!(

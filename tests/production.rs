@@ -762,3 +762,32 @@ async fn a_drain_waits_for_a_slow_upstream_past_body_timeout() {
     let a = in_flight.await.expect("the delivery's answer");
     assert_eq!((a.status, &a.body[..]), (200, &br#"{"slow":true}"#[..]));
 }
+
+/// A second SIGTERM or SIGINT during the drain (an operator's second Ctrl-C) exits at once,
+/// with status 1, instead of waiting out `shutdown_grace_s` for a slow delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_during_the_drain_exits_at_once() {
+    let upstream = spawn_upstream(Reply {
+        delay: Duration::from_secs(20),
+        ..Reply::json(200, "{}")
+    })
+    .await;
+    let dir = temp_dir("second-signal");
+    let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "")
+        .replace("[server]\n", "[server]\nshutdown_grace_s = 30\n");
+    let mut p = spawn_process(&dir, &config, &[]);
+    // A raw connection: the delivery is cut when hookgate exits, and nothing waits for it.
+    let _in_flight =
+        connect_and_write(p.addr, signed_post("/hooks/p", SECRET, BODY).as_bytes()).await;
+    let started = Instant::now();
+    while upstream.requests().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(5), "not forwarded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    p.signal("TERM");
+    // The first signal drains: still running while the delivery waits on its upstream.
+    assert_eq!(p.wait_exit(Duration::from_millis(700)), None);
+    p.signal("INT");
+    assert_eq!(p.wait_exit(Duration::from_secs(3)), Some(1));
+    assert!(p.log().contains("second SIGTERM or SIGINT"), "{}", p.log());
+}
