@@ -111,6 +111,16 @@ fn default_max_connections() -> usize {
 fn default_max_buffered(max_body_bytes: u64) -> u64 {
     max_body_bytes.max(64 << 20)
 }
+/// Whether two listeners would take the same port: the same port (not 0, which picks a free
+/// one) on the same address, or with one on every address of the other's family (`[::]` is
+/// on IPv4's too: Linux binds it dual-stack by default).
+fn listens_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |all: SocketAddr, other: SocketAddr| {
+        all.ip().is_unspecified() && (all.is_ipv6() || other.is_ipv4())
+    };
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+}
+
 /// The longest any duration in the config may be: longer is surely a mistake, and a
 /// deadline that far out would overflow the clock's arithmetic (`Instant + Duration` panics
 /// past ~292 billion years, which a `u64` of seconds reaches).
@@ -501,6 +511,15 @@ impl Builder {
             .as_ref()
             .map(|a| self.socket_addr("admin.listen", &a.listen))
             .transpose()?;
+        // Caught here, so `check` finds it too: the second bind would fail at `run`.
+        if let Some(admin) = admin
+            && listens_overlap(admin, server.listen)
+        {
+            return Err(self.err(
+                "admin.listen",
+                format!("{admin} overlaps server.listen ({})", server.listen),
+            ));
+        }
 
         let up = f.upstream.as_ref();
         let default_url = up
@@ -968,6 +987,34 @@ secrets = ["literal-secret"]
         let w = c.warnings();
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("warning") && w[0].contains("\"p\""), "{w:?}");
+    }
+
+    #[test]
+    fn the_admin_listener_may_not_take_the_main_one_s_port() {
+        let with = |main: &str, admin: &str| {
+            format!("[server]\nlisten = {main:?}\n[admin]\nlisten = {admin:?}\n{MINIMAL}")
+        };
+        for (main, admin) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:8080", "0.0.0.0:8080"),
+            ("[::]:8080", "127.0.0.1:8080"),
+            ("[::1]:8080", "[::]:8080"),
+        ] {
+            let e = err(&with(main, admin));
+            assert!(
+                e.contains("admin.listen") && e.contains("overlaps"),
+                "{main} {admin}: {e}"
+            );
+        }
+        for (main, admin) in [
+            ("127.0.0.1:8080", "127.0.0.1:9090"),
+            ("127.0.0.1:8080", "127.0.0.2:8080"),
+            ("0.0.0.0:8080", "[::1]:8080"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+        ] {
+            parse(&with(main, admin)).unwrap_or_else(|e| panic!("{main} {admin}: {e}"));
+        }
     }
 
     #[test]
