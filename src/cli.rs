@@ -228,11 +228,19 @@ async fn wait_for_signals(server: &Server) -> StopSignals {
         tokio::select! {
             _ = signals.stop() => return signals,
             _ = hup.recv() => match server.reload() {
-                Ok(later) if later.is_empty() => tracing::info!("config reloaded"),
-                Ok(later) => tracing::warn!(
-                    "config reloaded; these changes take effect at the next start: {}",
-                    later.join(", ")
-                ),
+                Ok(later) => {
+                    if later.is_empty() {
+                        tracing::info!("config reloaded");
+                    } else {
+                        tracing::warn!(
+                            "config reloaded; these changes take effect at the next start: {}",
+                            later.join(", ")
+                        );
+                    }
+                    for w in server.gateway().config.warnings() {
+                        tracing::warn!("{w}");
+                    }
+                }
                 Err(e) => tracing::error!("config reload refused, the old config stays: {e}"),
             },
         }

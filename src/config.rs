@@ -221,6 +221,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     pub upstream: UpstreamSettings,
     pub sources: Vec<Arc<Source>>,
+    /// Secrets that look mistaken (never their values: the field that holds them).
+    secret_warnings: Vec<String>,
 }
 
 /// `[server]`, validated.
@@ -546,6 +548,7 @@ impl Builder {
         let mut names = HashSet::new();
         let mut paths = HashSet::new();
         let mut sources = Vec::with_capacity(f.sources.len());
+        let mut secret_warnings = Vec::new();
         for (i, src) in f.sources.iter().enumerate() {
             let at = |k: &str| format!("source[{i}].{k}");
             if src.name.is_empty() {
@@ -599,6 +602,17 @@ impl Builder {
                         .enumerate()
                         .map(|(j, r)| self.secret(&at(&format!("secrets[{j}]")), r))
                         .collect::<Result<Vec<_>, _>>()?;
+                    for (j, secret) in secrets.iter().enumerate() {
+                        let bytes = secret.expose();
+                        if bytes.trim_ascii().len() != bytes.len() {
+                            secret_warnings.push(format!(
+                                "warning: {}: starts or ends with whitespace, which no sender \
+                                 will match if it is an env: value's trailing newline (file: \
+                                 secrets are trimmed; env: and literal ones are taken as they are)",
+                                at(&format!("secrets[{j}]"))
+                            ));
+                        }
+                    }
                     Verifier::new(src.platform.scheme(), secrets)
                 }
             };
@@ -662,6 +676,7 @@ impl Builder {
             admin,
             upstream,
             sources,
+            secret_warnings,
         })
     }
 
@@ -698,6 +713,7 @@ impl Config {
                 )
             })
             .collect();
+        warnings.extend(self.secret_warnings.iter().cloned());
         // Legitimate behind a front proxy that is the only way in, but then every client's
         // X-Forwarded-For is believed: the operator should know it was meant.
         if let Some(all) = self
@@ -1015,6 +1031,23 @@ secrets = ["literal-secret"]
         ] {
             parse(&with(main, admin)).unwrap_or_else(|e| panic!("{main} {admin}: {e}"));
         }
+    }
+
+    #[test]
+    fn a_secret_with_whitespace_at_an_end_is_warned_about_without_its_value() {
+        // A literal here (setting an env: one would need `unsafe`); both are taken as they are.
+        let text = MINIMAL.replace(
+            "secrets = [\"literal-secret\"]",
+            "secrets = [\"literal-secret\", \"tok-with-newline\\n\"]",
+        );
+        let w = parse(&text).expect("valid").warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("source[0].secrets[1]") && w[0].contains("whitespace"),
+            "{w:?}"
+        );
+        assert!(!w[0].contains("tok-with-newline"), "{w:?}");
+        assert!(parse(MINIMAL).expect("valid").warnings().is_empty());
     }
 
     #[test]
