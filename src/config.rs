@@ -466,11 +466,25 @@ impl Builder {
         self.positive(field, v)
     }
 
-    fn upstream_uri(&self, field: &str, s: &str) -> Result<Target, ConfigError> {
+    /// An upstream URL, which may not be hookgate's own listener (`listen`): every delivery
+    /// would come back to it unsigned and be refused.
+    fn upstream_uri(
+        &self,
+        field: &str,
+        s: &str,
+        listen: SocketAddr,
+    ) -> Result<Target, ConfigError> {
         let uri: Uri = s
             .parse()
             .map_err(|_| self.err(field, format!("not a URL: {s:?}")))?;
-        Target::from_uri(uri).map_err(|e| self.err(field, format!("{e}: {s:?}")))
+        let target = Target::from_uri(uri).map_err(|e| self.err(field, format!("{e}: {s:?}")))?;
+        if target.is_own_listener(listen) {
+            return Err(self.err(
+                field,
+                format!("{s:?} is hookgate's own listener (server.listen {listen}), not the app"),
+            ));
+        }
+        Ok(target)
     }
 
     fn build(&self, f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
@@ -526,7 +540,7 @@ impl Builder {
         let up = f.upstream.as_ref();
         let default_url = up
             .and_then(|u| u.url.as_deref())
-            .map(|u| self.upstream_uri("upstream.url", u))
+            .map(|u| self.upstream_uri("upstream.url", u, server.listen))
             .transpose()?;
         let default_timeout_ms = match up {
             Some(u) => self.millis("upstream.timeout_ms", u.timeout_ms)?,
@@ -628,7 +642,7 @@ impl Builder {
                 ));
             }
             let upstream = match (&src.upstream, &default_url) {
-                (Some(u), _) => self.upstream_uri(&at("upstream"), u)?,
+                (Some(u), _) => self.upstream_uri(&at("upstream"), u, server.listen)?,
                 (None, Some(u)) => u.clone(),
                 (None, None) => {
                     return Err(self.err(
@@ -1048,6 +1062,41 @@ secrets = ["literal-secret"]
         );
         assert!(!w[0].contains("tok-with-newline"), "{w:?}");
         assert!(parse(MINIMAL).expect("valid").warnings().is_empty());
+    }
+
+    #[test]
+    fn an_upstream_on_hookgate_s_own_listener_is_refused() {
+        let with = |listen: &str, url: &str| {
+            MINIMAL.replace("http://127.0.0.1:3000/hooks", url).replace(
+                "[upstream]",
+                &format!("[server]\nlisten = {listen:?}\n[upstream]"),
+            )
+        };
+        for (listen, url) in [
+            ("0.0.0.0:8080", "http://127.0.0.1:8080/webhooks"),
+            ("127.0.0.1:8080", "http://localhost:8080/"),
+            ("[::]:8443", "https://[::1]:8443/"),
+            ("0.0.0.0:80", "http://127.0.0.1/"),
+        ] {
+            let e = err(&with(listen, url));
+            assert!(
+                e.contains("upstream.url") && e.contains("own listener"),
+                "{url}: {e}"
+            );
+        }
+        let text = format!(
+            "{}upstream = \"http://127.0.0.1:8080/\"\n",
+            with("0.0.0.0:8080", "http://app:3000/")
+        );
+        assert!(err(&text).contains("source[0].upstream"));
+        for (listen, url) in [
+            ("0.0.0.0:8080", "http://127.0.0.1:3000/"),
+            ("0.0.0.0:8080", "http://app:8080/"),
+            ("10.0.0.5:8080", "http://127.0.0.1:8080/"),
+            ("127.0.0.1:0", "http://127.0.0.1:0/"),
+        ] {
+            parse(&with(listen, url)).unwrap_or_else(|e| panic!("{listen} {url}: {e}"));
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! connection's address, TLS name, Host header and request-target are worked out once, at
 //! config load, in [`Target`].
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -87,6 +88,16 @@ impl Target {
             head_prefix,
             uri,
         })
+    }
+
+    /// Whether this target is hookgate's own listener on `listen`: a loopback host (or
+    /// `localhost`) on the listener's port, where the listener takes loopback too. Port 0
+    /// (a free port picked at bind) never matches.
+    pub fn is_own_listener(&self, listen: SocketAddr) -> bool {
+        let loopback_host = self.host.eq_ignore_ascii_case("localhost")
+            || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        let listens_on_loopback = listen.ip().is_unspecified() || listen.ip().is_loopback();
+        listen.port() != 0 && self.port == listen.port() && loopback_host && listens_on_loopback
     }
 
     /// The request line and the headers every request to this target starts with.
