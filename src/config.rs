@@ -111,14 +111,26 @@ fn default_max_connections() -> usize {
 fn default_max_buffered(max_body_bytes: u64) -> u64 {
     max_body_bytes.max(64 << 20)
 }
-/// Whether two listeners would take the same port: the same port (not 0, which picks a free
-/// one) on the same address, or with one on every address of the other's family (`[::]` is
-/// on IPv4's too: Linux binds it dual-stack by default).
+/// Whether a listener bound to `listener` takes `addr`: the same port (not 0, which picks a
+/// free one at bind) on the same address, or the listener on every address of `addr`'s
+/// family (`[::]` takes IPv4's too: Linux binds it dual-stack by default).
+fn takes(listener: SocketAddr, addr: SocketAddr) -> bool {
+    let every = listener.ip().is_unspecified() && (listener.is_ipv6() || addr.is_ipv4());
+    listener.port() == addr.port() && listener.port() != 0 && (listener.ip() == addr.ip() || every)
+}
+
+/// Whether two listeners would take the same port (the second bind would fail).
 fn listens_overlap(a: SocketAddr, b: SocketAddr) -> bool {
-    let covers = |all: SocketAddr, other: SocketAddr| {
-        all.ip().is_unspecified() && (all.is_ipv6() || other.is_ipv4())
-    };
-    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+    takes(a, b) || takes(b, a)
+}
+
+/// Whether a connection to `target` lands on hookgate's own listener: an address the
+/// listener takes that is surely this host's (the listener's own, or loopback).
+fn is_own_listener(target: &Target, listen: SocketAddr) -> bool {
+    target
+        .known_addrs()
+        .into_iter()
+        .any(|a| takes(listen, a) && (a.ip() == listen.ip() || a.ip().is_loopback()))
 }
 
 /// The longest any duration in the config may be: longer is surely a mistake, and a
@@ -478,7 +490,7 @@ impl Builder {
             .parse()
             .map_err(|_| self.err(field, format!("not a URL: {s:?}")))?;
         let target = Target::from_uri(uri).map_err(|e| self.err(field, format!("{e}: {s:?}")))?;
-        if target.is_own_listener(listen) {
+        if is_own_listener(&target, listen) {
             return Err(self.err(
                 field,
                 format!("{s:?} is hookgate's own listener (server.listen {listen}), not the app"),
@@ -1088,7 +1100,9 @@ secrets = ["literal-secret"]
             ("0.0.0.0:8080", "http://127.0.0.1:8080/webhooks"),
             ("127.0.0.1:8080", "http://localhost:8080/"),
             ("[::]:8443", "https://[::1]:8443/"),
+            ("[::]:8080", "http://127.0.0.1:8080/"),
             ("0.0.0.0:80", "http://127.0.0.1/"),
+            ("10.0.0.5:8080", "http://10.0.0.5:8080/"),
         ] {
             let e = err(&with(listen, url));
             assert!(
@@ -1105,6 +1119,10 @@ secrets = ["literal-secret"]
             ("0.0.0.0:8080", "http://127.0.0.1:3000/"),
             ("0.0.0.0:8080", "http://app:8080/"),
             ("10.0.0.5:8080", "http://127.0.0.1:8080/"),
+            ("0.0.0.0:8080", "http://10.0.0.5:8080/"),
+            ("127.0.0.1:8080", "http://[::1]:8080/"),
+            ("[::1]:8080", "http://127.0.0.1:8080/"),
+            ("0.0.0.0:8080", "http://[::1]:8080/"),
             ("127.0.0.1:0", "http://127.0.0.1:0/"),
         ] {
             parse(&with(listen, url)).unwrap_or_else(|e| panic!("{listen} {url}: {e}"));

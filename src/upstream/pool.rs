@@ -8,7 +8,7 @@
 //! connection's address, TLS name, Host header and request-target are worked out once, at
 //! config load, in [`Target`].
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -90,14 +90,17 @@ impl Target {
         })
     }
 
-    /// Whether this target is hookgate's own listener on `listen`: a loopback host (or
-    /// `localhost`) on the listener's port, where the listener takes loopback too. Port 0
-    /// (a free port picked at bind) never matches.
-    pub fn is_own_listener(&self, listen: SocketAddr) -> bool {
-        let loopback_host = self.host.eq_ignore_ascii_case("localhost")
-            || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-        let listens_on_loopback = listen.ip().is_unspecified() || listen.ip().is_loopback();
-        listen.port() != 0 && self.port == listen.port() && loopback_host && listens_on_loopback
+    /// The addresses this target names without asking DNS: its IP literal, or `localhost`'s
+    /// loopback ones; none for another host name.
+    pub fn known_addrs(&self) -> Vec<SocketAddr> {
+        let ips = if self.host.eq_ignore_ascii_case("localhost") {
+            vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
+        } else {
+            self.host.parse::<IpAddr>().into_iter().collect()
+        };
+        ips.into_iter()
+            .map(|ip| SocketAddr::new(ip, self.port))
+            .collect()
     }
 
     /// The request line and the headers every request to this target starts with.
