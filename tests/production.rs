@@ -251,8 +251,8 @@ async fn mtls_refuses_a_client_without_a_certificate_and_serves_one_with() {
     );
     assert!(upstream.requests().is_empty());
     // Counted once the gateway's side of the handshake has ended.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while metrics.tls_handshake_failures.get() == 0 && std::time::Instant::now() < deadline {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metrics.tls_handshake_failures.get() == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(metrics.tls_handshake_failures.get(), 1);
@@ -779,11 +779,7 @@ async fn a_second_signal_during_the_drain_exits_at_once() {
     // A raw connection: the delivery is cut when hookgate exits, and nothing waits for it.
     let _in_flight =
         connect_and_write(p.addr, signed_post("/hooks/p", SECRET, BODY).as_bytes()).await;
-    let started = Instant::now();
-    while upstream.requests().is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(5), "not forwarded");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    upstream.wait_for_requests(1).await;
     p.signal("TERM");
     // The first signal drains: still running while the delivery waits on its upstream.
     assert_eq!(p.wait_exit(Duration::from_millis(700)), None);

@@ -191,7 +191,7 @@ async fn serve_tls(acceptor: &TlsAcceptor, io: HeadDeadline<TcpStream>, serving:
         }
         Err(e) => {
             // A peer that closes before a handshake (a TCP health probe) is not a failure.
-            if e.kind() != std::io::ErrorKind::UnexpectedEof {
+            if e.kind() != io::ErrorKind::UnexpectedEof {
                 serving.state.context.metrics.tls_handshake_failures.inc();
             }
             tracing::debug!(peer = %serving.conn.peer, error = %e, "TLS handshake failed");
@@ -231,8 +231,12 @@ impl Activity {
         })
     }
 
-    fn wrote(&self, n: usize) {
-        self.written.fetch_add(n as u64, Ordering::Relaxed);
+    /// Counts what a write to the socket took.
+    fn count_written(&self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = written {
+            self.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        written
     }
 
     /// When the connection may be closed for idleness, if it is idle now.
@@ -391,8 +395,9 @@ async fn finish<C: GracefulConnection>(
 }
 
 pin_project_lite::pin_project! {
-    /// A socket with a deadline that holds until the first request head has arrived:
-    /// reads fail with `TimedOut` past it.
+    /// A connection's socket, with a deadline that holds until the first request head has
+    /// arrived (reads fail with `TimedOut` past it), counting the bytes written to it in
+    /// the connection's `Activity` (whether its client still reads: `finish`).
     struct HeadDeadline<IO> {
         #[pin]
         io: IO,
@@ -449,11 +454,7 @@ impl<IO: AsyncWrite> AsyncWrite for HeadDeadline<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        let written = this.io.poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = written {
-            this.activity.wrote(n);
-        }
-        written
+        this.activity.count_written(this.io.poll_write(cx, buf))
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
         self.project().io.poll_flush(cx)
@@ -470,11 +471,8 @@ impl<IO: AsyncWrite> AsyncWrite for HeadDeadline<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        let written = this.io.poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = written {
-            this.activity.wrote(n);
-        }
-        written
+        this.activity
+            .count_written(this.io.poll_write_vectored(cx, bufs))
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()

@@ -73,6 +73,17 @@ impl Upstream {
     pub fn requests(&self) -> Vec<Recorded> {
         self.received.lock().expect("lock").clone()
     }
+    /// Waits until `n` requests have arrived (at most 5 s).
+    pub async fn wait_for_requests(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.requests().len() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} requests not forwarded"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     pub fn set_reply(&self, reply: Reply) {
         *self.reply.lock().expect("lock") = reply;
     }
