@@ -741,6 +741,39 @@ impl Config {
             })
             .collect();
         warnings.extend(self.secret_warnings.iter().cloned());
+        for s in &self.sources {
+            // "Any of none": fail-closed, but every delivery then gets 403, which is more
+            // likely a template's empty list than a wish to refuse everyone.
+            if s.allow_cidrs.as_ref().is_some_and(Vec::is_empty) {
+                warnings.push(format!(
+                    "warning: source {:?} has an empty allow_cidrs: every request to {} gets 403 \
+                     (leave allow_cidrs out to admit every address)",
+                    s.name, s.path
+                ));
+            }
+        }
+        // `10.0.0.1/8` is taken as `10.0.0.0/8`; the operator may have meant `10.0.0.1/32`.
+        let lists = self
+            .sources
+            .iter()
+            .filter_map(|s| {
+                Some((
+                    format!("source {:?} allow_cidrs", s.name),
+                    s.allow_cidrs.as_ref()?,
+                ))
+            })
+            .chain(std::iter::once((
+                "server.trusted_proxies".to_string(),
+                &self.server.trusted_proxies,
+            )));
+        for (field, nets) in lists {
+            for net in nets.iter().filter(|n| n.trunc() != **n) {
+                warnings.push(format!(
+                    "warning: {field}: {net} has address bits set past its prefix; it is taken as {}",
+                    net.trunc()
+                ));
+            }
+        }
         // Legitimate behind a front proxy that is the only way in, but then every client's
         // X-Forwarded-For is believed: the operator should know it was meant.
         if let Some(all) = self
@@ -1141,6 +1174,41 @@ secrets = ["literal-secret"]
         );
         let c = parse(&with(r#"["10.0.0.0/8", "192.168.0.0/16"]"#)).expect("valid");
         assert!(c.warnings().is_empty());
+    }
+
+    #[test]
+    fn an_empty_allow_list_and_host_bits_past_a_prefix_are_warned_about() {
+        let source =
+            |cidrs: &str| MINIMAL.replace("secrets", &format!("allow_cidrs = {cidrs}\nsecrets"));
+        let w = parse(&source("[]")).expect("valid").warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("empty allow_cidrs") && w[0].contains("403"),
+            "{w:?}"
+        );
+
+        let w = parse(&source(r#"["10.0.0.1/8", "192.0.2.7", "2001:db8::1/64"]"#))
+            .expect("valid")
+            .warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("10.0.0.1/8") && w[0].contains("10.0.0.0/8"),
+            "{w:?}"
+        );
+        assert!(w[1].contains("2001:db8::/64"), "{w:?}");
+
+        let c = format!("[server]\ntrusted_proxies = [\"172.16.5.5/12\"]\n{MINIMAL}");
+        let w = parse(&c).expect("valid").warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("server.trusted_proxies") && w[0].contains("172.16.0.0/12"),
+            "{w:?}"
+        );
+
+        let w = parse(&source(r#"["10.0.0.0/8", "192.0.2.7/32"]"#))
+            .expect("valid")
+            .warnings();
+        assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]
