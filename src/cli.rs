@@ -4,6 +4,7 @@ use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use hmac::{Hmac, KeyInit, Mac};
@@ -12,6 +13,7 @@ use sha2::Sha256;
 use crate::config::{Config, LogFormat, Source};
 use crate::json::Object;
 use crate::platforms::Platform;
+use crate::reload::Reloader;
 use crate::server::{self, Server};
 
 #[derive(Parser, Debug)]
@@ -212,7 +214,7 @@ impl StopSignals {
 }
 
 /// Serves until SIGTERM or SIGINT (then gives the stop signals back, for a second one);
-/// SIGHUP reloads the config.
+/// SIGHUP reloads the config, and so does a changed file with `reload_poll_s`.
 async fn wait_for_signals(server: &Server) -> StopSignals {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(term), Ok(int), Ok(mut hup)) = (
@@ -224,25 +226,17 @@ async fn wait_for_signals(server: &Server) -> StopSignals {
         return std::future::pending().await;
     };
     let mut signals = StopSignals { term, int };
+    let mut reloader = Reloader::new(server);
+    // Fixed at start, like the listeners.
+    let poll = server.gateway().config.server.reload_poll;
+    let mut ticks = tokio::time::interval(poll.unwrap_or(Duration::from_secs(3600)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
     loop {
         tokio::select! {
             _ = signals.stop() => return signals,
-            _ = hup.recv() => match server.reload() {
-                Ok(later) => {
-                    if later.is_empty() {
-                        tracing::info!("config reloaded");
-                    } else {
-                        tracing::warn!(
-                            "config reloaded; these changes take effect at the next start: {}",
-                            later.join(", ")
-                        );
-                    }
-                    for w in server.gateway().config.warnings() {
-                        tracing::warn!("{w}");
-                    }
-                }
-                Err(e) => tracing::error!("config reload refused, the old config stays: {e}"),
-            },
+            _ = hup.recv() => reloader.on_signal(),
+            _ = ticks.tick(), if poll.is_some() => reloader.on_poll(),
         }
     }
 }

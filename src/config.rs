@@ -5,6 +5,7 @@
 //! [`ConfigError`] that names the file and the field in one line. Unknown keys are errors:
 //! in a security gateway a typo such as `secert` must stop startup, not be ignored.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -68,6 +69,9 @@ struct FileServer {
     max_connections: usize,
     /// Not in SPEC §3 (README: "Memory"); absent: the larger of 64 MiB and max_body_bytes.
     max_buffered_bytes: Option<u64>,
+    /// Not in SPEC §3 (README: "Reloads"); 0: off.
+    #[serde(default)]
+    reload_poll_s: u64,
 }
 
 impl Default for FileServer {
@@ -85,6 +89,7 @@ impl Default for FileServer {
             body_timeout_s: default_body_timeout(),
             max_connections: default_max_connections(),
             max_buffered_bytes: None,
+            reload_poll_s: 0,
         }
     }
 }
@@ -235,6 +240,9 @@ pub struct Config {
     pub sources: Vec<Arc<Source>>,
     /// Secrets that look mistaken (never their values: the field that holds them).
     secret_warnings: Vec<String>,
+    /// The config file and every file it names (`file:` secrets, certificates, CAs): what
+    /// `reload_poll_s` watches.
+    files: Vec<PathBuf>,
 }
 
 /// `[server]`, validated.
@@ -254,6 +262,8 @@ pub struct Server {
     /// Request-body bytes held in memory at once, all connections together; at least
     /// `max_body_bytes`.
     pub max_buffered_bytes: u64,
+    /// How often the files of [`Config::files`] are read again to reload on a change.
+    pub reload_poll: Option<Duration>,
 }
 
 /// Certificate files of `[server] tls`, resolved against the config's folder.
@@ -327,7 +337,12 @@ impl Config {
         let file_config: FileConfig =
             toml::from_str(text).map_err(|e| toml_error(&file, text, &e))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Builder { file, base }.build(file_config, path)
+        Builder {
+            file,
+            base,
+            files: RefCell::new(vec![path.to_path_buf()]),
+        }
+        .build(file_config, path)
     }
 }
 
@@ -377,6 +392,8 @@ fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
 struct Builder {
     file: String,
     base: PathBuf,
+    /// The files read or named so far (`Config::files`).
+    files: RefCell<Vec<PathBuf>>,
 }
 
 impl Builder {
@@ -405,6 +422,7 @@ impl Builder {
                 .into_encoded_bytes()
         } else if let Some(p) = reference.strip_prefix("file:") {
             let path = self.resolve_path(p);
+            self.files.borrow_mut().push(path.clone());
             let mut bytes = std::fs::read(&path).map_err(|e| {
                 self.err(
                     field,
@@ -533,6 +551,8 @@ impl Builder {
             max_connections: self.positive("server.max_connections", s.max_connections as u64)?
                 as usize,
             max_buffered_bytes,
+            reload_poll: Some(self.seconds("server.reload_poll_s", s.reload_poll_s, true)?)
+                .filter(|d| !d.is_zero()),
         };
         let admin = f
             .admin
@@ -697,6 +717,14 @@ impl Builder {
                 source_header,
             }));
         }
+        let mut files = self.files.take();
+        if let Some(tls) = &server.tls {
+            files.extend([tls.cert.clone(), tls.key.clone()]);
+            files.extend(tls.client_ca.clone());
+        }
+        files.extend(upstream.ca.clone());
+        files.sort();
+        files.dedup();
         Ok(Config {
             path: path.to_path_buf(),
             server,
@@ -704,6 +732,7 @@ impl Builder {
             upstream,
             sources,
             secret_warnings,
+            files,
         })
     }
 
@@ -727,6 +756,11 @@ impl Builder {
 }
 
 impl Config {
+    /// The config file and every file it names (`file:` secrets, certificates, CAs).
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
     /// Warnings an operator must see at startup and in `check`.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings: Vec<String> = self
@@ -919,6 +953,10 @@ secrets = ["literal-secret"]
                 "upstream.timeout_ms",
                 upstream(&format!("timeout_ms = {}", year * 1000 + 1)),
             ),
+            (
+                "server.reload_poll_s",
+                server(&format!("reload_poll_s = {}", year + 1)),
+            ),
         ] {
             let e = err(&text);
             assert!(e.contains(field) && e.contains("at most"), "{field}: {e}");
@@ -931,6 +969,57 @@ secrets = ["literal-secret"]
         assert_eq!(c.server.shutdown_delay, Duration::ZERO);
         let c = parse(&source("dedupe_window_s = 0")).expect("dedupe off");
         assert_eq!(c.sources[0].dedupe_window, Duration::ZERO);
+        assert_eq!(c.server.reload_poll, None, "off by default");
+        let c = parse(&server("reload_poll_s = 0")).expect("off");
+        assert_eq!(c.server.reload_poll, None);
+        let c = parse(&server("reload_poll_s = 10")).expect("on");
+        assert_eq!(c.server.reload_poll, Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn the_files_a_config_names_are_listed_for_the_reload_poll() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for f in ["a.secret", "b.secret", "whsec"] {
+            let value = if f == "whsec" {
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            } else {
+                "s"
+            };
+            std::fs::write(dir.path().join(f), value).expect("write");
+        }
+        let text = r#"
+[server]
+tls = { cert = "c.crt", key = "/keys/k.key", client_ca = "ca.crt" }
+[upstream]
+url = "http://127.0.0.1:3000/"
+ca = "up-ca.crt"
+signing_secret = "file:whsec"
+[[source]]
+name = "p"
+platform = "protocol"
+path = "/p"
+secrets = ["file:a.secret", "env:HOME", "literal", "file:b.secret"]
+[[source]]
+name = "q"
+platform = "protocol"
+path = "/q"
+secrets = ["file:a.secret"]
+"#;
+        let path = dir.path().join("hookgate.toml");
+        let c = Config::from_toml_str(text, &path).expect("valid");
+        let d = dir.path();
+        let mut want = vec![
+            path.clone(),
+            d.join("a.secret"),
+            d.join("b.secret"),
+            d.join("whsec"),
+            d.join("c.crt"),
+            PathBuf::from("/keys/k.key"),
+            d.join("ca.crt"),
+            d.join("up-ca.crt"),
+        ];
+        want.sort();
+        assert_eq!(c.files(), want);
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! ```
 //!
 //! `config` turns the TOML file into validated runtime types once, at startup (and on
-//! SIGHUP), so the request path never re-checks it.
+//! reloads: `reload`, on SIGHUP or a changed file), so the request path never re-checks it.
 
 pub mod admit;
 pub mod body;
@@ -32,6 +32,7 @@ pub mod logs;
 pub mod metrics;
 pub mod pipeline;
 pub mod platforms;
+pub mod reload;
 pub mod reply;
 pub mod server;
 pub mod time;

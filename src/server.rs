@@ -223,13 +223,20 @@ impl Server {
     }
 
     /// Re-reads the config file; on any error the old config stays and the error is returned.
+    /// Gives the changed settings that take effect only at the next start.
     pub fn reload(&self) -> Result<Vec<&'static str>, StartError> {
         let result = self.load_again();
-        self.state.context.metrics.config_reloaded(result.is_ok());
+        self.count_reload(result.is_ok());
         result
     }
 
-    fn load_again(&self) -> Result<Vec<&'static str>, StartError> {
+    /// Counts a reload in the metrics (`reload` does; `load_again` does not).
+    pub fn count_reload(&self, success: bool) {
+        self.state.context.metrics.config_reloaded(success);
+    }
+
+    /// `reload`, not counted: for a retry that may fail again as before (`reload::Reloader`).
+    pub fn load_again(&self) -> Result<Vec<&'static str>, StartError> {
         let old = self.state.gateway();
         let config = Config::load(&old.config.path)?;
         let prepared = prepare_with(config, self.state.context.clone(), Some(&old))?;
@@ -249,6 +256,9 @@ impl Server {
         }
         if o.server.log_format != n.server.log_format {
             at_next_start.push("server.log_format");
+        }
+        if o.server.reload_poll != n.server.reload_poll {
+            at_next_start.push("server.reload_poll_s");
         }
         // TLS stays as it was when it is switched on or off; new certificates take effect.
         if o.server.tls.is_some() == n.server.tls.is_some() {

@@ -453,12 +453,17 @@ fn the_dev_cert_script_makes_certificates_that_load() {
 // ------------------------------------------------------------------ signals
 
 async fn deliver_with(addr: SocketAddr, key: &str, id: &str) -> u16 {
+    deliver_to(addr, "/hooks/p", key, id).await
+}
+
+/// A protocol delivery of event `id` to `path`, signed with `key`; its status.
+async fn deliver_to(addr: SocketAddr, path: &str, key: &str, id: &str) -> u16 {
     let b = format!(r#"{{"id":"{id}","type":"message.created"}}"#);
     let sig = hmac_hex(key, b.as_bytes());
     send(
         addr,
         "POST",
-        "/hooks/p",
+        path,
         &[("x-protocol-signature", &sig)],
         Bytes::from(b),
     )
@@ -517,10 +522,11 @@ async fn sigterm_lets_an_in_flight_delivery_finish_then_exits_0() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_rotates_secrets_and_keeps_the_old_config_when_the_new_one_is_invalid() {
+/// A process serving one protocol source whose secret is the file `p.secret` (`old-secret`,
+/// checked to verify), `server` added to its `[server]`.
+async fn serving_a_secret_file(tag: &str, server: &str) -> (Upstream, TempDir, Process) {
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
-    let dir = temp_dir("sighup");
+    let dir = temp_dir(tag);
     std::fs::write(dir.join("p.secret"), "old-secret\n").expect("write");
     let config = one_source(
         &upstream.url("/"),
@@ -528,33 +534,66 @@ async fn sighup_rotates_secrets_and_keeps_the_old_config_when_the_new_one_is_inv
         "/hooks/p",
         &["file:p.secret"],
         "dedupe_window_s = 0",
-    );
-    let mut p = spawn_process(&dir, &config, &[]);
+    )
+    .replace("[server]\n", &format!("[server]\n{server}"));
+    let p = spawn_process(&dir, &config, &[]);
     assert_eq!(deliver_with(p.addr, "old-secret", "1").await, 200);
-    assert_eq!(deliver_with(p.addr, "new-secret", "2").await, 401);
+    (upstream, dir, p)
+}
+
+/// Waits up to 5 s for a log line holding `text`.
+async fn wait_for_line(p: &Process, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lines_with(p, text) == 0 {
+        assert!(Instant::now() < deadline, "no {text:?} in:\n{}", p.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `deliver` until it gives `want`, for up to 5 s.
+async fn eventually<F, Fut>(p: &Process, what: &str, want: u16, mut deliver: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = u16>,
+{
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = deliver().await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still {got}, not {want}:\n{}",
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn lines_with(p: &Process, text: &str) -> usize {
+    p.log().lines().filter(|l| l.contains(text)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rotates_secrets_and_keeps_the_old_config_when_the_new_one_is_invalid() {
+    let (_upstream, dir, mut p) = serving_a_secret_file("sighup", "").await;
+    let addr = p.addr;
+    assert_eq!(deliver_with(addr, "new-secret", "2").await, 401);
 
     std::fs::write(dir.join("p.secret"), "new-secret\n").expect("write");
     p.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while deliver_with(p.addr, "new-secret", "3").await != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "the new secret never verified:\n{}",
-            p.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(&p, "the new secret", 200, || {
+        deliver_with(addr, "new-secret", "3")
+    })
+    .await;
     assert_eq!(deliver_with(p.addr, "old-secret", "4").await, 401);
     assert!(p.log().contains("config reloaded"), "{}", p.log());
 
     // An invalid config: logged in one line, the old one stays.
     std::fs::write(dir.join("hookgate.toml"), "[server]\nlisten = 5\n").expect("write");
     p.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !p.log().contains("reload refused") {
-        assert!(Instant::now() < deadline, "{}", p.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_line(&p, "reload refused").await;
     assert_eq!(deliver_with(p.addr, "new-secret", "5").await, 200);
     let refused: Vec<String> = p
         .log()
@@ -571,6 +610,54 @@ async fn sighup_rotates_secrets_and_keeps_the_old_config_when_the_new_one_is_inv
     assert!(!p.log().contains("new-secret") && !p.log().contains("old-secret"));
     p.signal("TERM");
     assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+/// With `reload_poll_s`, a changed file is a reload without a signal: a secret swapped in by
+/// a rename as Kubernetes does, and a config that names a secret file before that file
+/// exists (a ConfigMap and a Secret update separately): refused and logged once, then
+/// loaded once the file is there, though the serving config never named it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_poll_picks_up_changed_files_without_a_signal() {
+    let (_upstream, dir, p) = serving_a_secret_file("reload-poll", "reload_poll_s = 1\n").await;
+    let addr = p.addr;
+
+    std::fs::write(dir.join("p.secret.new"), "new-secret\n").expect("write");
+    std::fs::rename(dir.join("p.secret.new"), dir.join("p.secret")).expect("rename");
+    eventually(&p, "the swapped secret", 200, || {
+        deliver_with(addr, "new-secret", "2")
+    })
+    .await;
+    assert_eq!(deliver_with(addr, "old-secret", "3").await, 401);
+    assert_eq!(lines_with(&p, "config reloaded (a file changed)"), 1);
+
+    // Unchanged files: no more reloads.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(lines_with(&p, "config reloaded"), 1, "{}", p.log());
+
+    let serving = std::fs::read_to_string(dir.join("hookgate.toml")).expect("read");
+    let with_q = format!(
+        "{serving}\n[[source]]\nname = \"q\"\nplatform = \"protocol\"\npath = \"/hooks/q\"\n\
+         secrets = [\"file:q.secret\"]\n"
+    );
+    std::fs::write(dir.join("hookgate.toml"), with_q).expect("write");
+    let deliver_q = || deliver_to(addr, "/hooks/q", "q-secret", "q1");
+    wait_for_line(&p, "reload refused").await;
+    // Tried again at every poll, told once.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(lines_with(&p, "reload refused"), 1, "{}", p.log());
+    assert!(p.log().contains("q.secret"), "{}", p.log());
+    assert_eq!(deliver_q().await, 404, "the old config serves");
+    assert_eq!(deliver_with(addr, "new-secret", "4").await, 200);
+
+    std::fs::write(dir.join("q.secret"), "q-secret").expect("write");
+    eventually(&p, "the new source", 200, deliver_q).await;
+    assert_eq!(deliver_with(addr, "new-secret", "5").await, 200);
+    assert_eq!(lines_with(&p, "config reloaded (a file changed)"), 2);
+    assert!(
+        !p.log().contains("-secret"),
+        "a secret in the log:\n{}",
+        p.log()
+    );
 }
 
 // -------------------------------------------------------------- kubernetes
@@ -669,6 +756,16 @@ fn kubernetes_manifests_parse_and_match_the_config() {
             mounts.contains(&"/etc/hookgate/secrets"),
             "{path}: {mounts:?}"
         );
+        // The kubelet never updates a subPath mount: reload_poll_s would see no change.
+        assert!(
+            c["volumeMounts"]
+                .as_vec()
+                .expect("mounts")
+                .iter()
+                .all(|m| m["subPath"].is_badvalue()),
+            "{path}: a subPath mount"
+        );
+        assert!(config.server.reload_poll.is_some(), "{path}: reload_poll_s");
         let service = find(&docs, "Service");
         let ports = service["spec"]["ports"].as_vec().expect("ports");
         assert_eq!(

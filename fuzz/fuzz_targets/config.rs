@@ -10,9 +10,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(config) = hookgate::config::Config::from_toml_str(text, path) else { return };
     let now = std::time::Instant::now();
     let s = &config.server;
-    for d in [s.header_timeout, s.body_timeout, s.shutdown_grace, s.shutdown_delay] {
+    let poll = s.reload_poll.unwrap_or_default();
+    for d in [s.header_timeout, s.body_timeout, s.shutdown_grace, s.shutdown_delay, poll] {
         assert!(now.checked_add(d).is_some(), "{d:?}");
     }
+    assert!(s.reload_poll.is_none_or(|d| !d.is_zero()), "0 is off");
+    assert!(config.files().iter().any(|f| f == path), "the config file is watched");
     for source in &config.sources {
         assert!(now.checked_add(source.timeout).is_some());
         assert!(now.checked_add(source.dedupe_window).is_some());
