@@ -612,8 +612,8 @@ async fn sighup_rotates_secrets_and_keeps_the_old_config_when_the_new_one_is_inv
     assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
 }
 
-/// With `reload_poll_s`, a changed file is a reload without a signal: a secret swapped in by
-/// a rename as Kubernetes does, and a config that names a secret file before that file
+/// With `reload_poll_s`, a changed file is a reload without a signal: a secret swapped in as
+/// the kubelet does (a symlink renamed over another), and a config that names a secret file before that file
 /// exists (a ConfigMap and a Secret update separately): refused and logged once, then
 /// loaded once the file is there, though the serving config never named it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -621,8 +621,22 @@ async fn reload_poll_picks_up_changed_files_without_a_signal() {
     let (_upstream, dir, p) = serving_a_secret_file("reload-poll", "reload_poll_s = 1\n").await;
     let addr = p.addr;
 
-    std::fs::write(dir.join("p.secret.new"), "new-secret\n").expect("write");
-    std::fs::rename(dir.join("p.secret.new"), dir.join("p.secret")).expect("rename");
+    // The kubelet's layout: p.secret -> ..data/p.secret, ..data -> ..v1 (same contents as
+    // before, so no reload), and an update renames a new ..data link over the old one.
+    let version = |v: &str, secret: &str| {
+        std::fs::create_dir(dir.join(v)).expect("dir");
+        std::fs::write(dir.join(v).join("p.secret"), secret).expect("write");
+        std::os::unix::fs::symlink(v, dir.join("..data_tmp")).expect("link");
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("rename");
+    };
+    version("..v1", "old-secret\n");
+    std::os::unix::fs::symlink("..data/p.secret", dir.join("p.secret.link")).expect("link");
+    std::fs::rename(dir.join("p.secret.link"), dir.join("p.secret")).expect("rename");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(lines_with(&p, "config reloaded"), 0, "{}", p.log());
+    assert_eq!(deliver_with(addr, "old-secret", "1b").await, 200);
+
+    version("..v2", "new-secret\n");
     eventually(&p, "the swapped secret", 200, || {
         deliver_with(addr, "new-secret", "2")
     })
