@@ -357,7 +357,7 @@ impl Metrics {
         );
         registry.register(
             "config_reloads",
-            "SIGHUP reloads, by result (a failed one keeps the old config)",
+            "Config reloads (SIGHUP, or a changed file with reload_poll_s), by result (a failed one keeps the old config)",
             config_reloads.clone(),
         );
         registry.register(
