@@ -8,8 +8,8 @@
 //! files themselves does not see, and a few small files every few seconds cost nothing.
 //!
 //! A reload that fails is logged once. The files then still differ from the serving
-//! config's (the config file itself, at least), so each poll tries again, quietly, and logs
-//! only a different error: the config may name a file that is not there yet (a ConfigMap
+//! config's (as they were, they loaded), so each poll tries again, quietly, and logs only a
+//! different error: the config may name a file that is not there yet (a ConfigMap
 //! and a Secret are updated separately, in either order), and the reload goes through once
 //! it is.
 
