@@ -264,6 +264,9 @@ pub struct Metrics {
     pub tls_handshake_failures: Counter,
     config_reloads: Family<ReloadResult, Counter>,
     config_last_reload_successful: Gauge,
+    /// Unix seconds (to the millisecond) of the start, then of each reload that succeeded:
+    /// whether a rotation has been taken up.
+    config_last_reload_success_timestamp: Gauge<f64, AtomicU64>,
     /// Requests that match no source count under `source=""`.
     pub unmatched: SourceMetrics,
 }
@@ -272,6 +275,14 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
+}
+
+/// Now, in seconds since the Unix epoch, to the millisecond.
+fn unix_seconds() -> f64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    since.as_millis() as f64 / 1000.0
 }
 
 impl Metrics {
@@ -293,6 +304,8 @@ impl Metrics {
         }
         let config_last_reload_successful = Gauge::default();
         config_last_reload_successful.set(1);
+        let config_last_reload_success_timestamp = Gauge::<f64, AtomicU64>::default();
+        config_last_reload_success_timestamp.set(unix_seconds());
         let duplicates = Family::<SourceLabel, Counter>::default();
         let build_info = Family::<Version, Gauge>::default();
         build_info
@@ -365,6 +378,11 @@ impl Metrics {
             "1 unless the last reload failed",
             config_last_reload_successful.clone(),
         );
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "When the serving config was loaded (the start, or the last reload that succeeded)",
+            config_last_reload_success_timestamp.clone(),
+        );
         registry.register("build_info", "hookgate's version", build_info);
         let mut m = Metrics {
             registry,
@@ -380,6 +398,7 @@ impl Metrics {
             tls_handshake_failures,
             config_reloads,
             config_last_reload_successful,
+            config_last_reload_success_timestamp,
             duplicates,
             unmatched: SourceMetrics::placeholder(),
         };
@@ -399,6 +418,10 @@ impl Metrics {
             .get_or_create(&ReloadResult { result })
             .inc();
         self.config_last_reload_successful.set(i64::from(success));
+        if success {
+            self.config_last_reload_success_timestamp
+                .set(unix_seconds());
+        }
     }
 
     /// A source's handles (made when a config is loaded, not per request).

@@ -362,14 +362,39 @@ async fn connections_duplicates_and_reloads_are_counted() {
     drop(held);
     wait_for_open_connections(admin, 0.0).await;
 
+    // When the serving config was loaded: at the start, to the millisecond.
+    let loaded = |m: &Samples| {
+        get(
+            m,
+            "hookgate_config_last_reload_success_timestamp_seconds",
+            &[],
+        )
+        .expect("the load's time")
+    };
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64()
+    };
+    let started = loaded(&m);
+    assert!(started <= now() && started > now() - 60.0, "{text}");
+
     // A reload that fails keeps the old config and says so; a good one says so too.
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let path = gw.server.gateway().config.path.clone();
     std::fs::write(&path, format!("{config}\nunknown_key = 1\n")).expect("write");
     assert!(gw.server.reload().is_err());
     let (m, text) = scrape_admin(admin).await;
     assert_eq!(reloads(&m), (Some(0.0), Some(0.0), Some(1.0)), "{text}");
+    assert_eq!(loaded(&m), started, "a failed reload loads nothing");
     std::fs::write(&path, &config).expect("write");
+    let before = now();
     assert!(gw.server.reload().is_ok());
     let (m, text) = scrape_admin(admin).await;
     assert_eq!(reloads(&m), (Some(1.0), Some(1.0), Some(1.0)), "{text}");
+    assert!(
+        loaded(&m) >= before - 0.001 && loaded(&m) > started,
+        "{before} {started}\n{text}"
+    );
 }
