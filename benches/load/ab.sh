@@ -19,6 +19,10 @@
 #                                                   # are shared by all units in turn, so N
 #                                                   # must be > 2 x 100,000 (dedupe's capacity)
 #                                                   # x the units, or ids come back as duplicates
+#   TLS=1 benches/load/ab.sh BIN_A BIN_B            # HTTPS to the proxies (a P-256 certificate
+#                                                   # made here; TLS 1.3, else each one's
+#                                                   # defaults); with CLOSE=1 a handshake
+#                                                   # per request
 #   STEAL_MAX=3 (the second table's rounds), ROUNDS_OUT=FILE (keeps the per-round figures)
 #
 # Columns: req/s, proxy/sink/wrk CPU µs per request, the proxy's user-space part of it (the
@@ -47,8 +51,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
+PROXY_CONF=proxy.conf SCHEME=http
+if [[ -n ${TLS:-} ]]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1 -keyout "$RUN_DIR/tls.key" -out "$RUN_DIR/tls.crt" 2> /dev/null
+  PROXY_CONF=$RUN_DIR/proxy-tls.conf SCHEME=https
+  # TLS 1.3 as hookgate (rustls) speaks it: nginx 1.22's default stops at 1.2, whose resumed
+  # handshakes skip the key exchange that 1.3's still make.
+  sed "s|listen 127.0.0.1:18082 backlog=4096;|listen 127.0.0.1:18082 ssl backlog=4096;\n        ssl_certificate $RUN_DIR/tls.crt;\n        ssl_certificate_key $RUN_DIR/tls.key;\n        ssl_protocols TLSv1.2 TLSv1.3;|" \
+    "$HERE/nginx/proxy.conf" > "$PROXY_CONF"
+  grep -q ssl_certificate "$PROXY_CONF"
+fi
 start_nginx sink sink.conf 1
-start_nginx proxy proxy.conf 2
+start_nginx proxy "$PROXY_CONF" 2
 sleep 0.5
 # An nginx unit is its master's process tree (the master itself is idle under load).
 SINK=$(cat "$RUN_DIR/sink/nginx.pid")
@@ -59,6 +74,7 @@ for spec in "$@"; do
   bin=${spec%%@*} config=$HERE/bench.toml
   [[ $spec == *@* ]] && config=${spec#*@}
   gateway_config "$config" "$port" > "$RUN_DIR/$port.toml"
+  [[ -n ${TLS:-} ]] && sed -i "s|^\\[server\\]|[server]\ntls = { cert = \"$RUN_DIR/tls.crt\", key = \"$RUN_DIR/tls.key\" }|" "$RUN_DIR/$port.toml"
   # A session of its own, as nginx (a daemon) and run.sh's units have: with the kernel's
   # autogroup scheduling on, a unit left in this script's session shares one scheduling
   # group with wrk, and competes with the sink as one.
@@ -85,7 +101,7 @@ fi
 sleeps() { local p f t=0; for p in $(tree_pids "$1"); do for f in /proc/$p/task/*/status; do t=$((t + $(awk '/^voluntary_ctxt/ {print $2}' "$f"))); done; done; echo $t; }
 load() { # port seconds
   BENCH_BODY_FILE=$BODY BENCH_HEADERS_FILE=$RUN_DIR/headers BENCH_SIGS_FILE=$RUN_DIR/sigs BENCH_STATE_FILE=$RUN_DIR/ids BENCH_THREADS=$THREADS \
-    wrk -t"$THREADS" -c"$CONNS" -d"$2s" --latency -s "$SCRIPT" "http://127.0.0.1:$1/webhook"
+    wrk -t"$THREADS" -c"$CONNS" -d"$2s" --latency -s "$SCRIPT" "$SCHEME://127.0.0.1:$1/webhook"
 }
 
 HZ=$(getconf CLK_TCK)

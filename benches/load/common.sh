@@ -41,10 +41,13 @@ for i in range(n):
 PY
 }
 # An nginx unit (the sink or the proxy) as a daemon under RUN_DIR/NAME, and its stop:
-# start_nginx NAME CONF WORKERS; stop_nginx NAME... (RUN_DIR is the caller's).
+# start_nginx NAME CONF WORKERS (CONF under nginx/, or an absolute path); stop_nginx NAME...
+# (RUN_DIR is the caller's).
 start_nginx() {
   mkdir -p "$RUN_DIR/$1"
-  nginx -p "$RUN_DIR/$1/" -e "$RUN_DIR/$1/error.log" -c "$HERE/nginx/$2" \
+  local conf=$HERE/nginx/$2
+  [[ $2 == /* ]] && conf=$2
+  nginx -p "$RUN_DIR/$1/" -e "$RUN_DIR/$1/error.log" -c "$conf" \
     -g "daemon on; master_process on; worker_processes $3;"
 }
 stop_nginx() { local n; for n in "$@"; do [[ -f $RUN_DIR/$n/nginx.pid ]] && kill "$(cat "$RUN_DIR/$n/nginx.pid")" 2>/dev/null; done; return 0; }
