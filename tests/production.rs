@@ -805,6 +805,40 @@ fn kubernetes_manifests_parse_and_match_the_config() {
     }
 }
 
+/// A client that connects anew for every delivery resumes its TLS session from a ticket,
+/// however many other clients came in between: past the 256 sessions rustls' own cache
+/// keeps (two per handshake), only a stateless ticket still resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sessions_resume_from_tickets_past_any_session_cache() {
+    let dir = temp_dir("tls-tickets");
+    let pki = make_pki(&dir);
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let gw = spawn_gateway_in(&tls_config(&upstream.url("/"), false), &dir).await;
+    let handshake = |tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
+        tls.get_ref().1.handshake_kind()
+    };
+    // The client keeps its sessions across connections (its config's own store).
+    let first = connector(&pki, &[b"http/1.1"], false);
+    let tls = tls_connect(gw.addr, &first).await.expect("handshake");
+    assert_eq!(handshake(&tls), Some(rustls::HandshakeKind::Full));
+    assert_eq!(h1_delivery(tls).await.status, 200, "tickets arrive");
+    let tls = tls_connect(gw.addr, &first).await.expect("handshake");
+    assert_eq!(handshake(&tls), Some(rustls::HandshakeKind::Resumed));
+    assert_eq!(h1_delivery(tls).await.status, 200);
+
+    for _ in 0..150 {
+        let other = connector(&pki, &[b"http/1.1"], false);
+        let tls = tls_connect(gw.addr, &other).await.expect("handshake");
+        assert_eq!(h1_delivery(tls).await.status, 200);
+    }
+    let tls = tls_connect(gw.addr, &first).await.expect("handshake");
+    assert_eq!(
+        handshake(&tls),
+        Some(rustls::HandshakeKind::Resumed),
+        "300 sessions later"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_serves_new_connections_with_the_new_certificate() {
     let dir = temp_dir("tls-reload");
