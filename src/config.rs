@@ -69,7 +69,7 @@ struct FileServer {
     max_connections: usize,
     /// Not in SPEC §3 (README: "Memory"); absent: the larger of 64 MiB and max_body_bytes.
     max_buffered_bytes: Option<u64>,
-    /// Not in SPEC §3 (README: "Reloads"); 0: off.
+    /// Not in SPEC §3 (README: "Running it", reload on change); 0: off.
     #[serde(default)]
     reload_poll_s: u64,
 }
