@@ -1,4 +1,4 @@
-//! `[server] tls`: rustls with the ring provider, TLS 1.2+, ALPN h2 and http/1.1, and
+//! `[server] tls`: rustls with the ring provider, TLS 1.2+, ALPN h2, http/1.1 and http/1.0, and
 //! client certificates required when `client_ca` is set (mTLS).
 
 use std::sync::Arc;
@@ -83,7 +83,10 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsE
         path: files.key.display().to_string(),
         message: format!("certificate and key do not fit: {e}"),
     })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // In the server's order of preference. http/1.0 too: rustls refuses the handshake of a
+    // client that names only protocols not listed here (`curl --http1.0` names http/1.0),
+    // and hyper's HTTP/1 serves 1.0 as it does in plaintext.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     // Stateless session tickets (TLS 1.2 and 1.3), keys rotated every 6 hours, as nginx
     // does by default. Without them resumption rests on rustls' cache of 256 sessions: past
     // ~128 clients that connect anew per delivery, every handshake is a full one, and

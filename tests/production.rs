@@ -189,8 +189,30 @@ async fn https_delivery_over_http1_and_http2_by_alpn() {
     .await;
     assert_eq!(a.status, 200);
 
+    // HTTP/1.0, named by ALPN as `curl --http1.0` does: served (it is in plaintext), not
+    // refused at the handshake for want of a protocol in common.
+    let mut tls = tls_connect(gw.addr, &connector(&pki, &[b"http/1.0"], false))
+        .await
+        .expect("handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.0"[..]));
+    let sig = hmac_hex(SECRET, BODY.as_bytes());
+    let request = format!(
+        "POST /hooks/p HTTP/1.0\r\nhost: 127.0.0.1\r\nx-protocol-signature: {sig}\r\n\
+         content-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut tls, request.as_bytes())
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    // An HTTP/1.0 answer ends with the connection.
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(answer.ends_with(r#"{"ok":true}"#), "{answer}");
+
     let fwd = upstream.requests();
-    assert_eq!(fwd.len(), 2);
+    assert_eq!(fwd.len(), 3);
     assert!(
         fwd.iter()
             .all(|r| r.header("x-forwarded-proto") == Some("https"))
