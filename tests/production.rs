@@ -829,7 +829,7 @@ fn kubernetes_manifests_parse_and_match_the_config() {
 
 /// A client that connects anew for every delivery resumes its TLS session from a ticket,
 /// however many other clients came in between: past the 256 sessions rustls' own cache
-/// keeps (two per handshake), only a stateless ticket still resumes.
+/// keeps (two per handshake), only a stateless ticket still resumes. Not past a reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_sessions_resume_from_tickets_past_any_session_cache() {
     let dir = temp_dir("tls-tickets");
@@ -859,6 +859,13 @@ async fn tls_sessions_resume_from_tickets_past_any_session_cache() {
         Some(rustls::HandshakeKind::Resumed),
         "300 sessions later"
     );
+    assert_eq!(h1_delivery(tls).await.status, 200);
+
+    // A reload makes new ticket keys: no session from before it resumes (so a changed
+    // client_ca holds for every client at once).
+    gw.server.reload().expect("reload");
+    let tls = tls_connect(gw.addr, &first).await.expect("handshake");
+    assert_eq!(handshake(&tls), Some(rustls::HandshakeKind::Full));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
