@@ -255,6 +255,8 @@ pub struct Metrics {
     pub in_flight: ShardedGauge,
     /// Body pieces that waited for the memory budget (`server.max_buffered_bytes`).
     pub body_budget_waits: Counter,
+    /// Deliveries that waited for an upstream exchange (`max_connections` in flight).
+    pub upstream_waits: Counter,
     /// Connections on the main listener now, counted by the worker serving each (its
     /// `max_connections` is a gauge of its own).
     pub open_connections: ShardedGauge,
@@ -295,6 +297,7 @@ impl Metrics {
         let upstream_errors = Family::<SourceKind, Counter>::default();
         let in_flight = ShardedGauge::default();
         let body_budget_waits = Counter::default();
+        let upstream_waits = Counter::default();
         let open_connections = ShardedGauge::default();
         let max_connections = Gauge::default();
         let tls_handshake_failures = Counter::default();
@@ -349,6 +352,11 @@ impl Metrics {
             body_budget_waits.clone(),
         );
         registry.register(
+            "upstream_waits",
+            "Deliveries that waited for another's upstream exchange to end (server.max_connections in flight)",
+            upstream_waits.clone(),
+        );
+        registry.register(
             "duplicates",
             "Deliveries answered as duplicates (dedupe_window_s), not forwarded",
             duplicates.clone(),
@@ -393,6 +401,7 @@ impl Metrics {
             upstream_errors,
             in_flight,
             body_budget_waits,
+            upstream_waits,
             open_connections,
             max_connections,
             tls_handshake_failures,

@@ -70,6 +70,9 @@ pub struct Gateway {
     upstreams: Vec<Upstream>,
     /// Each worker's share of `max_buffered_bytes`, indexed like `upstreams`.
     budgets: Arc<[body::Budget]>,
+    /// Each worker's share of the upstream exchanges in flight, as its upstream holds it:
+    /// kept across reloads (`max_connections` changes at the next start).
+    exchange_slots: Vec<Arc<tokio::sync::Semaphore>>,
     client_limiter: Option<Arc<ClientLimiter>>,
 }
 
@@ -91,12 +94,20 @@ impl Gateway {
         previous: Option<&Gateway>,
     ) -> Result<Gateway, upstream::ClientSetupError> {
         let clock = &context.clock;
-        let upstreams = (0..context.workers.max(1))
-            .map(|_| {
+        let workers = context.workers.max(1);
+        let exchange_slots = previous
+            .map(|p| p.exchange_slots.clone())
+            .filter(|s| s.len() == workers)
+            .unwrap_or_else(|| upstream::exchange_slots(config.server.max_connections, workers));
+        let upstreams = exchange_slots
+            .iter()
+            .map(|slots| {
                 Upstream::new(
                     config.upstream.ca.as_deref(),
                     config.upstream.signing_key.as_ref(),
                     config.server.max_body_bytes,
+                    Arc::clone(slots),
+                    context.metrics.upstream_waits.clone(),
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -133,7 +144,6 @@ impl Gateway {
             })
             .collect();
         // A worker's share holds at least one largest body, or that body could never be read.
-        let workers = upstreams.len();
         let share = usize::try_from(
             (config.server.max_buffered_bytes / workers as u64).max(config.server.max_body_bytes),
         )
@@ -158,6 +168,7 @@ impl Gateway {
             routes,
             upstreams,
             budgets,
+            exchange_slots,
             client_limiter,
         })
     }

@@ -19,9 +19,11 @@ use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use http::StatusCode;
 use http::header::{HeaderName, HeaderValue};
+use prometheus_client::metrics::counter::Counter;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use sha2::Sha256;
+use tokio::sync::Semaphore;
 
 use crate::json::BodyChunks;
 use crate::verify::Secret;
@@ -121,6 +123,25 @@ pub struct Upstream {
     pool: Pool,
     signing: Option<Hmac<Sha256>>,
     max_body_bytes: u64,
+    /// The worker's share of `max_connections` exchanges in flight (see [`exchange_slots`]).
+    slots: Arc<Semaphore>,
+    /// Deliveries that waited for a slot.
+    waits: Counter,
+}
+
+/// Each worker's share of the exchanges in flight: `max_connections` in all, at least one
+/// each. Each exchange holds an upstream connection, a descriptor like a client's; over
+/// HTTP/2 one client connection carries up to 256 deliveries at once, so without a bound
+/// the exchanges in flight could outgrow the open-files limit (and the app's patience)
+/// however `max_connections` was set. Past it a delivery waits, its `timeout_ms` running.
+pub fn exchange_slots(max_connections: usize, workers: usize) -> Vec<Arc<Semaphore>> {
+    let workers = workers.max(1);
+    let share = max_connections
+        .div_ceil(workers)
+        .clamp(1, Semaphore::MAX_PERMITS);
+    (0..workers)
+        .map(|_| Arc::new(Semaphore::new(share)))
+        .collect()
 }
 
 /// An error building the client (an unreadable `[upstream] ca`).
@@ -163,6 +184,8 @@ impl Upstream {
         ca: Option<&Path>,
         signing_key: Option<&Secret>,
         max_body_bytes: u64,
+        slots: Arc<Semaphore>,
+        waits: Counter,
     ) -> Result<Upstream, ClientSetupError> {
         let pool = Pool::new(Arc::new(tls_config(ca)?));
         let signing = signing_key.map(|k| {
@@ -172,6 +195,8 @@ impl Upstream {
             pool,
             signing,
             max_body_bytes,
+            slots,
+            waits,
         })
     }
 
@@ -185,6 +210,18 @@ impl Upstream {
     }
 
     async fn exchange(&self, fwd: Forward<'_>) -> Result<UpstreamAnswer, UpstreamError> {
+        // Within `timeout_ms` (`send`): a delivery that waits too long for a slot gets 504.
+        let _slot = match self.slots.try_acquire() {
+            Ok(slot) => slot,
+            Err(_) => {
+                self.waits.inc();
+                // Never closed: the semaphore lives as long as the gateways that share it.
+                self.slots
+                    .acquire()
+                    .await
+                    .map_err(|_| UpstreamError::Timeout)?
+            }
+        };
         let signature = self
             .signing
             .as_ref()

@@ -642,6 +642,75 @@ async fn past_max_connections_a_new_connection_waits_and_served_ones_go_on() {
     assert_eq!(ids, ["a", "b", "a2", "b2", "c"]);
 }
 
+/// Deliveries in flight are bounded by `max_connections` too: over HTTP/2 one connection
+/// carries many, and each holds an upstream connection. Past the bound a delivery waits
+/// for another's exchange to end (counted), its `timeout_ms` running (then 504).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_connections_in_flight_a_delivery_waits_for_an_upstream_exchange() {
+    use hookgate::pipeline::Context;
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let upstream = spawn_upstream(Reply {
+        delay: Duration::from_millis(400),
+        ..Reply::json(200, "{}")
+    })
+    .await;
+    let config = one_source(
+        &upstream.url("/"),
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        "timeout_ms = 1000",
+    )
+    .replace("[server]\n", "[server]\nmax_connections = 2\n");
+    let dir = temp_dir("exchange-slots");
+    // One worker, so its share is the whole of max_connections.
+    let context = Context {
+        workers: 1,
+        ..Context::default()
+    };
+    let metrics = std::sync::Arc::clone(&context.metrics);
+    let gw = spawn_gateway_in_context(&config, &dir, context).await;
+
+    let stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let started = Instant::now();
+    let streams: Vec<_> = (0..5)
+        .map(|i| {
+            let mut sender = sender.clone();
+            let b = body(&format!("s{i}"));
+            let request = http::Request::post(format!("http://{}/hooks/p", gw.addr))
+                .version(http::Version::HTTP_2)
+                .header("x-protocol-signature", hmac_hex(SECRET, b.as_bytes()))
+                .body(Full::new(Bytes::from(b)))
+                .expect("request");
+            tokio::spawn(async move {
+                let response = sender.send_request(request).await.expect("response");
+                (collect(response).await.status, started.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(upstream.requests().len(), 2, "two exchanges at a time");
+    let mut answers = Vec::new();
+    for s in streams {
+        answers.push(s.await.expect("stream"));
+    }
+    answers.sort_by_key(|(_, at)| *at);
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    // Two answered after 0.4 s, two after 0.8 s; the fifth waited until 0.8 s and its
+    // exchange would end at 1.2 s, past its timeout_ms of 1 s.
+    assert_eq!(statuses, [200, 200, 200, 200, 504], "{answers:?}");
+    assert!(answers[2].1 >= Duration::from_millis(750), "{answers:?}");
+    assert_eq!(metrics.upstream_waits.get(), 3);
+}
+
 /// `max_buffered_bytes`: a body still arriving is not read past the worker's budget until
 /// others give their bytes back, and a webhook that arrives whole is never held up by it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
