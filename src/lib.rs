@@ -11,7 +11,8 @@
 //! verify    the proof schemes, constant time; the only producer of `Verified`
 //! platforms one file per platform: its proof scheme, its event mapping, its reply format
 //! event     the normalized event: the only thing sent upstream in event mode
-//! upstream  one pooled client, timeouts, header hygiene, Standard Webhooks signing
+//! upstream  one pooled client per worker, exchanges in flight bounded, timeouts, header
+//!           hygiene, Standard Webhooks signing
 //! error     every refusal as one enum, mapped to a status in one place
 //! logs      stderr, each worker's lines written in batches
 //! ```
