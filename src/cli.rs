@@ -134,8 +134,13 @@ fn check(config: Config) -> ExitCode {
     let lines = routes(&config);
     let listen = config.server.listen;
     let tls = config.server.tls.is_some();
-    if let Err(e) = server::prepare(config) {
-        return fail(e);
+    match server::prepare(config) {
+        Ok(prepared) => {
+            if let Some(w) = prepared.tls_warning() {
+                eprintln!("hookgate: {w}");
+            }
+        }
+        Err(e) => return fail(e),
     }
     println!("listen {listen} ({})", if tls { "https" } else { "http" });
     for l in lines {
@@ -157,6 +162,9 @@ fn run(config: Config) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
+    if let Some(w) = prepared.tls_warning() {
+        tracing::warn!("{w}");
+    }
     // The main runtime only answers the admin listener, handles signals and keeps house: the
     // server's worker threads accept and serve the connections.
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -239,6 +239,11 @@ impl EncodeMetric for AtomicHistogram {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabel {
+    cert: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadResult {
     result: &'static str,
 }
@@ -269,6 +274,8 @@ pub struct Metrics {
     /// Unix seconds (to the millisecond) of the start, then of each reload that succeeded:
     /// whether a rotation has been taken up.
     config_last_reload_success_timestamp: Gauge<f64, AtomicU64>,
+    /// The served certificate's `notAfter`, by its file; no sample without TLS.
+    tls_not_after: Family<CertLabel, Gauge>,
     /// Requests that match no source count under `source=""`.
     pub unmatched: SourceMetrics,
 }
@@ -307,6 +314,7 @@ impl Metrics {
         }
         let config_last_reload_successful = Gauge::default();
         config_last_reload_successful.set(1);
+        let tls_not_after = Family::<CertLabel, Gauge>::default();
         let config_last_reload_success_timestamp = Gauge::<f64, AtomicU64>::default();
         config_last_reload_success_timestamp.set(unix_seconds());
         let duplicates = Family::<SourceLabel, Counter>::default();
@@ -391,6 +399,11 @@ impl Metrics {
             "When the serving config was loaded (the start, or the last reload that succeeded)",
             config_last_reload_success_timestamp.clone(),
         );
+        registry.register(
+            "tls_certificate_not_after_timestamp_seconds",
+            "When the served certificate expires (its notAfter), by its file",
+            tls_not_after.clone(),
+        );
         registry.register("build_info", "hookgate's version", build_info);
         let mut m = Metrics {
             registry,
@@ -408,6 +421,7 @@ impl Metrics {
             config_reloads,
             config_last_reload_successful,
             config_last_reload_success_timestamp,
+            tls_not_after,
             duplicates,
             unmatched: SourceMetrics::placeholder(),
         };
@@ -430,6 +444,25 @@ impl Metrics {
         if success {
             self.config_last_reload_success_timestamp
                 .set(unix_seconds());
+        }
+    }
+
+    /// The served certificate and when it expires (at start and at each reload).
+    pub fn set_tls_not_after(
+        &self,
+        cert: Option<&std::path::Path>,
+        not_after: Option<std::time::SystemTime>,
+    ) {
+        self.tls_not_after.clear();
+        let seconds = not_after
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_secs()).ok());
+        if let (Some(cert), Some(seconds)) = (cert, seconds) {
+            self.tls_not_after
+                .get_or_create(&CertLabel {
+                    cert: cert.display().to_string(),
+                })
+                .set(seconds);
         }
     }
 

@@ -74,7 +74,8 @@ impl<'a> Reloader<'a> {
                         later.join(", ")
                     );
                 }
-                for w in self.server.gateway().config.warnings() {
+                let warnings = self.server.gateway().config.warnings();
+                for w in warnings.iter().chain(&self.server.tls_warning()) {
                     tracing::warn!("{w}");
                 }
             }

@@ -11,7 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper::server::conn::http1;
@@ -51,7 +51,17 @@ pub enum StartError {
 pub struct Prepared {
     pub gateway: Gateway,
     pub tls: Option<TlsAcceptor>,
+    /// When the listener's certificate expires, if TLS is on.
+    pub tls_not_after: Option<SystemTime>,
     context: Context,
+}
+
+impl Prepared {
+    /// A warning when the listener's certificate has expired or soon will.
+    pub fn tls_warning(&self) -> Option<String> {
+        let cert = &self.gateway.config.server.tls.as_ref()?.cert;
+        tls::expiry_warning(cert, self.tls_not_after?, SystemTime::now())
+    }
 }
 
 pub fn prepare(config: Config) -> Result<Prepared, StartError> {
@@ -74,13 +84,14 @@ pub fn prepare_with(
         .map_err(|source| StartError::Tls {
             file: file.clone(),
             source,
-        })?
-        .map(TlsAcceptor::from);
+        })?;
+    let tls_not_after = tls.as_ref().and_then(|t| t.not_after);
     let gateway = Gateway::new(config, &context, previous)
         .map_err(|source| StartError::Upstream { file, source })?;
     Ok(Prepared {
         gateway,
-        tls,
+        tls: tls.map(|t| TlsAcceptor::from(t.config)),
+        tls_not_after,
         context,
     })
 }
@@ -93,6 +104,8 @@ struct State {
     /// "Shared cache lines"). All point to the same `Gateway`; a reload swaps every one.
     worker_gateways: Box<[ArcSwap<Arc<Gateway>>]>,
     tls: ArcSwapOption<TlsAcceptor>,
+    /// When the served certificate expires.
+    tls_not_after: std::sync::Mutex<Option<SystemTime>>,
     health: Health,
     http: Http,
     context: Context,
@@ -158,6 +171,16 @@ impl Server {
         };
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
 
+        prepared.context.metrics.set_tls_not_after(
+            prepared
+                .gateway
+                .config
+                .server
+                .tls
+                .as_ref()
+                .map(|t| t.cert.as_path()),
+            prepared.tls_not_after,
+        );
         let gateway = Arc::new(prepared.gateway);
         let workers = prepared.context.workers.max(1);
         let state = Arc::new(State {
@@ -165,6 +188,7 @@ impl Server {
                 .map(|_| ArcSwap::from_pointee(Arc::clone(&gateway)))
                 .collect(),
             tls: ArcSwapOption::new(prepared.tls.map(Arc::new)),
+            tls_not_after: std::sync::Mutex::new(prepared.tls_not_after),
             health: Health {
                 ready: AtomicBool::new(true),
             },
@@ -263,12 +287,33 @@ impl Server {
         // TLS stays as it was when it is switched on or off; new certificates take effect.
         if o.server.tls.is_some() == n.server.tls.is_some() {
             self.state.tls.store(prepared.tls.map(Arc::new));
+            self.state.context.metrics.set_tls_not_after(
+                n.server.tls.as_ref().map(|t| t.cert.as_path()),
+                prepared.tls_not_after,
+            );
+            *self
+                .state
+                .tls_not_after
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = prepared.tls_not_after;
         }
         let gateway = Arc::new(prepared.gateway);
         for worker in &self.state.worker_gateways {
             worker.store(Arc::new(Arc::clone(&gateway)));
         }
         Ok(at_next_start)
+    }
+
+    /// A warning when the served certificate has expired or soon will.
+    pub fn tls_warning(&self) -> Option<String> {
+        let gateway = self.state.gateway();
+        let cert = &gateway.config.server.tls.as_ref()?.cert;
+        let not_after = (*self
+            .state
+            .tls_not_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()))?;
+        tls::expiry_warning(cert, not_after, SystemTime::now())
     }
 
     /// `/readyz` turns 503 (the first step of a drain).

@@ -2,6 +2,7 @@
 //! client certificates required when `client_ca` is set (mTLS).
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
@@ -46,9 +47,59 @@ fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error>
     rustls::crypto::ring::Ticketer::new()
 }
 
+/// The listener's TLS: rustls' config, and when its certificate expires.
+pub struct ServerTls {
+    pub config: Arc<rustls::ServerConfig>,
+    /// The leaf certificate's `notAfter`.
+    pub not_after: Option<SystemTime>,
+}
+
+/// When a DER certificate expires (`notAfter`). By `x509-cert`: rustls checks a certificate
+/// against its key but does not say when it expires.
+fn not_after(der: &[u8]) -> Option<SystemTime> {
+    use x509_cert::der::Decode;
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    let since_epoch = cert
+        .tbs_certificate()
+        .validity()
+        .not_after
+        .to_unix_duration();
+    SystemTime::UNIX_EPOCH.checked_add(since_epoch)
+}
+
+/// Under this long before `notAfter`, startup, `check` and reloads warn.
+const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// A warning when the certificate at `path` has expired or expires within 14 days.
+pub fn expiry_warning(
+    path: &std::path::Path,
+    not_after: SystemTime,
+    now: SystemTime,
+) -> Option<String> {
+    let at = not_after
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .and_then(crate::time::Millis::new)
+        .map_or_else(|| "?".to_string(), |m| m.to_rfc3339());
+    match not_after.duration_since(now) {
+        Err(_) => Some(format!(
+            "warning: server.tls cert {}: expired at {at}; clients that check it refuse the handshake",
+            path.display()
+        )),
+        Ok(left) if left < EXPIRY_WARNING => Some(format!(
+            "warning: server.tls cert {}: expires at {at}, in {} hours",
+            path.display(),
+            left.as_secs() / 3600
+        )),
+        Ok(_) => None,
+    }
+}
+
 /// Loads the files into a server config (PKCS#8, PKCS#1 and SEC1 keys).
-pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn server_config(files: &TlsFiles) -> Result<ServerTls, TlsError> {
     let chain = certs(&files.cert)?;
+    let expires = chain.first().and_then(|leaf| not_after(leaf));
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError {
         path: files.key.display().to_string(),
         message: format!("cannot read a private key: {e}"),
@@ -95,5 +146,59 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsE
         path: files.cert.display().to_string(),
         message: format!("cannot make session ticket keys: {e}"),
     })?;
-    Ok(Arc::new(config))
+    Ok(ServerTls {
+        config: Arc::new(config),
+        not_after: expires,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate for 127.0.0.1 valid until the given day, and its key, as
+    /// PEM files in `dir`.
+    fn cert_until(dir: &std::path::Path, (y, m, d): (i32, u8, u8)) -> TlsFiles {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).expect("params");
+        params.not_after = rcgen::date_time_ymd(y, m, d);
+        let cert = params.self_signed(&key).expect("cert");
+        std::fs::write(dir.join("c.crt"), cert.pem()).expect("write");
+        std::fs::write(dir.join("c.key"), key.serialize_pem()).expect("write");
+        TlsFiles {
+            cert: dir.join("c.crt"),
+            key: dir.join("c.key"),
+            client_ca: None,
+        }
+    }
+
+    #[test]
+    fn the_certificate_expiry_is_read_from_the_leaf() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tls = server_config(&cert_until(dir.path(), (2030, 1, 2))).expect("loads");
+        // 2030-01-02T00:00:00Z
+        assert_eq!(
+            tls.not_after,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_542_400))
+        );
+    }
+
+    #[test]
+    fn an_expired_or_expiring_certificate_is_warned_about() {
+        let path = std::path::Path::new("certs/server.crt");
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_542_400);
+        let day = Duration::from_secs(24 * 3600);
+        let expired = expiry_warning(path, at, at + day).expect("a warning");
+        assert!(
+            expired.contains("certs/server.crt")
+                && expired.contains("expired at 2030-01-02T00:00:00.000Z"),
+            "{expired}"
+        );
+        let soon = expiry_warning(path, at, at - 3 * day).expect("a warning");
+        assert!(
+            soon.contains("expires at 2030-01-02T00:00:00.000Z, in 72 hours"),
+            "{soon}"
+        );
+        assert_eq!(expiry_warning(path, at, at - 15 * day), None);
+    }
 }

@@ -219,6 +219,65 @@ async fn https_delivery_over_http1_and_http2_by_alpn() {
     );
 }
 
+/// The served certificate's expiry is a metric, and `check` (like startup and reloads) warns
+/// when it is less than 14 days away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_expiry_is_a_metric_and_warned_about_when_near() {
+    let dir = temp_dir("tls-expiry");
+    // Valid until midnight (UTC) three days from now: two to three days left.
+    let in_three_days =
+        hookgate::time::Millis::new(hookgate::time::Millis::now().as_i64() + 3 * 24 * 3600 * 1000)
+            .expect("a time")
+            .to_rfc3339();
+    let day: Vec<u16> = in_three_days[..10]
+        .split('-')
+        .map(|n| n.parse().expect("a number"))
+        .collect();
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+    params.not_after = rcgen::date_time_ymd(i32::from(day[0]), day[1] as u8, day[2] as u8);
+    let cert = params.self_signed(&key).expect("cert");
+    std::fs::write(dir.join("server.crt"), cert.pem()).expect("write");
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write");
+    let midnight = params.not_after.unix_timestamp();
+
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let config = tls_config(&upstream.url("/"), false).replace(
+        "[upstream]",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[upstream]",
+    );
+    std::fs::write(dir.join("check.toml"), &config).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args([
+            "check",
+            "--config",
+            &dir.join("check.toml").display().to_string(),
+        ])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: server.tls cert")
+            && stderr.contains(&format!(
+                "expires at {}T00:00:00.000Z",
+                &in_three_days[..10]
+            )),
+        "{stderr}"
+    );
+
+    let gw = spawn_gateway_in(&config, &dir).await;
+    let admin = gw.server.admin_addr.expect("admin");
+    let metrics = send(admin, "GET", "/metrics", &[], Bytes::new()).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let want = format!(
+        "hookgate_tls_certificate_not_after_timestamp_seconds{{cert=\"{}\"}} {midnight}",
+        dir.join("server.crt").display()
+    );
+    assert!(text.lines().any(|l| l == want), "no {want:?} in\n{text}");
+    assert!(gw.server.tls_warning().is_some());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_on_the_tls_port_gets_no_answer() {
     let dir = temp_dir("tls-plain");
