@@ -21,7 +21,7 @@ use crate::server::Server;
 
 /// What started a reload, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
+enum Trigger {
     Signal,
     FilesChanged,
 }
