@@ -681,21 +681,21 @@ async fn past_max_connections_in_flight_a_delivery_waits_for_an_upstream_exchang
             .expect("h2 handshake");
     tokio::spawn(conn);
     let started = Instant::now();
-    let streams: Vec<_> = (0..5)
-        .map(|i| {
-            let mut sender = sender.clone();
-            let b = body(&format!("s{i}"));
-            let request = http::Request::post(format!("http://{}/hooks/p", gw.addr))
-                .version(http::Version::HTTP_2)
-                .header("x-protocol-signature", hmac_hex(SECRET, b.as_bytes()))
-                .body(Full::new(Bytes::from(b)))
-                .expect("request");
-            tokio::spawn(async move {
-                let response = sender.send_request(request).await.expect("response");
-                (collect(response).await.status, started.elapsed())
-            })
+    // One signed delivery as a stream of its own: its status, and when it was answered.
+    let stream = |id: String| {
+        let mut sender = sender.clone();
+        let b = body(&id);
+        let request = http::Request::post(format!("http://{}/hooks/p", gw.addr))
+            .version(http::Version::HTTP_2)
+            .header("x-protocol-signature", hmac_hex(SECRET, b.as_bytes()))
+            .body(Full::new(Bytes::from(b)))
+            .expect("request");
+        tokio::spawn(async move {
+            let response = sender.send_request(request).await.expect("response");
+            (collect(response).await.status, started.elapsed())
         })
-        .collect();
+    };
+    let streams: Vec<_> = (0..5).map(|i| stream(format!("s{i}"))).collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(upstream.requests().len(), 2, "two exchanges at a time");
     let mut answers = Vec::new();
@@ -709,6 +709,16 @@ async fn past_max_connections_in_flight_a_delivery_waits_for_an_upstream_exchang
     assert_eq!(statuses, [200, 200, 200, 200, 504], "{answers:?}");
     assert!(answers[2].1 >= Duration::from_millis(750), "{answers:?}");
     assert_eq!(metrics.upstream_waits.get(), 3);
+
+    // Every slot came back, the timed-out delivery's too: two at a time again, no wait.
+    upstream.set_reply(Reply::json(200, "{}"));
+    for round in 0..3 {
+        let pair: Vec<_> = (0..2).map(|i| stream(format!("r{round}-{i}"))).collect();
+        for p in pair {
+            assert_eq!(p.await.expect("stream").0, 200);
+        }
+    }
+    assert_eq!(metrics.upstream_waits.get(), 3, "no slot was lost");
 }
 
 /// `max_buffered_bytes`: a body still arriving is not read past the worker's budget until
