@@ -8,6 +8,7 @@
 //! what it forwards itself.
 
 pub mod http1;
+mod pinned;
 mod pool;
 
 use std::path::Path;
@@ -149,10 +150,12 @@ pub fn exchange_slots(max_connections: usize, workers: usize) -> Vec<Arc<Semapho
 #[error("{0}")]
 pub struct ClientSetupError(pub String);
 
-/// Root certificates: the public web roots, plus the operator's private CA if any.
+/// Root certificates: the public web roots, plus the operator's private CA if any (which
+/// may also be the app's own self-signed certificate: `pinned`).
 fn tls_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, ClientSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let mut pinned = Vec::new();
     if let Some(path) = ca {
         let certs = CertificateDer::pem_file_iter(path)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
@@ -165,14 +168,23 @@ fn tls_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, ClientSetupErro
         }
         for c in certs {
             roots
-                .add(c)
+                .add(c.clone())
                 .map_err(|e| ClientSetupError(format!("{}: {e}", path.display())))?;
+            pinned.push(c);
         }
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+    let provider = crate::tls::provider();
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::clone(&provider),
+    )
+    .build()
+    .map_err(|e| ClientSetupError(e.to_string()))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientSetupError(e.to_string()))?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(pinned::PinnedOrWebPki { webpki, pinned }))
         .with_no_client_auth();
     // The forwarded request is one small HTTP/1.1 exchange on a kept-alive connection.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

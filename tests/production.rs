@@ -420,6 +420,64 @@ async fn spawn_tls_upstream(
     (addr, seen, connections)
 }
 
+/// `[upstream] ca` naming the app's own self-signed certificate, as `openssl req -x509` makes
+/// it (basicConstraints CA:TRUE): trusted as that certificate, as OpenSSL trusts it, when it
+/// names the URL's host and is valid now; webpki alone refuses a CA as the server's own.
+/// The signed `BODY` to `/hooks/p` over plain HTTP/1.1.
+async fn deliver_body(addr: SocketAddr) -> Answer {
+    let sig = hmac_hex(SECRET, BODY.as_bytes());
+    send(
+        addr,
+        "POST",
+        "/hooks/p",
+        &[("x-protocol-signature", &sig)],
+        Bytes::from_static(BODY.as_bytes()),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_with_its_own_self_signed_certificate_as_ca() {
+    // A self-signed CA:TRUE certificate for `names`, valid until `until`, in its own folder.
+    let app = |tag: &str, names: &[&str], until: (i32, u8, u8)| {
+        let dir = temp_dir(tag);
+        let key = KeyPair::generate().expect("key");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+        let cert = params.self_signed(&key).expect("cert");
+        std::fs::write(dir.join("server.crt"), cert.pem()).expect("write");
+        std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write");
+        dir
+    };
+    for (names, until, want) in [
+        (&["127.0.0.1"][..], (4000, 1, 1), 200),
+        (&["app.example"][..], (4000, 1, 1), 502),
+        (&["127.0.0.1"][..], (2021, 1, 1), 502),
+    ] {
+        let dir = app("tls-self-signed", names, until);
+        let pki = Pki {
+            ca: dir.join("server.crt"),
+            client_cert: dir.join("-"),
+            client_key: dir.join("-"),
+            dir: dir.to_path_buf(),
+        };
+        let (up, seen, _) = spawn_tls_upstream(&pki).await;
+        let url = format!("https://127.0.0.1:{}/app", up.port());
+        let config = one_source(&url, "protocol", "/hooks/p", &[SECRET], "").replace(
+            "timeout_ms = 5000\n",
+            "timeout_ms = 5000\nca = \"server.crt\"\n",
+        );
+        let gw = spawn_gateway_in(&config, &dir).await;
+        let a = deliver_body(gw.addr).await;
+        assert_eq!(a.status, want, "{names:?} until {until:?}");
+        assert_eq!(seen.lock().expect("lock").len(), usize::from(want == 200));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_upstream_with_a_private_ca() {
     let dir = temp_dir("tls-up");
@@ -440,17 +498,7 @@ async fn https_upstream_with_a_private_ca() {
         "timeout_ms = 5000\nca = \"ca.crt\"\n",
     );
     let gw = spawn_gateway_in(&config, &pki.dir).await;
-    let sig = hmac_hex(SECRET, BODY.as_bytes());
-    let proof = [("x-protocol-signature", sig.as_str())];
-    let deliver = || {
-        send(
-            gw.addr,
-            "POST",
-            "/hooks/p",
-            &proof,
-            Bytes::from_static(BODY.as_bytes()),
-        )
-    };
+    let deliver = || deliver_body(gw.addr);
     assert_eq!(deliver().await.status, 200);
     assert_eq!(seen.lock().expect("lock").len(), 1);
     // Kept alive over TLS too: four more deliveries, at most one new TLS connection per
@@ -466,15 +514,7 @@ async fn https_upstream_with_a_private_ca() {
     );
     // Without the CA the certificate is unknown: 502, nothing delivered.
     let gw = spawn_gateway(&one_source(&url, "protocol", "/hooks/p", &[SECRET], "")).await;
-    let a = send(
-        gw.addr,
-        "POST",
-        "/hooks/p",
-        &[("x-protocol-signature", &sig)],
-        Bytes::from_static(BODY.as_bytes()),
-    )
-    .await;
-    assert_eq!(a.status, 502);
+    assert_eq!(deliver_body(gw.addr).await.status, 502);
     assert_eq!(seen.lock().expect("lock").len(), 5);
 }
 
@@ -960,17 +1000,7 @@ async fn a_reload_serves_new_connections_with_the_new_certificate() {
 
 /// The signed `BODY` sent to `/hooks/p` by a task of its own.
 fn deliver_in_background(addr: SocketAddr) -> tokio::task::JoinHandle<Answer> {
-    tokio::spawn(async move {
-        let sig = hmac_hex(SECRET, BODY.as_bytes());
-        send(
-            addr,
-            "POST",
-            "/hooks/p",
-            &[("x-protocol-signature", &sig)],
-            Bytes::from_static(BODY.as_bytes()),
-        )
-        .await
-    })
+    tokio::spawn(deliver_body(addr))
 }
 
 /// A drain lets a delivery still waiting on a slow upstream finish, even past
