@@ -1042,3 +1042,34 @@ async fn a_kept_alive_connection_closed_as_the_request_goes_out_is_retried_once_
     assert_eq!(connections.load(Ordering::SeqCst), 1);
     assert_eq!(heads.lock().expect("lock").len(), 1);
 }
+
+/// An upstream named by a host name is reached by its addresses, also when it closes every
+/// connection after its answer (each delivery then connects anew; the name's addresses
+/// come from the worker's cache after the first lookup).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_named_by_host_name_is_reached_on_every_new_connection() {
+    let mut reply = Reply::json(200, r#"{"ok":true}"#);
+    reply.headers.push(("connection".into(), "close".into()));
+    let upstream = spawn_upstream(reply).await;
+    let url = format!("http://localhost:{}/app", upstream.addr.port());
+    let gw = spawn_gateway(&one_source(
+        &url,
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        "dedupe_window_s = 0",
+    ))
+    .await;
+    for _ in 0..3 {
+        let a = deliver(&gw).await;
+        assert_eq!((a.status, &a.body[..]), (200, &br#"{"ok":true}"#[..]));
+    }
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 3);
+    let host = format!("localhost:{}", upstream.addr.port());
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.header("host") == Some(host.as_str()))
+    );
+}
