@@ -25,9 +25,12 @@ use super::http1::{Connection, Stream};
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// At most this many idle connections per worker; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
-/// How long a host name's addresses are used before they are looked up again (and at once
-/// after a connection to them failed).
+/// How long a host name's addresses are used before they are looked up again.
 const DNS_TTL: Duration = Duration::from_secs(10);
+/// After a connection to them failed, how long they are still used: a moved app is found
+/// again within a second, and an app that is down costs a lookup a second, not one per
+/// delivery.
+const DNS_RETRY: Duration = Duration::from_secs(1);
 
 /// Where a source's deliveries go, resolved once from its URL.
 #[derive(Debug, Clone)]
@@ -141,8 +144,8 @@ pub struct Pool {
 /// that cost 9 µs of CPU per delivery (29.4–30.3 against 20.8–21.1 µs with the same app
 /// named by its IP; 25 % fewer req/s) and grew the process to 118 threads within 12 s; in
 /// Kubernetes each lookup also goes to the cluster's DNS, once per search domain. nginx
-/// looks a name up once, at start; here it is at most `DNS_TTL` old, and forgotten when a
-/// connection to its addresses fails, so a moved app is found again at once.
+/// looks a name up once, at start; here it is at most `DNS_TTL` old, and `DNS_RETRY` old
+/// once a connection to its addresses failed, so a moved app is found again within a second.
 #[derive(Default)]
 struct Dns {
     /// host → its addresses and when they were looked up, each behind a lock of its own
@@ -151,7 +154,8 @@ struct Dns {
     names: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Looked>>>>>,
 }
 
-type Looked = (Vec<SocketAddr>, Instant);
+/// The addresses, when they were looked up, and whether a connection to them failed since.
+type Looked = (Vec<SocketAddr>, Instant, bool);
 
 impl Dns {
     fn entry(&self, host: &str) -> Arc<tokio::sync::Mutex<Option<Looked>>> {
@@ -173,8 +177,9 @@ impl Dns {
     {
         let entry = self.entry(host);
         let mut looked = entry.lock().await;
-        if let Some((addrs, at)) = looked.as_ref()
-            && now.saturating_duration_since(*at) < DNS_TTL
+        let fresh_for = |failed: bool| if failed { DNS_RETRY } else { DNS_TTL };
+        if let Some((addrs, at, failed)) = looked.as_ref()
+            && now.saturating_duration_since(*at) < fresh_for(*failed)
         {
             return Ok(addrs
                 .iter()
@@ -182,13 +187,16 @@ impl Dns {
                 .collect());
         }
         let addrs = lookup(host.to_string(), port).await?;
-        *looked = Some((addrs.clone(), now));
+        *looked = Some((addrs.clone(), now, false));
         Ok(addrs)
     }
 
-    /// Looks `host` up again next time (a connection to its addresses failed).
-    async fn forget(&self, host: &str) {
-        *self.entry(host).lock().await = None;
+    /// A connection to `host`'s addresses failed: they are looked up again once they are
+    /// `DNS_RETRY` old.
+    async fn failed(&self, host: &str) {
+        if let Some(looked) = self.entry(host).lock().await.as_mut() {
+            looked.2 = true;
+        }
     }
 }
 
@@ -257,7 +265,7 @@ impl Pool {
         let tcp = match TcpStream::connect(addrs.as_slice()).await {
             Ok(tcp) => tcp,
             Err(e) => {
-                self.dns.forget(&target.host).await;
+                self.dns.failed(&target.host).await;
                 return Err(failed(&e));
             }
         };
@@ -285,7 +293,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_host_is_looked_up_once_per_ttl_and_again_when_forgotten() {
+    async fn a_host_is_looked_up_once_per_ttl_and_a_second_after_a_failure() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let dns = Dns::default();
         let lookups = AtomicUsize::new(0);
@@ -303,52 +311,46 @@ mod tests {
             }
         };
         let t0 = Instant::now();
-        let ip = |addrs: std::io::Result<Vec<SocketAddr>>| addrs.expect("addrs")[0];
+        let ip = |addrs: std::io::Result<Vec<SocketAddr>>| addrs.expect("addrs")[0].to_string();
+        let looked_up = || lookups.load(Ordering::SeqCst);
 
         // Concurrent first lookups: one of them asks, the other waits for its answer.
         let (a, b) = tokio::join!(
             dns.addrs("app", 80, t0, lookup),
             dns.addrs("app", 80, t0, lookup)
         );
-        assert_eq!(
-            (ip(a), ip(b)),
-            (
-                "10.0.0.0:80".parse().expect("addr"),
-                "10.0.0.0:80".parse().expect("addr")
-            )
-        );
-        assert_eq!(lookups.load(Ordering::SeqCst), 1);
+        assert_eq!((ip(a), ip(b)), ("10.0.0.0:80".into(), "10.0.0.0:80".into()));
+        assert_eq!(looked_up(), 1);
 
         // Fresh: from the cache, for another port too.
-        let later = t0 + DNS_TTL - Duration::from_millis(1);
+        let fresh = t0 + DNS_TTL - Duration::from_millis(1);
         assert_eq!(
-            ip(dns.addrs("app", 8080, later, lookup).await),
-            "10.0.0.0:8080".parse().expect("addr")
+            ip(dns.addrs("app", 8080, fresh, lookup).await),
+            "10.0.0.0:8080"
         );
-        assert_eq!(lookups.load(Ordering::SeqCst), 1);
+        assert_eq!(looked_up(), 1);
 
         // Stale: looked up again.
         let stale = t0 + DNS_TTL;
+        assert_eq!(ip(dns.addrs("app", 80, stale, lookup).await), "10.0.0.1:80");
+        // A connection failed: still used for DNS_RETRY, then looked up again, well within
+        // DNS_TTL.
+        dns.failed("app").await;
+        let retry = stale + DNS_RETRY;
+        let before = retry - Duration::from_millis(1);
         assert_eq!(
-            ip(dns.addrs("app", 80, stale, lookup).await),
-            "10.0.0.1:80".parse().expect("addr")
+            ip(dns.addrs("app", 80, before, lookup).await),
+            "10.0.0.1:80"
         );
-        // Forgotten (a connection failed): looked up again, though fresh.
-        dns.forget("app").await;
-        assert_eq!(
-            ip(dns.addrs("app", 80, stale, lookup).await),
-            "10.0.0.2:80".parse().expect("addr")
-        );
-        assert_eq!(lookups.load(Ordering::SeqCst), 3);
+        assert_eq!(ip(dns.addrs("app", 80, retry, lookup).await), "10.0.0.2:80");
+        assert_eq!(looked_up(), 3);
 
         // A failed lookup is not kept: the next one asks again.
-        dns.forget("app").await;
-        assert!(dns.addrs("app", 80, stale, lookup).await.is_err());
-        assert_eq!(
-            ip(dns.addrs("app", 80, stale, lookup).await),
-            "10.0.0.4:80".parse().expect("addr")
-        );
-        assert_eq!(lookups.load(Ordering::SeqCst), 5);
+        dns.failed("app").await;
+        let later = retry + DNS_RETRY;
+        assert!(dns.addrs("app", 80, later, lookup).await.is_err());
+        assert_eq!(ip(dns.addrs("app", 80, later, lookup).await), "10.0.0.4:80");
+        assert_eq!(looked_up(), 5);
     }
 
     #[test]
