@@ -128,15 +128,12 @@ fn open_files_warning(limit: u64, max_connections: usize) -> Option<String> {
 }
 
 fn check(config: Config) -> ExitCode {
-    for w in config.warnings() {
-        eprintln!("hookgate: {w}");
-    }
     let lines = routes(&config);
     let listen = config.server.listen;
     let tls = config.server.tls.is_some();
     match server::prepare(config) {
         Ok(prepared) => {
-            if let Some(w) = prepared.tls_warning() {
+            for w in prepared.warnings() {
                 eprintln!("hookgate: {w}");
             }
         }
@@ -151,9 +148,6 @@ fn check(config: Config) -> ExitCode {
 
 fn run(config: Config) -> ExitCode {
     init_logging(config.server.log_format);
-    for w in config.warnings() {
-        tracing::warn!("{w}");
-    }
     // Before the listeners exist; its warning only once they do (a start that fails says
     // one line, its reason).
     let open_files = raise_open_files_limit(config.server.max_connections);
@@ -162,7 +156,7 @@ fn run(config: Config) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
-    if let Some(w) = prepared.tls_warning() {
+    for w in prepared.warnings() {
         tracing::warn!("{w}");
     }
     // The main runtime only answers the admin listener, handles signals and keeps house: the

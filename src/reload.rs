@@ -58,7 +58,7 @@ impl<'a> Reloader<'a> {
 
     fn reload(&mut self, trigger: Trigger) {
         match self.server.load_again() {
-            Ok(later) => {
+            Ok(reloaded) => {
                 self.server.count_reload(true);
                 self.failing = None;
                 self.serving = fingerprint(self.server.gateway().config.files());
@@ -66,16 +66,15 @@ impl<'a> Reloader<'a> {
                     Trigger::Signal => "",
                     Trigger::FilesChanged => " (a file changed)",
                 };
-                if later.is_empty() {
+                if reloaded.later.is_empty() {
                     tracing::info!("config reloaded{why}");
                 } else {
                     tracing::warn!(
                         "config reloaded{why}; these changes take effect at the next start: {}",
-                        later.join(", ")
+                        reloaded.later.join(", ")
                     );
                 }
-                let warnings = self.server.gateway().config.warnings();
-                for w in warnings.iter().chain(&self.server.tls_warning()) {
+                for w in reloaded.warnings {
                     tracing::warn!("{w}");
                 }
             }

@@ -57,11 +57,25 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// A warning when the listener's certificate has expired or soon will.
-    pub fn tls_warning(&self) -> Option<String> {
-        let cert = &self.gateway.config.server.tls.as_ref()?.cert;
-        tls::expiry_warning(cert, self.tls_not_after?, SystemTime::now())
+    /// What an operator must be warned about: the config's warnings, and a certificate that
+    /// has expired or soon will.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = self.gateway.config.warnings();
+        let tls = self.gateway.config.server.tls.as_ref();
+        if let (Some(tls), Some(not_after)) = (tls, self.tls_not_after) {
+            warnings.extend(tls::expiry_warning(&tls.cert, not_after, SystemTime::now()));
+        }
+        warnings
     }
+}
+
+/// What a reload did besides swapping the config in.
+#[derive(Debug)]
+pub struct Reloaded {
+    /// Changed settings that take effect only at the next start.
+    pub later: Vec<&'static str>,
+    /// The new config's warnings (`Prepared::warnings`).
+    pub warnings: Vec<String>,
 }
 
 pub fn prepare(config: Config) -> Result<Prepared, StartError> {
@@ -104,8 +118,6 @@ struct State {
     /// "Shared cache lines"). All point to the same `Gateway`; a reload swaps every one.
     worker_gateways: Box<[ArcSwap<Arc<Gateway>>]>,
     tls: ArcSwapOption<TlsAcceptor>,
-    /// When the served certificate expires.
-    tls_not_after: std::sync::Mutex<Option<SystemTime>>,
     health: Health,
     http: Http,
     context: Context,
@@ -188,7 +200,6 @@ impl Server {
                 .map(|_| ArcSwap::from_pointee(Arc::clone(&gateway)))
                 .collect(),
             tls: ArcSwapOption::new(prepared.tls.map(Arc::new)),
-            tls_not_after: std::sync::Mutex::new(prepared.tls_not_after),
             health: Health {
                 ready: AtomicBool::new(true),
             },
@@ -247,8 +258,7 @@ impl Server {
     }
 
     /// Re-reads the config file; on any error the old config stays and the error is returned.
-    /// Gives the changed settings that take effect only at the next start.
-    pub fn reload(&self) -> Result<Vec<&'static str>, StartError> {
+    pub fn reload(&self) -> Result<Reloaded, StartError> {
         let result = self.load_again();
         self.count_reload(result.is_ok());
         result
@@ -260,10 +270,11 @@ impl Server {
     }
 
     /// `reload`, not counted: for a retry that may fail again as before (`reload::Reloader`).
-    pub fn load_again(&self) -> Result<Vec<&'static str>, StartError> {
+    pub fn load_again(&self) -> Result<Reloaded, StartError> {
         let old = self.state.gateway();
         let config = Config::load(&old.config.path)?;
         let prepared = prepare_with(config, self.state.context.clone(), Some(&old))?;
+        let warnings = prepared.warnings();
         let (o, n) = (&old.config, &prepared.gateway.config);
         let mut at_next_start = Vec::new();
         if o.server.listen != n.server.listen {
@@ -291,29 +302,15 @@ impl Server {
                 n.server.tls.as_ref().map(|t| t.cert.as_path()),
                 prepared.tls_not_after,
             );
-            *self
-                .state
-                .tls_not_after
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = prepared.tls_not_after;
         }
         let gateway = Arc::new(prepared.gateway);
         for worker in &self.state.worker_gateways {
             worker.store(Arc::new(Arc::clone(&gateway)));
         }
-        Ok(at_next_start)
-    }
-
-    /// A warning when the served certificate has expired or soon will.
-    pub fn tls_warning(&self) -> Option<String> {
-        let gateway = self.state.gateway();
-        let cert = &gateway.config.server.tls.as_ref()?.cert;
-        let not_after = (*self
-            .state
-            .tls_not_after
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()))?;
-        tls::expiry_warning(cert, not_after, SystemTime::now())
+        Ok(Reloaded {
+            later: at_next_start,
+            warnings,
+        })
     }
 
     /// `/readyz` turns 503 (the first step of a drain).

@@ -275,7 +275,22 @@ async fn the_certificate_expiry_is_a_metric_and_warned_about_when_near() {
         dir.join("server.crt").display()
     );
     assert!(text.lines().any(|l| l == want), "no {want:?} in\n{text}");
-    assert!(gw.server.tls_warning().is_some());
+    // A reload (what the reload log prints) warns again, and the metric stays.
+    let reloaded = gw.server.reload().expect("reload");
+    let expires = format!("expires at {}T00:00:00.000Z", &in_three_days[..10]);
+    assert!(
+        reloaded
+            .warnings
+            .iter()
+            .any(|w| w.contains("server.tls cert") && w.contains(&expires)),
+        "{reloaded:?}"
+    );
+    let metrics = send(admin, "GET", "/metrics", &[], Bytes::new()).await;
+    assert!(
+        String::from_utf8_lossy(&metrics.body)
+            .lines()
+            .any(|l| l == want)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
