@@ -288,10 +288,7 @@ impl Default for Metrics {
 
 /// Now, in seconds since the Unix epoch, to the millisecond.
 fn unix_seconds() -> f64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    since.as_millis() as f64 / 1000.0
+    crate::time::Millis::now().as_i64() as f64 / 1000.0
 }
 
 impl Metrics {

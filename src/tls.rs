@@ -42,11 +42,6 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// *ring*'s ticketer.
-fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error> {
-    rustls::crypto::ring::Ticketer::new()
-}
-
 /// The listener's TLS: rustls' config, and when its certificate expires.
 pub struct ServerTls {
     pub config: Arc<rustls::ServerConfig>,
@@ -54,17 +49,17 @@ pub struct ServerTls {
     pub not_after: Option<SystemTime>,
 }
 
-/// When a DER certificate expires (`notAfter`). By `x509-cert`: rustls checks a certificate
-/// against its key but does not say when it expires.
-fn not_after(der: &[u8]) -> Option<SystemTime> {
+/// A DER certificate's validity, `notBefore` and `notAfter`, as durations since the Unix
+/// epoch. By `x509-cert`: rustls checks a certificate against its key, and webpki against
+/// the clock, but neither says when it expires.
+pub fn validity(der: &[u8]) -> Option<(Duration, Duration)> {
     use x509_cert::der::Decode;
     let cert = x509_cert::Certificate::from_der(der).ok()?;
-    let since_epoch = cert
-        .tbs_certificate()
-        .validity()
-        .not_after
-        .to_unix_duration();
-    SystemTime::UNIX_EPOCH.checked_add(since_epoch)
+    let validity = cert.tbs_certificate().validity();
+    Some((
+        validity.not_before.to_unix_duration(),
+        validity.not_after.to_unix_duration(),
+    ))
 }
 
 /// Under this long before `notAfter`, startup, `check` and reloads warn.
@@ -99,7 +94,10 @@ pub fn expiry_warning(
 /// Loads the files into a server config (PKCS#8, PKCS#1 and SEC1 keys).
 pub fn server_config(files: &TlsFiles) -> Result<ServerTls, TlsError> {
     let chain = certs(&files.cert)?;
-    let expires = chain.first().and_then(|leaf| not_after(leaf));
+    let expires = chain
+        .first()
+        .and_then(|leaf| validity(leaf))
+        .and_then(|(_, not_after)| SystemTime::UNIX_EPOCH.checked_add(not_after));
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError {
         path: files.key.display().to_string(),
         message: format!("cannot read a private key: {e}"),
@@ -142,7 +140,7 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerTls, TlsError> {
     // does by default. Without them resumption rests on rustls' cache of 256 sessions: past
     // ~128 clients that connect anew per delivery, every handshake is a full one, and
     // throughput at 512 such connections fell to 0.61x of nginx's (README, "Over TLS").
-    config.ticketer = ticketer().map_err(|e| TlsError {
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError {
         path: files.cert.display().to_string(),
         message: format!("cannot make session ticket keys: {e}"),
     })?;

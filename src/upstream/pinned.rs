@@ -24,14 +24,12 @@ pub struct PinnedOrWebPki {
 
 /// Whether `now` is within the certificate's validity; `Err` says which end it is past.
 fn valid_at(cert: &CertificateDer<'_>, now: UnixTime) -> Result<(), CertificateError> {
-    use x509_cert::der::Decode;
-    let parsed =
-        x509_cert::Certificate::from_der(cert).map_err(|_| CertificateError::BadEncoding)?;
-    let validity = parsed.tbs_certificate().validity();
+    let (not_before, not_after) =
+        crate::tls::validity(cert).ok_or(CertificateError::BadEncoding)?;
     let now = now.as_secs();
-    if now < validity.not_before.to_unix_duration().as_secs() {
+    if now < not_before.as_secs() {
         Err(CertificateError::NotValidYet)
-    } else if now > validity.not_after.to_unix_duration().as_secs() {
+    } else if now > not_after.as_secs() {
         Err(CertificateError::Expired)
     } else {
         Ok(())
