@@ -41,6 +41,8 @@ pub struct Target {
     key: Arc<str>,
     /// The host to connect to (an IPv6 literal without its brackets).
     host: String,
+    /// The host as an IP address, when it is one (a name is looked up: `Dns`).
+    ip: Option<IpAddr>,
     port: u16,
     /// Present for https: the name the certificate must carry.
     tls_name: Option<ServerName<'static>>,
@@ -89,6 +91,7 @@ impl Target {
         let scheme = if tls { "https" } else { "http" };
         Ok(Target {
             key: format!("{scheme}://{host}:{port}").into(),
+            ip: bare_host.parse().ok(),
             host: bare_host,
             port,
             tls_name,
@@ -103,7 +106,7 @@ impl Target {
         let ips = if self.host.eq_ignore_ascii_case("localhost") {
             vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
         } else {
-            self.host.parse::<IpAddr>().into_iter().collect()
+            self.ip.into_iter().collect()
         };
         ips.into_iter()
             .map(|ip| SocketAddr::new(ip, self.port))
@@ -254,9 +257,9 @@ impl Pool {
             UpstreamError::Connect(format!("{}:{}: {e}", target.host, target.port))
         };
         // An IP literal is its own address; a name is looked up (cached: `Dns`).
-        let addrs = match target.host.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, target.port)],
-            Err(_) => self
+        let addrs = match target.ip {
+            Some(ip) => vec![SocketAddr::new(ip, target.port)],
+            None => self
                 .dns
                 .addrs(&target.host, target.port, Instant::now(), system_lookup)
                 .await
@@ -358,6 +361,7 @@ mod tests {
         let t = target("http://app:3000/hooks?x=1").expect("target");
         assert_eq!(&*t.key, "http://app:3000");
         assert_eq!((t.host.as_str(), t.port), ("app", 3000));
+        assert_eq!(t.ip, None, "a name is looked up");
         assert!(
             t.head_prefix()
                 .starts_with(b"POST /hooks?x=1 HTTP/1.1\r\nhost: app:3000\r\n")
@@ -366,6 +370,7 @@ mod tests {
 
         let t = target("https://[::1]").expect("target");
         assert_eq!((t.host.as_str(), t.port), ("::1", 443));
+        assert_eq!(t.ip, Some(Ipv6Addr::LOCALHOST.into()));
         assert!(
             t.head_prefix()
                 .starts_with(b"POST / HTTP/1.1\r\nhost: [::1]\r\n")
