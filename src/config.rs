@@ -763,59 +763,37 @@ impl Config {
 
     /// Warnings an operator must see at startup and in `check`.
     pub fn warnings(&self) -> Vec<String> {
-        let mut warnings: Vec<String> = self
-            .sources
-            .iter()
-            .filter(|s| s.verifier.is_none())
-            .map(|s| {
-                format!(
+        let mut warnings = Vec::new();
+        for s in &self.sources {
+            if s.verifier.is_none() {
+                warnings.push(format!(
                     "warning: source {:?} has verify = \"none\": every request to {} is forwarded unverified",
                     s.name, s.path
-                )
-            })
-            .collect();
+                ));
+            }
+            if let Some(nets) = &s.allow_cidrs {
+                // "Any of none": fail-closed, but every delivery then gets 403, which is
+                // more likely a template's empty list than a wish to refuse everyone.
+                if nets.is_empty() {
+                    warnings.push(format!(
+                        "warning: source {:?} has an empty allow_cidrs: every request to {} \
+                         gets 403 (leave allow_cidrs out to admit every address)",
+                        s.name, s.path
+                    ));
+                }
+                host_bits(
+                    &mut warnings,
+                    &format!("source {:?} allow_cidrs", s.name),
+                    nets,
+                );
+            }
+        }
         warnings.extend(self.secret_warnings.iter().cloned());
-        for s in &self.sources {
-            // "Any of none": fail-closed, but every delivery then gets 403, which is more
-            // likely a template's empty list than a wish to refuse everyone.
-            if s.allow_cidrs.as_ref().is_some_and(Vec::is_empty) {
-                warnings.push(format!(
-                    "warning: source {:?} has an empty allow_cidrs: every request to {} gets 403 \
-                     (leave allow_cidrs out to admit every address)",
-                    s.name, s.path
-                ));
-            }
-        }
-        // `10.0.0.1/8` is taken as `10.0.0.0/8`; the operator may have meant `10.0.0.1/32`.
-        let lists = self
-            .sources
-            .iter()
-            .filter_map(|s| {
-                Some((
-                    format!("source {:?} allow_cidrs", s.name),
-                    s.allow_cidrs.as_ref()?,
-                ))
-            })
-            .chain(std::iter::once((
-                "server.trusted_proxies".to_string(),
-                &self.server.trusted_proxies,
-            )));
-        for (field, nets) in lists {
-            for net in nets.iter().filter(|n| n.trunc() != **n) {
-                warnings.push(format!(
-                    "warning: {field}: {net} has address bits set past its prefix; it is taken as {}",
-                    net.trunc()
-                ));
-            }
-        }
+        let trusted = &self.server.trusted_proxies;
+        host_bits(&mut warnings, "server.trusted_proxies", trusted);
         // Legitimate behind a front proxy that is the only way in, but then every client's
         // X-Forwarded-For is believed: the operator should know it was meant.
-        if let Some(all) = self
-            .server
-            .trusted_proxies
-            .iter()
-            .find(|n| n.prefix_len() == 0)
-        {
+        if let Some(all) = trusted.iter().find(|n| n.prefix_len() == 0) {
             warnings.push(format!(
                 "warning: server.trusted_proxies includes {all}, every address: any client that \
                  reaches hookgate directly can name its own address in X-Forwarded-For, past \
@@ -823,6 +801,17 @@ impl Config {
             ));
         }
         warnings
+    }
+}
+
+/// Warns of each CIDR of `field` with address bits set past its prefix: `10.0.0.1/8` is
+/// taken as `10.0.0.0/8`, and the operator may have meant `10.0.0.1/32`.
+fn host_bits(warnings: &mut Vec<String>, field: &str, nets: &[IpNet]) {
+    for net in nets.iter().filter(|n| n.trunc() != **n) {
+        warnings.push(format!(
+            "warning: {field}: {net} has address bits set past its prefix; it is taken as {}",
+            net.trunc()
+        ));
     }
 }
 
