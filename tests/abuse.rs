@@ -434,16 +434,8 @@ async fn a_slow_reader_gets_the_whole_answer_before_the_idle_close() {
 
 #[tokio::test]
 async fn http2_connection_without_streams_is_closed_after_the_head_deadline() {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let (_upstream, gw) = one_second_head_deadline().await;
-    let stream = tokio::net::TcpStream::connect(gw.addr)
-        .await
-        .expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2");
-    let conn_task = tokio::spawn(conn);
+    let (mut sender, conn_task) = h2_connect(gw.addr).await;
     // One request, then idle: the connection is closed (GOAWAY) after header_timeout_s.
     let b = body("h2");
     let sig = hmac_hex(SECRET, b.as_bytes());
@@ -649,7 +641,6 @@ async fn past_max_connections_a_new_connection_waits_and_served_ones_go_on() {
 async fn past_max_connections_in_flight_a_delivery_waits_for_an_upstream_exchange() {
     use hookgate::pipeline::Context;
     use http_body_util::Full;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let upstream = spawn_upstream(Reply {
         delay: Duration::from_millis(400),
         ..Reply::json(200, "{}")
@@ -672,14 +663,7 @@ async fn past_max_connections_in_flight_a_delivery_waits_for_an_upstream_exchang
     let metrics = std::sync::Arc::clone(&context.metrics);
     let gw = spawn_gateway_in_context(&config, &dir, context).await;
 
-    let stream = tokio::net::TcpStream::connect(gw.addr)
-        .await
-        .expect("connect");
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let (sender, _connection) = h2_connect(gw.addr).await;
     let started = Instant::now();
     // One signed delivery as a stream of its own: its status, and when it was answered.
     let stream = |id: String| {
@@ -924,16 +908,7 @@ async fn a_client_that_never_reads_its_answer_is_let_go() {
     drop(held);
 
     // HTTP/2: the answer's head is taken, its body never (so no window is given back).
-    let stream = tokio::net::TcpStream::connect(gw.addr)
-        .await
-        .expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .expect("h2 handshake");
-    tokio::spawn(connection);
+    let (mut sender, _connection) = h2_connect(gw.addr).await;
     let b = body("never-read-h2");
     let request = http::Request::post(format!("http://{}/hooks/p", gw.addr))
         .header("x-protocol-signature", hmac_hex(SECRET, b.as_bytes()))

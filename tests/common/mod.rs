@@ -285,6 +285,22 @@ pub async fn send(
     collect(resp).await
 }
 
+/// A new HTTP/2 (prior knowledge) connection to `addr`: its request sender, and the task
+/// that drives the connection (which ends when the connection does).
+pub async fn h2_connect(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    (sender, tokio::spawn(conn))
+}
+
 /// Sends one request over a new HTTP/2 (prior knowledge) connection.
 pub async fn send_h2(
     addr: SocketAddr,
@@ -292,12 +308,7 @@ pub async fn send_h2(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Answer {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let (mut sender, _connection) = h2_connect(addr).await;
     let mut req = Request::builder()
         .method("POST")
         .version(http::Version::HTTP_2)
