@@ -70,9 +70,6 @@ pub struct Gateway {
     upstreams: Vec<Upstream>,
     /// Each worker's share of `max_buffered_bytes`, indexed like `upstreams`.
     budgets: Arc<[body::Budget]>,
-    /// Each worker's share of the upstream exchanges in flight, as its upstream holds it:
-    /// kept across reloads (`max_connections` changes at the next start).
-    exchange_slots: Vec<Arc<tokio::sync::Semaphore>>,
     client_limiter: Option<Arc<ClientLimiter>>,
 }
 
@@ -95,8 +92,15 @@ impl Gateway {
     ) -> Result<Gateway, upstream::ClientSetupError> {
         let clock = &context.clock;
         let workers = context.workers.max(1);
+        // Each worker's share of the exchanges in flight, kept across reloads (requests in
+        // flight hold theirs, and `max_connections` changes at the next start).
         let exchange_slots = previous
-            .map(|p| p.exchange_slots.clone())
+            .map(|p| {
+                p.upstreams
+                    .iter()
+                    .map(|u| Arc::clone(u.slots()))
+                    .collect::<Vec<_>>()
+            })
             .filter(|s| s.len() == workers)
             .unwrap_or_else(|| upstream::exchange_slots(config.server.max_connections, workers));
         let upstreams = exchange_slots
@@ -168,7 +172,6 @@ impl Gateway {
             routes,
             upstreams,
             budgets,
-            exchange_slots,
             client_limiter,
         })
     }
@@ -709,5 +712,23 @@ mod tests {
             1_048_576,
             "a share holds one largest body"
         );
+    }
+
+    /// Each worker's share of `max_connections` exchanges, kept by a reload (its
+    /// `max_connections` takes effect at the next start) so that requests in flight and new
+    /// ones count against one bound.
+    #[test]
+    fn the_exchange_slots_are_shared_out_and_kept_by_a_reload() {
+        let a = gateway("max_connections = 5", None);
+        let permits: Vec<usize> = a
+            .upstreams
+            .iter()
+            .map(|u| u.slots().available_permits())
+            .collect();
+        assert_eq!(permits, [3, 3], "5 over two workers, rounded up");
+        let b = gateway("max_connections = 100", Some(&a));
+        for (old, new) in a.upstreams.iter().zip(&b.upstreams) {
+            assert!(Arc::ptr_eq(old.slots(), new.slots()));
+        }
     }
 }

@@ -212,6 +212,11 @@ impl Upstream {
         })
     }
 
+    /// The worker's share of the exchanges in flight.
+    pub fn slots(&self) -> &Arc<Semaphore> {
+        &self.slots
+    }
+
     /// Sends one request and reads the whole answer within `timeout`.
     pub async fn send(&self, fwd: Forward<'_>) -> Result<UpstreamAnswer, UpstreamError> {
         let deadline = tokio::time::Instant::from_std(fwd.started + fwd.timeout);
