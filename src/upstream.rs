@@ -251,7 +251,10 @@ impl Upstream {
                 Some(connection) => (connection, true),
                 // Boxed: connecting (TCP, then TLS) holds ~2 KiB of state that a request on a
                 // reused connection would otherwise carry too.
-                None => (Box::pin(self.pool.connect(target)).await?, false),
+                None => (
+                    Box::pin(self.pool.connect(target, fwd.started + fwd.timeout)).await?,
+                    false,
+                ),
             };
             match connection.exchange(&head, &fwd.body, limit).await {
                 Ok(Exchanged { answer, reusable }) => {

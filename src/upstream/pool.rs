@@ -140,7 +140,8 @@ pub struct Pool {
     dns: Dns,
 }
 
-/// A host name's addresses, looked up at most once per `DNS_TTL` per worker.
+/// A host name's addresses, looked up at most once per `DNS_TTL` per worker, and taken in
+/// turn by new connections.
 ///
 /// Why: without it every new upstream connection to a named host ran `getaddrinfo` on
 /// tokio's blocking pool. Against an app that closes its connections after each answer,
@@ -148,7 +149,14 @@ pub struct Pool {
 /// named by its IP; 25 % fewer req/s) and grew the process to 118 threads within 12 s; in
 /// Kubernetes each lookup also goes to the cluster's DNS, once per search domain. nginx
 /// looks a name up once, at start; here it is at most `DNS_TTL` old, and `DNS_RETRY` old
-/// once a connection to its addresses failed, so a moved app is found again within a second.
+/// once a connection to all its addresses failed, so a moved app is found again within a
+/// second.
+///
+/// A name with several addresses (a headless Kubernetes service, a scaled Compose service)
+/// is several apps: as nginx does with such a name, new connections start at each address
+/// in turn, and one whose connection failed is tried last until the next lookup (nginx:
+/// `max_fails=1 fail_timeout=10s`). Taking the first address every time sent every
+/// delivery to one of them for as long as the cache held it.
 #[derive(Default)]
 struct Dns {
     /// host → its addresses and when they were looked up, each behind a lock of its own
@@ -157,8 +165,45 @@ struct Dns {
     names: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Looked>>>>>,
 }
 
-/// The addresses, when they were looked up, and whether a connection to them failed since.
-type Looked = (Vec<SocketAddr>, Instant, bool);
+/// A host's addresses as looked up, and what new connections have made of them since.
+struct Looked {
+    addrs: Vec<SocketAddr>,
+    at: Instant,
+    /// A connection to every address failed since: looked up again once `DNS_RETRY` old.
+    failed: bool,
+    /// Where the next new connection starts (round robin).
+    next: usize,
+    /// Per address: a connection to it failed since the lookup (it is tried last).
+    down: Vec<bool>,
+}
+
+impl Looked {
+    fn new(addrs: Vec<SocketAddr>, at: Instant) -> Looked {
+        Looked {
+            down: vec![false; addrs.len()],
+            addrs,
+            at,
+            failed: false,
+            next: 0,
+        }
+    }
+
+    /// The addresses in the order the next connection tries them: those whose connection
+    /// has not failed, from the next one in turn around to the one before it, then the
+    /// others.
+    fn order(&mut self, port: u16) -> Vec<SocketAddr> {
+        let (mut up, down): (Vec<usize>, Vec<usize>) =
+            (0..self.addrs.len()).partition(|&i| !self.down[i]);
+        if let Some(turn) = self.next.checked_rem(up.len()) {
+            up.rotate_left(turn);
+        }
+        self.next = self.next.wrapping_add(1);
+        up.into_iter()
+            .chain(down)
+            .map(|i| SocketAddr::new(self.addrs[i].ip(), port))
+            .collect()
+    }
+}
 
 impl Dns {
     fn entry(&self, host: &str) -> Arc<tokio::sync::Mutex<Option<Looked>>> {
@@ -166,7 +211,8 @@ impl Dns {
         Arc::clone(names.entry(host.to_string()).or_default())
     }
 
-    /// The addresses of `host:port`, from the cache while fresh, else from `lookup`.
+    /// The addresses of `host:port` for a new connection to try in order ([`Looked::order`]),
+    /// from the cache while fresh, else from `lookup`.
     async fn addrs<F, Fut>(
         &self,
         host: &str,
@@ -181,26 +227,74 @@ impl Dns {
         let entry = self.entry(host);
         let mut looked = entry.lock().await;
         let fresh_for = |failed: bool| if failed { DNS_RETRY } else { DNS_TTL };
-        if let Some((addrs, at, failed)) = looked.as_ref()
-            && now.saturating_duration_since(*at) < fresh_for(*failed)
+        if let Some(l) = looked.as_mut()
+            && now.saturating_duration_since(l.at) < fresh_for(l.failed)
         {
-            return Ok(addrs
-                .iter()
-                .map(|a| SocketAddr::new(a.ip(), port))
-                .collect());
+            return Ok(l.order(port));
         }
         let addrs = lookup(host.to_string(), port).await?;
-        *looked = Some((addrs.clone(), now, false));
-        Ok(addrs)
+        Ok(looked.insert(Looked::new(addrs, now)).order(port))
     }
 
-    /// A connection to `host`'s addresses failed: they are looked up again once they are
-    /// `DNS_RETRY` old.
-    async fn failed(&self, host: &str) {
+    /// A connection to `addr`, one of `host`'s addresses, failed: it is tried last until
+    /// the next lookup.
+    async fn down(&self, host: &str, addr: SocketAddr) {
         if let Some(looked) = self.entry(host).lock().await.as_mut() {
-            looked.2 = true;
+            for (a, down) in looked.addrs.iter().zip(looked.down.iter_mut()) {
+                *down |= a.ip() == addr.ip();
+            }
         }
     }
+
+    /// A connection to every one of `host`'s addresses failed: they are looked up again
+    /// once they are `DNS_RETRY` old.
+    async fn failed(&self, host: &str) {
+        if let Some(looked) = self.entry(host).lock().await.as_mut() {
+            looked.failed = true;
+        }
+    }
+}
+
+/// The least time a connection attempt gets while another address is left to try (Go's
+/// `net.Dialer` has the same floor).
+const MIN_ATTEMPT: Duration = Duration::from_secs(2);
+
+/// Until when a connection attempt to one of `left` addresses may run: an equal share of
+/// the time to `deadline`, but at least `MIN_ATTEMPT` (or all that is left, if less), so an
+/// address that never answers (a pod that is gone) leaves time to try the others.
+fn attempt_deadline(now: Instant, deadline: Instant, left: usize) -> Instant {
+    let remaining = deadline.saturating_duration_since(now);
+    let share = remaining / u32::try_from(left.max(1)).unwrap_or(u32::MAX);
+    now + share.max(MIN_ATTEMPT.min(remaining))
+}
+
+/// A TCP connection to the first of `addrs` that takes one, each attempt within its
+/// [`attempt_deadline`]; `on_failure` hears of each address that failed.
+async fn connect_first<F, Fut>(
+    addrs: &[SocketAddr],
+    deadline: Instant,
+    mut on_failure: F,
+) -> std::io::Result<TcpStream>
+where
+    F: FnMut(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut last_error = None;
+    for (i, &addr) in addrs.iter().enumerate() {
+        let until = attempt_deadline(Instant::now(), deadline, addrs.len() - i);
+        let attempt = tokio::time::timeout_at(until.into(), TcpStream::connect(addr));
+        let error = match attempt.await {
+            Ok(Ok(tcp)) => return Ok(tcp),
+            Ok(Err(e)) => e,
+            Err(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+        };
+        on_failure(addr).await;
+        last_error = Some(std::io::Error::new(
+            error.kind(),
+            format!("{addr}: {error}"),
+        ));
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("no address")))
 }
 
 /// The system resolver (`getaddrinfo`, on tokio's blocking pool).
@@ -251,25 +345,35 @@ impl Pool {
         }
     }
 
-    /// A new connection: TCP, then TLS for https.
-    pub async fn connect(&self, target: &Target) -> Result<Connection, UpstreamError> {
+    /// A new connection: TCP, then TLS for https; `deadline`: the delivery's.
+    pub async fn connect(
+        &self,
+        target: &Target,
+        deadline: Instant,
+    ) -> Result<Connection, UpstreamError> {
         let failed = |e: &dyn std::fmt::Display| {
             UpstreamError::Connect(format!("{}:{}: {e}", target.host, target.port))
         };
-        // An IP literal is its own address; a name is looked up (cached: `Dns`).
-        let addrs = match target.ip {
-            Some(ip) => vec![SocketAddr::new(ip, target.port)],
-            None => self
-                .dns
-                .addrs(&target.host, target.port, Instant::now(), system_lookup)
+        let tcp = match target.ip {
+            // An IP literal is its own address.
+            Some(ip) => TcpStream::connect(SocketAddr::new(ip, target.port))
                 .await
                 .map_err(|e| failed(&e))?,
-        };
-        let tcp = match TcpStream::connect(addrs.as_slice()).await {
-            Ok(tcp) => tcp,
-            Err(e) => {
-                self.dns.failed(&target.host).await;
-                return Err(failed(&e));
+            // A name is looked up (cached, its addresses taken in turn: `Dns`).
+            None => {
+                let host = target.host.as_str();
+                let addrs = self
+                    .dns
+                    .addrs(host, target.port, Instant::now(), system_lookup)
+                    .await
+                    .map_err(|e| failed(&e))?;
+                match connect_first(&addrs, deadline, |addr| self.dns.down(host, addr)).await {
+                    Ok(tcp) => tcp,
+                    Err(e) => {
+                        self.dns.failed(host).await;
+                        return Err(failed(&e));
+                    }
+                }
             }
         };
         // Headers and body go out in one write; Nagle would hold back the next request.
@@ -354,6 +458,124 @@ mod tests {
         assert!(dns.addrs("app", 80, later, lookup).await.is_err());
         assert_eq!(ip(dns.addrs("app", 80, later, lookup).await), "10.0.0.4:80");
         assert_eq!(looked_up(), 5);
+    }
+
+    #[tokio::test]
+    async fn new_connections_take_a_names_addresses_in_turn_failed_ones_last() {
+        let dns = Dns::default();
+        let three = |_: String, port: u16| async move {
+            Ok((2..5)
+                .map(|n| SocketAddr::new(Ipv4Addr::new(10, 0, 0, n).into(), port))
+                .collect())
+        };
+        let t0 = Instant::now();
+        let order = |addrs: std::io::Result<Vec<SocketAddr>>| {
+            let addrs = addrs.expect("addrs");
+            addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(order(dns.addrs("app", 80, t0, three).await));
+        }
+        assert_eq!(
+            seen,
+            [
+                "10.0.0.2:80 10.0.0.3:80 10.0.0.4:80",
+                "10.0.0.3:80 10.0.0.4:80 10.0.0.2:80",
+                "10.0.0.4:80 10.0.0.2:80 10.0.0.3:80",
+                "10.0.0.2:80 10.0.0.3:80 10.0.0.4:80",
+            ]
+        );
+        // One failed: the others take turns, and it is still tried, but last.
+        dns.down("app", "10.0.0.3:80".parse().expect("addr")).await;
+        let mut seen = Vec::new();
+        for port in [80, 8080, 80] {
+            seen.push(order(dns.addrs("app", port, t0, three).await));
+        }
+        assert_eq!(
+            seen,
+            [
+                "10.0.0.2:80 10.0.0.4:80 10.0.0.3:80",
+                "10.0.0.4:8080 10.0.0.2:8080 10.0.0.3:8080",
+                "10.0.0.2:80 10.0.0.4:80 10.0.0.3:80",
+            ]
+        );
+        // The next lookup starts afresh.
+        assert_eq!(
+            order(dns.addrs("app", 80, t0 + DNS_TTL, three).await),
+            "10.0.0.2:80 10.0.0.3:80 10.0.0.4:80"
+        );
+    }
+
+    #[test]
+    fn each_address_gets_a_share_of_the_time_left_but_at_least_two_seconds() {
+        let now = Instant::now();
+        let s = |d: Instant| d.duration_since(now);
+        let ten = now + Duration::from_secs(10);
+        assert_eq!(s(attempt_deadline(now, ten, 1)), Duration::from_secs(10));
+        assert_eq!(s(attempt_deadline(now, ten, 2)), Duration::from_secs(5));
+        assert_eq!(s(attempt_deadline(now, ten, 10)), MIN_ATTEMPT);
+        let one = now + Duration::from_secs(1);
+        assert_eq!(s(attempt_deadline(now, one, 3)), Duration::from_secs(1));
+        assert_eq!(
+            attempt_deadline(one, now, 3),
+            one,
+            "past the deadline: none"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_goes_past_addresses_that_refuse_or_never_answer() {
+        use std::sync::Mutex as StdMutex;
+        // Never answers: a listener whose backlog of one is taken; later SYNs are dropped.
+        let silent = std::net::TcpListener::bind("127.0.0.2:0").expect("bind");
+        let silent_addr = silent.local_addr().expect("addr");
+        let full = tokio::net::TcpSocket::new_v4().expect("socket");
+        full.set_reuseaddr(true).expect("reuseaddr");
+        drop(silent);
+        full.bind(silent_addr).expect("bind again");
+        let full = full.listen(0).expect("listen");
+        let _queued = TcpStream::connect(silent_addr)
+            .await
+            .expect("the one queued");
+        // Refuses: nothing listens there.
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.3:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let live = tokio::net::TcpListener::bind("127.0.0.4:0")
+            .await
+            .expect("bind");
+        let live_addr = live.local_addr().expect("addr");
+
+        let failures = StdMutex::new(Vec::new());
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(6);
+        let tcp = connect_first(&[silent_addr, refused, live_addr], deadline, |a| {
+            failures.lock().expect("lock").push(a);
+            async {}
+        })
+        .await
+        .expect("the live address");
+        let took = started.elapsed();
+        assert_eq!(tcp.peer_addr().expect("peer"), live_addr);
+        assert_eq!(*failures.lock().expect("lock"), [silent_addr, refused]);
+        // The silent one got its share (6 s over three addresses), not the whole deadline.
+        assert!(
+            took >= MIN_ATTEMPT && took < Duration::from_secs(4),
+            "{took:?}"
+        );
+
+        // None takes one: the last error names its address.
+        let e = connect_first(&[refused], deadline, |_| async {})
+            .await
+            .expect_err("refused");
+        assert!(e.to_string().starts_with(&refused.to_string()), "{e}");
+        drop(full);
     }
 
     #[test]
