@@ -186,6 +186,12 @@ impl Gateway {
         }
     }
 
+    /// Closes `worker`'s idle upstream connections that expired or that the upstream closed
+    /// (on that worker's thread, whose runtime drives them).
+    pub fn sweep_idle(&self, worker: usize) {
+        self.upstreams[worker % self.upstreams.len()].sweep();
+    }
+
     /// How many client addresses the client limiter remembers (for tests and metrics).
     pub fn client_table_len(&self) -> usize {
         self.client_limiter.as_ref().map_or(0, |l| l.len())

@@ -129,6 +129,11 @@ impl State {
     fn gateway(&self) -> Arc<Gateway> {
         Arc::clone(&self.worker_gateways[0].load())
     }
+
+    /// The gateway in force, as `worker`'s own handle has it.
+    fn worker_gateway(&self, worker: usize) -> Arc<Gateway> {
+        Arc::clone(&self.worker_gateways[worker % self.worker_gateways.len()].load())
+    }
 }
 
 /// A running gateway.

@@ -30,7 +30,7 @@ use crate::json::BodyChunks;
 use crate::verify::Secret;
 use http1::{ExchangeError, Exchanged};
 use pool::Pool;
-pub use pool::Target;
+pub use pool::{SWEEP, Target};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -210,6 +210,11 @@ impl Upstream {
             slots,
             waits,
         })
+    }
+
+    /// Closes idle connections that expired or that the upstream closed (`Pool::sweep`).
+    pub fn sweep(&self) {
+        self.pool.sweep(Instant::now());
     }
 
     /// The worker's share of the exchanges in flight.

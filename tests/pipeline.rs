@@ -1022,6 +1022,50 @@ async fn an_upstream_connection_closed_while_idle_is_replaced_not_failed() {
     assert_eq!(heads.lock().expect("lock").len(), 3);
 }
 
+/// An idle upstream connection the app closes (its keep-alive timeout) is closed by
+/// hookgate too within `SWEEP`, also when no delivery comes to find it: it does not sit in
+/// CLOSE-WAIT until the next one.
+#[tokio::test]
+async fn an_upstream_connection_the_app_closes_is_closed_while_no_delivery_comes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/app", listener.local_addr().expect("addr"));
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut buf = Vec::new();
+        read_message(&mut stream, &mut buf)
+            .await
+            .expect("a request");
+        let answer =
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+        stream.write_all(answer).await.expect("answer");
+        // The app's keep-alive timeout: it sends its FIN, and reads on until hookgate's.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stream.shutdown().await.expect("FIN");
+        let closed_at = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let read = stream.read_to_end(&mut rest).await;
+        let _ = closed_tx.send((read.map(|_| rest.len()), closed_at.elapsed()));
+    });
+    let gw = gateway_without_dedupe(&url).await;
+    assert_eq!(deliver(&gw).await.status, 200);
+    let (read, took) = tokio::time::timeout(
+        hookgate::upstream::SWEEP + Duration::from_secs(2),
+        closed_rx,
+    )
+    .await
+    .expect("hookgate closed its end while no delivery came")
+    .expect("the upstream task reports");
+    assert_eq!(read.expect("an orderly close"), 0, "nothing more was sent");
+    assert!(
+        took <= hookgate::upstream::SWEEP + Duration::from_millis(500),
+        "{took:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_kept_alive_connection_closed_as_the_request_goes_out_is_retried_once_on_a_new_one() {
     use std::sync::atomic::Ordering;

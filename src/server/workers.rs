@@ -128,9 +128,19 @@ pub(super) fn spawn_worker(worker: Worker, mut stop: watch::Receiver<bool>) -> i
                         }
                     }
                 };
+                // Idle upstream connections the app closed, or that idled out, are closed
+                // while no delivery comes to find them.
+                let sweep = async {
+                    let mut tick = tokio::time::interval(crate::upstream::SWEEP);
+                    loop {
+                        tick.tick().await;
+                        spawner.state.worker_gateway(index).sweep_idle(index);
+                    }
+                };
                 tokio::select! {
                     _ = async { tokio::join!(accept, take_handed) } => {}
                     _ = stop.wait_for(|s| *s) => {}
+                    _ = sweep => {}
                 }
             });
             // Connection tasks still there (cut off at the grace) go with the runtime.
