@@ -59,7 +59,13 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    match cli.command.unwrap_or(Command::Run) {
+    let command = cli.command.unwrap_or(Command::Run);
+    if matches!(command, Command::Run | Command::Check)
+        && let Err(e) = crate::pipeline::workers_from_env()
+    {
+        return fail(e);
+    }
+    match command {
         Command::Run => run(config),
         Command::Check => check(config),
         Command::Sign { source, body } => sign(&config, &source, body.as_deref()),

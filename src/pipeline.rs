@@ -51,13 +51,34 @@ impl Default for Context {
     }
 }
 
-/// One worker per core (`HOOKGATE_WORKERS` overrides it).
+/// One worker per core (`HOOKGATE_WORKERS` overrides it; `main` has refused a bad one).
 fn default_workers() -> usize {
-    std::env::var("HOOKGATE_WORKERS")
+    workers_from_env()
         .ok()
-        .and_then(|w| w.parse().ok())
-        .filter(|w| *w > 0)
+        .flatten()
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The most worker threads `HOOKGATE_WORKERS` may ask for.
+const MAX_WORKERS: usize = 1024;
+
+/// `HOOKGATE_WORKERS`, if set: a whole number from 1 to 1024. A bad value is an error at
+/// start, not silently one worker per core (`two` or `0` would otherwise run as if unset,
+/// and `100000` start as many threads).
+pub fn workers_from_env() -> Result<Option<usize>, String> {
+    let Some(value) = std::env::var_os("HOOKGATE_WORKERS") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|w| (1..=MAX_WORKERS).contains(w))
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+                "HOOKGATE_WORKERS: must be a whole number from 1 to {MAX_WORKERS}, not {value:?}"
+            )
+        })
 }
 
 /// Everything one config makes: swapped whole on reload, so a request in flight finishes

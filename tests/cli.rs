@@ -48,6 +48,32 @@ fn check_prints_routes_and_warns_about_verify_none() {
 }
 
 #[test]
+fn a_bad_hookgate_workers_is_refused_in_one_line_with_exit_2() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/hookgate.toml");
+    for bad in ["two", "0", "100000", ""] {
+        let out = Command::new(BIN)
+            .args(["check", "--config", path])
+            .env("HOOKGATE_WORKERS", bad)
+            .output()
+            .expect("run hookgate");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {err}");
+        assert_eq!(
+            err.trim(),
+            format!(
+                "hookgate: HOOKGATE_WORKERS: must be a whole number from 1 to 1024, not {bad:?}"
+            )
+        );
+    }
+    let out = Command::new(BIN)
+        .args(["check", "--config", path])
+        .env("HOOKGATE_WORKERS", "3")
+        .output()
+        .expect("run hookgate");
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
 fn the_shipped_example_config_checks() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/hookgate.toml");
     let (code, out, err) = hookgate(&["check", "--config", path]);
