@@ -928,6 +928,23 @@ fn kubernetes_manifests_parse_and_match_the_config() {
         if sidecar {
             let containers = pod["containers"].as_vec().expect("containers");
             assert_eq!(containers.len(), 2, "{path}: app and hookgate");
+            // The app gets SIGTERM with hookgate: it must stay up while hookgate drains,
+            // and still have time to stop within the pod's grace.
+            let app = containers
+                .iter()
+                .find(|c| c["name"].as_str() == Some("app"))
+                .expect("an app container");
+            let sleep = app["lifecycle"]["preStop"]["sleep"]["seconds"]
+                .as_i64()
+                .expect("the app's preStop sleep");
+            assert!(
+                sleep >= needed,
+                "{path}: the app's preStop sleep {sleep} < {needed}"
+            );
+            assert!(
+                grace > sleep,
+                "{path}: grace {grace} <= the app's sleep {sleep}"
+            );
             assert!(
                 upstream.starts_with("http://127.0.0.1:"),
                 "{path}: forwards to the app on localhost: {upstream}"
