@@ -1011,6 +1011,23 @@ async fn upstream_connections_are_kept_alive_with_host_and_origin_form() {
     }
 }
 
+/// An upstream connection is retired after 1,000 exchanges (nginx's `keepalive_requests`),
+/// so that behind a Kubernetes Service new pods get connections of their own.
+#[tokio::test]
+async fn an_upstream_connection_is_retired_after_a_thousand_exchanges() {
+    use std::sync::atomic::Ordering;
+    let (url, connections, heads) = counting_upstream(Keeps::Open).await;
+    let gw = gateway_without_dedupe(&url).await;
+    let statuses = deliveries_on_one_connection(&gw, 1001, Duration::ZERO).await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    assert_eq!(heads.lock().expect("lock").len(), 1001);
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        2,
+        "the 1,001st exchange on a new connection"
+    );
+}
+
 #[tokio::test]
 async fn an_upstream_connection_closed_while_idle_is_replaced_not_failed() {
     use std::sync::atomic::Ordering;

@@ -15,6 +15,7 @@
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::StatusCode;
@@ -46,6 +47,10 @@ pub enum Stream {
 pub struct Connection<S = Stream> {
     io: S,
     buf: BytesMut,
+    /// When it was opened, and how many exchanges it has begun (the pool retires it after
+    /// so many, or so long).
+    opened: Instant,
+    exchanges: u32,
 }
 
 /// An answer read whole, and what it leaves of the connection.
@@ -93,7 +98,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Connection {
             io,
             buf: BytesMut::new(),
+            opened: Instant::now(),
+            exchanges: 0,
         }
+    }
+
+    /// When the connection was opened.
+    pub fn opened(&self) -> Instant {
+        self.opened
+    }
+
+    /// How many exchanges the connection has begun.
+    pub fn exchanges(&self) -> u32 {
+        self.exchanges
     }
 
     /// Whether an idle connection can still be used: the upstream has neither closed it nor
@@ -117,6 +134,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         body: &[Bytes],
         limit: usize,
     ) -> Result<Exchanged, ExchangeError> {
+        self.exchanges = self.exchanges.saturating_add(1);
         let mut slices: smallvec::SmallVec<[IoSlice<'_>; 4]> = std::iter::once(head)
             .chain(body.iter().map(|b| &b[..]))
             .filter(|s| !s.is_empty())

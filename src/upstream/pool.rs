@@ -23,6 +23,13 @@ use super::http1::{Connection, Stream};
 /// Idle connections older than this are closed rather than reused (most servers close
 /// theirs after 5–75 s; a connection the server closed is noticed before it is used).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A connection is closed, not kept, once it has carried this many exchanges or is this
+/// old (nginx's `keepalive_requests` and `keepalive_time` defaults): behind a Kubernetes
+/// ClusterIP Service, kube-proxy picks a pod per connection, so a connection kept for ever
+/// would keep its pod's share for ever, and pods added by a scale-out would get no
+/// deliveries from connections opened before them.
+const MAX_EXCHANGES: u32 = 1000;
+const MAX_AGE: Duration = Duration::from_secs(3600);
 /// How often a worker closes the idle connections that have expired or that the upstream
 /// closed, while no delivery comes to do it (`Pool::sweep`).
 pub const SWEEP: Duration = Duration::from_secs(2);
@@ -351,6 +358,11 @@ impl Pool {
     /// Gives a connection back after its answer was read whole; `since`: when the request
     /// it carried started (its idle time counts from a little early, never late).
     pub fn checkin(&self, target: &Target, connection: Connection, since: Instant) {
+        if connection.exchanges() >= MAX_EXCHANGES
+            || since.saturating_duration_since(connection.opened()) >= MAX_AGE
+        {
+            return;
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
@@ -594,15 +606,20 @@ mod tests {
         drop(full);
     }
 
-    #[tokio::test]
-    async fn a_sweep_closes_idle_connections_that_expired_or_that_the_upstream_closed() {
+    /// A pool, and a listener standing for the app, named by the target.
+    async fn pool_and_app() -> (Pool, tokio::net::TcpListener, Target) {
         let config = super::super::tls_config(None).expect("client config");
-        let pool = Pool::new(Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let t =
             target(&format!("http://{}/", listener.local_addr().expect("addr"))).expect("target");
+        (Pool::new(Arc::new(config)), listener, t)
+    }
+
+    #[tokio::test]
+    async fn a_sweep_closes_idle_connections_that_expired_or_that_the_upstream_closed() {
+        let (pool, listener, t) = pool_and_app().await;
         let t0 = Instant::now();
         // The sweeps run at `now`: the first connection idled past the timeout by then.
         let now = t0 + IDLE_TIMEOUT + Duration::from_secs(1);
@@ -631,6 +648,21 @@ mod tests {
             pool.checkout(&t, now).is_some(),
             "the open one is still there"
         );
+    }
+
+    #[tokio::test]
+    async fn a_connection_past_its_age_is_closed_not_kept() {
+        let (pool, listener, t) = pool_and_app().await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (age, kept) in [(MAX_AGE - Duration::from_secs(1), 1), (MAX_AGE, 0)] {
+            let connection = pool.connect(&t, deadline).await.expect("connect");
+            let (_end, _) = listener.accept().await.expect("accept");
+            let opened = connection.opened();
+            pool.checkin(&t, connection, opened + age);
+            let idle = pool.idle.lock().expect("lock").len();
+            assert_eq!(idle, kept, "{age:?}");
+            pool.idle.lock().expect("lock").clear();
+        }
     }
 
     #[test]
