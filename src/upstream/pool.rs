@@ -288,7 +288,8 @@ fn attempt_deadline(now: Instant, deadline: Instant, left: usize) -> Instant {
 }
 
 /// A TCP connection to the first of `addrs` that takes one, each attempt within its
-/// [`attempt_deadline`]; `on_failure` hears of each address that failed.
+/// [`attempt_deadline`]; `on_failure` hears of each address that failed (refused, or
+/// silent for its share; not one still connecting when `deadline` came).
 async fn connect_first<F, Fut>(
     addrs: &[SocketAddr],
     deadline: Instant,
@@ -305,6 +306,13 @@ where
         let error = match attempt.await {
             Ok(Ok(tcp)) => return Ok(tcp),
             Ok(Err(e)) => e,
+            // The delivery's own time ran out, not the address's share: no fault of it.
+            Err(_) if until >= deadline => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{addr}: connect timed out"),
+                ));
+            }
             Err(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
         };
         on_failure(addr).await;
@@ -397,6 +405,14 @@ impl Pool {
                     .map_err(|e| failed(&e))?;
                 match connect_first(&addrs, deadline, |addr| self.dns.down(host, addr)).await {
                     Ok(tcp) => tcp,
+                    // As when an IP literal's connect is cut at the deadline: 504, and the
+                    // addresses are not to blame.
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::TimedOut
+                            && Instant::now() >= deadline =>
+                    {
+                        return Err(UpstreamError::Timeout);
+                    }
                     Err(e) => {
                         self.dns.failed(host).await;
                         return Err(failed(&e));
@@ -556,20 +572,34 @@ mod tests {
         );
     }
 
+    /// An address that never answers: a listener whose backlog of one is taken, so that
+    /// later SYNs are dropped (what a pod that is gone looks like).
+    struct Silent {
+        addr: SocketAddr,
+        _listener: tokio::net::TcpListener,
+        _queued: TcpStream,
+    }
+
+    async fn silent_listener(ip: &str) -> Silent {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(ip.parse().expect("ip"), 0))
+            .expect("bind");
+        let listener = socket.listen(0).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let queued = TcpStream::connect(addr).await.expect("the one queued");
+        Silent {
+            addr,
+            _listener: listener,
+            _queued: queued,
+        }
+    }
+
     #[tokio::test]
     async fn a_connection_goes_past_addresses_that_refuse_or_never_answer() {
         use std::sync::Mutex as StdMutex;
-        // Never answers: a listener whose backlog of one is taken; later SYNs are dropped.
-        let silent = std::net::TcpListener::bind("127.0.0.2:0").expect("bind");
-        let silent_addr = silent.local_addr().expect("addr");
-        let full = tokio::net::TcpSocket::new_v4().expect("socket");
-        full.set_reuseaddr(true).expect("reuseaddr");
-        drop(silent);
-        full.bind(silent_addr).expect("bind again");
-        let full = full.listen(0).expect("listen");
-        let _queued = TcpStream::connect(silent_addr)
-            .await
-            .expect("the one queued");
+        let silent = silent_listener("127.0.0.2").await;
+        let silent_addr = silent.addr;
         // Refuses: nothing listens there.
         let refused = {
             let l = std::net::TcpListener::bind("127.0.0.3:0").expect("bind");
@@ -603,7 +633,6 @@ mod tests {
             .await
             .expect_err("refused");
         assert!(e.to_string().starts_with(&refused.to_string()), "{e}");
-        drop(full);
     }
 
     /// A pool, and a listener standing for the app, named by the target.
@@ -663,6 +692,27 @@ mod tests {
             assert_eq!(idle, kept, "{age:?}");
             pool.idle.lock().expect("lock").clear();
         }
+    }
+
+    /// A connection still being made when the delivery's time runs out is a timeout (504),
+    /// not a failed address.
+    #[tokio::test]
+    async fn a_connect_cut_at_the_deadline_is_a_timeout_and_blames_no_address() {
+        let silent = silent_listener("127.0.0.1").await;
+        let (pool, _app, _) = pool_and_app().await;
+        let t = target(&format!("http://localhost:{}/", silent.addr.port())).expect("target");
+        let started = Instant::now();
+        let e = pool
+            .connect(&t, started + Duration::from_millis(300))
+            .await
+            .err()
+            .expect("no connection");
+        assert!(matches!(e, UpstreamError::Timeout), "{e:?}");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        let entry = pool.dns.entry("localhost");
+        let looked = entry.lock().await;
+        let looked = looked.as_ref().expect("looked up");
+        assert!(!looked.failed && looked.down.iter().all(|d| !d));
     }
 
     #[test]
