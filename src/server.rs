@@ -168,22 +168,18 @@ impl Server {
         let max_connections = u32::try_from(server_cfg.max_connections).unwrap_or(u32::MAX);
         let admin = prepared.gateway.config.admin;
 
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: listen,
-                source,
-            })?;
+        let listener = listen_on(listen).map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: listen,
             source,
         })?;
         let admin_listener = match admin {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Bind { addr, source })?,
-            ),
+            Some(addr) => {
+                Some(listen_on(addr).map_err(|source| StartError::Bind { addr, source })?)
+            }
             None => None,
         };
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -349,6 +345,25 @@ impl Server {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.running.recv()).await;
         clean
     }
+}
+
+/// Asked of `listen(2)` for the accept queue; Linux takes the smaller of it and
+/// `net.core.somaxconn` (4096 by default since 5.4), as Go's listeners do.
+const BACKLOG: u32 = 65_535;
+
+/// A listening socket whose accept queue is as long as the kernel allows. tokio's `bind`
+/// takes std's 128: a burst of 500 new connections then had 137 of them wait a SYN
+/// retransmit, over a second, to connect, and past `max_connections` no more than 128 could
+/// wait.
+fn listen_on(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As tokio's `bind`: a restart can listen again while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// Resolves once the drain has begun.

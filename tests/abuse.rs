@@ -634,6 +634,49 @@ async fn past_max_connections_a_new_connection_waits_and_served_ones_go_on() {
     assert_eq!(ids, ["a", "b", "a2", "b2", "c"]);
 }
 
+/// Past `max_connections` new connections wait in the kernel's accept queue, which is as
+/// long as the kernel allows (`somaxconn`), not std's 128: a connection past the 128th
+/// still completes its handshake at once instead of waiting for a SYN retransmit (1 s),
+/// and so does one in a burst of hundreds while the workers catch up.
+#[tokio::test]
+async fn the_accept_queue_holds_more_than_128_waiting_connections() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let gw = gateway(&upstream, "", "max_connections = 1", &LimitClock::default()).await;
+    let mut held = send_signed_raw(&gw, "a").await;
+    assert!(read_answer(&mut held).await.starts_with("HTTP/1.1 200"));
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(128);
+    let waiting = somaxconn.saturating_sub(16).min(300);
+    assert!(waiting > 128, "somaxconn {somaxconn}: nothing to show here");
+    let mut queued = Vec::new();
+    for i in 0..waiting {
+        // Unaccepted, a connect completes from the queue at once, or waits a SYN
+        // retransmit (1 s) when the queue is full.
+        let s = tokio::time::timeout(
+            Duration::from_millis(900),
+            tokio::net::TcpStream::connect(gw.addr),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("connection {i} waited for a SYN retransmit"))
+        .expect("connect");
+        queued.push(s);
+    }
+    // Once the served one closes, the waiting ones are served in turn.
+    drop(held);
+    drop(queued.split_off(1));
+    let mut first = queued.pop().expect("one");
+    let post = signed_post("/hooks/p", SECRET, &body("b"));
+    tokio::io::AsyncWriteExt::write_all(&mut first, post.as_bytes())
+        .await
+        .expect("write");
+    let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut first))
+        .await
+        .expect("served once a place is free");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
 /// Deliveries in flight are bounded by `max_connections` too: over HTTP/2 one connection
 /// carries many, and each holds an upstream connection. Past the bound a delivery waits
 /// for another's exchange to end (counted), its `timeout_ms` running (then 504).
