@@ -377,14 +377,31 @@ fn log_request(
         duration_ms = started.elapsed().as_micros() as f64 / 1000.0,
         event_id = outcome.event_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
         event_type = outcome.event_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
-        request_id = request_id.to_str().unwrap_or(""),
+        request_id = %clipped(request_id.to_str().unwrap_or("")),
         client = %outcome.client.map_or_else(|| conn.peer.ip().to_string(), |c| c.to_string()),
         method = %method,
-        path = %path,
+        path = %clipped(path),
         reason = reason.unwrap_or(""),
         detail = detail.as_deref().unwrap_or(""),
         "request"
     );
+}
+
+/// At most this much of what a sender chose before any proof (the path, its request id)
+/// goes into a log line: a request head may be 64 KiB, and a line that size per request
+/// would let anyone fill the logs 200 times faster than with plain requests.
+const LOGGED_MAX: usize = 256;
+
+/// `text`, or its first `LOGGED_MAX` bytes (to a character's end) and how long it was.
+fn clipped(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= LOGGED_MAX {
+        return text.into();
+    }
+    let end = (0..=LOGGED_MAX)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{}…({} bytes)", &text[..end], text.len()).into()
 }
 
 /// A fresh request id: 32 hex digits (not a secret, so a fast generator does).
@@ -710,6 +727,16 @@ async fn read_body<'b>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_values_are_clipped_at_a_character_end() {
+        assert_eq!(clipped("/hooks/p"), "/hooks/p");
+        let exact = "x".repeat(LOGGED_MAX);
+        assert_eq!(clipped(&exact), exact);
+        // "€" is 3 bytes: 85 of them end at byte 255, the last before the bound.
+        let euros = "€".repeat(100);
+        assert_eq!(clipped(&euros), format!("{}…(300 bytes)", "€".repeat(85)));
+    }
 
     fn gateway(server: &str, previous: Option<&Gateway>) -> Gateway {
         let text = format!(

@@ -225,6 +225,20 @@ async fn json_log_lines_carry_the_fields_and_no_secret() {
     )
     .await;
     assert_eq!(a.status, 200);
+    // What a sender chooses before any proof is logged clipped; the answer carries its
+    // request id whole (SPEC §4).
+    let long_path = format!("/{}", "x".repeat(5000));
+    let long_id = "r".repeat(5000);
+    let a = send(
+        addr,
+        "POST",
+        &long_path,
+        &[("x-request-id", long_id.as_str())],
+        Bytes::from_static(b"{}"),
+    )
+    .await;
+    assert_eq!(a.status, 404);
+    assert_eq!(a.header("x-request-id"), Some(long_id.as_str()));
     p.signal("TERM");
     assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
 
@@ -239,7 +253,20 @@ async fn json_log_lines_carry_the_fields_and_no_secret() {
         .iter()
         .filter(|l| l["target"] == "hookgate::request")
         .collect();
-    assert_eq!(requests.len(), 3, "{text}");
+    assert_eq!(requests.len(), 4, "{text}");
+    let unrouted = requests
+        .iter()
+        .find(|l| l["status"] == 404)
+        .expect("the 404 line");
+    assert_eq!(
+        unrouted["path"],
+        format!("/{}…(5001 bytes)", "x".repeat(255))
+    );
+    assert_eq!(
+        unrouted["request_id"],
+        format!("{}…(5000 bytes)", "r".repeat(256))
+    );
+    assert!(unrouted.to_string().len() < 1200, "{unrouted}");
     let ok = requests
         .iter()
         .find(|l| l["event_id"] == "ok-1")
