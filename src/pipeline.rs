@@ -379,7 +379,7 @@ fn log_request(
         event_type = outcome.event_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
         request_id = %clipped(request_id.to_str().unwrap_or("")),
         client = %outcome.client.map_or_else(|| conn.peer.ip().to_string(), |c| c.to_string()),
-        method = %method,
+        method = %clipped(method.as_str()),
         path = %clipped(path),
         reason = reason.unwrap_or(""),
         detail = detail.as_deref().unwrap_or(""),
@@ -387,8 +387,8 @@ fn log_request(
     );
 }
 
-/// At most this much of what a sender chose before any proof (the path, its request id)
-/// goes into a log line: a request head may be 64 KiB, and a line that size per request
+/// At most this much of what a sender chose before any proof (the method, the path, its
+/// request id) goes into a log line: a request head may be 64 KiB, and a line that size per request
 /// would let anyone fill the logs 200 times faster than with plain requests.
 const LOGGED_MAX: usize = 256;
 

@@ -239,6 +239,9 @@ async fn json_log_lines_carry_the_fields_and_no_secret() {
     .await;
     assert_eq!(a.status, 404);
     assert_eq!(a.header("x-request-id"), Some(long_id.as_str()));
+    let long_method = "M".repeat(5000);
+    let a = send(addr, &long_method, "/p", &[], Bytes::new()).await;
+    assert_eq!(a.status, 405);
     p.signal("TERM");
     assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
 
@@ -253,7 +256,15 @@ async fn json_log_lines_carry_the_fields_and_no_secret() {
         .iter()
         .filter(|l| l["target"] == "hookgate::request")
         .collect();
-    assert_eq!(requests.len(), 4, "{text}");
+    assert_eq!(requests.len(), 5, "{text}");
+    let odd_method = requests
+        .iter()
+        .find(|l| l["status"] == 405)
+        .expect("the 405 line");
+    assert_eq!(
+        odd_method["method"],
+        format!("{}…(5000 bytes)", "M".repeat(256))
+    );
     let unrouted = requests
         .iter()
         .find(|l| l["status"] == 404)
