@@ -388,8 +388,8 @@ fn log_request(
 }
 
 /// At most this much of what a sender chose before any proof (the method, the path, its
-/// request id) goes into a log line: a request head may be 64 KiB, and a line that size per request
-/// would let anyone fill the logs 200 times faster than with plain requests.
+/// request id) goes into a log line: a request head may be 64 KiB, and a line that size per
+/// request would let anyone fill the logs 200 times faster than with plain requests.
 const LOGGED_MAX: usize = 256;
 
 /// `text`, or its first `LOGGED_MAX` bytes (to a character's end) and how long it was.
