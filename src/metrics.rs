@@ -260,8 +260,9 @@ pub struct Metrics {
     pub in_flight: ShardedGauge,
     /// Body pieces that waited for the memory budget (`server.max_buffered_bytes`).
     pub body_budget_waits: Counter,
-    /// Deliveries that waited for an upstream exchange (`max_connections` in flight).
-    pub upstream_waits: Counter,
+    /// Deliveries that waited for an upstream exchange (`max_connections` in flight), and
+    /// new upstream connections.
+    pub upstream: crate::upstream::UpstreamCounters,
     /// Connections on the main listener now, counted by the worker serving each (its
     /// `max_connections` is a gauge of its own).
     pub open_connections: ShardedGauge,
@@ -301,7 +302,7 @@ impl Metrics {
         let upstream_errors = Family::<SourceKind, Counter>::default();
         let in_flight = ShardedGauge::default();
         let body_budget_waits = Counter::default();
-        let upstream_waits = Counter::default();
+        let upstream = crate::upstream::UpstreamCounters::default();
         let open_connections = ShardedGauge::default();
         let max_connections = Gauge::default();
         let tls_handshake_failures = Counter::default();
@@ -359,7 +360,12 @@ impl Metrics {
         registry.register(
             "upstream_waits",
             "Deliveries that waited for another's upstream exchange to end (server.max_connections in flight)",
-            upstream_waits.clone(),
+            upstream.waits.clone(),
+        );
+        registry.register(
+            "upstream_connections",
+            "Connections opened to the upstreams (a rate near the delivery rate: the app closes them; one per 1000 deliveries: retired)",
+            upstream.connections.clone(),
         );
         registry.register(
             "duplicates",
@@ -411,7 +417,7 @@ impl Metrics {
             upstream_errors,
             in_flight,
             body_budget_waits,
-            upstream_waits,
+            upstream,
             open_connections,
             max_connections,
             tls_handshake_failures,

@@ -132,7 +132,7 @@ impl Gateway {
                     config.upstream.signing_key.as_ref(),
                     config.server.max_body_bytes,
                     Arc::clone(slots),
-                    context.metrics.upstream_waits.clone(),
+                    context.metrics.upstream.clone(),
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -126,8 +126,16 @@ pub struct Upstream {
     max_body_bytes: u64,
     /// The worker's share of `max_connections` exchanges in flight (see [`exchange_slots`]).
     slots: Arc<Semaphore>,
+    counters: UpstreamCounters,
+}
+
+/// What the upstream clients count, for the metrics.
+#[derive(Clone, Default)]
+pub struct UpstreamCounters {
     /// Deliveries that waited for a slot.
-    waits: Counter,
+    pub waits: Counter,
+    /// New connections opened: near the delivery rate, the app closes its connections.
+    pub connections: Counter,
 }
 
 /// Each worker's share of the exchanges in flight: `max_connections` in all, at least one
@@ -197,7 +205,7 @@ impl Upstream {
         signing_key: Option<&Secret>,
         max_body_bytes: u64,
         slots: Arc<Semaphore>,
-        waits: Counter,
+        counters: UpstreamCounters,
     ) -> Result<Upstream, ClientSetupError> {
         let pool = Pool::new(Arc::new(tls_config(ca)?));
         let signing = signing_key.map(|k| {
@@ -208,7 +216,7 @@ impl Upstream {
             signing,
             max_body_bytes,
             slots,
-            waits,
+            counters,
         })
     }
 
@@ -236,7 +244,7 @@ impl Upstream {
         let _slot = match self.slots.try_acquire() {
             Ok(slot) => slot,
             Err(_) => {
-                self.waits.inc();
+                self.counters.waits.inc();
                 // Never closed: the semaphore lives as long as the gateways that share it.
                 self.slots
                     .acquire()
@@ -256,10 +264,12 @@ impl Upstream {
                 Some(connection) => (connection, true),
                 // Boxed: connecting (TCP, then TLS) holds ~2 KiB of state that a request on a
                 // reused connection would otherwise carry too.
-                None => (
-                    Box::pin(self.pool.connect(target, fwd.started + fwd.timeout)).await?,
-                    false,
-                ),
+                None => {
+                    let connection =
+                        Box::pin(self.pool.connect(target, fwd.started + fwd.timeout)).await?;
+                    self.counters.connections.inc();
+                    (connection, false)
+                }
             };
             match connection.exchange(&head, &fwd.body, limit).await {
                 Ok(Exchanged { answer, reusable }) => {

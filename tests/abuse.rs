@@ -735,7 +735,7 @@ async fn past_max_connections_in_flight_a_delivery_waits_for_an_upstream_exchang
     // exchange would end at 1.2 s, past its timeout_ms of 1 s.
     assert_eq!(statuses, [200, 200, 200, 200, 504], "{answers:?}");
     assert!(answers[2].1 >= Duration::from_millis(750), "{answers:?}");
-    assert_eq!(metrics.upstream_waits.get(), 3);
+    assert_eq!(metrics.upstream.waits.get(), 3);
 
     // Every slot came back, the timed-out delivery's too: two at a time again, no wait.
     upstream.set_reply(Reply::json(200, "{}"));
@@ -745,7 +745,7 @@ async fn past_max_connections_in_flight_a_delivery_waits_for_an_upstream_exchang
             assert_eq!(p.await.expect("stream").0, 200);
         }
     }
-    assert_eq!(metrics.upstream_waits.get(), 3, "no slot was lost");
+    assert_eq!(metrics.upstream.waits.get(), 3, "no slot was lost");
 }
 
 /// `max_buffered_bytes`: a body still arriving is not read past the worker's budget until

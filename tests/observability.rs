@@ -194,6 +194,13 @@ async fn metrics_count_exactly_what_happened() {
     );
     assert_eq!(get(&m, "hookgate_in_flight_requests", &[]), Some(0.0));
     assert_eq!(get(&m, "hookgate_body_budget_waits_total", &[]), Some(0.0));
+    // Three deliveries to a keep-alive app, on one or both workers: a connection each; the
+    // refused connect to the dead one is not counted.
+    let opened = get(&m, "hookgate_upstream_connections_total", &[]);
+    assert!(
+        matches!(opened, Some(n) if (1.0..=2.0).contains(&n)),
+        "{opened:?}\n{text}"
+    );
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(
         get(&m, "hookgate_build_info", &[("version", version)]),

@@ -947,14 +947,18 @@ async fn counting_upstream(
 }
 
 async fn gateway_without_dedupe(upstream_url: &str) -> Gateway {
-    let config = one_source(
+    spawn_gateway(&config_without_dedupe(upstream_url)).await
+}
+
+/// One protocol source at `/hooks/p`, dedupe off (tests send one delivery over and over).
+fn config_without_dedupe(upstream_url: &str) -> String {
+    one_source(
         upstream_url,
         "protocol",
         "/hooks/p",
         &[SECRET],
         "dedupe_window_s = 0",
-    );
-    spawn_gateway(&config).await
+    )
 }
 
 /// Deliveries on one kept-alive client connection (so all on one worker).
@@ -1017,7 +1021,11 @@ async fn upstream_connections_are_kept_alive_with_host_and_origin_form() {
 async fn an_upstream_connection_is_retired_after_a_thousand_exchanges() {
     use std::sync::atomic::Ordering;
     let (url, connections, heads) = counting_upstream(Keeps::Open).await;
-    let gw = gateway_without_dedupe(&url).await;
+    let config = config_without_dedupe(&url);
+    let context = hookgate::pipeline::Context::default();
+    let metrics = std::sync::Arc::clone(&context.metrics);
+    let dir = temp_dir("retired");
+    let gw = spawn_gateway_in_context(&config, &dir, context).await;
     let statuses = deliveries_on_one_connection(&gw, 1001, Duration::ZERO).await;
     assert!(statuses.iter().all(|s| *s == 200));
     assert_eq!(heads.lock().expect("lock").len(), 1001);
@@ -1026,6 +1034,8 @@ async fn an_upstream_connection_is_retired_after_a_thousand_exchanges() {
         2,
         "the 1,001st exchange on a new connection"
     );
+    // Counted as hookgate_upstream_connections_total.
+    assert_eq!(metrics.upstream.connections.get(), 2);
 }
 
 #[tokio::test]
