@@ -601,7 +601,15 @@ async fn a_reload_keeps_dedupe_and_unchanged_rate_limit_state() {
 async fn past_max_connections_a_new_connection_waits_and_served_ones_go_on() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
-    let gw = gateway(&upstream, "", "max_connections = 2", &LimitClock::default()).await;
+    // The admin listener: its own limit, so a liveness probe there is answered meanwhile.
+    let source = "[admin]\nlisten = \"127.0.0.1:0\"";
+    let gw = gateway(
+        &upstream,
+        source,
+        "max_connections = 2",
+        &LimitClock::default(),
+    )
+    .await;
     let mut held = Vec::new();
     for id in ["a", "b"] {
         let mut s = send_signed_raw(&gw, id).await;
@@ -616,6 +624,14 @@ async fn past_max_connections_a_new_connection_waits_and_served_ones_go_on() {
             .is_err(),
         "a third connection was served past max_connections = 2"
     );
+    let admin = gw.server.admin_addr.expect("admin");
+    let health = tokio::time::timeout(
+        Duration::from_secs(1),
+        send(admin, "GET", "/healthz", &[], Bytes::new()),
+    )
+    .await
+    .expect("the admin listener answers while the main one is full");
+    assert_eq!(health.status, 200);
     for (s, id) in held.iter_mut().zip(["a2", "b2"]) {
         let post = signed_post("/hooks/p", SECRET, &body(id));
         s.write_all(post.as_bytes()).await.expect("write");

@@ -890,6 +890,19 @@ fn kubernetes_manifests_parse_and_match_the_config() {
             Some(port),
             "{path}"
         );
+        // Liveness on the admin listener, on the pod's address: at max_connections the main
+        // listener makes a probe wait past its timeout, and the kubelet would restart
+        // hookgate under load.
+        let admin = config.admin.expect("an admin listener");
+        assert!(
+            admin.ip().is_unspecified(),
+            "{path}: the kubelet reaches {admin}"
+        );
+        assert_eq!(
+            c["livenessProbe"]["httpGet"]["port"].as_i64(),
+            Some(i64::from(admin.port())),
+            "{path}"
+        );
         let grace = pod["terminationGracePeriodSeconds"]
             .as_i64()
             .expect("terminationGracePeriodSeconds");
