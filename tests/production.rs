@@ -937,6 +937,21 @@ fn kubernetes_manifests_parse_and_match_the_config() {
             "{path}: a subPath mount"
         );
         assert!(config.server.reload_poll.is_some(), "{path}: reload_poll_s");
+        // Workers set, not one per node core (a container without a CPU limit sees them
+        // all), so that the body budget is max_buffered_bytes as the memory limit assumes.
+        let workers: u64 = c["env"]
+            .as_vec()
+            .expect("env")
+            .iter()
+            .find(|e| e["name"].as_str() == Some("HOOKGATE_WORKERS"))
+            .and_then(|e| e["value"].as_str())
+            .and_then(|v| v.parse().ok())
+            .expect("HOOKGATE_WORKERS");
+        assert!((1..=1024).contains(&workers), "{path}: {workers} workers");
+        assert!(
+            workers * config.server.max_body_bytes <= config.server.max_buffered_bytes,
+            "{path}: {workers} workers would take more than max_buffered_bytes"
+        );
         let service = find(&docs, "Service");
         let ports = service["spec"]["ports"].as_vec().expect("ports");
         assert_eq!(
