@@ -330,3 +330,105 @@ async fn no_secret_in_anything_printed_and_sigterm_exits_0() {
         assert!(!printed.contains(s), "secret {s} printed:\n{printed}");
     }
 }
+
+/// A log reader that stops reading must not stop hookgate: the workers drop the batches
+/// stderr has no room for, count them, and say how many once it takes lines again. (Before,
+/// every worker waited in `write` once the pipe's 64 KiB were full, and deliveries stopped.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_pipe_nobody_reads_does_not_stop_deliveries() {
+    use std::io::Read;
+    const SECRET: &str = "log-pipe-secret";
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let dir = temp_dir("cli-stalled-log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let text = one_source(
+        &upstream.url("/"),
+        "protocol",
+        "/p",
+        &[SECRET],
+        "dedupe_window_s = 0",
+    )
+    .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = write_config(&dir, &text);
+    /// Killed if the test fails, so that no hookgate is left blocked on its pipe.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut gateway = Running(
+        Command::new(BIN)
+            .args(["run", "--config", &path])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    );
+    let child = &mut gateway.0;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "no listener");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let body = r#"{"id":"1","type":"message.created","payload":{}}"#;
+    let sig = hmac_hex(SECRET, body.as_bytes());
+    // Some 250 request lines fill the pipe; 1,500 deliveries go well past it.
+    for i in 0..1500 {
+        let a = tokio::time::timeout(
+            Duration::from_secs(5),
+            send(
+                addr,
+                "POST",
+                "/p",
+                &[("x-protocol-signature", sig.as_str())],
+                Bytes::from(body),
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("delivery {i} got no answer: hookgate waits on its log"));
+        assert_eq!(a.status, 200, "delivery {i}");
+    }
+    // Now read stderr, and stop hookgate: its workers' last batches carry the warning.
+    let mut stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let a = send(
+        addr,
+        "POST",
+        "/p",
+        &[("x-protocol-signature", sig.as_str())],
+        Bytes::from(body),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("exit");
+    assert_eq!(status.code(), Some(0));
+    let log = reader.join().expect("reader");
+    let dropped: u64 = log
+        .lines()
+        .filter(|l| l.contains("log lines dropped"))
+        .filter_map(|l| l.rsplit("dropped=").next()?.trim().parse::<u64>().ok())
+        .sum();
+    let written = log.lines().filter(|l| l.contains("status=200")).count() as u64;
+    assert!(dropped > 0, "no warning about dropped lines:\n{log}");
+    assert_eq!(
+        written + dropped,
+        1501,
+        "every request line written or counted"
+    );
+}
