@@ -112,15 +112,9 @@ pub fn batch_this_thread() {
 }
 
 /// Writes what this thread has gathered; then, if lines were dropped and stderr took that
-/// batch, gathers a warning that says how many (written with the next batch).
+/// batch, writes a warning that says how many.
 pub fn flush() {
-    PENDING.with(|p| {
-        if let Ok(mut p) = p.try_borrow_mut()
-            && let Some(batch) = p.as_mut()
-        {
-            batch.flush(&mut NonBlocking);
-        }
-    });
+    write_gathered();
     if TAKEN.with(|t| t.get()) {
         let dropped = DROPPED.swap(0, Ordering::Relaxed);
         if dropped > 0 {
@@ -128,8 +122,20 @@ pub fn flush() {
                 dropped,
                 "log lines dropped: stderr was not read fast enough"
             );
+            // Now: a worker's last flush has no next one to carry it.
+            write_gathered();
         }
     }
+}
+
+fn write_gathered() {
+    PENDING.with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut()
+            && let Some(batch) = p.as_mut()
+        {
+            batch.flush(&mut NonBlocking);
+        }
+    });
 }
 
 /// The writer tracing-subscriber formats each line into (one `write_all` per line).

@@ -426,9 +426,9 @@ async fn a_log_pipe_nobody_reads_does_not_stop_deliveries() {
         .sum();
     let written = log.lines().filter(|l| l.contains("status=200")).count() as u64;
     assert!(dropped > 0, "no warning about dropped lines:\n{log}");
-    assert_eq!(
-        written + dropped,
-        1501,
-        "every request line written or counted"
+    // (A warning dropped in turn is counted too, so the sum may pass 1,501.)
+    assert!(
+        written + dropped >= 1501,
+        "{written} request lines written and {dropped} counted as dropped, of 1,501"
     );
 }
