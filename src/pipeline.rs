@@ -210,7 +210,12 @@ impl Gateway {
     /// Closes `worker`'s idle upstream connections that expired or that the upstream closed
     /// (on that worker's thread, whose runtime drives them).
     pub fn sweep_idle(&self, worker: usize) {
-        self.upstreams[worker % self.upstreams.len()].sweep();
+        self.upstream(worker).sweep();
+    }
+
+    /// `worker`'s own upstream client (only that worker's runtime drives its connections).
+    fn upstream(&self, worker: usize) -> &Upstream {
+        &self.upstreams[worker % self.upstreams.len()]
     }
 
     /// How many client addresses the client limiter remembers (for tests and metrics).
@@ -592,7 +597,7 @@ async fn deliver<'g>(
     };
 
     let forwarded_at = Instant::now();
-    let upstream = &gateway.upstreams[conn.worker % gateway.upstreams.len()];
+    let upstream = gateway.upstream(conn.worker);
     let sent = upstream
         .send(Forward {
             target: &source.upstream,

@@ -131,7 +131,7 @@ impl State {
     }
 
     /// The gateway in force, as `worker`'s own handle has it.
-    fn worker_gateway(&self, worker: usize) -> Arc<Gateway> {
+    pub(super) fn worker_gateway(&self, worker: usize) -> Arc<Gateway> {
         Arc::clone(&self.worker_gateways[worker % self.worker_gateways.len()].load())
     }
 }

@@ -284,13 +284,12 @@ where
     // only this connection's worker writes, rather than the `State`'s (see `worker_gateways`).
     let svc_state = Arc::new(Arc::clone(state));
     let svc_activity = Arc::clone(&activity);
-    let worker_gateway = conn.worker % state.worker_gateways.len();
     let service = service_fn(move |request| {
         svc_activity.head_pending.store(false, Ordering::Relaxed);
         let open = OpenRequest::new(&svc_activity);
         let state = Arc::clone(&svc_state);
         async move {
-            let gateway = state.worker_gateways[worker_gateway].load_full();
+            let gateway = state.worker_gateway(conn.worker);
             let response = pipeline::handle(
                 &gateway,
                 &state.health,

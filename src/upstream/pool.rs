@@ -287,14 +287,23 @@ fn attempt_deadline(now: Instant, deadline: Instant, left: usize) -> Instant {
     now + share.max(MIN_ATTEMPT.min(remaining))
 }
 
+/// Why [`connect_first`] found no connection.
+#[derive(Debug)]
+enum ConnectFailure {
+    /// The delivery's deadline came while an address was still connecting: no fault of it.
+    Deadline,
+    /// Every address failed (refused, or silent for its share): the last one's error,
+    /// naming it.
+    Failed(std::io::Error),
+}
+
 /// A TCP connection to the first of `addrs` that takes one, each attempt within its
-/// [`attempt_deadline`]; `on_failure` hears of each address that failed (refused, or
-/// silent for its share; not one still connecting when `deadline` came).
+/// [`attempt_deadline`]; `on_failure` hears of each address that failed.
 async fn connect_first<F, Fut>(
     addrs: &[SocketAddr],
     deadline: Instant,
     mut on_failure: F,
-) -> std::io::Result<TcpStream>
+) -> Result<TcpStream, ConnectFailure>
 where
     F: FnMut(SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -306,13 +315,7 @@ where
         let error = match attempt.await {
             Ok(Ok(tcp)) => return Ok(tcp),
             Ok(Err(e)) => e,
-            // The delivery's own time ran out, not the address's share: no fault of it.
-            Err(_) if until >= deadline => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("{addr}: connect timed out"),
-                ));
-            }
+            Err(_) if until >= deadline => return Err(ConnectFailure::Deadline),
             Err(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
         };
         on_failure(addr).await;
@@ -321,7 +324,9 @@ where
             format!("{addr}: {error}"),
         ));
     }
-    Err(last_error.unwrap_or_else(|| std::io::Error::other("no address")))
+    Err(ConnectFailure::Failed(
+        last_error.unwrap_or_else(|| std::io::Error::other("no address")),
+    ))
 }
 
 /// The system resolver (`getaddrinfo`, on tokio's blocking pool).
@@ -405,15 +410,9 @@ impl Pool {
                     .map_err(|e| failed(&e))?;
                 match connect_first(&addrs, deadline, |addr| self.dns.down(host, addr)).await {
                     Ok(tcp) => tcp,
-                    // As when an IP literal's connect is cut at the deadline: 504, and the
-                    // addresses are not to blame.
-                    Err(e)
-                        if e.kind() == std::io::ErrorKind::TimedOut
-                            && Instant::now() >= deadline =>
-                    {
-                        return Err(UpstreamError::Timeout);
-                    }
-                    Err(e) => {
+                    // As when an IP literal's connect is cut at the deadline: 504.
+                    Err(ConnectFailure::Deadline) => return Err(UpstreamError::Timeout),
+                    Err(ConnectFailure::Failed(e)) => {
                         self.dns.failed(host).await;
                         return Err(failed(&e));
                     }
@@ -629,9 +628,10 @@ mod tests {
         );
 
         // None takes one: the last error names its address.
-        let e = connect_first(&[refused], deadline, |_| async {})
-            .await
-            .expect_err("refused");
+        let e = connect_first(&[refused], deadline, |_| async {}).await;
+        let Err(ConnectFailure::Failed(e)) = e else {
+            panic!("refused: {e:?}");
+        };
         assert!(e.to_string().starts_with(&refused.to_string()), "{e}");
     }
 
