@@ -5,6 +5,7 @@
 //! webhook arrives in one piece, which is returned here as it is.
 
 use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use prometheus_client::metrics::counter::Counter;
@@ -127,4 +128,54 @@ pub async fn read_whole<'b>(
         joined.map_or(first, BytesMut::freeze),
         Held { _permit: held },
     ))
+}
+
+/// The body's length as the head declares it: its `Content-Length`, unless it has a
+/// `Transfer-Encoding`, which alone then frames it (RFC 9112 §6.1).
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return None;
+    }
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// Reads the body of a request refused before its body was read (404, 405, 403, 429) to
+/// its end on a task of its own, dropping each piece, so that an HTTP/1.1 connection can
+/// carry the sender's next request: hyper closes a connection whose request body was left
+/// unread (unless the rest is in its buffer already), after an answer that did not say so.
+/// nginx does the same (`ngx_http_discard_request_body`). Bounded as a delivery's body is:
+/// past `max` bytes or `deadline` the body is dropped and the connection closes after all.
+/// `false` when the body will not be read (its declared length is over `max`, or its sender
+/// waits for `100 Continue`): the answer must then say `connection: close`. HTTP/2 needs none of it: hyper resets the stream.
+pub fn discard(
+    mut body: Incoming,
+    version: Version,
+    headers: &HeaderMap,
+    max: u64,
+    deadline: tokio::time::Instant,
+) -> bool {
+    if version > Version::HTTP_11 || body.is_end_stream() {
+        return true;
+    }
+    // A sender waiting for `100 Continue` before it sends the body will not send it now
+    // (RFC 9110 §10.1.1): waiting for it would hold the connection to `deadline`.
+    let waits_to_send = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if waits_to_send || declared_length(headers).is_some_and(|n| n > max) {
+        return false;
+    }
+    tokio::spawn(tokio::time::timeout_at(deadline, async move {
+        let mut read = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if read > max {
+                return;
+            }
+        }
+    }));
+    true
 }

@@ -254,6 +254,9 @@ struct Outcome<'g> {
     logged: bool,
     event_id: Option<HeaderValue>,
     event_type: Option<HeaderValue>,
+    /// A refused request's body that will not be read: the connection closes after the
+    /// answer (`body::discard`).
+    body_unread: bool,
 }
 
 impl Outcome<'_> {
@@ -325,7 +328,11 @@ pub async fn handle(
             );
             (r, None)
         }
-        Err(refusal) => (refusal_response(&refusal, barertc, version), Some(refusal)),
+        Err(refusal) => {
+            let closes = refusal.closes_connection() || outcome.body_unread;
+            let r = refusal_response(&refusal, barertc, version, closes);
+            (r, Some(refusal))
+        }
     };
     response
         .headers_mut()
@@ -475,7 +482,12 @@ fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
 }
 
 /// The one place a refusal becomes a response.
-fn refusal_response(refusal: &Refusal, barertc: bool, version: Version) -> Response<Body> {
+fn refusal_response(
+    refusal: &Refusal,
+    barertc: bool,
+    version: Version,
+    closes: bool,
+) -> Response<Body> {
     let (status, code) = refusal.status_code();
     let mut r = json_response(status, error_body(status, code, barertc));
     let h = r.headers_mut();
@@ -486,7 +498,7 @@ fn refusal_response(refusal: &Refusal, barertc: bool, version: Version) -> Respo
         h.insert(header::RETRY_AFTER, HeaderValue::from(s));
     }
     // The body was not read to its end: the connection cannot carry another request.
-    if refusal.closes_connection() && version <= Version::HTTP_11 {
+    if closes && version <= Version::HTTP_11 {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     r
@@ -508,34 +520,23 @@ async fn deliver<'g>(
     outcome: &mut Outcome<'g>,
 ) -> Result<Delivered, Refusal> {
     let server = &gateway.config.server;
-    let route = gateway
-        .routes
-        .get(request.uri().path())
-        .ok_or(Refusal::NoRoute)?;
-    let source = &route.source;
-    outcome.route = Some(route);
-    if request.method() != Method::POST {
-        return Err(Refusal::Method);
-    }
-    let scheme = if conn.tls { "https" } else { "http" };
-    let client = admit::client(
-        conn.peer.ip(),
-        request.headers(),
-        &server.trusted_proxies,
-        scheme,
-    );
-    outcome.client = Some(client.addr);
-    if !admit::allowed(client.addr, source.allow_cidrs.as_deref()) {
-        return Err(Refusal::Forbidden);
-    }
-    // Before the proof, so forged traffic cannot use up a source's budget.
-    if let Some(limiter) = &gateway.client_limiter {
-        limiter
-            .check(client.addr)
-            .map_err(|retry_after_s| Refusal::ClientRateLimited { retry_after_s })?;
-    }
-
     let (parts, body) = request.into_parts();
+    let (route, client) = match admit_head(gateway, conn, &parts, outcome) {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            let deadline = tokio::time::Instant::from_std(started + server.body_timeout);
+            let read = body::discard(
+                body,
+                parts.version,
+                &parts.headers,
+                server.max_body_bytes,
+                deadline,
+            );
+            outcome.body_unread = !read;
+            return Err(refusal);
+        }
+    };
+    let source = &route.source;
     // Held until the delivery is answered: the forwarded event shares the body's bytes.
     let (body, _held) = read_body(
         &parts.headers,
@@ -631,6 +632,42 @@ async fn deliver<'g>(
     Ok(Delivered::Answered(translated))
 }
 
+/// The checks on the request's head, before its body is read: route (404), method (405),
+/// `allow_cidrs` (403), the client rate limit (429).
+fn admit_head<'g>(
+    gateway: &'g Gateway,
+    conn: Conn,
+    parts: &http::request::Parts,
+    outcome: &mut Outcome<'g>,
+) -> Result<(&'g Route, admit::Client), Refusal> {
+    let route = gateway
+        .routes
+        .get(parts.uri.path())
+        .ok_or(Refusal::NoRoute)?;
+    outcome.route = Some(route);
+    if parts.method != Method::POST {
+        return Err(Refusal::Method);
+    }
+    let scheme = if conn.tls { "https" } else { "http" };
+    let client = admit::client(
+        conn.peer.ip(),
+        &parts.headers,
+        &gateway.config.server.trusted_proxies,
+        scheme,
+    );
+    outcome.client = Some(client.addr);
+    if !admit::allowed(client.addr, route.source.allow_cidrs.as_deref()) {
+        return Err(Refusal::Forbidden);
+    }
+    // Before the proof, so forged traffic cannot use up a source's budget.
+    if let Some(limiter) = &gateway.client_limiter {
+        limiter
+            .check(client.addr)
+            .map_err(|retry_after_s| Refusal::ClientRateLimited { retry_after_s })?;
+    }
+    Ok((route, client))
+}
+
 /// A verified, normalized delivery, ready to forward.
 pub struct Processed {
     /// The id as a header value (percent-encoded).
@@ -708,16 +745,9 @@ async fn read_body<'b>(
     deadline: Instant,
     budget: &'b body::Budget,
 ) -> Result<(Bytes, body::Held<'b>), Refusal> {
-    // A declared length over the limit is refused before reading a byte. With a
-    // Transfer-Encoding the body is read by it alone (RFC 9112 §6.1), never by the length.
-    if !headers.contains_key(header::TRANSFER_ENCODING) {
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max) {
-            return Err(Refusal::TooLarge);
-        }
+    // A declared length over the limit is refused before reading a byte.
+    if body::declared_length(headers).is_some_and(|n| n > max) {
+        return Err(Refusal::TooLarge);
     }
     let limit = usize::try_from(max).unwrap_or(usize::MAX);
     let deadline = tokio::time::Instant::from_std(deadline);

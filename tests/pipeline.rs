@@ -1144,3 +1144,116 @@ async fn an_upstream_named_by_host_name_is_reached_on_every_new_connection() {
             .all(|r| r.header("host") == Some(host.as_str()))
     );
 }
+
+/// Writes `head`, reads the answer (before any of the body is sent), then writes `body`;
+/// the answer's head, lower-cased.
+async fn answered_before_the_body(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    head: &str,
+    body: &[u8],
+) -> String {
+    use tokio::io::AsyncWriteExt;
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let answer = tokio::time::timeout(Duration::from_secs(5), read_message(stream, buf))
+        .await
+        .expect("an answer before the body")
+        .expect("an answer");
+    stream.write_all(body).await.expect("write the body");
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    answer[..answer.find("\r\n\r\n").unwrap_or(answer.len())].to_string()
+}
+
+/// A refusal made before the body is read (404, 405, 403) does not cost the sender its
+/// connection when the body follows the head: hookgate reads the body and drops it, and the
+/// connection carries the next request (before, hyper closed it with the answer saying
+/// nothing of it, so a client's next request on it failed). One whose declared length is
+/// over `max_body_bytes` is not read: its answer says `connection: close`.
+#[tokio::test]
+async fn a_refusal_before_the_body_keeps_the_connection_for_the_next_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fenced = "dedupe_window_s = 0\n\n[[source]]\nname = \"fenced\"\nplatform = \"protocol\"\n\
+                  path = \"/hooks/fenced\"\nsecrets = [\"x\"]\nallow_cidrs = [\"10.0.0.0/8\"]";
+    let (upstream, gw) = protocol_gateway(fenced, "max_body_bytes = 100000").await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let mut buf = Vec::new();
+    let big = vec![b'a'; 90_000];
+    for (head, body, status) in [
+        (
+            "POST /nope HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n",
+            &big[..100],
+            "404",
+        ),
+        (
+            "PUT /hooks/p HTTP/1.1\r\nhost: x\r\ncontent-length: 90000\r\n\r\n",
+            &big[..],
+            "405",
+        ),
+        (
+            "POST /hooks/fenced HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
+            &b"5\r\nhello\r\n0\r\n\r\n"[..],
+            "403",
+        ),
+    ] {
+        let answer = answered_before_the_body(&mut s, &mut buf, head, body).await;
+        assert!(
+            answer.starts_with(&format!("http/1.1 {status}")),
+            "{answer}"
+        );
+        assert!(!answer.contains("connection: close"), "{answer}");
+    }
+    // The same connection still delivers.
+    let request = format!(
+        "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {}\r\ncontent-length: {}\r\n\r\n{BODY}",
+        signature(),
+        BODY.len()
+    );
+    let answer = answered_before_the_body(&mut s, &mut buf, &request, b"").await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert_eq!(upstream.requests().len(), 1);
+
+    // Over max_body_bytes by its declared length: not read, and said so.
+    let head = "POST /nope HTTP/1.1\r\nhost: x\r\ncontent-length: 100001\r\n\r\n";
+    let answer = answered_before_the_body(&mut s, &mut buf, head, b"").await;
+    assert!(answer.starts_with("http/1.1 404"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?} {rest:?}");
+
+    // A sender that waits for `100 Continue` gets none (it would send the body), and is
+    // told that the connection closes rather than waited for.
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let head =
+        "POST /nope HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\nexpect: 100-continue\r\n\r\n";
+    let answer = answered_before_the_body(&mut s, &mut buf, head, b"").await;
+    assert!(answer.starts_with("http/1.1 404"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?} {rest:?}");
+
+    // A streamed body is read and dropped up to max_body_bytes only, not for as long as
+    // its sender sends (body_timeout_s is 10 s here).
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let head = "POST /nope HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+    let chunk = format!("{:x}\r\n{}\r\n", 50_000, "a".repeat(50_000));
+    let answer = answered_before_the_body(&mut s, &mut buf, head, chunk.as_bytes()).await;
+    assert!(answer.starts_with("http/1.1 404"), "{answer}");
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if s.write_all(chunk.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "still read after {:?}", started.elapsed());
+}
