@@ -1257,3 +1257,68 @@ async fn a_refusal_before_the_body_keeps_the_connection_for_the_next_request() {
     .await;
     assert!(ended.is_ok(), "still read after {:?}", started.elapsed());
 }
+
+/// An app that reads a request's head only and answers 413 at once, then closes the
+/// connection (its unread body makes that a reset) or holds it without reading more.
+async fn early_refusing_app(close: bool) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut piece = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut piece).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&piece[..n]),
+                    }
+                }
+                let answer = "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n\
+                              content-length: 20\r\nconnection: close\r\n\r\n{\"error\":\"too big\"}\n";
+                let _ = s.write_all(answer.as_bytes()).await;
+                if !close {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An app that refuses a large event by its length before reading it (Go's `MaxBytesReader`,
+/// nginx's `client_max_body_size`) has its 413 relayed, whether it then closes the
+/// connection or stops reading and holds it: before, the closed one gave 502 (the write's
+/// reset), the held one 504 at `timeout_ms`.
+#[tokio::test]
+async fn an_app_that_refuses_a_large_event_before_reading_it_has_its_answer_relayed() {
+    let text = "t".repeat(3_000_000);
+    let body = BODY.replace(r#""message":"hi""#, &format!(r#""message":"{text}""#));
+    let sig = hmac_hex(SECRET, body.as_bytes());
+    for close in [true, false] {
+        let app = early_refusing_app(close).await;
+        let config = one_source(
+            &format!("http://{app}/app"),
+            "protocol",
+            "/hooks/p",
+            &[SECRET],
+            "dedupe_window_s = 0",
+        )
+        .replace(
+            "[server]\n",
+            "[server]\nmax_body_bytes = 4000000\nmax_buffered_bytes = 8000000\n",
+        );
+        let gw = spawn_gateway(&config).await;
+        let started = Instant::now();
+        let a = post(&gw, "/hooks/p", &sig_header(&sig), &body).await;
+        assert_eq!(
+            (a.status, &a.body[..]),
+            (413, &b"{\"error\":\"too big\"}\n"[..]),
+            "close={close}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(3), "close={close}");
+    }
+}

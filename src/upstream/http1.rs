@@ -62,6 +62,22 @@ pub struct Exchanged {
     pub reusable: bool,
 }
 
+impl Exchanged {
+    /// The answer, on a connection that must not carry another request.
+    fn last(self) -> Exchanged {
+        Exchanged {
+            reusable: false,
+            ..self
+        }
+    }
+}
+
+/// How writing a request ended (`Connection::send`).
+enum Sent {
+    Whole,
+    Cut,
+}
+
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
@@ -140,11 +156,57 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .filter(|s| !s.is_empty())
             .map(IoSlice::new)
             .collect();
-        write_all_vectored(&mut self.io, &mut slices)
-            .await
-            .map_err(ExchangeError::Write)?;
-        self.io.flush().await.map_err(ExchangeError::Write)?;
-        self.read_answer(limit).await
+        let sent = match self.send(&mut slices).await {
+            Ok(Sent::Whole) => self.io.flush().await.map(|()| Sent::Whole),
+            other => other,
+        };
+        match sent {
+            Ok(Sent::Whole) => self.read_answer(limit).await,
+            // The rest of the request was not sent: the connection's framing is lost.
+            Ok(Sent::Cut) => self.read_answer(limit).await.map(Exchanged::last),
+            // An app that answered and closed while the request was still going out (a 413
+            // by its length, the rest unread) has its answer in the socket still. Only on
+            // a connection's first exchange: on a kept-alive one, a write that fails is most
+            // likely an idle close, and the request goes again on another connection.
+            Err(e) if self.exchanges == 1 => match self.read_answer(limit).await {
+                Ok(answered) => Ok(answered.last()),
+                Err(_) => Err(ExchangeError::Write(e)),
+            },
+            Err(e) => Err(ExchangeError::Write(e)),
+        }
+    }
+
+    /// Writes every slice, however the stream splits the writes. While the upstream takes no
+    /// more of it, the connection is read too (RFC 9112 §9.5: a client sending a body
+    /// watches for an answer): an app that answers early (a 413 by the request's length)
+    /// and reads no further would otherwise hold the write until the delivery's deadline.
+    /// `Cut` when the upstream answered, closed or failed before it took the whole request:
+    /// `read_answer` tells which.
+    async fn send(&mut self, mut slices: &mut [IoSlice<'_>]) -> io::Result<Sent> {
+        std::future::poll_fn(|cx| {
+            while !slices.is_empty() {
+                match Pin::new(&mut self.io).poll_write_vectored(cx, slices) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => IoSlice::advance_slices(&mut slices, n),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        // Copied through the stack: this is the rare case, and it keeps
+                        // the buffer's spare room out of it.
+                        let mut piece = [0u8; 4096];
+                        let mut read = ReadBuf::new(&mut piece);
+                        return match Pin::new(&mut self.io).poll_read(cx, &mut read) {
+                            Poll::Pending => Poll::Pending,
+                            Poll::Ready(_) => {
+                                self.buf.extend_from_slice(read.filled());
+                                Poll::Ready(Ok(Sent::Cut))
+                            }
+                        };
+                    }
+                }
+            }
+            Poll::Ready(Ok(Sent::Whole))
+        })
+        .await
     }
 
     async fn read_answer(&mut self, limit: usize) -> Result<Exchanged, ExchangeError> {
@@ -481,21 +543,6 @@ fn parse_content_length(value: &[u8]) -> Result<u64, ExchangeError> {
 
 fn header_value(value: &[u8]) -> Result<HeaderValue, ExchangeError> {
     HeaderValue::from_bytes(value).map_err(|_| invalid("bad header value"))
-}
-
-/// Writes every slice, however the stream splits the writes.
-async fn write_all_vectored<S: AsyncWrite + Unpin>(
-    io: &mut S,
-    mut slices: &mut [IoSlice<'_>],
-) -> io::Result<()> {
-    while !slices.is_empty() {
-        let n = io.write_vectored(slices).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut slices, n);
-    }
-    Ok(())
 }
 
 /// Reads `bytes` as an upstream's answer to one request, handed over `piece` bytes per read,
