@@ -114,7 +114,12 @@ pub fn batch_this_thread() {
 /// Writes what this thread has gathered; then, if lines were dropped and stderr took that
 /// batch, writes a warning that says how many.
 pub fn flush() {
-    write_gathered();
+    // With nothing to write, this thread cannot tell whether stderr has room again (its
+    // last batch may have been dropped long ago, and the lines other workers dropped since
+    // their last flush are told by none but this one): it tries.
+    if !write_gathered() {
+        TAKEN.with(|t| t.set(true));
+    }
     if TAKEN.with(|t| t.get()) {
         let dropped = DROPPED.swap(0, Ordering::Relaxed);
         if dropped > 0 {
@@ -124,18 +129,24 @@ pub fn flush() {
             );
             // Now: a worker's last flush has no next one to carry it.
             write_gathered();
+            if !TAKEN.with(|t| t.get()) {
+                // The warning was dropped in turn (and counted): its count goes on to the next.
+                DROPPED.fetch_add(dropped, Ordering::Relaxed);
+            }
         }
     }
 }
 
-fn write_gathered() {
+/// Writes this thread's gathered lines; `false` if it had none.
+fn write_gathered() -> bool {
     PENDING.with(|p| {
         if let Ok(mut p) = p.try_borrow_mut()
             && let Some(batch) = p.as_mut()
         {
-            batch.flush(&mut NonBlocking);
+            return batch.flush(&mut NonBlocking);
         }
-    });
+        false
+    })
 }
 
 /// The writer tracing-subscriber formats each line into (one `write_all` per line).
@@ -193,11 +204,14 @@ impl Batch {
         }
     }
 
-    fn flush(&mut self, out: &mut impl Write) {
-        if !self.bytes.is_empty() {
-            let _ = out.write_all(&self.bytes);
-            self.bytes.clear();
+    /// Writes what is gathered; `false` if there was nothing.
+    fn flush(&mut self, out: &mut impl Write) -> bool {
+        if self.bytes.is_empty() {
+            return false;
         }
+        let _ = out.write_all(&self.bytes);
+        self.bytes.clear();
+        true
     }
 }
 
