@@ -12,14 +12,17 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError};
 
 /// The request-body bytes one worker thread may hold at once (`server.max_buffered_bytes`
-/// shared out between the workers): a permit per byte received, kept until the request
-/// is answered. A body that is still arriving waits for others' bytes to be given back
-/// before its next piece is read (the sender's TCP window fills; `body_timeout_s` still
-/// runs), so bodies sent faster than they are verified cannot grow memory without bound
-/// before any proof is checked. A body's last piece never waits: it is in memory already
-/// and reading stops anyway, and a webhook that arrives whole (nearly all do) must not
-/// queue behind bodies stalled half-way; it holds the bytes only if they are free, and a
-/// body read in one piece is not counted at all.
+/// shared out between the workers), kept until the request is answered, so that bodies sent
+/// faster than they are verified cannot grow memory without bound before any proof is
+/// checked. A body that does not arrive in one piece takes its whole length (its declared
+/// one, else `max_body_bytes`) from the budget before any more of it is read, waiting if
+/// others hold it (its sender's TCP window fills; `body_timeout_s` still runs). Whole, not
+/// piece by piece: bodies that each held part of the budget while waiting for more of it
+/// would wait for one another until `body_timeout_s` (100 senders of 1 MiB webhooks, each
+/// holding some 300 KiB of a 32 MiB budget, got no delivery through in 10 s); a body that
+/// holds its length never waits again, so it is read, answered and gives the bytes back.
+/// A body read in one piece (nearly every webhook) is not counted at all: it is verified at
+/// once, and never queues behind bodies that wait.
 /// Per worker, so the permits' counter stays on its worker's core (the shared cache line
 /// cost was measured: `benches/PERFORMANCE.md`, "Shared cache lines").
 #[repr(align(128))]
@@ -45,28 +48,19 @@ impl Budget {
         self.size
     }
 
-    /// `n` more bytes for `held`; while `more` of the body is to come, waiting for them if
-    /// others hold the budget.
-    async fn take<'b>(&'b self, held: &mut Option<SemaphorePermit<'b>>, n: usize, more: bool) {
-        // A piece is never over `max_body_bytes`, which is never over `size`, so it fits u32
-        // whenever it can fit at all; a larger one waits for the whole budget.
+    /// `n` bytes, waiting for them if others hold the budget. A body is never over
+    /// `max_body_bytes`, which is never over `size`, so `n` fits u32 whenever it can fit at
+    /// all; a larger one waits for the whole budget.
+    async fn take(&self, n: usize) -> Option<SemaphorePermit<'_>> {
         let n = u32::try_from(n.min(self.size)).unwrap_or(u32::MAX);
-        let permit = match self.bytes.try_acquire_many(n) {
-            Ok(p) => p,
-            Err(TryAcquireError::NoPermits) if !more => return,
+        match self.bytes.try_acquire_many(n) {
+            Ok(p) => Some(p),
             Err(TryAcquireError::NoPermits) => {
                 self.waits.inc();
-                match self.bytes.acquire_many(n).await {
-                    Ok(p) => p,
-                    // The semaphore is never closed.
-                    Err(_) => return,
-                }
+                // Never closed.
+                self.bytes.acquire_many(n).await.ok()
             }
-            Err(TryAcquireError::Closed) => return,
-        };
-        match held {
-            Some(h) => h.merge(permit),
-            None => *held = Some(permit),
+            Err(TryAcquireError::Closed) => None,
         }
     }
 }
@@ -86,8 +80,14 @@ pub enum ReadError {
     Failed(#[from] hyper::Error),
 }
 
-/// The whole body, or `TooLarge` as soon as it passes `limit` bytes (trailers are ignored);
-/// each piece is taken from `budget` before the next is read.
+/// The most of a body hyper reads at once over HTTP/1.1: how far it grows a connection's
+/// read buffer (its `max_buf_size`; a read fills the spare room, which can be a little more).
+pub const PIECE: usize = 64 * 1024;
+
+/// The whole body, or `TooLarge` as soon as it passes `limit` bytes (trailers are ignored).
+/// A body takes its whole length from `budget` before it is read: one declared longer than
+/// a piece before its first byte (a connection that waits then holds none of it), any
+/// other past its first piece.
 pub async fn read_whole<'b>(
     mut body: Incoming,
     limit: usize,
@@ -96,6 +96,13 @@ pub async fn read_whole<'b>(
     let mut first = Bytes::new();
     let mut joined: Option<BytesMut> = None;
     let mut held = None;
+    if let Some(declared) = body.size_hint().exact()
+        && declared > PIECE as u64
+    {
+        held = budget
+            .take(usize::try_from(declared).unwrap_or(usize::MAX))
+            .await;
+    }
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame?.into_data() else {
             continue;
@@ -104,18 +111,21 @@ pub async fn read_whole<'b>(
         if data.len() > limit - read {
             return Err(ReadError::TooLarge);
         }
-        // A body read in one piece (at most hyper's 64 KiB buffer) is not counted: it is
-        // verified at once, and the common webhook then costs no budget work at all.
-        let more = !body.is_end_stream();
-        if more || held.is_some() {
-            budget.take(&mut held, data.len(), more).await;
+        // What is still to come, when the length was declared (one over the limit was
+        // refused before any reading).
+        let declared_rest = body
+            .size_hint()
+            .exact()
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        if held.is_none() && !body.is_end_stream() {
+            let rest = declared_rest.unwrap_or(limit - read - data.len());
+            held = budget.take((read + data.len()).saturating_add(rest)).await;
         }
         match &mut joined {
             Some(j) => j.extend_from_slice(&data),
             None if first.is_empty() => first = data,
             None => {
-                // What is still to come, when the length was declared.
-                let rest = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
+                let rest = declared_rest.unwrap_or(0);
                 let capacity = (read + data.len()).saturating_add(rest).min(limit);
                 let mut j = BytesMut::with_capacity(capacity);
                 j.extend_from_slice(&first);

@@ -258,7 +258,7 @@ pub struct Metrics {
     upstream_errors: Family<SourceKind, Counter>,
     duplicates: Family<SourceLabel, Counter>,
     pub in_flight: ShardedGauge,
-    /// Body pieces that waited for the memory budget (`server.max_buffered_bytes`).
+    /// Request bodies that waited for the memory budget (`server.max_buffered_bytes`).
     pub body_budget_waits: Counter,
     /// Deliveries that waited for an upstream exchange (`max_connections` in flight), and
     /// new upstream connections.
@@ -354,7 +354,7 @@ impl Metrics {
         );
         registry.register(
             "body_budget_waits",
-            "Request body pieces that waited for server.max_buffered_bytes",
+            "Request bodies that waited for server.max_buffered_bytes",
             body_budget_waits.clone(),
         );
         registry.register(

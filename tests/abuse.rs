@@ -764,18 +764,24 @@ async fn past_max_connections_in_flight_a_delivery_waits_for_an_upstream_exchang
     assert_eq!(metrics.upstream.waits.get(), 3, "no slot was lost");
 }
 
-/// `max_buffered_bytes`: a body still arriving is not read past the worker's budget until
-/// others give their bytes back, and a webhook that arrives whole is never held up by it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bodies_past_the_memory_budget_wait_and_whole_ones_go_through() {
+/// A protocol source behind one worker (so every connection shares one body budget of
+/// `budget` bytes), with the metrics to read the waits from.
+async fn one_worker_budget(
+    max_body: usize,
+    budget: usize,
+) -> (
+    Upstream,
+    Gateway,
+    std::sync::Arc<hookgate::metrics::Metrics>,
+) {
     use hookgate::pipeline::Context;
-    use tokio::io::AsyncWriteExt;
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
     let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "").replace(
         "[server]\n",
-        "[server]\nmax_body_bytes = 200000\nmax_buffered_bytes = 200000\nbody_timeout_s = 20\n",
+        &format!(
+            "[server]\nmax_body_bytes = {max_body}\nmax_buffered_bytes = {budget}\nbody_timeout_s = 20\n"
+        ),
     );
-    // One worker, so all three connections share one budget of 200,000 bytes.
     let context = Context {
         workers: 1,
         ..Context::default()
@@ -785,13 +791,24 @@ async fn bodies_past_the_memory_budget_wait_and_whole_ones_go_through() {
     let gw = spawn_gateway_in_context(&config, &dir, context)
         .await
         .keeping(dir);
-    let padded = |id: &str, len: usize| {
-        let short = body(id).replace("{}", r#"{"pad":""}"#);
-        short.replace(
-            r#""pad":"""#,
-            &format!(r#""pad":"{}""#, "p".repeat(len - short.len())),
-        )
-    };
+    (upstream, gw, metrics)
+}
+
+/// A webhook of `len` bytes with id `id`, padded.
+fn padded(id: &str, len: usize) -> String {
+    let short = body(id).replace("{}", r#"{"pad":""}"#);
+    short.replace(
+        r#""pad":"""#,
+        &format!(r#""pad":"{}""#, "p".repeat(len - short.len())),
+    )
+}
+
+/// `max_buffered_bytes`: a body still arriving is not read past the worker's budget until
+/// others give their bytes back, and a webhook that arrives whole is never held up by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_past_the_memory_budget_wait_and_whole_ones_go_through() {
+    use tokio::io::AsyncWriteExt;
+    let (upstream, gw, metrics) = one_worker_budget(200_000, 200_000).await;
 
     // A: 150,000 of its 151,000 bytes, then it stalls, holding them.
     let a = signed_post("/hooks/p", SECRET, &padded("a", 151_000));
@@ -825,6 +842,40 @@ async fn bodies_past_the_memory_budget_wait_and_whole_ones_go_through() {
         .expect("B is read once A's bytes are given back");
     assert!(b_answer.starts_with("HTTP/1.1 200"), "{b_answer}");
     assert_eq!(ids(), ["c", "a", "b"]);
+}
+
+/// Bodies that together need twice the budget, all arriving at once, each sent in two
+/// parts: none is left waiting for good. Each takes its whole length from the budget before
+/// it is read past its first piece, so those that fit are read whole, forwarded and give
+/// their bytes back, and the next go on. Before, each took its pieces as they came: the four
+/// first parts filled the budget, no second part fitted, and all four waited for
+/// `body_timeout_s` and got 408 (100 senders of 1 MiB webhooks froze a 32 MiB budget so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_need_more_than_the_budget_together_are_read_in_turn() {
+    use tokio::io::AsyncWriteExt;
+    let (upstream, gw, metrics) = one_worker_budget(1_000_000, 2_000_000).await;
+    let mut conns = Vec::new();
+    let mut rests = Vec::new();
+    for id in ["a", "b", "c", "d"] {
+        let request = signed_post("/hooks/p", SECRET, &padded(id, 900_000));
+        let (half, rest) = request.split_at(request.len() - 380_000);
+        conns.push(connect_and_write(gw.addr, half.as_bytes()).await);
+        rests.push(rest.to_owned());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(metrics.body_budget_waits.get() >= 1, "one waited");
+    let started = Instant::now();
+    for (conn, rest) in conns.iter_mut().zip(&rests) {
+        conn.write_all(rest.as_bytes()).await.expect("write");
+    }
+    for conn in &mut conns {
+        let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(conn))
+            .await
+            .expect("an answer");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(upstream.requests().len(), 4);
 }
 
 async fn send_signed_raw_body(gw: &Gateway, body: &str) -> tokio::net::TcpStream {

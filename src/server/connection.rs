@@ -53,7 +53,7 @@ impl Http {
         // it the buffer's size decides, and a head read whole in one read could be longer),
         // as HTTP/2's max_header_list_size below bounds a stream's headers.
         http1
-            .max_buf_size(64 * 1024)
+            .max_buf_size(crate::body::PIECE)
             .max_header_size(64 * 1024)
             .header_read_timeout(None)
             .keep_alive(true)
