@@ -1029,3 +1029,54 @@ async fn a_client_that_never_reads_its_answer_is_let_go() {
     let_go("HTTP/2", 2).await;
     drop(answer);
 }
+
+/// What one HTTP/2 connection can make hookgate hold is bounded by what it advertises: 32
+/// streams at once, each with at most 16 KiB of headers (431 past it), about 1 MiB with its
+/// flow-control window. With 256 streams of 64 KiB heads, as before, five connections that
+/// sent full heads and no body took 92 MiB of RSS.
+#[tokio::test]
+async fn an_http2_connection_is_held_to_32_streams_of_16_kib_heads() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let gw = spawn_gateway(&one_source(
+        &upstream.url("/"),
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        "",
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface");
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await.expect("a frame");
+    assert_eq!(head[3], 0x04, "the server's first frame is its SETTINGS");
+    let mut payload = vec![0u8; usize::from(head[1]) << 8 | usize::from(head[2])];
+    s.read_exact(&mut payload).await.expect("settings");
+    let setting = |id: u16| {
+        payload.chunks(6).find_map(|e| {
+            (u16::from_be_bytes([e[0], e[1]]) == id)
+                .then(|| u32::from_be_bytes([e[2], e[3], e[4], e[5]]))
+        })
+    };
+    assert_eq!(setting(0x3), Some(32), "SETTINGS_MAX_CONCURRENT_STREAMS");
+    assert_eq!(
+        setting(0x6),
+        Some(16 * 1024),
+        "SETTINGS_MAX_HEADER_LIST_SIZE"
+    );
+
+    let b = body("h2-head");
+    let sig = hmac_hex(SECRET, b.as_bytes());
+    for (pad, status) in [(15_000, 200), (17_000, 431)] {
+        let padding = "p".repeat(pad);
+        let headers = [("x-protocol-signature", sig.as_str()), ("x-pad", &padding)];
+        let a = send_h2(gw.addr, "/hooks/p", &headers, b.clone()).await;
+        assert_eq!(a.status, status, "{pad} bytes of x-pad");
+    }
+    assert_eq!(upstream.requests().len(), 1);
+}

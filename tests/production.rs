@@ -952,6 +952,24 @@ fn kubernetes_manifests_parse_and_match_the_config() {
             workers * config.server.max_body_bytes <= config.server.max_buffered_bytes,
             "{path}: {workers} workers would take more than max_buffered_bytes"
         );
+        // The memory limit holds the worst senders can do (README "Memory"): ~8 MiB, the
+        // body budget, and up to 1 MiB per connection (an HTTP/2 one: 32 streams of 16 KiB
+        // heads and its window).
+        const MIB: u64 = 1024 * 1024;
+        let limit = c["resources"]["limits"]["memory"]
+            .as_str()
+            .and_then(|m| m.strip_suffix("Mi"))
+            .and_then(|m| m.parse::<u64>().ok())
+            .expect("a memory limit in Mi")
+            * MIB;
+        let worst =
+            8 * MIB + config.server.max_buffered_bytes + config.server.max_connections as u64 * MIB;
+        assert!(
+            limit >= worst,
+            "{path}: a memory limit of {} MiB under the worst case of {} MiB",
+            limit / MIB,
+            worst / MIB
+        );
         let service = find(&docs, "Service");
         let ports = service["spec"]["ports"].as_vec().expect("ports");
         assert_eq!(

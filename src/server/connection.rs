@@ -61,8 +61,14 @@ impl Http {
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
-            .max_concurrent_streams(256)
-            .max_header_list_size(64 * 1024)
+            // What one connection can make hookgate hold is about its streams times a
+            // stream's head and state (~6 KiB) plus its window: with 256 streams of 64 KiB
+            // heads, 17.5 MiB (five connections took 92 MiB of RSS); here at most ~1 MiB.
+            // nginx allows 128 streams of up to 32 KiB of headers; a webhook sender has a
+            // few requests in flight, and a Go client opens another connection when it
+            // would need more.
+            .max_concurrent_streams(32)
+            .max_header_list_size(16 * 1024)
             // What a connection's streams may have sent beyond what was read (taken from
             // the budget): flow control stops the sender there.
             .initial_connection_window_size(256 * 1024)
