@@ -1030,12 +1030,12 @@ async fn a_client_that_never_reads_its_answer_is_let_go() {
     drop(answer);
 }
 
-/// What one HTTP/2 connection can make hookgate hold is bounded by what it advertises: 32
-/// streams at once, each with at most 16 KiB of headers (431 past it), about 1 MiB with its
-/// flow-control window. With 256 streams of 64 KiB heads, as before, five connections that
-/// sent full heads and no body took 92 MiB of RSS.
+/// What one HTTP/2 connection can make hookgate hold is bounded by what it advertises: 16
+/// streams at once, each with at most 16 KiB of headers (431 past it) and a 32 KiB window,
+/// about 1 MiB with the connection's window. With 256 streams of 64 KiB heads, as before,
+/// five connections that sent full heads and no body took 92 MiB of RSS.
 #[tokio::test]
-async fn an_http2_connection_is_held_to_32_streams_of_16_kib_heads() {
+async fn an_http2_connection_is_held_to_16_streams_of_16_kib_heads() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
     let gw = spawn_gateway(&one_source(
@@ -1063,7 +1063,12 @@ async fn an_http2_connection_is_held_to_32_streams_of_16_kib_heads() {
                 .then(|| u32::from_be_bytes([e[2], e[3], e[4], e[5]]))
         })
     };
-    assert_eq!(setting(0x3), Some(32), "SETTINGS_MAX_CONCURRENT_STREAMS");
+    assert_eq!(setting(0x3), Some(16), "SETTINGS_MAX_CONCURRENT_STREAMS");
+    assert_eq!(
+        setting(0x4),
+        Some(32 * 1024),
+        "SETTINGS_INITIAL_WINDOW_SIZE"
+    );
     assert_eq!(
         setting(0x6),
         Some(16 * 1024),
@@ -1079,4 +1084,42 @@ async fn an_http2_connection_is_held_to_32_streams_of_16_kib_heads() {
         assert_eq!(a.status, status, "{pad} bytes of x-pad");
     }
     assert_eq!(upstream.requests().len(), 1);
+}
+
+/// Over one HTTP/2 connection, bodies that together need several times the budget all go
+/// through in turn: the streams waiting for the budget cannot take up the connection's
+/// flow-control window that those holding it need for the rest of their bodies (16 streams
+/// of 32 KiB windows in a connection window of 640 KiB). Before (256 KiB for both), the
+/// waiting streams' first bytes filled it, no stream could finish, and all got 408 at
+/// `body_timeout_s` (seen with h2load: 32 streams of 1 MiB, 32 × 408).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_that_need_more_than_the_budget_together_finish_in_turn() {
+    let (upstream, gw, metrics) = one_worker_budget(1_000_000, 2_000_000).await;
+    let (sender, _connection) = h2_connect(gw.addr).await;
+    let streams = (0..16).map(|i| {
+        let mut sender = sender.clone();
+        let b = padded(&format!("h2-{i}"), 900_000);
+        let request = http::Request::post(format!("http://{}/hooks/p", gw.addr))
+            .header("x-protocol-signature", hmac_hex(SECRET, b.as_bytes()))
+            .body(http_body_util::Full::new(Bytes::from(b)))
+            .expect("request");
+        tokio::spawn(async move {
+            let answer = sender.send_request(request).await.expect("answer");
+            answer.status().as_u16()
+        })
+    });
+    let tasks: Vec<_> = streams.collect();
+    let all = async {
+        let mut statuses = Vec::new();
+        for task in tasks {
+            statuses.push(task.await.expect("task"));
+        }
+        statuses
+    };
+    let statuses = tokio::time::timeout(Duration::from_secs(10), all)
+        .await
+        .expect("every stream answered within 10 s");
+    assert_eq!(statuses, [200; 16]);
+    assert_eq!(upstream.requests().len(), 16);
+    assert!(metrics.body_budget_waits.get() >= 1, "some waited");
 }

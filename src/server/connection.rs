@@ -62,17 +62,22 @@ impl Http {
         http2
             .timer(TokioTimer::new())
             // What one connection can make hookgate hold is about its streams times a
-            // stream's head and state (~6 KiB) plus its window: with 256 streams of 64 KiB
-            // heads, 17.5 MiB (five connections took 92 MiB of RSS); here at most ~1 MiB.
-            // nginx allows 128 streams of up to 32 KiB of headers; a webhook sender has a
-            // few requests in flight, and a Go client opens another connection when it
-            // would need more.
-            .max_concurrent_streams(32)
+            // stream's head and state (~22 KiB at most) plus its window: with 256 streams
+            // of 64 KiB heads, 17.5 MiB (five connections took 92 MiB of RSS); here at most
+            // ~1 MiB. nginx allows 128 streams of up to 32 KiB of headers; a webhook sender
+            // has a few requests in flight, and a Go client opens another connection when
+            // it would need more.
+            .max_concurrent_streams(STREAMS)
             .max_header_list_size(16 * 1024)
-            // What a connection's streams may have sent beyond what was read (taken from
-            // the budget): flow control stops the sender there.
-            .initial_connection_window_size(256 * 1024)
-            .initial_stream_window_size(256 * 1024)
+            // The windows: what a connection's streams may have sent beyond what was read
+            // (flow control stops the sender there). The streams' windows together stay
+            // under the connection's, so that streams waiting for the body budget, each
+            // with its window's worth unread, can never use up the connection's window that
+            // the streams holding the budget need for the rest of their bodies: with 256
+            // KiB for both, 32 streams of 1 MiB over one connection all waited until
+            // `body_timeout_s`. A stream's 32 KiB is what it sends per round trip.
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .initial_stream_window_size(STREAM_WINDOW)
             .max_pending_accept_reset_streams(20)
             .max_local_error_reset_streams(64)
             .keep_alive_interval(Duration::from_secs(30))
@@ -80,6 +85,15 @@ impl Http {
         Http { http1, http2 }
     }
 }
+
+/// HTTP/2 streams a connection may have open at once.
+const STREAMS: u32 = 16;
+/// What an HTTP/2 stream may have sent beyond what was read.
+const STREAM_WINDOW: u32 = 32 * 1024;
+/// What an HTTP/2 connection may have sent beyond what was read: its streams' windows
+/// together, and 128 KiB more that waiting streams cannot take.
+const CONNECTION_WINDOW: u32 = STREAMS * STREAM_WINDOW + 128 * 1024;
+const _: () = assert!(STREAMS * STREAM_WINDOW < CONNECTION_WINDOW);
 
 /// Which protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
