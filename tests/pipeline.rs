@@ -1261,7 +1261,6 @@ async fn a_refusal_before_the_body_keeps_the_connection_for_the_next_request() {
 /// An app that reads a request's head only and answers 413 at once, then closes the
 /// connection (its unread body makes that a reset) or holds it without reading more.
 async fn early_refusing_app(close: bool) -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -1269,18 +1268,7 @@ async fn early_refusing_app(close: bool) -> std::net::SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut piece = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut piece).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&piece[..n]),
-                    }
-                }
-                let answer = "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n\
-                              content-length: 20\r\nconnection: close\r\n\r\n{\"error\":\"too big\"}\n";
-                let _ = s.write_all(answer.as_bytes()).await;
-                if !close {
+                if answer_413_after_the_head(&mut s).await && !close {
                     tokio::time::sleep(Duration::from_secs(30)).await;
                 }
             });

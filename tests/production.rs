@@ -435,6 +435,89 @@ async fn spawn_tls_upstream(
     (addr, seen, connections)
 }
 
+/// A protocol source (no dedupe) in front of the HTTPS app at `app`, trusted through the
+/// test PKI's `ca.crt`.
+fn https_upstream_config(app: SocketAddr) -> String {
+    one_source(
+        &format!("https://127.0.0.1:{}/app", app.port()),
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        "dedupe_window_s = 0",
+    )
+    .replace(
+        "timeout_ms = 5000\n",
+        "timeout_ms = 5000\nca = \"ca.crt\"\n",
+    )
+}
+
+/// An HTTPS app that reads a request's head only, answers 413 at once and closes the
+/// connection, the rest of the request unread (so the close is a reset).
+async fn early_refusing_tls_app(pki: &Pki) -> SocketAddr {
+    let chain: Vec<_> = CertificateDer::pem_file_iter(pki.dir.join("server.crt"))
+        .expect("c")
+        .flatten()
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(pki.dir.join("server.key")).expect("k");
+    let config = rustls::ServerConfig::builder_with_provider(hookgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("v")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("cert");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            // As Go's server and nginx's keep-alive connections: the answer is not held
+            // back behind the TLS session tickets' unacknowledged segment.
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    answer_413_after_the_head(&mut tls).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTPS app that refuses a large event by its length and resets the connection has its
+/// 413 relayed over TLS too: the write fails with the reset, and the answer that came before
+/// it is read (with the read after a failed write left out, 502).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_app_that_refuses_a_large_event_and_resets_has_its_answer_relayed() {
+    let dir = temp_dir("tls-early");
+    let pki = make_pki(&dir);
+    let app = early_refusing_tls_app(&pki).await;
+    let config = https_upstream_config(app).replace(
+        "[server]\n",
+        "[server]\nmax_body_bytes = 4000000\nmax_buffered_bytes = 8000000\n",
+    );
+    let gw = spawn_gateway_in(&config, &pki.dir).await;
+    let text = "t".repeat(3_000_000);
+    let body = BODY.replace("{}", &format!(r#"{{"message":"{text}"}}"#));
+    let sig = hmac_hex(SECRET, body.as_bytes());
+    for _ in 0..3 {
+        let a = send(
+            gw.addr,
+            "POST",
+            "/hooks/p",
+            &[("x-protocol-signature", &sig)],
+            Bytes::from(body.clone()),
+        )
+        .await;
+        assert_eq!(
+            (a.status, &a.body[..]),
+            (413, &b"{\"error\":\"too big\"}\n"[..])
+        );
+    }
+}
+
 /// `[upstream] ca` naming the app's own self-signed certificate, as `openssl req -x509` makes
 /// it (basicConstraints CA:TRUE): trusted as that certificate, as OpenSSL trusts it, when it
 /// names the URL's host and is valid now; webpki alone refuses a CA as the server's own.
@@ -498,20 +581,9 @@ async fn https_upstream_with_a_private_ca() {
     let dir = temp_dir("tls-up");
     let pki = make_pki(&dir);
     let (up, seen, connections) = spawn_tls_upstream(&pki).await;
-    let url = format!("https://127.0.0.1:{}/app", up.port());
     // Trusted through [upstream] ca: delivered.
     // No dedupe: the same delivery is sent five times.
-    let config = one_source(
-        &url,
-        "protocol",
-        "/hooks/p",
-        &[SECRET],
-        "dedupe_window_s = 0",
-    )
-    .replace(
-        "timeout_ms = 5000\n",
-        "timeout_ms = 5000\nca = \"ca.crt\"\n",
-    );
+    let config = https_upstream_config(up);
     let gw = spawn_gateway_in(&config, &pki.dir).await;
     let deliver = || deliver_body(gw.addr);
     assert_eq!(deliver().await.status, 200);
@@ -536,6 +608,7 @@ async fn https_upstream_with_a_private_ca() {
     let after = connections.load(std::sync::atomic::Ordering::SeqCst);
     assert!(after <= 2, "{after} TLS connections after the sweep");
     // Without the CA the certificate is unknown: 502, nothing delivered.
+    let url = format!("https://127.0.0.1:{}/app", up.port());
     let gw = spawn_gateway(&one_source(&url, "protocol", "/hooks/p", &[SECRET], "")).await;
     assert_eq!(deliver_body(gw.addr).await.status, 502);
     assert_eq!(seen.lock().expect("lock").len(), 9);

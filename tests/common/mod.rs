@@ -467,3 +467,27 @@ pub fn spawn_process(dir: &Path, config: &str, env: &[(&str, &str)]) -> Process 
     }
     Process { child, addr, log }
 }
+
+/// An app's 413, as one that refuses a request by its head answers before reading the body.
+pub const EARLY_413: &str = "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n\
+                             content-length: 20\r\nconnection: close\r\n\r\n{\"error\":\"too big\"}\n";
+
+/// Reads a request's head (and whatever came with it) off `io`, then writes `EARLY_413`;
+/// `false` if the connection ended first.
+pub async fn answer_413_after_the_head<IO>(io: &mut IO) -> bool
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut piece = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match io.read(&mut piece).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&piece[..n]),
+        }
+    }
+    let _ = io.write_all(EARLY_413.as_bytes()).await;
+    let _ = io.flush().await;
+    true
+}
