@@ -159,7 +159,8 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
 /// nginx does the same (`ngx_http_discard_request_body`). Bounded as a delivery's body is:
 /// past `max` bytes or `deadline` the body is dropped and the connection closes after all.
 /// `false` when the body will not be read (its declared length is over `max`, or its sender
-/// waits for `100 Continue`): the answer must then say `connection: close`. HTTP/2 needs none of it: hyper resets the stream.
+/// waits for `100 Continue`): the answer must then say `connection: close`. HTTP/2 needs
+/// none of it: hyper resets the stream.
 pub fn discard(
     mut body: Incoming,
     version: Version,
