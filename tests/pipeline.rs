@@ -1261,17 +1261,27 @@ async fn a_refusal_before_the_body_keeps_the_connection_for_the_next_request() {
 /// An app that reads a request's head only and answers 413 at once, then closes the
 /// connection (its unread body makes that a reset) or holds it without reading more.
 async fn early_refusing_app(close: bool) -> std::net::SocketAddr {
+    raw_app(move |mut s| async move {
+        if answer_413_after_the_head(&mut s).await && !close {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+    })
+    .await
+}
+
+/// An app on a loopback port that serves each connection with `serve`.
+async fn raw_app<F, Fut>(serve: F) -> std::net::SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if answer_413_after_the_head(&mut s).await && !close {
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                }
-            });
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(serve(s));
         }
     });
     addr
@@ -1288,18 +1298,7 @@ async fn an_app_that_refuses_a_large_event_before_reading_it_has_its_answer_rela
     let sig = hmac_hex(SECRET, body.as_bytes());
     for close in [true, false] {
         let app = early_refusing_app(close).await;
-        let config = one_source(
-            &format!("http://{app}/app"),
-            "protocol",
-            "/hooks/p",
-            &[SECRET],
-            "dedupe_window_s = 0",
-        )
-        .replace(
-            "[server]\n",
-            "[server]\nmax_body_bytes = 4000000\nmax_buffered_bytes = 8000000\n",
-        );
-        let gw = spawn_gateway(&config).await;
+        let gw = large_events_gateway(app).await;
         let started = Instant::now();
         let a = post(&gw, "/hooks/p", &sig_header(&sig), &body).await;
         assert_eq!(
@@ -1308,5 +1307,86 @@ async fn an_app_that_refuses_a_large_event_before_reading_it_has_its_answer_rela
             "close={close}"
         );
         assert!(started.elapsed() < Duration::from_secs(3), "close={close}");
+    }
+}
+
+/// A protocol source (no dedupe) that takes webhooks of up to 4 MB, in front of the app at
+/// `app`.
+async fn large_events_gateway(app: std::net::SocketAddr) -> Gateway {
+    let config = one_source(
+        &format!("http://{app}/app"),
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        "dedupe_window_s = 0",
+    )
+    .replace(
+        "[server]\n",
+        "[server]\nmax_body_bytes = 4000000\nmax_buffered_bytes = 8000000\n",
+    );
+    spawn_gateway(&config).await
+}
+
+/// An app that sends `100 Continue` unasked once it has a request's head, then, after a
+/// pause, reads the whole body and answers 200.
+async fn continuing_app() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raw_app(|mut s| async move {
+        let mut buf = Vec::new();
+        let mut piece = vec![0u8; 64 * 1024];
+        loop {
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                match s.read(&mut piece).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&piece[..n]),
+                }
+                continue;
+            };
+            let _ = s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+            // Then slow to take the body: the sender's write waits meanwhile.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < end + 4 + length {
+                match s.read(&mut piece).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&piece[..n]),
+                }
+            }
+            buf.drain(..end + 4 + length);
+            let ok = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
+            let _ = s.write_all(ok.as_bytes()).await;
+        }
+    })
+    .await
+}
+
+/// An app that sends `100 Continue` unasked while a large event is still going out does not
+/// cut the write: an interim answer is read past and the rest is sent (cutting it at any
+/// answer, as f7a31b2 first did, left the app waiting for the body and hookgate for the
+/// final answer, and the sender got 504 at `timeout_ms`).
+#[tokio::test]
+async fn an_interim_answer_while_a_large_event_goes_out_does_not_cut_it() {
+    let app = continuing_app().await;
+    let gw = large_events_gateway(app).await;
+    for size in [1_000, 3_000_000] {
+        let text = "t".repeat(size);
+        let body = BODY.replace(r#""message":"hi""#, &format!(r#""message":"{text}""#));
+        let a = post(
+            &gw,
+            "/hooks/p",
+            &sig_header(&hmac_hex(SECRET, body.as_bytes())),
+            &body,
+        )
+        .await;
+        assert_eq!(
+            (a.status, &a.body[..]),
+            (200, &b"{\"ok\":true}"[..]),
+            "{size}"
+        );
     }
 }

@@ -72,6 +72,36 @@ impl Exchanged {
     }
 }
 
+/// What the upstream sent while a request was still going out (`skip_interim`).
+enum Interim {
+    /// Only whole interim (1xx) answers, now dropped.
+    Skipped,
+    /// Part of a head: more is needed to tell.
+    Partial,
+    /// The start of the final answer (or of something that is none).
+    Final,
+}
+
+/// Drops the whole interim (1xx) answers at the start of `buf`, and says what is left.
+fn skip_interim(buf: &mut BytesMut) -> Interim {
+    while !buf.is_empty() {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(buf) {
+            Ok(httparse::Status::Complete(len))
+                if response
+                    .code
+                    .is_some_and(|c| (100..200).contains(&c) && c != 101) =>
+            {
+                buf.advance(len);
+            }
+            Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Interim::Partial,
+            _ => return Interim::Final,
+        }
+    }
+    Interim::Skipped
+}
+
 /// How writing a request ended (`Connection::send`).
 enum Sent {
     Whole,
@@ -189,19 +219,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => IoSlice::advance_slices(&mut slices, n),
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {
+                    Poll::Pending => loop {
                         // Copied through the stack: this is the rare case, and it keeps
                         // the buffer's spare room out of it.
                         let mut piece = [0u8; 4096];
                         let mut read = ReadBuf::new(&mut piece);
-                        return match Pin::new(&mut self.io).poll_read(cx, &mut read) {
-                            Poll::Pending => Poll::Pending,
-                            Poll::Ready(_) => {
+                        match Pin::new(&mut self.io).poll_read(cx, &mut read) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(Ok(())) if !read.filled().is_empty() => {
                                 self.buf.extend_from_slice(read.filled());
-                                Poll::Ready(Ok(Sent::Cut))
+                                // A `100 Continue` some servers send unasked is no answer:
+                                // the write goes on.
+                                match skip_interim(&mut self.buf) {
+                                    Interim::Skipped => break,
+                                    Interim::Partial => {}
+                                    Interim::Final => return Poll::Ready(Ok(Sent::Cut)),
+                                }
                             }
-                        };
-                    }
+                            // The end, or a failure: `read_answer` tells which.
+                            Poll::Ready(_) => return Poll::Ready(Ok(Sent::Cut)),
+                        }
+                    },
                 }
             }
             Poll::Ready(Ok(Sent::Whole))
@@ -758,6 +796,38 @@ mod tests {
         .await;
         assert_eq!(seen(&a), (200, &b"abcd0123456789"[..], true));
         assert!(a.answer.content_type.is_none() && a.answer.retry_after.is_none());
+    }
+
+    /// While a request is going out, whole interim answers are dropped and the write goes
+    /// on; part of a head waits for more; anything else is the answer.
+    #[test]
+    fn interim_answers_during_the_write_are_told_from_the_answer() {
+        let told = |bytes: &[u8]| {
+            let mut buf = BytesMut::from(bytes);
+            let interim = skip_interim(&mut buf);
+            (
+                match interim {
+                    Interim::Skipped => "skipped",
+                    Interim::Partial => "partial",
+                    Interim::Final => "final",
+                },
+                buf.len(),
+            )
+        };
+        assert_eq!(told(b"HTTP/1.1 100 Continue\r\n\r\n"), ("skipped", 0));
+        assert_eq!(
+            told(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: x\r\n\r\n"),
+            ("skipped", 0)
+        );
+        assert_eq!(told(b"HTTP/1.1 100 Cont"), ("partial", 17));
+        assert_eq!(
+            told(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 413 Too"),
+            ("partial", 16)
+        );
+        let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(told(answer), ("final", answer.len()));
+        assert_eq!(told(b"HTTP/1.1 101 Switching\r\n\r\n"), ("final", 26));
+        assert_eq!(told(b"garbage\r\n\r\n"), ("final", 11));
     }
 
     #[tokio::test]
