@@ -774,7 +774,6 @@ async fn one_worker_budget(
     Gateway,
     std::sync::Arc<hookgate::metrics::Metrics>,
 ) {
-    use hookgate::pipeline::Context;
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
     let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "").replace(
         "[server]\n",
@@ -782,15 +781,7 @@ async fn one_worker_budget(
             "[server]\nmax_body_bytes = {max_body}\nmax_buffered_bytes = {budget}\nbody_timeout_s = 20\n"
         ),
     );
-    let context = Context {
-        workers: 1,
-        ..Context::default()
-    };
-    let metrics = std::sync::Arc::clone(&context.metrics);
-    let dir = temp_dir("budget");
-    let gw = spawn_gateway_in_context(&config, &dir, context)
-        .await
-        .keeping(dir);
+    let (gw, metrics) = spawn_one_worker_gateway(&config, "budget").await;
     (upstream, gw, metrics)
 }
 

@@ -72,34 +72,36 @@ impl Exchanged {
     }
 }
 
-/// What the upstream sent while a request was still going out (`skip_interim`).
-enum Interim {
-    /// Only whole interim (1xx) answers, now dropped.
-    Skipped,
+/// What the upstream sent while a request was still going out (`sort_early`).
+enum Early {
+    /// Only whole interim (1xx) answers, now dropped: the write goes on.
+    Interim,
     /// Part of a head: more is needed to tell.
     Partial,
-    /// The start of the final answer (or of something that is none).
-    Final,
+    /// A final answer that keeps the connection: the app still reads (RFC 9112 §9.5 has a
+    /// client go on sending then), so the write goes on and the answer waits in the buffer.
+    Staying,
+    /// A final answer that closes the connection, or what is no answer: the write stops.
+    Closing,
 }
 
 /// Drops the whole interim (1xx) answers at the start of `buf`, and says what is left.
-fn skip_interim(buf: &mut BytesMut) -> Interim {
+fn sort_early(buf: &mut BytesMut) -> Early {
     while !buf.is_empty() {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut headers);
         match response.parse(buf) {
-            Ok(httparse::Status::Complete(len))
-                if response
-                    .code
-                    .is_some_and(|c| (100..200).contains(&c) && c != 101) =>
-            {
-                buf.advance(len);
-            }
-            Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Interim::Partial,
-            _ => return Interim::Final,
+            Ok(httparse::Status::Complete(len)) => match Head::from_parsed(&response) {
+                Ok(None) => buf.advance(len),
+                Ok(Some(head)) if head.keep_alive => return Early::Staying,
+                // `read_answer` says what is wrong with one that is no answer.
+                _ => return Early::Closing,
+            },
+            Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Early::Partial,
+            _ => return Early::Closing,
         }
     }
-    Interim::Skipped
+    Early::Interim
 }
 
 /// How writing a request ended (`Connection::send`).
@@ -186,7 +188,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .filter(|s| !s.is_empty())
             .map(IoSlice::new)
             .collect();
-        let sent = match self.send(&mut slices).await {
+        let sent = match self.send(&mut slices, limit).await {
             Ok(Sent::Whole) => self.io.flush().await.map(|()| Sent::Whole),
             other => other,
         };
@@ -210,9 +212,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// more of it, the connection is read too (RFC 9112 §9.5: a client sending a body
     /// watches for an answer): an app that answers early (a 413 by the request's length)
     /// and reads no further would otherwise hold the write until the delivery's deadline.
-    /// `Cut` when the upstream answered, closed or failed before it took the whole request:
-    /// `read_answer` tells which.
-    async fn send(&mut self, mut slices: &mut [IoSlice<'_>]) -> io::Result<Sent> {
+    /// `Cut` when the upstream answered and closes, or closed or failed, before it took the
+    /// whole request: `read_answer` tells which.
+    async fn send(&mut self, mut slices: &mut [IoSlice<'_>], limit: usize) -> io::Result<Sent> {
         std::future::poll_fn(|cx| {
             while !slices.is_empty() {
                 match Pin::new(&mut self.io).poll_write_vectored(cx, slices) {
@@ -226,14 +228,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         let mut read = ReadBuf::new(&mut piece);
                         match Pin::new(&mut self.io).poll_read(cx, &mut read) {
                             Poll::Pending => return Poll::Pending,
+                            // Past what any answer may be: `read_answer` refuses it.
+                            Poll::Ready(Ok(())) if self.buf.len() > MAX_HEAD + limit => {
+                                return Poll::Ready(Ok(Sent::Cut));
+                            }
                             Poll::Ready(Ok(())) if !read.filled().is_empty() => {
                                 self.buf.extend_from_slice(read.filled());
-                                // A `100 Continue` some servers send unasked is no answer:
-                                // the write goes on.
-                                match skip_interim(&mut self.buf) {
-                                    Interim::Skipped => break,
-                                    Interim::Partial => {}
-                                    Interim::Final => return Poll::Ready(Ok(Sent::Cut)),
+                                // A `100 Continue` some servers send unasked is no answer,
+                                // and one that keeps the connection still reads the rest.
+                                match sort_early(&mut self.buf) {
+                                    Early::Interim | Early::Staying => break,
+                                    Early::Partial => {}
+                                    Early::Closing => return Poll::Ready(Ok(Sent::Cut)),
                                 }
                             }
                             // The end, or a failure: `read_answer` tells which.
@@ -799,35 +805,36 @@ mod tests {
     }
 
     /// While a request is going out, whole interim answers are dropped and the write goes
-    /// on; part of a head waits for more; anything else is the answer.
+    /// on, as it does past a final answer that keeps the connection (left in the buffer);
+    /// part of a head waits for more; an answer that closes, or no answer, stops it.
     #[test]
-    fn interim_answers_during_the_write_are_told_from_the_answer() {
-        let told = |bytes: &[u8]| {
+    fn what_the_upstream_sends_during_the_write_is_sorted() {
+        let sorted = |bytes: &[u8]| {
             let mut buf = BytesMut::from(bytes);
-            let interim = skip_interim(&mut buf);
-            (
-                match interim {
-                    Interim::Skipped => "skipped",
-                    Interim::Partial => "partial",
-                    Interim::Final => "final",
-                },
-                buf.len(),
-            )
+            let early = sort_early(&mut buf);
+            let name = match early {
+                Early::Interim => "interim",
+                Early::Partial => "partial",
+                Early::Staying => "staying",
+                Early::Closing => "closing",
+            };
+            (name, buf.len())
         };
-        assert_eq!(told(b"HTTP/1.1 100 Continue\r\n\r\n"), ("skipped", 0));
-        assert_eq!(
-            told(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: x\r\n\r\n"),
-            ("skipped", 0)
-        );
-        assert_eq!(told(b"HTTP/1.1 100 Cont"), ("partial", 17));
-        assert_eq!(
-            told(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 413 Too"),
-            ("partial", 16)
-        );
-        let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n";
-        assert_eq!(told(answer), ("final", answer.len()));
-        assert_eq!(told(b"HTTP/1.1 101 Switching\r\n\r\n"), ("final", 26));
-        assert_eq!(told(b"garbage\r\n\r\n"), ("final", 11));
+        assert_eq!(sorted(b"HTTP/1.1 100 Continue\r\n\r\n"), ("interim", 0));
+        let two = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: x\r\n\r\n";
+        assert_eq!(sorted(two), ("interim", 0));
+        assert_eq!(sorted(b"HTTP/1.1 100 Cont"), ("partial", 17));
+        let then_part = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 413 Too";
+        assert_eq!(sorted(then_part), ("partial", 16));
+        let staying = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(sorted(staying), ("staying", staying.len()));
+        let closing =
+            b"HTTP/1.1 413 Payload Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(sorted(closing), ("closing", closing.len()));
+        let old = b"HTTP/1.0 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(sorted(old), ("closing", old.len()));
+        assert_eq!(sorted(b"HTTP/1.1 101 Switching\r\n\r\n"), ("closing", 26));
+        assert_eq!(sorted(b"garbage\r\n\r\n"), ("closing", 11));
     }
 
     #[tokio::test]

@@ -491,3 +491,20 @@ where
     let _ = io.flush().await;
     true
 }
+
+/// A gateway with one worker (so one body budget and one upstream pool), with its metrics.
+pub async fn spawn_one_worker_gateway(
+    config: &str,
+    tag: &str,
+) -> (Gateway, std::sync::Arc<hookgate::metrics::Metrics>) {
+    let context = Context {
+        workers: 1,
+        ..Context::default()
+    };
+    let metrics = std::sync::Arc::clone(&context.metrics);
+    let dir = temp_dir(tag);
+    let gw = spawn_gateway_in_context(config, &dir, context)
+        .await
+        .keeping(dir);
+    (gw, metrics)
+}
