@@ -221,36 +221,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => IoSlice::advance_slices(&mut slices, n),
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => loop {
-                        // Copied through the stack: this is the rare case, and it keeps
-                        // the buffer's spare room out of it.
-                        let mut piece = [0u8; 4096];
-                        let mut read = ReadBuf::new(&mut piece);
-                        match Pin::new(&mut self.io).poll_read(cx, &mut read) {
-                            Poll::Pending => return Poll::Pending,
-                            // Past what any answer may be: `read_answer` refuses it.
-                            Poll::Ready(Ok(())) if self.buf.len() > MAX_HEAD + limit => {
-                                return Poll::Ready(Ok(Sent::Cut));
-                            }
-                            Poll::Ready(Ok(())) if !read.filled().is_empty() => {
-                                self.buf.extend_from_slice(read.filled());
-                                // A `100 Continue` some servers send unasked is no answer,
-                                // and one that keeps the connection still reads the rest.
-                                match sort_early(&mut self.buf) {
-                                    Early::Interim | Early::Staying => break,
-                                    Early::Partial => {}
-                                    Early::Closing => return Poll::Ready(Ok(Sent::Cut)),
-                                }
-                            }
-                            // The end, or a failure: `read_answer` tells which.
-                            Poll::Ready(_) => return Poll::Ready(Ok(Sent::Cut)),
-                        }
+                    Poll::Pending => match self.poll_early_answer(cx, limit) {
+                        Poll::Ready(Some(cut)) => return Poll::Ready(Ok(cut)),
+                        Poll::Ready(None) => {}
+                        Poll::Pending => return Poll::Pending,
                     },
                 }
             }
             Poll::Ready(Ok(Sent::Whole))
         })
         .await
+    }
+
+    /// What the upstream sent while it takes no more of the request: `Some(Cut)` when the
+    /// write is to stop, `None` when it goes on (only interim answers, or an answer that
+    /// keeps the connection). Out of line: the common request's write never waits.
+    #[cold]
+    #[inline(never)]
+    fn poll_early_answer(&mut self, cx: &mut Context<'_>, limit: usize) -> Poll<Option<Sent>> {
+        loop {
+            // Copied through the stack: this is the rare case, and it keeps the buffer's
+            // spare room out of it.
+            let mut piece = [0u8; 4096];
+            let mut read = ReadBuf::new(&mut piece);
+            match Pin::new(&mut self.io).poll_read(cx, &mut read) {
+                Poll::Pending => return Poll::Pending,
+                // Past what any answer may be: `read_answer` refuses it.
+                Poll::Ready(Ok(())) if self.buf.len() > MAX_HEAD + limit => {
+                    return Poll::Ready(Some(Sent::Cut));
+                }
+                Poll::Ready(Ok(())) if !read.filled().is_empty() => {
+                    self.buf.extend_from_slice(read.filled());
+                    // A `100 Continue` some servers send unasked is no answer, and one that
+                    // keeps the connection still reads the rest.
+                    match sort_early(&mut self.buf) {
+                        Early::Interim | Early::Staying => return Poll::Ready(None),
+                        Early::Partial => {}
+                        Early::Closing => return Poll::Ready(Some(Sent::Cut)),
+                    }
+                }
+                // The end, or a failure: `read_answer` tells which.
+                Poll::Ready(_) => return Poll::Ready(Some(Sent::Cut)),
+            }
+        }
     }
 
     async fn read_answer(&mut self, limit: usize) -> Result<Exchanged, ExchangeError> {
