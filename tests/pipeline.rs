@@ -1269,24 +1269,6 @@ async fn early_refusing_app(close: bool) -> std::net::SocketAddr {
     .await
 }
 
-/// An app on a loopback port that serves each connection with `serve`.
-async fn raw_app<F, Fut>(serve: F) -> std::net::SocketAddr
-where
-    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            tokio::spawn(serve(s));
-        }
-    });
-    addr
-}
-
 /// An app that refuses a large event by its length before reading it (Go's `MaxBytesReader`,
 /// nginx's `client_max_body_size`) has its 413 relayed, whether it then closes the
 /// connection or stops reading and holds it: before, the closed one gave 502 (the write's
@@ -1329,34 +1311,17 @@ async fn large_events_gateway(
 /// An app that writes `early` once it has a request's head, then, after a pause, reads
 /// the whole body and writes `then`, request after request on a connection.
 async fn early_answering_app(early: &'static str, then: &'static str) -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     raw_app(move |mut s| async move {
         let mut buf = Vec::new();
-        let mut piece = vec![0u8; 64 * 1024];
-        loop {
-            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                match s.read(&mut piece).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&piece[..n]),
-                }
-                continue;
-            };
+        while read_head_into(&mut s, &mut buf).await {
             let _ = s.write_all(early.as_bytes()).await;
             // Then slow to take the body: the sender's write waits meanwhile.
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|n| n.trim().parse().ok())
-                .unwrap_or(0);
-            while buf.len() < end + 4 + length {
-                match s.read(&mut piece).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&piece[..n]),
-                }
+            // The head already in `buf`, then the body by its length.
+            if read_message(&mut s, &mut buf).await.is_none() {
+                return;
             }
-            buf.drain(..end + 4 + length);
             let _ = s.write_all(then.as_bytes()).await;
         }
     })

@@ -378,19 +378,7 @@ async fn spawn_tls_upstream(
     Arc<std::sync::atomic::AtomicUsize>,
 ) {
     use http_body_util::BodyExt;
-    let chain: Vec<_> = CertificateDer::pem_file_iter(pki.dir.join("server.crt"))
-        .expect("c")
-        .flatten()
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(pki.dir.join("server.key")).expect("k");
-    let mut config = rustls::ServerConfig::builder_with_provider(hookgate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .expect("v")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("cert");
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = app_tls_acceptor(pki);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -454,36 +442,36 @@ fn https_upstream_config(app: SocketAddr) -> String {
 /// An HTTPS app that reads a request's head only, answers 413 at once and closes the
 /// connection, the rest of the request unread (so the close is a reset).
 async fn early_refusing_tls_app(pki: &Pki) -> SocketAddr {
+    let acceptor = app_tls_acceptor(pki);
+    raw_app(move |tcp| {
+        // As Go's server and nginx's keep-alive connections: the answer is not held back
+        // behind the TLS session tickets' unacknowledged segment.
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        async move {
+            if let Ok(mut tls) = acceptor.accept(tcp).await {
+                answer_413_after_the_head(&mut tls).await;
+            }
+        }
+    })
+    .await
+}
+
+/// The TLS side of an HTTPS app: the test PKI's server certificate, HTTP/2 or HTTP/1.1.
+fn app_tls_acceptor(pki: &Pki) -> tokio_rustls::TlsAcceptor {
     let chain: Vec<_> = CertificateDer::pem_file_iter(pki.dir.join("server.crt"))
         .expect("c")
         .flatten()
         .collect();
     let key = PrivateKeyDer::from_pem_file(pki.dir.join("server.key")).expect("k");
-    let config = rustls::ServerConfig::builder_with_provider(hookgate::tls::provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(hookgate::tls::provider())
         .with_safe_default_protocol_versions()
         .expect("v")
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .expect("cert");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            // As Go's server and nginx's keep-alive connections: the answer is not held
-            // back behind the TLS session tickets' unacknowledged segment.
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    answer_413_after_the_head(&mut tls).await;
-                }
-            });
-        }
-    });
-    addr
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 /// An HTTPS app that refuses a large event by its length and resets the connection has its

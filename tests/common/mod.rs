@@ -472,24 +472,52 @@ pub fn spawn_process(dir: &Path, config: &str, env: &[(&str, &str)]) -> Process 
 pub const EARLY_413: &str = "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n\
                              content-length: 20\r\nconnection: close\r\n\r\n{\"error\":\"too big\"}\n";
 
+/// Reads off `io` into `buf` until `buf` holds a whole head (and whatever came with it);
+/// `false` if the connection ended first.
+pub async fn read_head_into<IO>(io: &mut IO, buf: &mut Vec<u8>) -> bool
+where
+    IO: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut piece = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match io.read(&mut piece).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&piece[..n]),
+        }
+    }
+    true
+}
+
 /// Reads a request's head (and whatever came with it) off `io`, then writes `EARLY_413`;
 /// `false` if the connection ended first.
 pub async fn answer_413_after_the_head<IO>(io: &mut IO) -> bool
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut head = Vec::new();
-    let mut piece = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match io.read(&mut piece).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => head.extend_from_slice(&piece[..n]),
-        }
+    use tokio::io::AsyncWriteExt;
+    if !read_head_into(io, &mut Vec::new()).await {
+        return false;
     }
     let _ = io.write_all(EARLY_413.as_bytes()).await;
     let _ = io.flush().await;
     true
+}
+
+/// An app on a loopback port that serves each connection with `serve`.
+pub async fn raw_app<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(serve(s));
+        }
+    });
+    addr
 }
 
 /// A gateway with one worker (so one body budget and one upstream pool), with its metrics.
