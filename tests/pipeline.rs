@@ -1380,3 +1380,89 @@ async fn an_early_answer_that_keeps_the_connection_lets_the_event_go_out_whole()
     // The app read each event whole, so one connection carried both.
     assert_eq!(metrics.upstream.connections.get(), 1);
 }
+
+/// The same over HTTP/2, where a sender that gives up resets its stream (or closes the
+/// connection) instead of hanging up: the delivery is forwarded to the end, its id is
+/// remembered, and it is counted and logged as finished (`hookgate_in_flight_requests`
+/// back at 0), as over HTTP/1.1.
+#[tokio::test]
+async fn an_http2_delivery_whose_sender_gives_up_is_still_forwarded_whole() {
+    let upstream = spawn_upstream(Reply {
+        delay: Duration::from_millis(300),
+        ..Reply::json(200, r#"{"ok":true}"#)
+    })
+    .await;
+    let config = one_source(&upstream.url("/app"), "protocol", "/hooks/p", &[SECRET], "");
+    let context = hookgate::pipeline::Context::default();
+    let metrics = std::sync::Arc::clone(&context.metrics);
+    let dir = temp_dir("h2-gives-up");
+    let gw = spawn_gateway_in_context(&config, &dir, context).await;
+    let request = |id: &str| {
+        let body = BODY.replace("evt-1", id);
+        http::Request::post(gw.url("/hooks/p"))
+            .version(http::Version::HTTP_2)
+            .header("x-protocol-signature", hmac_hex(SECRET, body.as_bytes()))
+            .body(http_body_util::Full::new(Bytes::from(body)))
+            .expect("request")
+    };
+
+    // The stream reset (the answer's future dropped before the answer), the connection kept.
+    let (mut sender, connection) = h2_connect(gw.addr).await;
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        sender.send_request(request("evt-reset")),
+    )
+    .await;
+    assert!(gave_up.is_err(), "answered before the upstream did");
+    // The whole connection closed while the upstream holds the delivery.
+    let sent_then_closed = |id: &str| {
+        let request = request(id);
+        async move {
+            let (mut sender, connection) = h2_connect(gw.addr).await;
+            let _ = tokio::time::timeout(Duration::from_millis(100), sender.send_request(request))
+                .await;
+            drop(sender);
+            connection.abort();
+        }
+    };
+    sent_then_closed("evt-closed").await;
+
+    upstream.wait_for_requests(2).await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while metrics.in_flight.get() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "deliveries still counted in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in ["evt-reset", "evt-closed"] {
+        let retry = collect(sender.send_request(request(id)).await.expect("answer")).await;
+        assert_eq!(retry.status, 200);
+        assert_eq!(retry.header("x-hookgate-duplicate"), Some("true"), "{id}");
+    }
+    let mut ids: Vec<String> = upstream
+        .requests()
+        .iter()
+        .map(|r| r.header("x-hookgate-event-id").unwrap_or("").to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["evt-closed", "evt-reset"]);
+    let text = metrics.encode();
+    assert!(
+        text.contains(r#"hookgate_requests_total{source="protocol",status="200"} 4"#),
+        "{text}"
+    );
+    drop(sender);
+    connection.abort();
+
+    // A drain waits for such a delivery as for a connection.
+    sent_then_closed("evt-drain").await;
+    upstream.wait_for_requests(3).await;
+    assert!(gw.server.shutdown().await, "the drain timed out");
+    let text = metrics.encode();
+    assert!(
+        text.contains(r#"hookgate_requests_total{source="protocol",status="200"} 5"#),
+        "{text}"
+    );
+}

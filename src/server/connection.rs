@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
@@ -166,6 +166,7 @@ pub(super) async fn serve_connection(
     peer: SocketAddr,
     worker: usize,
     draining: watch::Receiver<bool>,
+    place: &Arc<OwnedSemaphorePermit>,
 ) {
     // One deadline from accept over the TLS handshake, the protocol detection and the first
     // request head (hyper has no header timer here; later heads: the idle check in serve_http).
@@ -188,6 +189,7 @@ pub(super) async fn serve_connection(
         header_timeout,
         body_timeout,
         draining,
+        place,
     };
     match tls {
         // Boxed: a TLS connection's state (rustls' own, the handshake's) would otherwise
@@ -227,6 +229,9 @@ struct Serving<'a> {
     header_timeout: Duration,
     body_timeout: Duration,
     draining: watch::Receiver<bool>,
+    /// The connection's place under `max_connections`: given back when the connection and
+    /// the deliveries it started have all ended, so that a drain waits for both.
+    place: &'a Arc<OwnedSemaphorePermit>,
 }
 
 /// What one connection's parts share: whether its first request head is still awaited (the
@@ -299,12 +304,15 @@ where
         header_timeout,
         body_timeout,
         mut draining,
+        place,
     } = serving;
     // The connection's own handle on the state: each request clones this one, whose count
     // only this connection's worker writes, rather than the `State`'s (see `worker_gateways`).
     let svc_state = Arc::new(Arc::clone(state));
     let svc_activity = Arc::clone(&activity);
-    let service = service_fn(move |request| {
+    // A request's delivery, counted open for the idle close while it runs; `place` is held
+    // until it ends.
+    let deliver = move |request, place: Option<Arc<OwnedSemaphorePermit>>| {
         svc_activity.head_pending.store(false, Ordering::Relaxed);
         let open = OpenRequest::new(&svc_activity);
         let state = Arc::clone(&svc_state);
@@ -318,13 +326,14 @@ where
                 request,
             )
             .await;
-            drop(open);
+            drop((open, place));
             Ok::<_, Infallible>(response)
         }
-    });
+    };
     let io = TokioIo::new(io);
     let result = match protocol {
         Protocol::Http1 => {
+            let service = service_fn(move |request| deliver(request, None));
             let connection = state.http.http1.serve_connection(io, service);
             drive(
                 connection,
@@ -335,10 +344,21 @@ where
             )
             .await
         }
-        // Boxed: HTTP/2's connection state would otherwise enlarge every connection's task,
-        // which is copied into place for each new connection.
+        // HTTP/2: hyper drops a stream's future when its sender resets the stream or closes
+        // the connection, which would cancel a delivery half-way (perhaps with the upstream
+        // already holding it), leave it uncounted and unlogged, and its id not remembered
+        // for dedupe. So a stream's delivery that is dropped unfinished goes on in a task of
+        // its own (`Detachable`), holding the connection's place for the drain: a delivery
+        // read whole is forwarded whole, as over HTTP/1.1, where hyper finishes its one
+        // request in flight before it notices the client gone (`half_close`).
         Protocol::Http2 => {
+            let place = Arc::clone(place);
+            let service = service_fn(move |request| {
+                Detachable(Some(Box::pin(deliver(request, Some(Arc::clone(&place))))))
+            });
             let connection = state.http.http2.serve_connection(io, service);
+            // Boxed: HTTP/2's connection state would otherwise enlarge every connection's
+            // task, which is copied into place for each new connection.
             let driven = drive(
                 connection,
                 &activity,
@@ -351,6 +371,44 @@ where
     };
     if let Err(e) = result {
         tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// A future that, dropped before its end, is finished by a task of its own (on the worker's
+/// runtime) instead of being cancelled. Polled in place until then, so the common case pays
+/// a box and no task; and boxed from the start, so hyper moves a pointer where it would move
+/// the delivery's whole state (~4 KiB). Hand-written: tokio's `spawn` would pay a task and
+/// a wake-up on every request to cover the rare one.
+struct Detachable<F: Future + Send + 'static>(Option<Pin<Box<F>>>)
+where
+    F::Output: Send;
+
+impl<F: Future + Send + 'static> Future for Detachable<F>
+where
+    F::Output: Send,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        // Not polled again once ready (the future contract).
+        let Some(inner) = self.0.as_mut() else {
+            return Poll::Pending;
+        };
+        let output = std::task::ready!(inner.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(output)
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for Detachable<F>
+where
+    F::Output: Send,
+{
+    fn drop(&mut self) {
+        // Outside a runtime (the worker's is being torn down) there is nothing to finish on.
+        if let (Some(rest), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(rest);
+        }
     }
 }
 

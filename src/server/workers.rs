@@ -164,9 +164,10 @@ impl Spawner {
         let (worker, draining) = (self.worker, self.draining.clone());
         state.context.metrics.open_connections.inc(worker);
         tokio::spawn(async move {
-            serve_connection(&state, stream, peer, worker, draining).await;
+            let place = Arc::new(permit);
+            serve_connection(&state, stream, peer, worker, draining, &place).await;
             state.context.metrics.open_connections.dec(worker);
-            drop(permit);
+            drop(place);
         });
     }
 }
