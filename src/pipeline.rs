@@ -241,6 +241,12 @@ pub struct Health {
 
 pub type Body = Full<Bytes>;
 
+/// Resolves when the request's sender is gone (HTTP/2: its stream reset or its connection
+/// closed, `server::connection::Detachable`). A delivery whose body is still being read then
+/// ends; one read whole goes on to the end. `None` where a request in flight is never
+/// cancelled (HTTP/1.1).
+pub type SenderGone = tokio::sync::oneshot::Receiver<()>;
+
 static JSON: HeaderValue = HeaderValue::from_static("application/json");
 static X_HOOKGATE_DUPLICATE: header::HeaderName =
     header::HeaderName::from_static("x-hookgate-duplicate");
@@ -272,6 +278,7 @@ pub async fn handle(
     metrics: &Metrics,
     conn: Conn,
     request: Request<Incoming>,
+    gone: Option<SenderGone>,
 ) -> Response<Body> {
     let started = Instant::now();
     // An empty id is no id: nothing could be correlated by it.
@@ -301,7 +308,16 @@ pub async fn handle(
         logged: logged.is_some(),
         ..Outcome::default()
     };
-    let result = deliver(gateway, conn, request, started, &request_id, &mut outcome).await;
+    let result = deliver(
+        gateway,
+        conn,
+        request,
+        started,
+        &request_id,
+        gone,
+        &mut outcome,
+    )
+    .await;
     let barertc = outcome
         .source()
         .is_some_and(|s| s.platform == Platform::Barertc);
@@ -517,6 +533,7 @@ async fn deliver<'g>(
     // When the request's head was in: body_timeout_s counts from then.
     started: Instant,
     request_id: &HeaderValue,
+    gone: Option<SenderGone>,
     outcome: &mut Outcome<'g>,
 ) -> Result<Delivered, Refusal> {
     let server = &gateway.config.server;
@@ -538,14 +555,22 @@ async fn deliver<'g>(
     };
     let source = &route.source;
     // Held until the delivery is answered: the forwarded event shares the body's bytes.
-    let (body, _held) = read_body(
+    let read = read_body(
         &parts.headers,
         body,
         server.max_body_bytes,
         started + server.body_timeout,
         &gateway.budgets[conn.worker % gateway.budgets.len()],
-    )
-    .await?;
+    );
+    let (body, _held) = match gone {
+        None => read.await?,
+        // Most of all while it waits for the budget: the body will never come.
+        Some(gone) => tokio::select! {
+            biased;
+            read = read => read?,
+            _ = gone => return Err(Refusal::BadBody("the sender left before its body was read".into())),
+        },
+    };
     if parts
         .headers
         .get(header::CONTENT_ENCODING)

@@ -835,6 +835,49 @@ async fn bodies_past_the_memory_budget_wait_and_whole_ones_go_through() {
     assert_eq!(ids(), ["c", "a", "b"]);
 }
 
+/// An HTTP/2 stream reset while its body waits for the budget is dropped at once: only a
+/// delivery read whole goes on once its sender is gone. Otherwise every reset stream
+/// (HTTP/2 lets a client reset and reopen them as fast as it can write) would wait on as a
+/// task of its own until `body_timeout_s`, its place in the budget's queue before the
+/// senders that stayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_reset_while_its_body_waits_for_the_budget_is_dropped() {
+    use tokio::io::AsyncWriteExt;
+    let (upstream, gw, metrics) = one_worker_budget(100_000, 100_000).await;
+    // A holds the budget: 90,000 bytes declared, all but the last 1,000 sent.
+    let a = signed_post("/hooks/p", SECRET, &padded("a", 90_000));
+    let (a_most, a_rest) = a.as_bytes().split_at(a.len() - 1_000);
+    let mut a_conn = connect_and_write(gw.addr, a_most).await;
+    // B waits for it, then its sender gives up.
+    let (mut sender, _connection) = h2_connect(gw.addr).await;
+    let b = padded("b", 90_000);
+    let request = http::Request::post(format!("http://{}/hooks/p", gw.addr))
+        .header("x-protocol-signature", hmac_hex(SECRET, b.as_bytes()))
+        .body(http_body_util::Full::new(Bytes::from(b)))
+        .expect("request");
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(300), sender.send_request(request)).await;
+    assert!(gave_up.is_err(), "B was answered");
+    assert!(metrics.body_budget_waits.get() >= 1, "B waited");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while metrics.in_flight.get() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "B still in flight: {}",
+            metrics.in_flight.get()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a_conn.write_all(a_rest).await.expect("write");
+    assert!(read_answer(&mut a_conn).await.starts_with("HTTP/1.1 200"));
+    let ids: Vec<String> = upstream
+        .requests()
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ids, ["a"]);
+}
+
 /// Bodies that together need twice the budget, all arriving at once, each sent in two
 /// parts: none is left waiting for good. Each takes its whole length from the budget before
 /// it is read past its first piece, so those that fit are read whole, forwarded and give

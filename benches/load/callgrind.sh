@@ -8,6 +8,7 @@
 #   apt-get install -y nginx-light wrk valgrind
 #   benches/load/callgrind.sh target/release/hookgate    # requests, instructions, per request
 #   SECS=4 BODY=big.json benches/load/callgrind.sh BIN
+#   H2=10 benches/load/callgrind.sh BIN    # HTTP/2 (h2c, h2load; nghttp2-client), 10 streams a connection
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SECS=${SECS:-8}
@@ -29,8 +30,14 @@ GW=$!
 wait_listening 18090
 signature_header "$BODY" bench-secret > "$RUN_DIR/headers"
 load() {
-  BENCH_BODY_FILE=$BODY BENCH_HEADERS_FILE=$RUN_DIR/headers \
-    wrk -t1 -c8 -d"$1s" -s "$HERE/post.lua" http://127.0.0.1:18090/webhook
+  if [[ -n ${H2:-} ]]; then
+    # h2load's summary, in the form post.lua prints it (what bench_field reads).
+    h2load -c8 -m"$H2" -t1 -D"$1" -d "$BODY" -H "$(< "$RUN_DIR/headers")" \
+      http://127.0.0.1:18090/webhook | awk '/^requests:/ {print "BENCH requests=" $8}'
+  else
+    BENCH_BODY_FILE=$BODY BENCH_HEADERS_FILE=$RUN_DIR/headers \
+      wrk -t1 -c8 -d"$1s" -s "$HERE/post.lua" http://127.0.0.1:18090/webhook
+  fi
 }
 load 2 > /dev/null
 callgrind_control -z "$GW" > /dev/null 2>&1

@@ -312,7 +312,9 @@ where
     let svc_activity = Arc::clone(&activity);
     // A request's delivery, counted open for the idle close while it runs; `place` is held
     // until it ends.
-    let deliver = move |request, place: Option<Arc<OwnedSemaphorePermit>>| {
+    let deliver = move |request,
+                        place: Option<Arc<OwnedSemaphorePermit>>,
+                        gone: Option<pipeline::SenderGone>| {
         svc_activity.head_pending.store(false, Ordering::Relaxed);
         let open = OpenRequest::new(&svc_activity);
         let state = Arc::clone(&svc_state);
@@ -324,6 +326,7 @@ where
                 &state.context.metrics,
                 conn,
                 request,
+                gone,
             )
             .await;
             drop((open, place));
@@ -333,7 +336,7 @@ where
     let io = TokioIo::new(io);
     let result = match protocol {
         Protocol::Http1 => {
-            let service = service_fn(move |request| deliver(request, None));
+            let service = service_fn(move |request| deliver(request, None, None));
             let connection = state.http.http1.serve_connection(io, service);
             drive(
                 connection,
@@ -350,11 +353,17 @@ where
         // for dedupe. So a stream's delivery that is dropped unfinished goes on in a task of
         // its own (`Detachable`), holding the connection's place for the drain: a delivery
         // read whole is forwarded whole, as over HTTP/1.1, where hyper finishes its one
-        // request in flight before it notices the client gone (`half_close`).
+        // request in flight before it notices the client gone (`half_close`). One whose
+        // body is still being read is told the sender is gone (`SenderGone`) and ends.
         Protocol::Http2 => {
             let place = Arc::clone(place);
             let service = service_fn(move |request| {
-                Detachable(Some(Box::pin(deliver(request, Some(Arc::clone(&place))))))
+                let (present, gone) = tokio::sync::oneshot::channel();
+                let delivery = deliver(request, Some(Arc::clone(&place)), Some(gone));
+                Detachable {
+                    rest: Some(Box::pin(delivery)),
+                    _present: present,
+                }
             });
             let connection = state.http.http2.serve_connection(io, service);
             // Boxed: HTTP/2's connection state would otherwise enlarge every connection's
@@ -375,13 +384,18 @@ where
 }
 
 /// A future that, dropped before its end, is finished by a task of its own (on the worker's
-/// runtime) instead of being cancelled. Polled in place until then, so the common case pays
-/// a box and no task; and boxed from the start, so hyper moves a pointer where it would move
-/// the delivery's whole state (~4 KiB). Hand-written: tokio's `spawn` would pay a task and
-/// a wake-up on every request to cover the rare one.
-struct Detachable<F: Future + Send + 'static>(Option<Pin<Box<F>>>)
+/// runtime) instead of being cancelled, and is told so by `present`'s end. Polled in place
+/// until then, so the common case pays a box and no task; and boxed from the start, so hyper
+/// moves a pointer where it would move the delivery's whole state (~4 KiB). Hand-written:
+/// tokio's `spawn` would pay a task and a wake-up on every request to cover the rare one.
+struct Detachable<F: Future + Send + 'static>
 where
-    F::Output: Send;
+    F::Output: Send,
+{
+    rest: Option<Pin<Box<F>>>,
+    /// Dropped with this (after `drop` has handed `rest` on): the delivery's `SenderGone`.
+    _present: tokio::sync::oneshot::Sender<()>,
+}
 
 impl<F: Future + Send + 'static> Future for Detachable<F>
 where
@@ -391,11 +405,11 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
         // Not polled again once ready (the future contract).
-        let Some(inner) = self.0.as_mut() else {
+        let Some(rest) = self.rest.as_mut() else {
             return Poll::Pending;
         };
-        let output = std::task::ready!(inner.as_mut().poll(cx));
-        self.0 = None;
+        let output = std::task::ready!(rest.as_mut().poll(cx));
+        self.rest = None;
         Poll::Ready(output)
     }
 }
@@ -406,7 +420,8 @@ where
 {
     fn drop(&mut self) {
         // Outside a runtime (the worker's is being torn down) there is nothing to finish on.
-        if let (Some(rest), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+        if let (Some(rest), Ok(runtime)) = (self.rest.take(), tokio::runtime::Handle::try_current())
+        {
             runtime.spawn(rest);
         }
     }
