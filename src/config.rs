@@ -129,6 +129,39 @@ fn listens_overlap(a: SocketAddr, b: SocketAddr) -> bool {
     takes(a, b) || takes(b, a)
 }
 
+/// `message` with every `"…"` (a value serde quoted, escapes and all) written `…`.
+fn without_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let (mut quoted, mut escaped) = (false, false);
+    for c in message.chars() {
+        match (quoted, escaped, c) {
+            (false, _, '"') => {
+                quoted = true;
+                out.push('…');
+            }
+            (false, _, c) => out.push(c),
+            (true, true, _) => escaped = false,
+            (true, false, '\\') => escaped = true,
+            (true, false, '"') => quoted = false,
+            (true, false, _) => {}
+        }
+    }
+    out
+}
+
+/// A URL as a config error may quote it: any `user:password@` replaced by `…@`, since
+/// the password is a secret (SPEC §3: an error line never quotes one).
+fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    match url[start..authority_end].rfind('@') {
+        Some(at) => format!("{}…{}", &url[..start], &url[start + at..]).into(),
+        None => url.into(),
+    }
+}
+
 /// Whether a connection to `target` lands on hookgate's own listener: an address the
 /// listener takes that is surely this host's (the listener's own, or loopback).
 fn is_own_listener(target: &Target, listen: SocketAddr) -> bool {
@@ -376,6 +409,13 @@ fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
         .split_once('=')
         .map(|(k, _)| k.trim().to_string())
         .filter(|k| !k.is_empty() && !k.starts_with('['));
+    // serde quotes a value of the wrong type (`secrets = "the-secret"`: "invalid type:
+    // string \"the-secret\", expected a sequence"); on a line that sets a secret it is left out.
+    let message = if key.as_deref().is_some_and(|k| k.contains("secret")) {
+        without_quoted(&message)
+    } else {
+        message
+    };
     let field = match (table, key) {
         (Some(t), Some(k)) => format!("line {line_no}: {t}.{k}"),
         (Some(t), None) => format!("line {line_no}: [{t}]"),
@@ -504,10 +544,12 @@ impl Builder {
         s: &str,
         listen: SocketAddr,
     ) -> Result<Target, ConfigError> {
+        let quoted = || format!("{:?}", without_userinfo(s));
         let uri: Uri = s
             .parse()
-            .map_err(|_| self.err(field, format!("not a URL: {s:?}")))?;
-        let target = Target::from_uri(uri).map_err(|e| self.err(field, format!("{e}: {s:?}")))?;
+            .map_err(|_| self.err(field, format!("not a URL: {}", quoted())))?;
+        let target =
+            Target::from_uri(uri).map_err(|e| self.err(field, format!("{e}: {}", quoted())))?;
         if is_own_listener(&target, listen) {
             return Err(self.err(
                 field,
@@ -873,6 +915,41 @@ secrets = ["literal-secret"]
                 && e.contains("at least server.max_body_bytes (1048576)"),
             "{e}"
         );
+    }
+
+    /// An upstream URL with `user:password@` is refused, and the error line does not quote
+    /// the password, whether the URL parses or not.
+    #[test]
+    fn an_upstream_url_error_never_quotes_its_password() {
+        for url in [
+            "http://hook:s3cr3t-pw@127.0.0.1:3000/hooks",
+            "http://hook:s3cr3t-pw@app host/hooks",
+            "https://s3cr3t-pw@app:8443",
+        ] {
+            let e = err(&MINIMAL.replace("http://127.0.0.1:3000/hooks", url));
+            assert!(e.contains("upstream.url"), "{e}");
+            assert!(!e.contains("s3cr3t"), "{e}");
+        }
+        let e = err(&MINIMAL.replace("http://127.0.0.1:3000/hooks", "http://h:pw@app:3000/x"));
+        assert!(e.contains(r#""http://…@app:3000/x""#), "{e}");
+        assert_eq!(without_userinfo("http://app/x@y"), "http://app/x@y");
+    }
+
+    /// A secret written where the config wants another type is not quoted back.
+    #[test]
+    fn a_secret_of_the_wrong_type_is_not_quoted() {
+        let e = err(&MINIMAL.replace(r#"secrets = ["literal-secret"]"#, r#"secrets = "s3cr\"et""#));
+        assert!(
+            e.contains("line 9: source.secrets") && e.contains("expected a sequence"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cr") && !e.contains("et\""), "{e}");
+        let e = err(&MINIMAL.replace("[upstream]", "[upstream]\nsigning_secret = 5"));
+        assert!(e.contains("upstream.signing_secret"), "{e}");
+        // Elsewhere the value helps and is quoted.
+        let e = err(&MINIMAL.replace("[upstream]", "[upstream]\ntimeout_ms = \"soon\""));
+        assert!(e.contains(r#"string "soon""#), "{e}");
+        assert_eq!(without_quoted(r#"a "b\"c" d "e""#), "a … d …");
     }
 
     /// A source path is matched byte for byte against the request's path as sent, so one
