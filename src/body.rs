@@ -76,6 +76,8 @@ pub struct Held<'b> {
 pub enum ReadError {
     #[error("body over the size limit")]
     TooLarge,
+    #[error("the body ended before its declared length")]
+    Short,
     #[error(transparent)]
     Failed(#[from] hyper::Error),
 }
@@ -96,7 +98,8 @@ pub async fn read_whole<'b>(
     let mut first = Bytes::new();
     let mut joined: Option<BytesMut> = None;
     let mut held = None;
-    if let Some(declared) = body.size_hint().exact()
+    let declared = body.size_hint().exact();
+    if let Some(declared) = declared
         && declared > PIECE as u64
     {
         held = budget
@@ -134,10 +137,15 @@ pub async fn read_whole<'b>(
             }
         }
     }
-    Ok((
-        joined.map_or(first, BytesMut::freeze),
-        Held { _permit: held },
-    ))
+    let body = joined.map_or(first, BytesMut::freeze);
+    // hyper ends an HTTP/2 body at a reset with NO_ERROR (RFC 9113 §8.1: an early answer
+    // tells the client to stop sending), so a body its sender cut off that way would read
+    // as whole; its declared length tells. (HTTP/1.1 and a stream's END_STREAM are held to
+    // it by hyper and h2 already.)
+    if declared.is_some_and(|n| n != body.len() as u64) {
+        return Err(ReadError::Short);
+    }
+    Ok((body, Held { _permit: held }))
 }
 
 /// The body's length as the head declares it: its `Content-Length`, unless it has a

@@ -779,6 +779,7 @@ async fn read_body<'b>(
     match tokio::time::timeout_at(deadline, body::read_whole(body, limit, budget)).await {
         Err(_) => Err(Refusal::BodyTimeout),
         Ok(Err(body::ReadError::TooLarge)) => Err(Refusal::TooLarge),
+        Ok(Err(e @ body::ReadError::Short)) => Err(Refusal::BadBody(e.to_string())),
         Ok(Err(body::ReadError::Failed(e))) => Err(Refusal::BadBody(e.to_string())),
         Ok(Ok(read)) => Ok(read),
     }

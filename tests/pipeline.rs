@@ -1466,3 +1466,47 @@ async fn an_http2_delivery_whose_sender_gives_up_is_still_forwarded_whole() {
         "{text}"
     );
 }
+
+/// A body cut off by its sender is never taken for the whole body. hyper reads an HTTP/2
+/// stream reset with NO_ERROR as the end of the body (RFC 9113 §8.1's early answer); with a
+/// declared length the body is then known to be short. Here the part sent is the whole JSON
+/// (the spaces after it are not), on a source without proof, so nothing else would refuse
+/// it: before, the NO_ERROR one was forwarded. A reset with CANCEL (what a client that gives
+/// up sends) is an error to hyper.
+#[tokio::test]
+async fn an_http2_body_its_sender_cut_off_is_not_forwarded() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let config = one_source(
+        &upstream.url("/"),
+        "protocol",
+        "/hooks/p",
+        &[],
+        "verify = \"none\"",
+    );
+    let gw = spawn_gateway(&config).await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("handshake");
+    tokio::spawn(connection);
+    for (id, reason) in [
+        ("evt-no-error", h2::Reason::NO_ERROR),
+        ("evt-cancel", h2::Reason::CANCEL),
+    ] {
+        let body = BODY.replace("evt-1", id);
+        let request = http::Request::post(gw.url("/hooks/p"))
+            .header("content-length", body.len() + 8)
+            .body(())
+            .expect("request");
+        let mut client = client.clone().ready().await.expect("ready");
+        let (_answer, mut stream) = client.send_request(request, false).expect("send");
+        stream.send_data(Bytes::from(body), false).expect("data");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stream.send_reset(reason);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        upstream.requests().is_empty(),
+        "a cut-off body was forwarded"
+    );
+}
