@@ -410,8 +410,9 @@ fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
         .map(|(k, _)| k.trim().to_string())
         .filter(|k| !k.is_empty() && !k.starts_with('['));
     // serde quotes a value of the wrong type (`secrets = "the-secret"`: "invalid type:
-    // string \"the-secret\", expected a sequence"); on a line that sets a secret it is left out.
-    let message = if key.as_deref().is_some_and(|k| k.contains("secret")) {
+    // string \"the-secret\", expected a sequence"); on a line that sets a secret (as its key
+    // or inside an inline table) it is left out.
+    let message = if line.contains("secret") {
         without_quoted(&message)
     } else {
         message
@@ -946,6 +947,13 @@ secrets = ["literal-secret"]
         assert!(!e.contains("s3cr") && !e.contains("et\""), "{e}");
         let e = err(&MINIMAL.replace("[upstream]", "[upstream]\nsigning_secret = 5"));
         assert!(e.contains("upstream.signing_secret"), "{e}");
+        let inline = "source = [{ name = \"p\", platform = \"protocol\", path = \"/p\", \
+            secrets = \"s3cr3t\" }]\n[upstream]\nurl = \"http://127.0.0.1:3000/\"\n";
+        let e = err(inline);
+        assert!(
+            e.contains("expected a sequence") && !e.contains("s3cr3t"),
+            "{e}"
+        );
         // Elsewhere the value helps and is quoted.
         let e = err(&MINIMAL.replace("[upstream]", "[upstream]\ntimeout_ms = \"soon\""));
         assert!(e.contains(r#"string "soon""#), "{e}");
