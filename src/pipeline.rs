@@ -16,6 +16,7 @@ use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use tokio::sync::oneshot::error::TryRecvError;
 
 use crate::admit;
 use crate::body;
@@ -562,14 +563,28 @@ async fn deliver<'g>(
         started + server.body_timeout,
         &gateway.budgets[conn.worker % gateway.budgets.len()],
     );
+    let left = || Refusal::BadBody("the sender left before its body was read".into());
     let (body, _held) = match gone {
         None => read.await?,
-        // Most of all while it waits for the budget: the body will never come.
-        Some(gone) => tokio::select! {
-            biased;
-            read = read => read?,
-            _ = gone => return Err(Refusal::BadBody("the sender left before its body was read".into())),
-        },
+        Some(mut gone) => {
+            // Most of all while it waits for the budget: the body will never come.
+            let read = tokio::select! {
+                biased;
+                read = read => read?,
+                _ = &mut gone => return Err(left()),
+            };
+            // hyper ends an HTTP/2 body at a reset with NO_ERROR, and a declared length
+            // tells a body cut off so (`body::read_whole`); without one, the stream's reset
+            // does: hyper looks for it once this yields, and then drops the stream's future,
+            // which ends `gone`.
+            if body::declared_length(&parts.headers).is_none() {
+                tokio::task::yield_now().await;
+                if matches!(gone.try_recv(), Err(TryRecvError::Closed)) {
+                    return Err(left());
+                }
+            }
+            read
+        }
     };
     if parts
         .headers

@@ -1469,10 +1469,11 @@ async fn an_http2_delivery_whose_sender_gives_up_is_still_forwarded_whole() {
 
 /// A body cut off by its sender is never taken for the whole body. hyper reads an HTTP/2
 /// stream reset with NO_ERROR as the end of the body (RFC 9113 §8.1's early answer); with a
-/// declared length the body is then known to be short. Here the part sent is the whole JSON
-/// (the spaces after it are not), on a source without proof, so nothing else would refuse
-/// it: before, the NO_ERROR one was forwarded. A reset with CANCEL (what a client that gives
-/// up sends) is an error to hyper.
+/// declared length the body is then known to be short, without one the stream's reset
+/// tells. Here the part sent is the whole JSON (the spaces after it are not, where a length
+/// is declared), on a source without proof, so nothing else would refuse it: before, the
+/// NO_ERROR ones were forwarded. A reset with CANCEL (what a client that gives up sends) is
+/// an error to hyper.
 #[tokio::test]
 async fn an_http2_body_its_sender_cut_off_is_not_forwarded() {
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
@@ -1489,15 +1490,17 @@ async fn an_http2_body_its_sender_cut_off_is_not_forwarded() {
         .expect("connect");
     let (client, connection) = h2::client::handshake(tcp).await.expect("handshake");
     tokio::spawn(connection);
-    for (id, reason) in [
-        ("evt-no-error", h2::Reason::NO_ERROR),
-        ("evt-cancel", h2::Reason::CANCEL),
+    for (id, reason, sized) in [
+        ("evt-no-error", h2::Reason::NO_ERROR, true),
+        ("evt-cancel", h2::Reason::CANCEL, true),
+        ("evt-no-error-unsized", h2::Reason::NO_ERROR, false),
     ] {
         let body = BODY.replace("evt-1", id);
-        let request = http::Request::post(gw.url("/hooks/p"))
-            .header("content-length", body.len() + 8)
-            .body(())
-            .expect("request");
+        let mut request = http::Request::post(gw.url("/hooks/p"));
+        if sized {
+            request = request.header("content-length", body.len() + 8);
+        }
+        let request = request.body(()).expect("request");
         let mut client = client.clone().ready().await.expect("ready");
         let (_answer, mut stream) = client.send_request(request, false).expect("send");
         stream.send_data(Bytes::from(body), false).expect("data");
@@ -1509,4 +1512,21 @@ async fn an_http2_body_its_sender_cut_off_is_not_forwarded() {
         upstream.requests().is_empty(),
         "a cut-off body was forwarded"
     );
+    // A whole body without a length goes through.
+    let request = http::Request::post(gw.url("/hooks/p"))
+        .body(())
+        .expect("request");
+    let mut client = client.ready().await.expect("ready");
+    let (answer, mut stream) = client.send_request(request, false).expect("send");
+    stream
+        .send_data(Bytes::from(BODY.replace("evt-1", "evt-whole")), true)
+        .expect("data");
+    let answer = answer.await.expect("answer");
+    assert_eq!(answer.status(), 200);
+    let ids: Vec<String> = upstream
+        .requests()
+        .iter()
+        .map(|r| r.header("x-hookgate-event-id").unwrap_or("").to_string())
+        .collect();
+    assert_eq!(ids, ["evt-whole"]);
 }
