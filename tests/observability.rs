@@ -18,17 +18,7 @@ fn body(id: &str) -> String {
 }
 
 async fn deliver(addr: SocketAddr, path: &str, id: &str, key: &str) -> u16 {
-    let b = body(id);
-    let sig = hmac_hex(key, b.as_bytes());
-    send(
-        addr,
-        "POST",
-        path,
-        &[("x-protocol-signature", &sig)],
-        Bytes::from(b),
-    )
-    .await
-    .status
+    post_signed_status(addr, path, key, body(id)).await
 }
 
 /// (metric name, sorted labels) → value.

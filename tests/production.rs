@@ -664,16 +664,7 @@ async fn deliver_with(addr: SocketAddr, key: &str, id: &str) -> u16 {
 /// A protocol delivery of event `id` to `path`, signed with `key`; its status.
 async fn deliver_to(addr: SocketAddr, path: &str, key: &str, id: &str) -> u16 {
     let b = format!(r#"{{"id":"{id}","type":"message.created"}}"#);
-    let sig = hmac_hex(key, b.as_bytes());
-    send(
-        addr,
-        "POST",
-        path,
-        &[("x-protocol-signature", &sig)],
-        Bytes::from(b),
-    )
-    .await
-    .status
+    post_signed_status(addr, path, key, b).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -339,6 +339,21 @@ pub fn hmac_hex(key: &str, body: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// POSTs `body` to `path` over a new HTTP/1.1 connection, signed the protocol way with
+/// `key`; the answer's status.
+pub async fn post_signed_status(addr: SocketAddr, path: &str, key: &str, body: String) -> u16 {
+    let sig = hmac_hex(key, body.as_bytes());
+    send(
+        addr,
+        "POST",
+        path,
+        &[("x-protocol-signature", &sig)],
+        Bytes::from(body),
+    )
+    .await
+    .status
+}
+
 /// A raw HTTP/1.1 POST of `body` to `path`, with its protocol signature made with `secret`.
 pub fn signed_post(path: &str, secret: &str, body: &str) -> String {
     format!(
