@@ -72,6 +72,8 @@ struct FileServer {
     /// Not in SPEC §3 (README: "Running it", reload on change); 0: off.
     #[serde(default)]
     reload_poll_s: u64,
+    /// Not in SPEC §3 (README: "Behind a proxy or load balancer"); absent: header_timeout_s.
+    keepalive_timeout_s: Option<u64>,
 }
 
 impl Default for FileServer {
@@ -90,6 +92,7 @@ impl Default for FileServer {
             max_connections: default_max_connections(),
             max_buffered_bytes: None,
             reload_poll_s: 0,
+            keepalive_timeout_s: None,
         }
     }
 }
@@ -297,6 +300,10 @@ pub struct Server {
     pub max_buffered_bytes: u64,
     /// How often the files of [`Config::files`] are read again to reload on a change.
     pub reload_poll: Option<Duration>,
+    /// How long a connection with no request open is kept for its next one (an HTTP/1.1
+    /// connection's next whole head, an HTTP/2 connection's next stream); `header_timeout`
+    /// unless set.
+    pub keepalive_timeout: Duration,
 }
 
 /// Certificate files of `[server] tls`, resolved against the config's folder.
@@ -590,6 +597,11 @@ impl Builder {
                 .map(|r| self.rate("server.client_rate_limit", r))
                 .transpose()?,
             header_timeout: self.seconds("server.header_timeout_s", s.header_timeout_s, false)?,
+            keepalive_timeout: self.seconds(
+                "server.keepalive_timeout_s",
+                s.keepalive_timeout_s.unwrap_or(s.header_timeout_s),
+                false,
+            )?,
             body_timeout: self.seconds("server.body_timeout_s", s.body_timeout_s, false)?,
             max_connections: self.positive("server.max_connections", s.max_connections as u64)?
                 as usize,
@@ -890,6 +902,7 @@ secrets = ["literal-secret"]
         assert_eq!(c.server.listen, "0.0.0.0:8080".parse().expect("addr"));
         assert_eq!(c.server.max_body_bytes, 1_048_576);
         assert_eq!(c.server.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.keepalive_timeout, Duration::from_secs(10));
         assert_eq!(c.server.body_timeout, Duration::from_secs(30));
         assert_eq!(c.server.max_connections, 10_000);
         assert_eq!(c.server.max_buffered_bytes, 64 << 20);
@@ -916,6 +929,22 @@ secrets = ["literal-secret"]
                 && e.contains("at least server.max_body_bytes (1048576)"),
             "{e}"
         );
+    }
+
+    /// `keepalive_timeout_s` follows `header_timeout_s` unless set (SPEC's behaviour), and,
+    /// like it, is above 0.
+    #[test]
+    fn keepalive_timeout_follows_the_head_deadline_unless_set() {
+        let with = |server: &str| format!("[server]\n{server}\n{MINIMAL}");
+        let c = parse(&with("header_timeout_s = 4")).expect("valid");
+        assert_eq!(c.server.keepalive_timeout, Duration::from_secs(4));
+        let c = parse(&with("header_timeout_s = 4\nkeepalive_timeout_s = 75")).expect("valid");
+        assert_eq!(
+            (c.server.header_timeout, c.server.keepalive_timeout),
+            (Duration::from_secs(4), Duration::from_secs(75))
+        );
+        let e = err(&with("keepalive_timeout_s = 0"));
+        assert!(e.contains("server.keepalive_timeout_s"), "{e}");
     }
 
     /// An upstream URL with `user:password@` is refused, and the error line does not quote

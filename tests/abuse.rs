@@ -373,6 +373,68 @@ async fn a_slow_second_head_on_a_kept_alive_connection_is_cut_off() {
     assert_eq!(upstream.requests().len(), 1);
 }
 
+/// `keepalive_timeout_s` (not in the contract): a kept-alive connection waits that long for
+/// its next request, so a proxy in front whose idle connections live longer than
+/// `header_timeout_s` does not meet the idle close, while a new connection must still send
+/// its first head within `header_timeout_s`. Over HTTP/2 a connection with no stream open
+/// is kept as long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_timeout_keeps_idle_connections_past_the_head_deadline() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let gw = gateway(
+        &upstream,
+        "",
+        "header_timeout_s = 1\nkeepalive_timeout_s = 3",
+        &LimitClock::default(),
+    )
+    .await;
+    // A new connection that sends nothing: cut at the head deadline.
+    let started = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let mut nothing = Vec::new();
+    assert!(read_message(&mut silent, &mut nothing).await.is_none());
+    let cut = started.elapsed();
+    assert!(cut < Duration::from_millis(2500), "{cut:?}");
+
+    // A kept-alive connection idle for 2 s (past header_timeout_s) carries the next delivery.
+    let mut s = send_signed_raw(&gw, "kept-1").await;
+    assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.write_all(signed_post("/hooks/p", SECRET, &body("kept-2")).as_bytes())
+        .await
+        .expect("write");
+    assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
+    // Idle past keepalive_timeout_s: closed.
+    let answered = Instant::now();
+    assert!(read_message(&mut s, &mut Vec::new()).await.is_none());
+    let idle = answered.elapsed();
+    assert!(
+        idle >= Duration::from_millis(2800) && idle < Duration::from_millis(4500),
+        "{idle:?}"
+    );
+
+    // HTTP/2: a connection idle for 2 s still takes a stream.
+    let (mut sender, connection) = h2_connect(gw.addr).await;
+    let request = |id: &str| {
+        let b = body(id);
+        http::Request::post(format!("http://{}/hooks/p", gw.addr))
+            .header("x-protocol-signature", hmac_hex(SECRET, b.as_bytes()))
+            .body(http_body_util::Full::new(Bytes::from(b)))
+            .expect("request")
+    };
+    let first = sender.send_request(request("h2-1")).await.expect("answer");
+    assert_eq!(first.status(), 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = sender.send_request(request("h2-2")).await.expect("answer");
+    assert_eq!(second.status(), 200);
+    drop(sender);
+    connection.abort();
+    assert_eq!(upstream.requests().len(), 4);
+}
+
 /// A client still reading a long answer when the next head's deadline passes gets the
 /// answer whole, however long it takes, as long as it keeps reading (no pause as long as
 /// `body_timeout_s`); the connection is closed after it, not in the middle.

@@ -5,17 +5,32 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let path = std::path::Path::new("/nonexistent/fuzz.toml");
-    let Ok(config) = hookgate::config::Config::from_toml_str(text, path) else { return };
+    let Ok(config) = hookgate::config::Config::from_toml_str(text, path) else {
+        return;
+    };
     let now = std::time::Instant::now();
     let s = &config.server;
     let poll = s.reload_poll.unwrap_or_default();
-    for d in [s.header_timeout, s.body_timeout, s.shutdown_grace, s.shutdown_delay, poll] {
+    let durations = [
+        s.header_timeout,
+        s.keepalive_timeout,
+        s.body_timeout,
+        s.shutdown_grace,
+        s.shutdown_delay,
+        poll,
+    ];
+    for d in durations {
         assert!(now.checked_add(d).is_some(), "{d:?}");
     }
     assert!(s.reload_poll.is_none_or(|d| !d.is_zero()), "0 is off");
-    assert!(config.files().iter().any(|f| f == path), "the config file is watched");
+    assert!(
+        config.files().iter().any(|f| f == path),
+        "the config file is watched"
+    );
     for source in &config.sources {
         assert!(now.checked_add(source.timeout).is_some());
         assert!(now.checked_add(source.dedupe_window).is_some());

@@ -172,9 +172,13 @@ pub(super) async fn serve_connection(
     // request head (hyper has no header timer here; later heads: the idle check in serve_http).
     let activity = Activity::new();
     // Read per connection, so a reload's timeouts hold for the connections after it.
-    let (header_timeout, body_timeout) = {
+    let (header_timeout, keepalive_timeout, body_timeout) = {
         let server = &state.gateway().config.server;
-        (server.header_timeout, server.body_timeout)
+        (
+            server.header_timeout,
+            server.keepalive_timeout,
+            server.body_timeout,
+        )
     };
     let mut io = HeadDeadline::new(stream, header_timeout, Arc::clone(&activity));
     let tls = state.tls.load_full();
@@ -186,7 +190,7 @@ pub(super) async fn serve_connection(
         },
         state,
         activity,
-        header_timeout,
+        keepalive_timeout,
         body_timeout,
         draining,
         place,
@@ -226,7 +230,8 @@ struct Serving<'a> {
     state: &'a Arc<State>,
     conn: Conn,
     activity: Arc<Activity>,
-    header_timeout: Duration,
+    /// How long the connection is kept with no request open (`drive`).
+    keepalive_timeout: Duration,
     body_timeout: Duration,
     draining: watch::Receiver<bool>,
     /// The connection's place under `max_connections`: given back when the connection and
@@ -301,7 +306,7 @@ where
         state,
         conn,
         activity,
-        header_timeout,
+        keepalive_timeout,
         body_timeout,
         mut draining,
         place,
@@ -341,7 +346,7 @@ where
             drive(
                 connection,
                 &activity,
-                header_timeout,
+                keepalive_timeout,
                 body_timeout,
                 &mut draining,
             )
@@ -371,7 +376,7 @@ where
             let driven = drive(
                 connection,
                 &activity,
-                header_timeout,
+                keepalive_timeout,
                 body_timeout,
                 &mut draining,
             );
@@ -428,21 +433,22 @@ where
 }
 
 /// Runs a connection to its end, or closes it gracefully at the drain or when it has had no
-/// request open for `header_timeout` (what it still has to write going out, unless its
-/// client reads none of it for `body_timeout`: see `finish`).
+/// request open for `keepalive` (what it still has to write going out, unless its client
+/// reads none of it for `body_timeout`: see `finish`).
 async fn drive<C: GracefulConnection>(
     connection: C,
     activity: &Activity,
-    header_timeout: Duration,
+    keepalive: Duration,
     body_timeout: Duration,
     draining: &mut watch::Receiver<bool>,
 ) -> Result<(), C::Error> {
     tokio::pin!(connection);
     loop {
-        // A connection with no request open for header_timeout_s is closed: HTTP/2 with a
-        // GOAWAY, HTTP/1.1 between two requests (its next head counts from the last answer).
-        let idle_at = activity.idle_deadline(header_timeout);
-        let wake_at = idle_at.unwrap_or_else(|| Instant::now() + header_timeout);
+        // A connection with no request open for keepalive_timeout_s (header_timeout_s unless
+        // set) is closed: HTTP/2 with a GOAWAY, HTTP/1.1 between two requests (its next head
+        // counts from the last answer).
+        let idle_at = activity.idle_deadline(keepalive);
+        let wake_at = idle_at.unwrap_or_else(|| Instant::now() + keepalive);
         tokio::select! {
             // The connection first: it is what wakes this task nearly every time.
             biased;
@@ -451,7 +457,7 @@ async fn drive<C: GracefulConnection>(
                 return finish(connection, activity, body_timeout).await;
             }
             _ = tokio::time::sleep_until(wake_at) => {
-                if activity.idle_deadline(header_timeout).is_some_and(|at| at <= Instant::now()) {
+                if activity.idle_deadline(keepalive).is_some_and(|at| at <= Instant::now()) {
                     return finish(connection, activity, body_timeout).await;
                 }
             }
