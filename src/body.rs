@@ -86,7 +86,8 @@ pub enum ReadError {
 /// read buffer (its `max_buf_size`; a read fills the spare room, which can be a little more).
 pub const PIECE: usize = 64 * 1024;
 
-/// The whole body, or `TooLarge` as soon as it passes `limit` bytes (trailers are ignored).
+/// The whole body, or `TooLarge` as soon as it declares or passes more than `limit` bytes
+/// (trailers are ignored).
 /// A body takes its whole length from `budget` before it is read: one declared longer than
 /// a piece before its first byte (a connection that waits then holds none of it), any
 /// other past its first piece.
@@ -98,13 +99,20 @@ pub async fn read_whole<'b>(
     let mut first = Bytes::new();
     let mut joined: Option<BytesMut> = None;
     let mut held = None;
-    let declared = body.size_hint().exact();
+    // The length the head declared: hyper's parse of it, none for a chunked body (with a
+    // Transfer-Encoding the body is read by that alone, RFC 9112 §6.1). Over the limit, it
+    // is refused before a byte is read.
+    let declared = body
+        .size_hint()
+        .exact()
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ReadError::TooLarge);
+    }
     if let Some(declared) = declared
-        && declared > PIECE as u64
+        && declared > PIECE
     {
-        held = budget
-            .take(usize::try_from(declared).unwrap_or(usize::MAX))
-            .await;
+        held = budget.take(declared).await;
     }
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame?.into_data() else {
@@ -114,22 +122,15 @@ pub async fn read_whole<'b>(
         if data.len() > limit - read {
             return Err(ReadError::TooLarge);
         }
-        // What is still to come, when the length was declared (one over the limit was
-        // refused before any reading).
-        let declared_rest = body
-            .size_hint()
-            .exact()
-            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        // The whole length, when it was declared, else as much as the limit lets it be.
         if held.is_none() && !body.is_end_stream() {
-            let rest = declared_rest.unwrap_or(limit - read - data.len());
-            held = budget.take((read + data.len()).saturating_add(rest)).await;
+            held = budget.take(declared.unwrap_or(limit)).await;
         }
         match &mut joined {
             Some(j) => j.extend_from_slice(&data),
             None if first.is_empty() => first = data,
             None => {
-                let rest = declared_rest.unwrap_or(0);
-                let capacity = (read + data.len()).saturating_add(rest).min(limit);
+                let capacity = declared.unwrap_or(read + data.len()).min(limit);
                 let mut j = BytesMut::with_capacity(capacity);
                 j.extend_from_slice(&first);
                 j.extend_from_slice(&data);
@@ -142,22 +143,10 @@ pub async fn read_whole<'b>(
     // tells the client to stop sending), so a body its sender cut off that way would read
     // as whole; its declared length tells. (HTTP/1.1 and a stream's END_STREAM are held to
     // it by hyper and h2 already.)
-    if declared.is_some_and(|n| n != body.len() as u64) {
+    if declared.is_some_and(|n| n != body.len()) {
         return Err(ReadError::Short);
     }
     Ok((body, Held { _permit: held }))
-}
-
-/// The body's length as the head declares it: its `Content-Length`, unless it has a
-/// `Transfer-Encoding`, which alone then frames it (RFC 9112 §6.1).
-pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        return None;
-    }
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// Reads the body of a request refused before its body was read (404, 405, 403, 429) to
@@ -184,7 +173,7 @@ pub fn discard(
     let waits_to_send = headers
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if waits_to_send || declared_length(headers).is_some_and(|n| n > max) {
+    if waits_to_send || body.size_hint().exact().is_some_and(|n| n > max) {
         return false;
     }
     tokio::spawn(tokio::time::timeout_at(deadline, async move {

@@ -580,6 +580,7 @@ impl Builder {
             }
             Some(n) => n,
         };
+        let header_timeout = self.seconds("server.header_timeout_s", s.header_timeout_s, false)?;
         let server = Server {
             listen: self.socket_addr("server.listen", &s.listen)?,
             max_body_bytes,
@@ -596,12 +597,11 @@ impl Builder {
                 .client_rate_limit
                 .map(|r| self.rate("server.client_rate_limit", r))
                 .transpose()?,
-            header_timeout: self.seconds("server.header_timeout_s", s.header_timeout_s, false)?,
-            keepalive_timeout: self.seconds(
-                "server.keepalive_timeout_s",
-                s.keepalive_timeout_s.unwrap_or(s.header_timeout_s),
-                false,
-            )?,
+            header_timeout,
+            keepalive_timeout: match s.keepalive_timeout_s {
+                Some(v) => self.seconds("server.keepalive_timeout_s", v, false)?,
+                None => header_timeout,
+            },
             body_timeout: self.seconds("server.body_timeout_s", s.body_timeout_s, false)?,
             max_connections: self.positive("server.max_connections", s.max_connections as u64)?
                 as usize,

@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use tokio::sync::oneshot::error::TryRecvError;
 
 use crate::admit;
@@ -555,37 +555,16 @@ async fn deliver<'g>(
         }
     };
     let source = &route.source;
-    // Held until the delivery is answered: the forwarded event shares the body's bytes.
+    // A body without a declared length can be cut off unseen (`unless_gone`).
+    let sized = body.size_hint().exact().is_some();
     let read = read_body(
-        &parts.headers,
         body,
         server.max_body_bytes,
         started + server.body_timeout,
         &gateway.budgets[conn.worker % gateway.budgets.len()],
     );
-    let left = || Refusal::BadBody("the sender left before its body was read".into());
-    let (body, _held) = match gone {
-        None => read.await?,
-        Some(mut gone) => {
-            // Most of all while it waits for the budget: the body will never come.
-            let read = tokio::select! {
-                biased;
-                read = read => read?,
-                _ = &mut gone => return Err(left()),
-            };
-            // hyper ends an HTTP/2 body at a reset with NO_ERROR, and a declared length
-            // tells a body cut off so (`body::read_whole`); without one, the stream's reset
-            // does: hyper looks for it once this yields, and then drops the stream's future,
-            // which ends `gone`.
-            if body::declared_length(&parts.headers).is_none() {
-                tokio::task::yield_now().await;
-                if matches!(gone.try_recv(), Err(TryRecvError::Closed)) {
-                    return Err(left());
-                }
-            }
-            read
-        }
-    };
+    // Held until the delivery is answered: the forwarded event shares the body's bytes.
+    let (body, _held) = unless_gone(read, gone, sized).await?;
     if parts
         .headers
         .get(header::CONTENT_ENCODING)
@@ -776,26 +755,50 @@ fn is_identity(v: &HeaderValue) -> bool {
     s.is_empty() || s.eq_ignore_ascii_case(b"identity")
 }
 
+/// `read` (a body's), unless its sender leaves first (`gone`, HTTP/2): most of all while it
+/// waits for the budget, the body will never come. hyper ends an HTTP/2 body at a reset with
+/// NO_ERROR: a declared length tells a body cut off so (`body::read_whole`); without one
+/// (`sized` false), the stream's reset does, which hyper looks for once this yields, and
+/// then drops the stream's future, which ends `gone`.
+async fn unless_gone<T>(
+    read: impl Future<Output = Result<T, Refusal>>,
+    gone: Option<SenderGone>,
+    sized: bool,
+) -> Result<T, Refusal> {
+    let Some(mut gone) = gone else {
+        return read.await;
+    };
+    let left = || Refusal::BadBody("the sender left before its body was read".into());
+    let read = tokio::select! {
+        biased;
+        read = read => read?,
+        _ = &mut gone => return Err(left()),
+    };
+    if !sized {
+        tokio::task::yield_now().await;
+        if matches!(gone.try_recv(), Err(TryRecvError::Closed)) {
+            return Err(left());
+        }
+    }
+    Ok(read)
+}
+
 /// Reads the whole body within `max` bytes, `timeout` and the worker's `budget`, never
 /// buffering past the limit.
 async fn read_body<'b>(
-    headers: &HeaderMap,
     body: Incoming,
     max: u64,
     deadline: Instant,
     budget: &'b body::Budget,
 ) -> Result<(Bytes, body::Held<'b>), Refusal> {
-    // A declared length over the limit is refused before reading a byte.
-    if body::declared_length(headers).is_some_and(|n| n > max) {
-        return Err(Refusal::TooLarge);
-    }
     let limit = usize::try_from(max).unwrap_or(usize::MAX);
     let deadline = tokio::time::Instant::from_std(deadline);
     match tokio::time::timeout_at(deadline, body::read_whole(body, limit, budget)).await {
         Err(_) => Err(Refusal::BodyTimeout),
         Ok(Err(body::ReadError::TooLarge)) => Err(Refusal::TooLarge),
-        Ok(Err(e @ body::ReadError::Short)) => Err(Refusal::BadBody(e.to_string())),
-        Ok(Err(body::ReadError::Failed(e))) => Err(Refusal::BadBody(e.to_string())),
+        Ok(Err(e @ (body::ReadError::Short | body::ReadError::Failed(_)))) => {
+            Err(Refusal::BadBody(e.to_string()))
+        }
         Ok(Ok(read)) => Ok(read),
     }
 }

@@ -704,11 +704,7 @@ async fn past_max_connections_a_new_connection_waits_and_served_ones_go_on() {
         .await
         .expect("the waiting connection is served once a place is free");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let ids: Vec<String> = upstream
-        .requests()
-        .iter()
-        .map(|r| r.json()["id"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    let ids = upstream.event_ids();
     assert_eq!(ids, ["a", "b", "a2", "b2", "c"]);
 }
 
@@ -760,7 +756,6 @@ async fn the_accept_queue_holds_more_than_128_waiting_connections() {
 /// for another's exchange to end (counted), its `timeout_ms` running (then 504).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_connections_in_flight_a_delivery_waits_for_an_upstream_exchange() {
-    use hookgate::pipeline::Context;
     use http_body_util::Full;
     let upstream = spawn_upstream(Reply {
         delay: Duration::from_millis(400),
@@ -775,14 +770,8 @@ async fn past_max_connections_in_flight_a_delivery_waits_for_an_upstream_exchang
         "timeout_ms = 1000",
     )
     .replace("[server]\n", "[server]\nmax_connections = 2\n");
-    let dir = temp_dir("exchange-slots");
     // One worker, so its share is the whole of max_connections.
-    let context = Context {
-        workers: 1,
-        ..Context::default()
-    };
-    let metrics = std::sync::Arc::clone(&context.metrics);
-    let gw = spawn_gateway_in_context(&config, &dir, context).await;
+    let (gw, metrics) = spawn_gateway_with_metrics(&config, "exchange-slots", Some(1)).await;
 
     let (sender, _connection) = h2_connect(gw.addr).await;
     let started = Instant::now();
@@ -843,7 +832,7 @@ async fn one_worker_budget(
             "[server]\nmax_body_bytes = {max_body}\nmax_buffered_bytes = {budget}\nbody_timeout_s = 20\n"
         ),
     );
-    let (gw, metrics) = spawn_one_worker_gateway(&config, "budget").await;
+    let (gw, metrics) = spawn_gateway_with_metrics(&config, "budget", Some(1)).await;
     (upstream, gw, metrics)
 }
 
@@ -878,13 +867,7 @@ async fn bodies_past_the_memory_budget_wait_and_whole_ones_go_through() {
     let c = deliver(&gw, "c", &[]).await;
     assert_eq!(c.status, 200);
     assert!(started.elapsed() < Duration::from_secs(2));
-    let ids = || -> Vec<String> {
-        upstream
-            .requests()
-            .iter()
-            .map(|r| r.json()["id"].as_str().unwrap_or_default().to_owned())
-            .collect()
-    };
+    let ids = || upstream.event_ids();
     assert_eq!(ids(), ["c"], "B was read past the budget");
 
     // A's last bytes: A is forwarded and answered, gives its bytes back, and B goes on.
@@ -932,11 +915,7 @@ async fn an_http2_stream_reset_while_its_body_waits_for_the_budget_is_dropped() 
     }
     a_conn.write_all(a_rest).await.expect("write");
     assert!(read_answer(&mut a_conn).await.starts_with("HTTP/1.1 200"));
-    let ids: Vec<String> = upstream
-        .requests()
-        .iter()
-        .map(|r| r.json()["id"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    let ids = upstream.event_ids();
     assert_eq!(ids, ["a"]);
 }
 
@@ -1087,10 +1066,7 @@ async fn a_client_that_never_reads_its_answer_is_let_go() {
         "[server]\n",
         "[server]\nheader_timeout_s = 1\nbody_timeout_s = 1\nmax_body_bytes = 33554432\n",
     );
-    let context = hookgate::pipeline::Context::default();
-    let metrics = std::sync::Arc::clone(&context.metrics);
-    let dir = temp_dir("abuse");
-    let gw = spawn_gateway_in_context(&config, &dir, context).await;
+    let (gw, metrics) = spawn_gateway_with_metrics(&config, "never-reads", None).await;
     // Forwarded (the `n`th delivery), then let go at the idle close plus 1 s unread.
     let let_go = |protocol: &'static str, n: usize| {
         let (upstream, metrics) = (&upstream, &metrics);

@@ -677,11 +677,7 @@ async fn a_delivery_whose_sender_hangs_up_is_still_forwarded_whole() {
         retry.to_lowercase().contains("x-hookgate-duplicate: true"),
         "{retry}"
     );
-    let ids: Vec<String> = upstream
-        .requests()
-        .iter()
-        .map(|r| r.header("x-hookgate-event-id").unwrap_or("").to_string())
-        .collect();
+    let ids = upstream.event_ids();
     assert_eq!(ids, ["evt-half", "evt-gone"]);
 }
 
@@ -1022,10 +1018,7 @@ async fn an_upstream_connection_is_retired_after_a_thousand_exchanges() {
     use std::sync::atomic::Ordering;
     let (url, connections, heads) = counting_upstream(Keeps::Open).await;
     let config = config_without_dedupe(&url);
-    let context = hookgate::pipeline::Context::default();
-    let metrics = std::sync::Arc::clone(&context.metrics);
-    let dir = temp_dir("retired");
-    let gw = spawn_gateway_in_context(&config, &dir, context).await;
+    let (gw, metrics) = spawn_gateway_with_metrics(&config, "retired", None).await;
     let statuses = deliveries_on_one_connection(&gw, 1001, Duration::ZERO).await;
     assert!(statuses.iter().all(|s| *s == 200));
     assert_eq!(heads.lock().expect("lock").len(), 1001);
@@ -1305,7 +1298,7 @@ async fn large_events_gateway(
         "[server]\n",
         "[server]\nmax_body_bytes = 4000000\nmax_buffered_bytes = 8000000\n",
     );
-    spawn_one_worker_gateway(&config, "large-events").await
+    spawn_gateway_with_metrics(&config, "large-events", Some(1)).await
 }
 
 /// An app that writes `early` once it has a request's head, then, after a pause, reads
@@ -1393,10 +1386,7 @@ async fn an_http2_delivery_whose_sender_gives_up_is_still_forwarded_whole() {
     })
     .await;
     let config = one_source(&upstream.url("/app"), "protocol", "/hooks/p", &[SECRET], "");
-    let context = hookgate::pipeline::Context::default();
-    let metrics = std::sync::Arc::clone(&context.metrics);
-    let dir = temp_dir("h2-gives-up");
-    let gw = spawn_gateway_in_context(&config, &dir, context).await;
+    let (gw, metrics) = spawn_gateway_with_metrics(&config, "h2-gives-up", None).await;
     let request = |id: &str| {
         let body = BODY.replace("evt-1", id);
         http::Request::post(gw.url("/hooks/p"))
@@ -1441,11 +1431,7 @@ async fn an_http2_delivery_whose_sender_gives_up_is_still_forwarded_whole() {
         assert_eq!(retry.status, 200);
         assert_eq!(retry.header("x-hookgate-duplicate"), Some("true"), "{id}");
     }
-    let mut ids: Vec<String> = upstream
-        .requests()
-        .iter()
-        .map(|r| r.header("x-hookgate-event-id").unwrap_or("").to_string())
-        .collect();
+    let mut ids = upstream.event_ids();
     ids.sort();
     assert_eq!(ids, ["evt-closed", "evt-reset"]);
     let text = metrics.encode();
@@ -1523,10 +1509,6 @@ async fn an_http2_body_its_sender_cut_off_is_not_forwarded() {
         .expect("data");
     let answer = answer.await.expect("answer");
     assert_eq!(answer.status(), 200);
-    let ids: Vec<String> = upstream
-        .requests()
-        .iter()
-        .map(|r| r.header("x-hookgate-event-id").unwrap_or("").to_string())
-        .collect();
+    let ids = upstream.event_ids();
     assert_eq!(ids, ["evt-whole"]);
 }

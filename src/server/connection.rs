@@ -166,7 +166,7 @@ pub(super) async fn serve_connection(
     peer: SocketAddr,
     worker: usize,
     draining: watch::Receiver<bool>,
-    place: &Arc<OwnedSemaphorePermit>,
+    place: OwnedSemaphorePermit,
 ) {
     // One deadline from accept over the TLS handshake, the protocol detection and the first
     // request head (hyper has no header timer here; later heads: the idle check in serve_http).
@@ -236,7 +236,7 @@ struct Serving<'a> {
     draining: watch::Receiver<bool>,
     /// The connection's place under `max_connections`: given back when the connection and
     /// the deliveries it started have all ended, so that a drain waits for both.
-    place: &'a Arc<OwnedSemaphorePermit>,
+    place: OwnedSemaphorePermit,
 }
 
 /// What one connection's parts share: whether its first request head is still awaited (the
@@ -309,6 +309,7 @@ where
         keepalive_timeout,
         body_timeout,
         mut draining,
+        // Held until this returns; HTTP/2 shares it with its streams' deliveries.
         place,
     } = serving;
     // The connection's own handle on the state: each request clones this one, whose count
@@ -361,7 +362,8 @@ where
         // request in flight before it notices the client gone (`half_close`). One whose
         // body is still being read is told the sender is gone (`SenderGone`) and ends.
         Protocol::Http2 => {
-            let place = Arc::clone(place);
+            // Shared with the stream's deliveries, which may outlive the connection.
+            let place = Arc::new(place);
             let service = service_fn(move |request| {
                 let (present, gone) = tokio::sync::oneshot::channel();
                 let delivery = deliver(request, Some(Arc::clone(&place)), Some(gone));

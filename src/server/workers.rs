@@ -164,10 +164,8 @@ impl Spawner {
         let (worker, draining) = (self.worker, self.draining.clone());
         state.context.metrics.open_connections.inc(worker);
         tokio::spawn(async move {
-            let place = Arc::new(permit);
-            serve_connection(&state, stream, peer, worker, draining, &place).await;
+            serve_connection(&state, stream, peer, worker, draining, permit).await;
             state.context.metrics.open_connections.dec(worker);
-            drop(place);
         });
     }
 }

@@ -84,6 +84,13 @@ impl Upstream {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+    /// The event ids (`x-hookgate-event-id`) of the requests received, in their order.
+    pub fn event_ids(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .map(|r| r.header("x-hookgate-event-id").unwrap_or("").to_owned())
+            .collect()
+    }
     pub fn set_reply(&self, reply: Reply) {
         *self.reply.lock().expect("lock") = reply;
     }
@@ -535,16 +542,19 @@ where
     addr
 }
 
-/// A gateway with one worker (so one body budget and one upstream pool), with its metrics.
-pub async fn spawn_one_worker_gateway(
+/// A gateway on metrics of the test's own, to read them directly; `workers` threads
+/// (`Some(1)`: one body budget and one upstream pool), else one per core.
+pub async fn spawn_gateway_with_metrics(
     config: &str,
     tag: &str,
-) -> (Gateway, std::sync::Arc<hookgate::metrics::Metrics>) {
+    workers: Option<usize>,
+) -> (Gateway, Arc<hookgate::metrics::Metrics>) {
+    let default = Context::default();
     let context = Context {
-        workers: 1,
-        ..Context::default()
+        workers: workers.unwrap_or(default.workers),
+        ..default
     };
-    let metrics = std::sync::Arc::clone(&context.metrics);
+    let metrics = Arc::clone(&context.metrics);
     let dir = temp_dir(tag);
     let gw = spawn_gateway_in_context(config, &dir, context)
         .await
