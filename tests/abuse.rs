@@ -919,6 +919,59 @@ async fn an_http2_stream_reset_while_its_body_waits_for_the_budget_is_dropped() 
     assert_eq!(ids, ["a"]);
 }
 
+/// A chunked body, whose length nobody declared, takes `max_body_bytes` from the budget
+/// once it is past its first piece, as a declared one takes its length: a second chunked
+/// body that does not fit beside it waits, unread, until the first is answered. (Counted
+/// by the piece it would not wait, and bodies could grow past the budget.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_takes_the_most_it_may_be_from_the_budget() {
+    use tokio::io::AsyncWriteExt;
+    let (upstream, gw, metrics) = one_worker_budget(100_000, 150_000).await;
+    let chunked_head = |body: &str| {
+        format!(
+            "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {}\r\n\
+             transfer-encoding: chunked\r\n\r\n",
+            hmac_hex(SECRET, body.as_bytes())
+        )
+    };
+    let chunk = |part: &str| format!("{:x}\r\n{part}\r\n", part.len());
+    let (a, b) = (padded("a", 60_000), padded("b", 60_000));
+    // Each sends its first 10,000 bytes and stalls.
+    let mut a_conn = connect_and_write(
+        gw.addr,
+        format!("{}{}", chunked_head(&a), chunk(&a[..10_000])).as_bytes(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(metrics.body_budget_waits.get(), 0, "A alone fits");
+    let mut b_conn = connect_and_write(
+        gw.addr,
+        format!("{}{}", chunked_head(&b), chunk(&b[..10_000])).as_bytes(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        metrics.body_budget_waits.get(),
+        1,
+        "B waited for A's 100,000 bytes"
+    );
+    // B's rest arrives first, but B is not read on until A is answered.
+    b_conn
+        .write_all(format!("{}0\r\n\r\n", chunk(&b[10_000..])).as_bytes())
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(upstream.requests().is_empty(), "B was read past the budget");
+    a_conn
+        .write_all(format!("{}0\r\n\r\n", chunk(&a[10_000..])).as_bytes())
+        .await
+        .expect("write");
+    assert!(read_answer(&mut a_conn).await.starts_with("HTTP/1.1 200"));
+    assert!(read_answer(&mut b_conn).await.starts_with("HTTP/1.1 200"));
+    let ids = upstream.event_ids();
+    assert_eq!(ids, ["a", "b"]);
+}
+
 /// Bodies that together need twice the budget, all arriving at once, each sent in two
 /// parts: none is left waiting for good. Each takes its whole length from the budget before
 /// it is read past its first piece, so those that fit are read whole, forwarded and give

@@ -617,6 +617,29 @@ async fn health_endpoints_on_main_and_admin_listeners() {
     );
 }
 
+/// A declared length over `max_body_bytes` is refused from the head, before a byte of the
+/// body (SPEC §3: "413 without reading them whole"): at once, not at `body_timeout_s`, and
+/// the connection closes.
+#[tokio::test]
+async fn a_declared_length_over_the_limit_is_413_before_any_of_the_body() {
+    let (upstream, gw) = protocol_gateway("", "max_body_bytes = 100000\nbody_timeout_s = 10").await;
+    let started = Instant::now();
+    let answer = raw_exchange(
+        gw.addr,
+        b"POST /hooks/p HTTP/1.1\r\nhost: x\r\ncontent-length: 100001\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(upstream.requests().is_empty());
+}
+
 #[tokio::test]
 async fn chunked_body_over_the_limit_is_413_without_a_content_length() {
     let (upstream, gw) = protocol_gateway("", "max_body_bytes = 100").await;
