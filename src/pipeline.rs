@@ -406,10 +406,12 @@ fn log_request(
         duration_ms = started.elapsed().as_micros() as f64 / 1000.0,
         event_id = outcome.event_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
         event_type = outcome.event_type.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
-        request_id = %clipped(request_id.to_str().unwrap_or("")),
+        // The sender's own text is logged as a string (quoted in text lines), so that it cannot
+        // pass itself off as more fields, and a request id that is not UTF-8 is still logged.
+        request_id = clipped(&String::from_utf8_lossy(request_id.as_bytes())).as_ref(),
         client = %outcome.client.map_or_else(|| conn.peer.ip().to_string(), |c| c.to_string()),
         method = %clipped(method.as_str()),
-        path = %clipped(path),
+        path = clipped(path).as_ref(),
         reason = reason.unwrap_or(""),
         detail = detail.as_deref().unwrap_or(""),
         "request"

@@ -13,6 +13,22 @@ use common::*;
 
 const SECRET: &str = "metrics-SECRET-value";
 
+/// A request line's fields, in the order a text line writes them (README "Logs").
+const REQUEST_LINE_FIELDS: [&str; 12] = [
+    "source",
+    "platform",
+    "status",
+    "duration_ms",
+    "event_id",
+    "event_type",
+    "request_id",
+    "client",
+    "method",
+    "path",
+    "reason",
+    "detail",
+];
+
 fn body(id: &str) -> String {
     format!(r#"{{"id":"{id}","type":"message.created","payload":{{}}}}"#)
 }
@@ -279,17 +295,7 @@ async fn json_log_lines_carry_the_fields_and_no_secret() {
         .iter()
         .find(|l| l["event_id"] == "ok-1")
         .expect("the 200 line");
-    for field in [
-        "source",
-        "platform",
-        "status",
-        "duration_ms",
-        "event_id",
-        "event_type",
-        "request_id",
-        "client",
-        "reason",
-    ] {
+    for field in REQUEST_LINE_FIELDS {
         assert!(ok.get(field).is_some(), "{field} missing in {ok}");
     }
     assert_eq!(ok["status"], 200);
@@ -316,6 +322,96 @@ async fn json_log_lines_carry_the_fields_and_no_secret() {
             || l["message"].as_str().unwrap_or("").contains("listening")),
         "{text}"
     );
+}
+
+/// A text log line's fields, read as logfmt: `key=value` or `key="quoted \"value\""`.
+fn logfmt_fields(fields: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chars = fields.chars().peekable();
+    loop {
+        while chars.next_if_eq(&' ').is_some() {}
+        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=')).collect();
+        if key.is_empty() || chars.next() != Some('=') {
+            return out;
+        }
+        let mut value = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => break,
+                    '\\' => match chars.next() {
+                        Some('t') => value.push('\t'),
+                        Some(other) => value.push(other),
+                        None => break,
+                    },
+                    c => value.push(c),
+                }
+            }
+        } else {
+            value.extend(std::iter::from_fn(|| chars.next_if(|c| *c != ' ')));
+        }
+        out.push((key, value));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_log_lines_quote_what_the_sender_chose() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let dir = temp_dir("text-logs");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = {:?}\n\n\
+         [[source]]\nname = \"p\"\nplatform = \"protocol\"\npath = \"/p\"\nsecrets = [{SECRET:?}]\n",
+        upstream.url("/")
+    );
+    let mut p = spawn_process(&dir, &config, &[]);
+    let addr = p.addr;
+    // A request id that reads as more fields unless it is quoted.
+    let forged = r#"abc status=200 source="admin" reason="""#;
+    let a = send(
+        addr,
+        "POST",
+        "/p",
+        &[("x-request-id", forged)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(a.status, 401);
+    assert_eq!(a.header("x-request-id"), Some(forged));
+    // A request id and a path that are not ASCII (a request id not even UTF-8).
+    let answer = raw_exchange(
+        addr,
+        b"POST /p\xc3\xa9 HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\nconnection: close\r\n\
+          x-request-id: r\xff\t1\r\n\r\n{}",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+
+    let text = p.log();
+    let lines: Vec<Vec<(String, String)>> = text
+        .lines()
+        .filter_map(|l| l.split_once("hookgate::request: request "))
+        .map(|(_, fields)| logfmt_fields(fields))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for line in &lines {
+        let seen: Vec<&str> = line.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(seen, REQUEST_LINE_FIELDS, "{text}");
+    }
+    let value = |line: &[(String, String)], key: &str| {
+        line.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(value(&lines[0], "request_id"), forged, "{text}");
+    assert_eq!(value(&lines[0], "status"), "401");
+    assert_eq!(value(&lines[0], "source"), "p");
+    assert_eq!(value(&lines[1], "request_id"), "r\u{fffd}\t1", "{text}");
+    assert_eq!(value(&lines[1], "path"), "/p\u{e9}", "{text}");
+    assert_eq!(value(&lines[1], "status"), "404");
 }
 
 /// The admin listener's scrape, parsed, and its text.
