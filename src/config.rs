@@ -490,8 +490,15 @@ impl Builder {
     }
 
     fn socket_addr(&self, field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
-        s.parse()
-            .map_err(|_| self.err(field, format!("not an address:port: {s:?}")))
+        s.parse().map_err(|_| {
+            self.err(
+                field,
+                format!(
+                    "not an IP address and port: {s:?} (e.g. \"0.0.0.0:8080\" or \"[::]:8080\"; \
+                     a host name is not looked up)"
+                ),
+            )
+        })
     }
 
     fn nets(&self, field: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
