@@ -22,7 +22,7 @@ pub enum Refusal {
     ClientRateLimited { retry_after_s: u64 },
     #[error("body larger than max_body_bytes")]
     TooLarge,
-    #[error("content-encoding not supported")]
+    #[error("a content-encoding or transfer coding hookgate does not decode")]
     Encoding,
     #[error("body not received within body_timeout_s")]
     BodyTimeout,

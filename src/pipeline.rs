@@ -567,16 +567,24 @@ async fn deliver<'g>(
     );
     // Held until the delivery is answered: the forwarded event shares the body's bytes.
     let (body, _held) = unless_gone(read, gone, sized).await?;
-    if parts
-        .headers
+    let headers = &parts.headers;
+    // hyper reads a chunked body whatever codings the sender put before `chunked` (RFC 9112
+    // §6.1 wants them undone or refused): a gzip-coded body read as it came would go on to
+    // be a forged signature or not JSON, and look like one in the log and the metrics.
+    if headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| !is_identity(v))
+        || !sized
+            && headers
+                .get_all(header::TRANSFER_ENCODING)
+                .iter()
+                .any(|v| !is_chunked(v))
     {
         return Err(Refusal::Encoding);
     }
 
     let carriers = Carriers {
-        headers: &parts.headers,
+        headers,
         query: parts.uri.query(),
     };
     let delivery = process(source, &carriers, body, Millis::now())?;
@@ -755,6 +763,14 @@ pub fn normalize<'a>(
 fn is_identity(v: &HeaderValue) -> bool {
     let s = v.as_bytes().trim_ascii();
     s.is_empty() || s.eq_ignore_ascii_case(b"identity")
+}
+
+/// Whether a `Transfer-Encoding` line names `chunked` alone (hyper refuses a request whose
+/// last coding is not `chunked`).
+fn is_chunked(v: &HeaderValue) -> bool {
+    v.as_bytes()
+        .split(|&b| b == b',')
+        .all(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// `read` (a body's), unless its sender leaves first (`gone`, HTTP/2): most of all while it
