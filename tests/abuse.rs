@@ -16,6 +16,14 @@ fn body(id: &str) -> String {
     format!(r#"{{"id":"{id}","type":"message.created","payload":{{}}}}"#)
 }
 
+/// `b` as a signed delivery to the gateway's `/hooks/p`, for hyper's HTTP/2 client.
+fn signed_h2_request(gw: &Gateway, b: String) -> http::Request<http_body_util::Full<Bytes>> {
+    http::Request::post(format!("http://{}/hooks/p", gw.addr))
+        .header("x-protocol-signature", hmac_hex(SECRET, b.as_bytes()))
+        .body(http_body_util::Full::new(Bytes::from(b)))
+        .expect("request")
+}
+
 async fn deliver(gw: &Gateway, id: &str, extra: &[(&str, &str)]) -> Answer {
     let b = body(id);
     let sig = hmac_hex(SECRET, b.as_bytes());
@@ -418,13 +426,7 @@ async fn keepalive_timeout_keeps_idle_connections_past_the_head_deadline() {
 
     // HTTP/2: a connection idle for 2 s still takes a stream.
     let (mut sender, connection) = h2_connect(gw.addr).await;
-    let request = |id: &str| {
-        let b = body(id);
-        http::Request::post(format!("http://{}/hooks/p", gw.addr))
-            .header("x-protocol-signature", hmac_hex(SECRET, b.as_bytes()))
-            .body(http_body_util::Full::new(Bytes::from(b)))
-            .expect("request")
-    };
+    let request = |id: &str| signed_h2_request(&gw, body(id));
     let first = sender.send_request(request("h2-1")).await.expect("answer");
     assert_eq!(first.status(), 200);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -756,7 +758,6 @@ async fn the_accept_queue_holds_more_than_128_waiting_connections() {
 /// for another's exchange to end (counted), its `timeout_ms` running (then 504).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_connections_in_flight_a_delivery_waits_for_an_upstream_exchange() {
-    use http_body_util::Full;
     let upstream = spawn_upstream(Reply {
         delay: Duration::from_millis(400),
         ..Reply::json(200, "{}")
@@ -779,11 +780,7 @@ async fn past_max_connections_in_flight_a_delivery_waits_for_an_upstream_exchang
     let stream = |id: String| {
         let mut sender = sender.clone();
         let b = body(&id);
-        let request = http::Request::post(format!("http://{}/hooks/p", gw.addr))
-            .version(http::Version::HTTP_2)
-            .header("x-protocol-signature", hmac_hex(SECRET, b.as_bytes()))
-            .body(Full::new(Bytes::from(b)))
-            .expect("request");
+        let request = signed_h2_request(&gw, b);
         tokio::spawn(async move {
             let response = sender.send_request(request).await.expect("response");
             (collect(response).await.status, started.elapsed())
@@ -896,10 +893,7 @@ async fn an_http2_stream_reset_while_its_body_waits_for_the_budget_is_dropped() 
     // B waits for it, then its sender gives up.
     let (mut sender, _connection) = h2_connect(gw.addr).await;
     let b = padded("b", 90_000);
-    let request = http::Request::post(format!("http://{}/hooks/p", gw.addr))
-        .header("x-protocol-signature", hmac_hex(SECRET, b.as_bytes()))
-        .body(http_body_util::Full::new(Bytes::from(b)))
-        .expect("request");
+    let request = signed_h2_request(&gw, b);
     let gave_up =
         tokio::time::timeout(Duration::from_millis(300), sender.send_request(request)).await;
     assert!(gave_up.is_err(), "B was answered");
@@ -1145,10 +1139,7 @@ async fn a_client_that_never_reads_its_answer_is_let_go() {
     // HTTP/2: the answer's head is taken, its body never (so no window is given back).
     let (mut sender, _connection) = h2_connect(gw.addr).await;
     let b = body("never-read-h2");
-    let request = http::Request::post(format!("http://{}/hooks/p", gw.addr))
-        .header("x-protocol-signature", hmac_hex(SECRET, b.as_bytes()))
-        .body(http_body_util::Full::new(Bytes::from(b)))
-        .expect("request");
+    let request = signed_h2_request(&gw, b);
     let answer = sender.send_request(request).await.expect("answer head");
     assert_eq!(answer.status(), 200);
     let_go("HTTP/2", 2).await;
@@ -1211,6 +1202,55 @@ async fn an_http2_connection_is_held_to_16_streams_of_16_kib_heads() {
     assert_eq!(upstream.requests().len(), 1);
 }
 
+/// The deliveries an HTTP/2 connection's resets leave running (each one read whole, so it is
+/// forwarded to the end) still count against its 16 streams: a new stream waits for one of
+/// them to end. Before, a connection that reset every stream once its body was read had as
+/// many deliveries in flight as it sent streams (3,000 in 6 s, each with an upstream
+/// connection of its own, against an app slow to answer), however few streams it had open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_an_http2_connection_reset_still_count_against_its_streams() {
+    let upstream = spawn_upstream(Reply {
+        delay: Duration::from_secs(4),
+        ..Reply::json(200, "{}")
+    })
+    .await;
+    let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "");
+    let (gw, metrics) = spawn_gateway_with_metrics(&config, "h2-resets", None).await;
+    let (mut sender, _connection) = h2_connect(gw.addr).await;
+    let request = |id: &str| signed_h2_request(&gw, body(id));
+    // Sixteen streams, each reset once the upstream holds its delivery.
+    for i in 0..16 {
+        tokio::select! {
+            _ = sender.send_request(request(&format!("held-{i}"))) => panic!("answered"),
+            _ = upstream.wait_for_requests(i + 1) => {}
+        }
+    }
+    // Eight more, each reset after 300 ms: none of them begins while those sixteen run.
+    for i in 0..8 {
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(300),
+            sender.send_request(request(&format!("more-{i}"))),
+        )
+        .await;
+        assert!(gave_up.is_err(), "answered");
+    }
+    assert_eq!(upstream.requests().len(), 16);
+    assert_eq!(metrics.in_flight.get(), 16);
+    // The sixteen are forwarded whole and answered; then the connection serves again.
+    upstream.set_reply(Reply::json(200, "{}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metrics.in_flight.get() != 0 {
+        assert!(Instant::now() < deadline, "deliveries still in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answer = collect(sender.send_request(request("after")).await.expect("answer")).await;
+    assert_eq!(answer.status, 200);
+    let ids = upstream.event_ids();
+    assert_eq!(ids.len(), 17);
+    assert!(ids.iter().all(|id| !id.starts_with("more-")), "{ids:?}");
+    assert_eq!(ids.last().map(String::as_str), Some("after"));
+}
+
 /// Over one HTTP/2 connection, bodies that together need several times the budget all go
 /// through in turn: the streams waiting for the budget cannot take up the connection's
 /// flow-control window that those holding it need for the rest of their bodies (16 streams
@@ -1224,10 +1264,7 @@ async fn http2_streams_that_need_more_than_the_budget_together_finish_in_turn() 
     let streams = (0..16).map(|i| {
         let mut sender = sender.clone();
         let b = padded(&format!("h2-{i}"), 900_000);
-        let request = http::Request::post(format!("http://{}/hooks/p", gw.addr))
-            .header("x-protocol-signature", hmac_hex(SECRET, b.as_bytes()))
-            .body(http_body_util::Full::new(Bytes::from(b)))
-            .expect("request");
+        let request = signed_h2_request(&gw, b);
         tokio::spawn(async move {
             let answer = sender.send_request(request).await.expect("answer");
             answer.status().as_u16()

@@ -316,11 +316,8 @@ where
     // only this connection's worker writes, rather than the `State`'s (see `worker_gateways`).
     let svc_state = Arc::new(Arc::clone(state));
     let svc_activity = Arc::clone(&activity);
-    // A request's delivery, counted open for the idle close while it runs; `place` is held
-    // until it ends.
-    let deliver = move |request,
-                        place: Option<Arc<OwnedSemaphorePermit>>,
-                        gone: Option<pipeline::SenderGone>| {
+    // A request's delivery, counted open for the idle close while it runs.
+    let deliver = move |request, gone: Option<pipeline::SenderGone>| {
         svc_activity.head_pending.store(false, Ordering::Relaxed);
         let open = OpenRequest::new(&svc_activity);
         let state = Arc::clone(&svc_state);
@@ -335,14 +332,14 @@ where
                 gone,
             )
             .await;
-            drop((open, place));
+            drop(open);
             Ok::<_, Infallible>(response)
         }
     };
     let io = TokioIo::new(io);
     let result = match protocol {
         Protocol::Http1 => {
-            let service = service_fn(move |request| deliver(request, None, None));
+            let service = service_fn(move |request| deliver(request, None));
             let connection = state.http.http1.serve_connection(io, service);
             drive(
                 connection,
@@ -361,15 +358,31 @@ where
         // read whole is forwarded whole, as over HTTP/1.1, where hyper finishes its one
         // request in flight before it notices the client gone (`half_close`). One whose
         // body is still being read is told the sender is gone (`SenderGone`) and ends.
+        //
+        // A delivery also holds one of the connection's `STREAMS` turns until it ends, so
+        // that the deliveries its resets leave running count against the connection's
+        // streams: a new stream waits for a turn. Without this one connection that reset
+        // each stream once its body was read had 3,000 deliveries in flight (and as many
+        // upstream connections open) against an app slow to answer.
         Protocol::Http2 => {
             // Shared with the stream's deliveries, which may outlive the connection.
             let place = Arc::new(place);
+            let turns = Arc::new(tokio::sync::Semaphore::new(STREAMS as usize));
             let service = service_fn(move |request| {
                 let (present, gone) = tokio::sync::oneshot::channel();
-                let delivery = deliver(request, Some(Arc::clone(&place)), Some(gone));
-                Detachable {
-                    rest: Some(Box::pin(delivery)),
-                    _present: present,
+                // Boxed from the start: hyper moves a pointer, not the delivery's state.
+                let rest = Box::pin(deliver(request, Some(gone)));
+                let (place, turns) = (Arc::clone(&place), Arc::clone(&turns));
+                async move {
+                    // Dropped while it waits (its stream reset): the delivery never began.
+                    // The semaphore is never closed.
+                    let turn = turns.acquire_owned().await.ok();
+                    Detachable {
+                        rest: Some(rest),
+                        held: Some((place, turn)),
+                        _present: present,
+                    }
+                    .await
                 }
             });
             let connection = state.http.http2.serve_connection(io, service);
@@ -393,18 +406,20 @@ where
 /// A future that, dropped before its end, is finished by a task of its own (on the worker's
 /// runtime) instead of being cancelled, and is told so by `present`'s end. Polled in place
 /// until then, so the common case pays a box and no task; and boxed from the start, so hyper
-/// moves a pointer where it would move the delivery's whole state (~4 KiB). Hand-written:
-/// tokio's `spawn` would pay a task and a wake-up on every request to cover the rare one.
-struct Detachable<F: Future + Send + 'static>
+/// moves a pointer where it would move the delivery's whole state (~4 KiB). `held` lives as
+/// long as the future, in the task too. Hand-written: tokio's `spawn` would pay a task and a
+/// wake-up on every request to cover the rare one.
+struct Detachable<F: Future + Send + 'static, H: Send + 'static>
 where
     F::Output: Send,
 {
     rest: Option<Pin<Box<F>>>,
+    held: Option<H>,
     /// Dropped with this (after `drop` has handed `rest` on): the delivery's `SenderGone`.
     _present: tokio::sync::oneshot::Sender<()>,
 }
 
-impl<F: Future + Send + 'static> Future for Detachable<F>
+impl<F: Future + Send + 'static, H: Send + Unpin + 'static> Future for Detachable<F, H>
 where
     F::Output: Send,
 {
@@ -417,11 +432,12 @@ where
         };
         let output = std::task::ready!(rest.as_mut().poll(cx));
         self.rest = None;
+        self.held = None;
         Poll::Ready(output)
     }
 }
 
-impl<F: Future + Send + 'static> Drop for Detachable<F>
+impl<F: Future + Send + 'static, H: Send + 'static> Drop for Detachable<F, H>
 where
     F::Output: Send,
 {
@@ -429,7 +445,12 @@ where
         // Outside a runtime (the worker's is being torn down) there is nothing to finish on.
         if let (Some(rest), Ok(runtime)) = (self.rest.take(), tokio::runtime::Handle::try_current())
         {
-            runtime.spawn(rest);
+            let held = self.held.take();
+            runtime.spawn(async move {
+                let output = rest.await;
+                drop(held);
+                output
+            });
         }
     }
 }
