@@ -446,15 +446,23 @@ fn new_request_id() -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
+/// `/healthz`, `/readyz` and `/metrics` are read with GET or HEAD; anything else gets 405.
+fn read_only(method: &Method) -> Option<Response<Body>> {
+    if method == Method::GET || method == Method::HEAD {
+        return None;
+    }
+    let mut r = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        error_body(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", false),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    Some(r)
+}
+
 fn health_answer(path: &str, method: &Method, health: &Health) -> Response<Body> {
-    let mut response = if method != Method::GET && method != Method::HEAD {
-        let mut r = json_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            error_body(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", false),
-        );
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        r
+    let mut response = if let Some(refused) = read_only(method) {
+        refused
     } else if path == "/readyz" && !health.ready.load(std::sync::atomic::Ordering::Relaxed) {
         json_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -479,6 +487,9 @@ pub fn admin_answer(
     if path == "/healthz" || path == "/readyz" {
         health_answer(path, request.method(), health)
     } else if path == "/metrics" {
+        if let Some(refused) = read_only(request.method()) {
+            return refused;
+        }
         let mut r = Response::new(Full::new(Bytes::from(metrics.encode())));
         r.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -615,6 +615,22 @@ async fn health_endpoints_on_main_and_admin_listeners() {
             assert_eq!((a.status, a.body.len()), (200, 0), "{addr} {path}");
         }
     }
+    // Read-only endpoints: any other method is 405, on the admin listener's /metrics too.
+    for (addr, path) in [
+        (gw.addr, "/healthz"),
+        (admin, "/readyz"),
+        (admin, "/metrics"),
+    ] {
+        let a = send(addr, "POST", path, &[], Bytes::new()).await;
+        assert_eq!(
+            (a.status, a.header("allow")),
+            (405, Some("GET, HEAD")),
+            "{path}"
+        );
+        assert_eq!(a.json(), serde_json::json!({"error":"method_not_allowed"}));
+    }
+    let a = send(admin, "HEAD", "/metrics", &[], Bytes::new()).await;
+    assert_eq!((a.status, a.body.len()), (200, 0));
     gw.server.set_unready();
     assert_eq!(
         send(gw.addr, "GET", "/readyz", &[], Bytes::new())
