@@ -149,6 +149,22 @@ pub async fn read_whole<'b>(
     Ok((body, Held { _permit: held }))
 }
 
+/// The comma-separated items of a header list (RFC 9110 §5.6.1), trimmed, empty ones left
+/// out: what `Connection`, `Content-Encoding` and `Transfer-Encoding` hold, for requests and
+/// for the app's answers alike.
+pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether a coding list (`Content-Encoding`, `Transfer-Encoding`) names no coding but
+/// `coding` (case aside): hookgate undoes none, so any other is refused.
+pub fn codings_only(value: &[u8], coding: &[u8]) -> bool {
+    list_items(value).all(|c| c.eq_ignore_ascii_case(coding))
+}
+
 /// Reads the body of a request refused before its body was read (404, 405, 403, 429) to
 /// its end on a task of its own, dropping each piece, so that an HTTP/1.1 connection can
 /// carry the sender's next request: hyper closes a connection whose request body was left
@@ -186,4 +202,34 @@ pub fn discard(
         }
     }));
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A coding list names only the one coding hookgate takes, whatever the case, spaces,
+    /// empty items or repeats; any other coding anywhere in it does not pass.
+    #[test]
+    fn a_coding_list_names_only_the_coding_taken() {
+        for (value, coding, only) in [
+            ("identity", "identity", true),
+            (" Identity , identity,", "identity", true),
+            ("", "identity", true),
+            ("gzip", "identity", false),
+            ("identity, gzip", "identity", false),
+            ("chunked", "chunked", true),
+            ("CHUNKED,,", "chunked", true),
+            ("gzip, chunked", "chunked", false),
+            ("chunked, x-custom", "chunked", false),
+        ] {
+            assert_eq!(
+                codings_only(value.as_bytes(), coding.as_bytes()),
+                only,
+                "{value:?} as {coding}"
+            );
+        }
+        let items: Vec<&[u8]> = list_items(b" a ,, b,").collect();
+        assert_eq!(items, [&b"a"[..], &b"b"[..]]);
+    }
 }

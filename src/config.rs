@@ -938,6 +938,21 @@ secrets = ["literal-secret"]
         );
     }
 
+    /// A listen address must be an IP address and port; the error says so, and that a host
+    /// name is not looked up.
+    #[test]
+    fn a_listen_address_by_host_name_is_refused_with_what_is_wanted() {
+        for listen in ["localhost:8080", ":8080", "8080"] {
+            let e = err(&format!("[server]\nlisten = {listen:?}\n{MINIMAL}"));
+            assert!(
+                e.contains(&format!(
+                    "server.listen: not an IP address and port: {listen:?}"
+                )) && e.contains("a host name is not looked up"),
+                "{e}"
+            );
+        }
+    }
+
     /// `keepalive_timeout_s` follows `header_timeout_s` unless set (SPEC's behaviour), and,
     /// like it, is above 0.
     #[test]

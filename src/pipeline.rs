@@ -409,7 +409,7 @@ fn log_request(
         // The sender's own text is logged as a string (quoted in text lines), so that it cannot
         // pass itself off as more fields, and a request id that is not UTF-8 is still logged.
         request_id = clipped(&String::from_utf8_lossy(request_id.as_bytes())).as_ref(),
-        client = %outcome.client.map_or_else(|| conn.peer.ip().to_string(), |c| c.to_string()),
+        client = %outcome.client.unwrap_or_else(|| conn.peer.ip()),
         method = %clipped(method.as_str()),
         path = clipped(path).as_ref(),
         reason = reason.unwrap_or(""),
@@ -584,12 +584,12 @@ async fn deliver<'g>(
     // be a forged signature or not JSON, and look like one in the log and the metrics.
     if headers
         .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !is_identity(v))
+        .is_some_and(|v| !body::codings_only(v.as_bytes(), b"identity"))
         || !sized
             && headers
                 .get_all(header::TRANSFER_ENCODING)
                 .iter()
-                .any(|v| !is_chunked(v))
+                .any(|v| !body::codings_only(v.as_bytes(), b"chunked"))
     {
         return Err(Refusal::Encoding);
     }
@@ -769,19 +769,6 @@ pub fn normalize<'a>(
         .platform
         .normalize(object, &delivery)
         .map_err(|e| Refusal::NotPlatformJson(e.0))
-}
-
-fn is_identity(v: &HeaderValue) -> bool {
-    let s = v.as_bytes().trim_ascii();
-    s.is_empty() || s.eq_ignore_ascii_case(b"identity")
-}
-
-/// Whether a `Transfer-Encoding` line names `chunked` alone (hyper refuses a request whose
-/// last coding is not `chunked`).
-fn is_chunked(v: &HeaderValue) -> bool {
-    v.as_bytes()
-        .split(|&b| b == b',')
-        .all(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// `read` (a body's), unless its sender leaves first (`gone`, HTTP/2): most of all while it

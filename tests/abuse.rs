@@ -220,11 +220,7 @@ async fn dedupe_off_by_default_for_senders_that_read_the_answer() {
 
 #[tokio::test]
 async fn two_copies_in_flight_are_both_forwarded() {
-    let upstream = spawn_upstream(Reply {
-        delay: Duration::from_millis(300),
-        ..Reply::json(200, "{}")
-    })
-    .await;
+    let upstream = spawn_upstream(Reply::json(200, "{}").after(Duration::from_millis(300))).await;
     let gw = gateway(&upstream, "", "", &LimitClock::fake()).await;
     let (a, b) = tokio::join!(deliver(&gw, "twin", &[]), deliver(&gw, "twin", &[]));
     assert_eq!((a.status, b.status), (200, 200));
@@ -758,11 +754,7 @@ async fn the_accept_queue_holds_more_than_128_waiting_connections() {
 /// for another's exchange to end (counted), its `timeout_ms` running (then 504).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_connections_in_flight_a_delivery_waits_for_an_upstream_exchange() {
-    let upstream = spawn_upstream(Reply {
-        delay: Duration::from_millis(400),
-        ..Reply::json(200, "{}")
-    })
-    .await;
+    let upstream = spawn_upstream(Reply::json(200, "{}").after(Duration::from_millis(400))).await;
     let config = one_source(
         &upstream.url("/"),
         "protocol",
@@ -1209,11 +1201,7 @@ async fn an_http2_connection_is_held_to_16_streams_of_16_kib_heads() {
 /// connection of its own, against an app slow to answer), however few streams it had open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_an_http2_connection_reset_still_count_against_its_streams() {
-    let upstream = spawn_upstream(Reply {
-        delay: Duration::from_secs(4),
-        ..Reply::json(200, "{}")
-    })
-    .await;
+    let upstream = spawn_upstream(Reply::json(200, "{}").after(Duration::from_secs(4))).await;
     let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "");
     let (gw, metrics) = spawn_gateway_with_metrics(&config, "h2-resets", None).await;
     let (mut sender, _connection) = h2_connect(gw.addr).await;
@@ -1225,10 +1213,11 @@ async fn deliveries_an_http2_connection_reset_still_count_against_its_streams() 
             _ = upstream.wait_for_requests(i + 1) => {}
         }
     }
-    // Eight more, each reset after 300 ms: none of them begins while those sixteen run.
-    for i in 0..8 {
+    // Four more, each reset after 250 ms (well within the sixteen's 4 s): none of them
+    // begins while those sixteen run.
+    for i in 0..4 {
         let gave_up = tokio::time::timeout(
-            Duration::from_millis(300),
+            Duration::from_millis(250),
             sender.send_request(request(&format!("more-{i}"))),
         )
         .await;

@@ -409,6 +409,7 @@ async fn text_log_lines_quote_what_the_sender_chose() {
     assert_eq!(value(&lines[0], "request_id"), forged, "{text}");
     assert_eq!(value(&lines[0], "status"), "401");
     assert_eq!(value(&lines[0], "source"), "p");
+    assert_eq!(value(&lines[0], "client"), "127.0.0.1");
     assert_eq!(value(&lines[1], "request_id"), "r\u{fffd}\t1", "{text}");
     assert_eq!(value(&lines[1], "path"), "/p\u{e9}", "{text}");
     assert_eq!(value(&lines[1], "status"), "404");

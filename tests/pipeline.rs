@@ -443,10 +443,7 @@ async fn upstream_failures_are_502_and_504() {
     );
 
     // Too slow: 504 after timeout_ms.
-    let slow = Reply {
-        delay: Duration::from_millis(1500),
-        ..Reply::json(200, "{}")
-    };
+    let slow = Reply::json(200, "{}").after(Duration::from_millis(1500));
     let (_up, gw) = behind(slow, "timeout_ms = 300").await;
     let t = Instant::now();
     let a = deliver(&gw).await;
@@ -694,11 +691,8 @@ async fn chunked_body_over_the_limit_is_413_without_a_content_length() {
 #[tokio::test]
 async fn a_delivery_whose_sender_hangs_up_is_still_forwarded_whole() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let upstream = spawn_upstream(Reply {
-        delay: Duration::from_millis(300),
-        ..Reply::json(200, r#"{"ok":true}"#)
-    })
-    .await;
+    let upstream =
+        spawn_upstream(Reply::json(200, r#"{"ok":true}"#).after(Duration::from_millis(300))).await;
     let gw = spawn_gateway(&one_source(
         &upstream.url("/app"),
         "protocol",
@@ -1438,11 +1432,8 @@ async fn an_early_answer_that_keeps_the_connection_lets_the_event_go_out_whole()
 /// back at 0), as over HTTP/1.1.
 #[tokio::test]
 async fn an_http2_delivery_whose_sender_gives_up_is_still_forwarded_whole() {
-    let upstream = spawn_upstream(Reply {
-        delay: Duration::from_millis(300),
-        ..Reply::json(200, r#"{"ok":true}"#)
-    })
-    .await;
+    let upstream =
+        spawn_upstream(Reply::json(200, r#"{"ok":true}"#).after(Duration::from_millis(300))).await;
     let config = one_source(&upstream.url("/app"), "protocol", "/hooks/p", &[SECRET], "");
     let (gw, metrics) = spawn_gateway_with_metrics(&config, "h2-gives-up", None).await;
     let request = |id: &str| {

@@ -669,11 +669,9 @@ async fn deliver_to(addr: SocketAddr, path: &str, key: &str, id: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_an_in_flight_delivery_finish_then_exits_0() {
-    let upstream = spawn_upstream(Reply {
-        delay: Duration::from_millis(1500),
-        ..Reply::json(200, r#"{"slow":true}"#)
-    })
-    .await;
+    let upstream =
+        spawn_upstream(Reply::json(200, r#"{"slow":true}"#).after(Duration::from_millis(1500)))
+            .await;
     let dir = temp_dir("sigterm");
     let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "").replace(
         "[server]\n",
@@ -1146,11 +1144,9 @@ fn deliver_in_background(addr: SocketAddr) -> tokio::task::JoinHandle<Answer> {
 /// `body_timeout_s`, which bounds only how long an answer may go unread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_waits_for_a_slow_upstream_past_body_timeout() {
-    let upstream = spawn_upstream(Reply {
-        delay: Duration::from_millis(2500),
-        ..Reply::json(200, r#"{"slow":true}"#)
-    })
-    .await;
+    let upstream =
+        spawn_upstream(Reply::json(200, r#"{"slow":true}"#).after(Duration::from_millis(2500)))
+            .await;
     let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "").replace(
         "[server]\n",
         "[server]\nbody_timeout_s = 1\nshutdown_grace_s = 10\n",
@@ -1169,11 +1165,7 @@ async fn a_drain_waits_for_a_slow_upstream_past_body_timeout() {
 /// with status 1, instead of waiting out `shutdown_grace_s` for a slow delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_during_the_drain_exits_at_once() {
-    let upstream = spawn_upstream(Reply {
-        delay: Duration::from_secs(20),
-        ..Reply::json(200, "{}")
-    })
-    .await;
+    let upstream = spawn_upstream(Reply::json(200, "{}").after(Duration::from_secs(20))).await;
     let dir = temp_dir("second-signal");
     let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "")
         .replace("[server]\n", "[server]\nshutdown_grace_s = 30\n");

@@ -9,6 +9,7 @@
 #   benches/load/callgrind.sh target/release/hookgate    # requests, instructions, per request
 #   SECS=4 BODY=big.json benches/load/callgrind.sh BIN
 #   H2=10 benches/load/callgrind.sh BIN    # HTTP/2 (h2c, h2load; nghttp2-client), 10 streams a connection
+#   RUST_LOG=info benches/load/callgrind.sh BIN   # at the default log level (a line per request)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SECS=${SECS:-8}
@@ -23,7 +24,7 @@ trap stop_gateway_and_sink EXIT
 
 start_nginx sink sink.conf 1
 gateway_config "$HERE/bench.toml" 18090 > "$RUN_DIR/hookgate.toml"
-RUST_LOG=warn HOOKGATE_WORKERS=1 valgrind --tool=callgrind --callgrind-out-file="$RUN_DIR/cg.out" \
+RUST_LOG=${RUST_LOG:-warn} HOOKGATE_WORKERS=1 valgrind --tool=callgrind --callgrind-out-file="$RUN_DIR/cg.out" \
   "$1" run --config "$RUN_DIR/hookgate.toml" 2> "$RUN_DIR/valgrind.log" &
 GW=$!
 # Under valgrind the start takes a few seconds: wait for the port.

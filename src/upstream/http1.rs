@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::UpstreamAnswer;
+use crate::body::{codings_only, list_items};
 
 /// An answer's head larger than this is refused (hyper's client allows ~400 KiB; no
 /// application answers a webhook with more than a few hundred bytes of head).
@@ -527,11 +528,11 @@ impl Head {
                 // Several lines are one list; the last coding is what frames the body.
                 transfer_encoding = Some(value);
             } else if name.eq_ignore_ascii_case(b"content-encoding") {
-                if tokens(value).any(|t| !t.eq_ignore_ascii_case(b"identity")) {
+                if !codings_only(value, b"identity") {
                     return Err(ExchangeError::Encoding);
                 }
             } else if name.eq_ignore_ascii_case(b"connection") {
-                if tokens(value).any(|t| t.eq_ignore_ascii_case(b"close")) {
+                if list_items(value).any(|t| t.eq_ignore_ascii_case(b"close")) {
                     keep_alive = false;
                 }
             } else if name.eq_ignore_ascii_case(b"content-type") {
@@ -546,7 +547,7 @@ impl Head {
             Framing::Empty
         } else if let Some(te) = transfer_encoding {
             // A transfer-encoding overrides any content-length (RFC 9112 §6.3).
-            if tokens(te)
+            if list_items(te)
                 .last()
                 .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
             {
@@ -569,14 +570,6 @@ impl Head {
             keep_alive,
         }))
     }
-}
-
-/// The comma-separated items of a header value, trimmed, empty ones left out.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|b| *b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
 }
 
 /// `content-length`: decimal digits, or a list of the same number (RFC 9110 §8.6).

@@ -58,6 +58,11 @@ impl Reply {
             delay: Duration::ZERO,
         }
     }
+
+    /// The same answer, given `delay` after the request has arrived (an app slow to answer).
+    pub fn after(self, delay: Duration) -> Reply {
+        Reply { delay, ..self }
+    }
 }
 
 pub struct Upstream {
