@@ -5,6 +5,7 @@
 //! [`ConfigError`] that names the file and the field in one line. Unknown keys are errors:
 //! in a security gateway a typo such as `secert` must stop startup, not be ignored.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fmt;
@@ -154,7 +155,7 @@ fn without_quoted(message: &str) -> String {
 
 /// A URL as a config error may quote it: any `user:password@` replaced by `…@`, since
 /// the password is a secret (SPEC §3: an error line never quotes one).
-fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+fn without_userinfo(url: &str) -> Cow<'_, str> {
     let start = url.find("://").map_or(0, |i| i + 3);
     let authority_end = url[start..]
         .find(['/', '?', '#'])
@@ -167,6 +168,49 @@ fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
 
 /// Whether a connection to `target` lands on hookgate's own listener: an address the
 /// listener takes that is surely this host's (the listener's own, or loopback).
+/// A path in the form senders put on the wire, for matching: every byte outside ASCII
+/// percent-encoded and every `%XX` escape's hex upper-cased (RFC 3986 §2.1, §6.2.2.1). So
+/// `/hük`, `/h%c3%bck` and `/h%C3%BCk` name one source. Borrowed when already so, which
+/// every ASCII path with upper-case escapes is: the request of a route hit never gets here.
+pub fn wire_path(path: &str) -> Cow<'_, str> {
+    let bytes = path.as_bytes();
+    let escape_at = |i: usize| {
+        bytes[i] == b'%'
+            && bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+            && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
+    };
+    let canonical = (0..bytes.len()).all(|i| {
+        bytes[i].is_ascii()
+            && !(escape_at(i)
+                && (bytes[i + 1].is_ascii_lowercase() || bytes[i + 2].is_ascii_lowercase()))
+    });
+    if canonical {
+        return Cow::Borrowed(path);
+    }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(path.len() * 3);
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if !b.is_ascii() {
+            out.extend([
+                '%',
+                char::from(HEX[usize::from(b >> 4)]),
+                char::from(HEX[usize::from(b & 15)]),
+            ]);
+        } else if escape_at(i) {
+            out.push('%');
+            out.push(char::from(bytes[i + 1].to_ascii_uppercase()));
+            out.push(char::from(bytes[i + 2].to_ascii_uppercase()));
+            i += 2;
+        } else {
+            out.push(char::from(b));
+        }
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
 fn is_own_listener(target: &Target, listen: SocketAddr) -> bool {
     target
         .known_addrs()
@@ -671,10 +715,9 @@ impl Builder {
             if !names.insert(src.name.clone()) {
                 return Err(self.err(at("name"), format!("duplicate source name {:?}", src.name)));
             }
-            // Matched byte for byte against the request's path as sent, which never holds a
-            // space, a control character, a query or a fragment: such a path could never
-            // match. Raw UTF-8 can: hyper takes a path's bytes as a client that does not
-            // percent-encode sends them (curl does encode).
+            // Matched against the request's path as sent, which never holds a space, a
+            // control character, a query or a fragment: such a path could never match.
+            // Non-ASCII is matched in its percent-encoded form, the one senders send.
             let path_byte = |b: &u8| *b > b' ' && *b != 0x7f && *b != b'?' && *b != b'#';
             if !src.path.starts_with('/') || !src.path.as_bytes().iter().all(path_byte) {
                 return Err(self.err(
@@ -682,11 +725,12 @@ impl Builder {
                     "must start with / and hold no space, control character, query or fragment",
                 ));
             }
-            if src.path == "/healthz" || src.path == "/readyz" {
-                return Err(self.err(at("path"), format!("{} is reserved", src.path)));
+            let path = wire_path(&src.path).into_owned();
+            if path == "/healthz" || path == "/readyz" {
+                return Err(self.err(at("path"), format!("{path} is reserved")));
             }
-            if !paths.insert(src.path.clone()) {
-                return Err(self.err(at("path"), format!("duplicate path {:?}", src.path)));
+            if !paths.insert(path.clone()) {
+                return Err(self.err(at("path"), format!("duplicate path {path:?}")));
             }
             let verifier = match src.verify {
                 Some(VerifyMode::None) => {
@@ -755,7 +799,7 @@ impl Builder {
             sources.push(Arc::new(Source {
                 name: src.name.clone(),
                 platform: src.platform,
-                path: src.path.clone(),
+                path,
                 verifier,
                 forward: src.forward,
                 include_raw: src.include_raw,
@@ -1034,9 +1078,46 @@ secrets = ["literal-secret"]
                 "{bad:?}: {e}"
             );
         }
-        for good in ["/p", "/%C3%BC", "/hük", "/a/b-c_d.e~f!$&'()*+,;=:@"] {
+        for (good, wire) in [
+            ("/p", "/p"),
+            ("/%C3%BC", "/%C3%BC"),
+            ("/%c3%bc", "/%C3%BC"),
+            ("/hük", "/h%C3%BCk"),
+            ("/a/b-c_d.e~f!$&'()*+,;=:@%", "/a/b-c_d.e~f!$&'()*+,;=:@%"),
+        ] {
             let c = parse(&with(good)).unwrap_or_else(|e| panic!("{good:?}: {e}"));
-            assert_eq!(c.sources[0].path, good);
+            assert_eq!(c.sources[0].path, wire);
+        }
+        // One path in two spellings is one path.
+        let twice = format!(
+            "{}\n[[source]]\nname = \"b\"\nplatform = \"protocol\"\npath = \"/h%C3%BCk\"\nsecrets = [\"x\"]\n",
+            with("/hük")
+        );
+        let e = err(&twice);
+        assert!(
+            e.contains("source[1].path") && e.contains("duplicate path \"/h%C3%BCk\""),
+            "{e}"
+        );
+    }
+
+    /// The wire form: non-ASCII bytes escaped, escapes' hex upper-cased, anything else
+    /// (a lone `%`, a `%` before non-hex) as it was; borrowed when nothing changes.
+    #[test]
+    fn wire_path_escapes_non_ascii_and_upper_cases_escapes() {
+        for (path, wire) in [
+            ("/ä", "/%C3%A4"),
+            ("/%e2%82%ac/x", "/%E2%82%AC/x"),
+            ("/%aZ%a", "/%aZ%a"),
+            ("/%%ab", "/%%AB"),
+            ("/€%7e", "/%E2%82%AC%7E"),
+        ] {
+            assert_eq!(wire_path(path), wire, "{path}");
+        }
+        for path in ["/", "/hooks/p", "/%C3%A4", "/%", "/%g1", "/a%2"] {
+            assert!(
+                matches!(wire_path(path), Cow::Borrowed(p) if p == path),
+                "{path}"
+            );
         }
     }
 

@@ -6,6 +6,7 @@
 //! A request that fails a check is not counted by the later ones. Every answer carries
 //! `x-request-id`; every refusal is a short JSON code, its reason in the log only.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use tokio::sync::oneshot::error::TryRecvError;
 
 use crate::admit;
 use crate::body;
-use crate::config::{Config, ForwardMode, Source};
+use crate::config::{self, Config, ForwardMode, Source};
 use crate::dedupe::Dedupe;
 use crate::error::{Refusal, error_body};
 use crate::event::Event;
@@ -680,10 +681,16 @@ fn admit_head<'g>(
     parts: &http::request::Parts,
     outcome: &mut Outcome<'g>,
 ) -> Result<(&'g Route, admit::Client), Refusal> {
-    let route = gateway
-        .routes
-        .get(parts.uri.path())
-        .ok_or(Refusal::NoRoute)?;
+    let path = parts.uri.path();
+    let route = match gateway.routes.get(path) {
+        Some(route) => route,
+        // A path sent in another spelling of a route's: raw UTF-8, lower-case escapes.
+        None => match config::wire_path(path) {
+            Cow::Owned(wire) => gateway.routes.get(&wire),
+            Cow::Borrowed(_) => None,
+        }
+        .ok_or(Refusal::NoRoute)?,
+    };
     outcome.route = Some(route);
     if parts.method != Method::POST {
         return Err(Refusal::Method);

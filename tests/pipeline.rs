@@ -223,6 +223,48 @@ async fn each_refusal_row_of_the_table() {
     assert_eq!(upstream.requests().len(), 1);
 }
 
+/// A source path written with non-ASCII in the config is reached the way senders send it
+/// (percent-encoded, in either case of hex) and as raw UTF-8; other paths are not.
+#[tokio::test]
+async fn a_non_ascii_source_path_is_reached_as_senders_spell_it() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let gw = spawn_gateway(&one_source(
+        &upstream.url("/app"),
+        "protocol",
+        "/hooks/grüße",
+        &[SECRET],
+        "dedupe_window_s = 0",
+    ))
+    .await;
+    let encoded = "/hooks/gr%C3%BC%C3%9Fe";
+    for path in [
+        encoded,
+        "/hooks/gr%c3%bc%c3%9fe",
+        "/hooks/gr%C3%bc%c3%9Fe?x=1",
+    ] {
+        let a = post(&gw, path, &sig_header(&signature()), BODY).await;
+        assert_eq!(a.status, 200, "{path}: {:?}", a.body);
+    }
+    let raw = raw_exchange(
+        gw.addr,
+        signed_post("/hooks/grüße", SECRET, BODY).as_bytes(),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 200 "), "{raw}");
+    assert_eq!(upstream.requests().len(), 4);
+    // Other strings are other paths: decomposed ü, an escaped letter, a prefix.
+    for path in [
+        "/hooks/gru%CC%88%C3%9Fe",
+        "/hooks/%67r%C3%BC%C3%9Fe",
+        "/hooks/gr%C3%BC",
+    ] {
+        let a = post(&gw, path, &sig_header(&signature()), BODY).await;
+        assert_eq!(a.status, 404, "{path}");
+    }
+    assert_eq!(upstream.requests().len(), 4);
+}
+
 #[tokio::test]
 async fn allow_cidrs_refuses_other_clients() {
     let (upstream, gw) = protocol_gateway("allow_cidrs = [\"203.0.113.0/24\"]", "").await;

@@ -312,8 +312,43 @@ proptest! {
         }
     }
 
+    /// A request path's wire form is ASCII, stays as it is when formed again, and decodes
+    /// to the same bytes as the path (escaping and upper-casing change no byte it stands for).
+    #[test]
+    fn a_wire_path_is_ascii_stable_and_means_the_same_bytes(path in "(/|%|[0-9a-fA-F]|.){0,40}") {
+        let wire = hookgate::config::wire_path(&path);
+        prop_assert!(wire.is_ascii(), "{:?}", wire);
+        let again = hookgate::config::wire_path(&wire);
+        prop_assert_eq!(again.as_ref(), wire.as_ref());
+        prop_assert_eq!(percent_decoded(&wire), percent_decoded(&path));
+    }
+
     #[test]
     fn config_parsing_never_panics(text in ".{0,400}") {
         let _ = hookgate::config::Config::from_toml_str(&text, Path::new("/nonexistent/fuzz.toml"));
     }
+}
+
+/// `text` with every `%XX` escape made the byte it stands for.
+fn percent_decoded(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| Some(hex(*bytes.get(i + 1)?)? * 16 + hex(*bytes.get(i + 2)?)?))
+            .flatten();
+        match escaped {
+            Some(b) => {
+                out.push(b as u8);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }
