@@ -1,11 +1,12 @@
 //! What hookgate reads from a request's head besides the body: the `X-Forwarded-For` walk
 //! (behind a trusted proxy, and not), a funtek query's token and its stripping for the log,
-//! and an id written into a header. Each is checked against what it must keep true.
+//! an id written into a header, and a request path's wire form. Each is checked against what it must keep true.
 #![no_main]
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderValue};
 use hookgate::admit;
+use hookgate::config::wire_path;
 use hookgate::upstream::encode_id;
 use hookgate::verify::{query_param, strip_query_param};
 use libfuzzer_sys::fuzz_target;
@@ -29,6 +30,13 @@ fuzz_target!(|data: &[u8]| {
     assert!(bytes.iter().all(|b| (b'!'..=b'~').contains(b)), "{bytes:?}");
     let decoded: Vec<u8> = percent_encoding::percent_decode(bytes).collect();
     assert_eq!(decoded, query.as_bytes());
+
+    // A request path in its wire form (a route miss): ASCII, stable, the same bytes.
+    let wire = wire_path(query);
+    assert!(wire.is_ascii(), "{wire:?}");
+    assert_eq!(wire_path(&wire), wire);
+    let same: Vec<u8> = percent_encoding::percent_decode(wire.as_bytes()).collect();
+    assert_eq!(same, percent_encoding::percent_decode(query.as_bytes()).collect::<Vec<u8>>());
 
     // The rest: X-Forwarded-For lines (one header each) and, last, X-Forwarded-Proto.
     let mut headers = HeaderMap::new();
