@@ -166,8 +166,6 @@ fn without_userinfo(url: &str) -> Cow<'_, str> {
     }
 }
 
-/// Whether a connection to `target` lands on hookgate's own listener: an address the
-/// listener takes that is surely this host's (the listener's own, or loopback).
 /// A path in the form senders put on the wire, for matching: every byte outside ASCII
 /// percent-encoded and every `%XX` escape's hex upper-cased (RFC 3986 §2.1, §6.2.2.1). So
 /// `/hük`, `/h%c3%bck` and `/h%C3%BCk` name one source. Borrowed when already so, which
@@ -211,6 +209,8 @@ pub fn wire_path(path: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Whether a connection to `target` lands on hookgate's own listener: an address the
+/// listener takes that is surely this host's (the listener's own, or loopback).
 fn is_own_listener(target: &Target, listen: SocketAddr) -> bool {
     target
         .known_addrs()
