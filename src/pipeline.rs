@@ -34,13 +34,15 @@ use crate::time::Millis;
 use crate::upstream::{self, Forward, ForwardHeaders, Upstream};
 use crate::verify::{Carriers, Verified};
 
-/// What outlives a config: the limiters' clock and the metrics.
+/// What outlives a config: the limiters' clock, the metrics and the upstream names' addresses.
 #[derive(Clone)]
 pub struct Context {
     pub clock: LimitClock,
     pub metrics: Arc<Metrics>,
     /// How many worker threads serve connections (each with its own upstream client).
     pub workers: usize,
+    /// The upstream host names' addresses, for every worker and every reload.
+    pub dns: Arc<upstream::Dns>,
 }
 
 impl Default for Context {
@@ -49,6 +51,7 @@ impl Default for Context {
             clock: LimitClock::default(),
             metrics: Arc::default(),
             workers: default_workers(),
+            dns: Arc::default(),
         }
     }
 }
@@ -135,6 +138,7 @@ impl Gateway {
                     config.server.max_body_bytes,
                     Arc::clone(slots),
                     context.metrics.upstream.clone(),
+                    Arc::clone(&context.dns),
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -852,6 +856,35 @@ mod tests {
             ..Context::default()
         };
         Gateway::new(config, &context, previous).expect("gateway")
+    }
+
+    /// The upstream names' addresses are one cache for every worker, kept by a reload: a
+    /// failed lookup falls back on what any worker looked up before, however recent the
+    /// gateway.
+    #[test]
+    fn every_worker_and_reload_shares_the_upstream_names_addresses() {
+        let config = || {
+            Config::from_toml_str(
+                "[upstream]\nurl = \"http://app.example:9/\"\n[[source]]\nname = \"p\"\n\
+                 platform = \"protocol\"\npath = \"/p\"\nsecrets = [\"s\"]\n",
+                std::path::Path::new("/etc/hookgate/t.toml"),
+            )
+            .expect("valid")
+        };
+        let context = Context {
+            workers: 2,
+            ..Context::default()
+        };
+        let a = Gateway::new(config(), &context, None).expect("gateway");
+        let b = Gateway::new(config(), &context, Some(&a)).expect("reloaded");
+        let caches: Vec<_> = a
+            .upstreams
+            .iter()
+            .chain(&b.upstreams)
+            .map(|u| u.dns())
+            .collect();
+        assert_eq!(caches.len(), 4);
+        assert!(caches.iter().all(|d| Arc::ptr_eq(d, &context.dns)));
     }
 
     #[test]

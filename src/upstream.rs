@@ -30,7 +30,7 @@ use crate::json::BodyChunks;
 use crate::verify::Secret;
 use http1::{ExchangeError, Exchanged};
 use pool::Pool;
-pub use pool::{SWEEP, Target};
+pub use pool::{Dns, SWEEP, Target};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -206,8 +206,9 @@ impl Upstream {
         max_body_bytes: u64,
         slots: Arc<Semaphore>,
         counters: UpstreamCounters,
+        dns: Arc<Dns>,
     ) -> Result<Upstream, ClientSetupError> {
-        let pool = Pool::new(Arc::new(tls_config(ca)?));
+        let pool = Pool::new(Arc::new(tls_config(ca)?), dns);
         let signing = signing_key.map(|k| {
             <Hmac<Sha256> as KeyInit>::new_from_slice(k.expose()).expect("HMAC takes any key")
         });
@@ -228,6 +229,11 @@ impl Upstream {
     /// The worker's share of the exchanges in flight.
     pub fn slots(&self) -> &Arc<Semaphore> {
         &self.slots
+    }
+
+    #[cfg(test)]
+    pub(crate) fn dns(&self) -> &Arc<Dns> {
+        self.pool.dns()
     }
 
     /// Sends one request and reads the whole answer within `timeout`.

@@ -156,11 +156,12 @@ pub struct Pool {
     /// it is never contended; it is a `Mutex` only because the gateway is shared.
     idle: Mutex<Vec<Idle>>,
     tls: tokio_rustls::TlsConnector,
-    dns: Dns,
+    dns: Arc<Dns>,
 }
 
-/// A host name's addresses, looked up at most once per `DNS_TTL` per worker, and taken in
-/// turn by new connections.
+/// Host names' addresses, looked up at most once per `DNS_TTL`, and taken in turn by new
+/// connections. One per process, shared by the workers' pools and kept by a reload (a new
+/// worker or a reloaded gateway would otherwise have no addresses to keep, below).
 ///
 /// Why: without it every new upstream connection to a named host ran `getaddrinfo` on
 /// tokio's blocking pool. Against an app that closes its connections after each answer,
@@ -176,8 +177,12 @@ pub struct Pool {
 /// in turn, and one whose connection failed is tried last until the next lookup (nginx:
 /// `max_fails=1 fail_timeout=10s`). Taking the first address every time sent every
 /// delivery to one of them for as long as the cache held it.
+///
+/// A lookup that fails while addresses from an earlier one are held keeps them, and asks
+/// again `DNS_RETRY` later (as Envoy and HAProxy do): a blip of the cluster's DNS must not
+/// turn every new connection to an app that is still there into a 502.
 #[derive(Default)]
-struct Dns {
+pub struct Dns {
     /// host → its addresses and when they were looked up, each behind a lock of its own
     /// that is held over a lookup: a burst of new connections to one host waits for one
     /// lookup, and a slow lookup holds up no other host.
@@ -188,7 +193,8 @@ struct Dns {
 struct Looked {
     addrs: Vec<SocketAddr>,
     at: Instant,
-    /// A connection to every address failed since: looked up again once `DNS_RETRY` old.
+    /// A connection to every address failed since, or the addresses are an earlier
+    /// lookup's kept when the last one failed: looked up again once `DNS_RETRY` old.
     failed: bool,
     /// Where the next new connection starts (round robin).
     next: usize,
@@ -251,8 +257,20 @@ impl Dns {
         {
             return Ok(l.order(port));
         }
-        let addrs = lookup(host.to_string(), port).await?;
-        Ok(looked.insert(Looked::new(addrs, now)).order(port))
+        match (lookup(host.to_string(), port).await, looked.as_mut()) {
+            (Ok(addrs), _) => Ok(looked.insert(Looked::new(addrs, now)).order(port)),
+            (Err(e), Some(kept)) => {
+                tracing::warn!(
+                    upstream = host,
+                    error = %e,
+                    "upstream host name lookup failed; its earlier addresses are used, and it is looked up again in a second"
+                );
+                kept.at = now;
+                kept.failed = true;
+                Ok(kept.order(port))
+            }
+            (Err(e), None) => Err(e),
+        }
     }
 
     /// A connection to `addr`, one of `host`'s addresses, failed: it is tried last until
@@ -337,12 +355,17 @@ async fn system_lookup(host: String, port: u16) -> std::io::Result<Vec<SocketAdd
 }
 
 impl Pool {
-    pub fn new(tls: Arc<rustls::ClientConfig>) -> Pool {
+    pub fn new(tls: Arc<rustls::ClientConfig>, dns: Arc<Dns>) -> Pool {
         Pool {
             idle: Mutex::new(Vec::new()),
             tls: tokio_rustls::TlsConnector::from(tls),
-            dns: Dns::default(),
+            dns,
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn dns(&self) -> &Arc<Dns> {
+        &self.dns
     }
 
     /// The most recently used open connection to `target`, if any (`now`: the caller's
@@ -495,12 +518,38 @@ mod tests {
         assert_eq!(ip(dns.addrs("app", 80, retry, lookup).await), "10.0.0.2:80");
         assert_eq!(looked_up(), 3);
 
-        // A failed lookup is not kept: the next one asks again.
+        // A failed lookup keeps the addresses held, for DNS_RETRY, then asks again.
         dns.failed("app").await;
         let later = retry + DNS_RETRY;
-        assert!(dns.addrs("app", 80, later, lookup).await.is_err());
-        assert_eq!(ip(dns.addrs("app", 80, later, lookup).await), "10.0.0.4:80");
+        assert_eq!(ip(dns.addrs("app", 80, later, lookup).await), "10.0.0.2:80");
+        assert_eq!(looked_up(), 4);
+        let before = later + DNS_RETRY - Duration::from_millis(1);
+        assert_eq!(
+            ip(dns.addrs("app", 80, before, lookup).await),
+            "10.0.0.2:80"
+        );
+        assert_eq!(looked_up(), 4);
+        let again = later + DNS_RETRY;
+        assert_eq!(ip(dns.addrs("app", 80, again, lookup).await), "10.0.0.4:80");
         assert_eq!(looked_up(), 5);
+    }
+
+    /// A first lookup that fails has nothing to fall back on: the error, and the next
+    /// connection asks again.
+    #[tokio::test]
+    async fn a_first_lookup_that_fails_is_not_kept() {
+        let dns = Dns::default();
+        let none = |_: String, _: u16| std::future::ready(Err(std::io::Error::other("no such")));
+        let one = |_: String, port: u16| {
+            std::future::ready(Ok(vec![SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port)]))
+        };
+        let t0 = Instant::now();
+        assert!(dns.addrs("app", 80, t0, none).await.is_err());
+        let addrs = dns
+            .addrs("app", 80, t0, one)
+            .await
+            .expect("looked up again");
+        assert_eq!(addrs[0].to_string(), "127.0.0.1:80");
     }
 
     #[tokio::test]
@@ -643,7 +692,7 @@ mod tests {
             .expect("bind");
         let t =
             target(&format!("http://{}/", listener.local_addr().expect("addr"))).expect("target");
-        (Pool::new(Arc::new(config)), listener, t)
+        (Pool::new(Arc::new(config), Arc::default()), listener, t)
     }
 
     #[tokio::test]
