@@ -1181,3 +1181,38 @@ async fn a_second_signal_during_the_drain_exits_at_once() {
     assert_eq!(p.wait_exit(Duration::from_secs(3)), Some(1));
     assert!(p.log().contains("second SIGTERM or SIGINT"), "{}", p.log());
 }
+
+/// Out of file descriptors, accepting fails at each retry (20 a second per worker): the log
+/// says so once per worker and 10 s, with what to do, and once connections close, new ones
+/// are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_is_logged_once_and_passes() {
+    let (_upstream, _dir, p) = serving_a_secret_file("emfile", "").await;
+    let pid = libc::pid_t::try_from(p.child.id()).expect("pid");
+    rlimit::prlimit(pid, rlimit::Resource::NOFILE, Some((48, 48)), None).expect("prlimit");
+
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        held.push(
+            tokio::net::TcpStream::connect(p.addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    wait_for_line(&p, "accept failed").await;
+    // 1.5 s more of failing accepts: 30 more retries per worker.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let lines = lines_with(&p, "accept failed");
+    assert!((1..=2).contains(&lines), "{lines} lines:\n{}", p.log());
+    assert!(
+        p.log().contains("raise the open-files limit"),
+        "{}",
+        p.log()
+    );
+
+    drop(held);
+    eventually(&p, "a delivery once connections closed", 200, || {
+        deliver_with(p.addr, "old-secret", "2")
+    })
+    .await;
+}

@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -175,6 +175,44 @@ impl Spawner {
 /// serves it or hands it on (the others find nothing, one failed `accept` each). One socket
 /// and not `SO_REUSEPORT` sockets: with those, a second hookgate on the same port would
 /// start instead of failing (SPEC §2).
+/// How often a worker logs that accepting fails while it goes on failing.
+const ACCEPT_ERROR_EVERY: Duration = Duration::from_secs(10);
+
+/// A worker's failed accepts, for the log. Out of file descriptors (`EMFILE`), accept fails
+/// again at every retry, 20 times a second per worker, for as long as the connections last:
+/// one line for the first, then one per `ACCEPT_ERROR_EVERY` with how many it stands for.
+#[derive(Default)]
+struct AcceptErrors {
+    last_line: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    fn failed(&mut self, error: &io::Error, now: Instant) -> bool {
+        if self
+            .last_line
+            .is_some_and(|at| now.saturating_duration_since(at) < ACCEPT_ERROR_EVERY)
+        {
+            self.unlogged += 1;
+            return false;
+        }
+        let out_of_descriptors = matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+        tracing::warn!(
+            error = %error,
+            since_last_line = self.unlogged,
+            "accept failed; new connections wait in the listen backlog until it passes{}",
+            if out_of_descriptors {
+                " (raise the open-files limit, or lower max_connections)"
+            } else {
+                ""
+            }
+        );
+        self.last_line = Some(now);
+        self.unlogged = 0;
+        true
+    }
+}
+
 async fn accept_loop(
     listener: std::net::TcpListener,
     spawner: &Spawner,
@@ -189,6 +227,7 @@ async fn accept_loop(
         }
     };
     let mut draining = spawner.draining.clone();
+    let mut accept_errors = AcceptErrors::default();
     loop {
         // Past max_connections, new connections wait in the backlog.
         let permit = tokio::select! {
@@ -200,7 +239,7 @@ async fn accept_loop(
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    accept_errors.failed(&e, Instant::now());
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -221,6 +260,22 @@ async fn accept_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failing accept is logged once, then once per `ACCEPT_ERROR_EVERY`, not at each of
+    /// its retries.
+    #[test]
+    fn accept_errors_are_logged_once_per_ten_seconds() {
+        let mut errors = AcceptErrors::default();
+        let e = io::Error::from_raw_os_error(libc::EMFILE);
+        let t0 = Instant::now();
+        let logged: Vec<bool> = (0..=400u64)
+            .map(|i| errors.failed(&e, t0 + Duration::from_millis(50 * i)))
+            .collect();
+        // At 0, 10 and 20 s of 50 ms retries.
+        let at: Vec<usize> = (0..logged.len()).filter(|&i| logged[i]).collect();
+        assert_eq!(at, [0, 200, 400]);
+        assert_eq!(errors.unlogged, 0);
+    }
 
     /// Who serves each connection of a sequence accepted by `takers`.
     fn assigned(workers: usize, takers: impl IntoIterator<Item = usize>) -> Vec<usize> {
