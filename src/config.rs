@@ -166,11 +166,12 @@ fn without_userinfo(url: &str) -> Cow<'_, str> {
     }
 }
 
-/// A path in the form senders put on the wire, for matching: every byte outside ASCII
+/// A path (or URL) in the form HTTP clients put on the wire: every byte outside ASCII
 /// percent-encoded and every `%XX` escape's hex upper-cased (RFC 3986 §2.1, §6.2.2.1). So
-/// `/hük`, `/h%c3%bck` and `/h%C3%BCk` name one source. Borrowed when already so, which
-/// every ASCII path with upper-case escapes is: the request of a route hit never gets here.
-pub fn wire_path(path: &str) -> Cow<'_, str> {
+/// `/hük`, `/h%c3%bck` and `/h%C3%BCk` name one source, and an upstream URL's `/hük` is
+/// requested as `/h%C3%BCk`. Borrowed when already so, which every ASCII path with
+/// upper-case escapes is: the request of a route hit never gets here.
+pub fn wire_form(path: &str) -> Cow<'_, str> {
     let bytes = path.as_bytes();
     let escape_at = |i: usize| {
         bytes[i] == b'%'
@@ -604,7 +605,9 @@ impl Builder {
         listen: SocketAddr,
     ) -> Result<Target, ConfigError> {
         let quoted = || format!("{:?}", without_userinfo(s));
-        let uri: Uri = s
+        // A request line holds ASCII only: a path written in UTF-8 is sent percent-encoded,
+        // as curl and browsers send it (hyper's URI parser takes the raw bytes as they are).
+        let uri: Uri = wire_form(s)
             .parse()
             .map_err(|_| self.err(field, format!("not a URL: {}", quoted())))?;
         let target =
@@ -725,7 +728,7 @@ impl Builder {
                     "must start with / and hold no space, control character, query or fragment",
                 ));
             }
-            let path = wire_path(&src.path).into_owned();
+            let path = wire_form(&src.path).into_owned();
             if path == "/healthz" || path == "/readyz" {
                 return Err(self.err(at("path"), format!("{path} is reserved")));
             }
@@ -1013,6 +1016,19 @@ secrets = ["literal-secret"]
         assert!(e.contains("server.keepalive_timeout_s"), "{e}");
     }
 
+    /// An upstream URL's UTF-8 goes out percent-encoded: a request line is ASCII.
+    #[test]
+    fn an_upstream_url_in_utf8_is_requested_percent_encoded() {
+        let c = parse(&MINIMAL.replace("http://127.0.0.1:3000/hooks", "http://app:3000/hük?q=ä"))
+            .expect("valid");
+        let head = c.sources[0].upstream.head_prefix();
+        assert!(
+            head.starts_with(b"POST /h%C3%BCk?q=%C3%A4 HTTP/1.1\r\nhost: app:3000\r\n"),
+            "{}",
+            String::from_utf8_lossy(head)
+        );
+    }
+
     /// An upstream URL with `user:password@` is refused, and the error line does not quote
     /// the password, whether the URL parses or not.
     #[test]
@@ -1103,7 +1119,7 @@ secrets = ["literal-secret"]
     /// The wire form: non-ASCII bytes escaped, escapes' hex upper-cased, anything else
     /// (a lone `%`, a `%` before non-hex) as it was; borrowed when nothing changes.
     #[test]
-    fn wire_path_escapes_non_ascii_and_upper_cases_escapes() {
+    fn wire_form_escapes_non_ascii_and_upper_cases_escapes() {
         for (path, wire) in [
             ("/ä", "/%C3%A4"),
             ("/%e2%82%ac/x", "/%E2%82%AC/x"),
@@ -1111,11 +1127,11 @@ secrets = ["literal-secret"]
             ("/%%ab", "/%%AB"),
             ("/€%7e", "/%E2%82%AC%7E"),
         ] {
-            assert_eq!(wire_path(path), wire, "{path}");
+            assert_eq!(wire_form(path), wire, "{path}");
         }
         for path in ["/", "/hooks/p", "/%C3%A4", "/%", "/%g1", "/a%2"] {
             assert!(
-                matches!(wire_path(path), Cow::Borrowed(p) if p == path),
+                matches!(wire_form(path), Cow::Borrowed(p) if p == path),
                 "{path}"
             );
         }

@@ -689,7 +689,7 @@ fn admit_head<'g>(
     let route = match gateway.routes.get(path) {
         Some(route) => route,
         // A path sent in another spelling of a route's: raw UTF-8, lower-case escapes.
-        None => match config::wire_path(path) {
+        None => match config::wire_form(path) {
             Cow::Owned(wire) => gateway.routes.get(&wire),
             Cow::Borrowed(_) => None,
         }

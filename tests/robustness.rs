@@ -315,10 +315,10 @@ proptest! {
     /// A request path's wire form is ASCII, stays as it is when formed again, and decodes
     /// to the same bytes as the path (escaping and upper-casing change no byte it stands for).
     #[test]
-    fn a_wire_path_is_ascii_stable_and_means_the_same_bytes(path in "(/|%|[0-9a-fA-F]|.){0,40}") {
-        let wire = hookgate::config::wire_path(&path);
+    fn a_wire_form_is_ascii_stable_and_means_the_same_bytes(path in "(/|%|[0-9a-fA-F]|.){0,40}") {
+        let wire = hookgate::config::wire_form(&path);
         prop_assert!(wire.is_ascii(), "{:?}", wire);
-        let again = hookgate::config::wire_path(&wire);
+        let again = hookgate::config::wire_form(&wire);
         prop_assert_eq!(again.as_ref(), wire.as_ref());
         prop_assert_eq!(percent_decoded(&wire), percent_decoded(&path));
     }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderValue};
 use hookgate::admit;
-use hookgate::config::wire_path;
+use hookgate::config::wire_form;
 use hookgate::upstream::encode_id;
 use hookgate::verify::{query_param, strip_query_param};
 use libfuzzer_sys::fuzz_target;
@@ -32,9 +32,9 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(decoded, query.as_bytes());
 
     // A request path in its wire form (a route miss): ASCII, stable, the same bytes.
-    let wire = wire_path(query);
+    let wire = wire_form(query);
     assert!(wire.is_ascii(), "{wire:?}");
-    assert_eq!(wire_path(&wire), wire);
+    assert_eq!(wire_form(&wire), wire);
     let same: Vec<u8> = percent_encoding::percent_decode(wire.as_bytes()).collect();
     assert_eq!(same, percent_encoding::percent_decode(query.as_bytes()).collect::<Vec<u8>>());
 
