@@ -233,6 +233,10 @@ impl Looked {
 impl Dns {
     fn entry(&self, host: &str) -> Arc<tokio::sync::Mutex<Option<Looked>>> {
         let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        // Looked for before `entry`, which would take an owned key every time.
+        if let Some(looked) = names.get(host) {
+            return Arc::clone(looked);
+        }
         Arc::clone(names.entry(host.to_string()).or_default())
     }
 
