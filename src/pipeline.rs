@@ -598,6 +598,18 @@ async fn deliver<'g>(
     {
         return Err(Refusal::Encoding);
     }
+    // Past the check above, every coding listed is `chunked`: twice is a body chunked twice,
+    // which hyper reads as chunked once (RFC 9112 §6.1: a sender must not do it).
+    if !sized
+        && headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| body::list_items(v.as_bytes()))
+            .nth(1)
+            .is_some()
+    {
+        return Err(Refusal::BadBody("chunked applied more than once".into()));
+    }
 
     let carriers = Carriers {
         headers,

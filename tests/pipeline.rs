@@ -917,6 +917,20 @@ async fn malformed_framing_is_400_never_5xx_nor_forwarded() {
     let out = raw_exchange(gw.addr, req.as_bytes(), Duration::from_secs(3)).await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     // Both Content-Length and Transfer-Encoding: refused, or read by the chunks alone.
+    // Chunked twice (one header or two), which hyper would read as chunked once.
+    for te in [
+        "transfer-encoding: chunked, chunked",
+        "transfer-encoding: chunked\r\ntransfer-encoding: chunked",
+    ] {
+        let req = format!(
+            "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {sig}\r\n{te}\r\n\r\n{:x}\r\n{BODY}\r\n0\r\n\r\n",
+            BODY.len()
+        );
+        let out = raw_exchange(gw.addr, req.as_bytes(), Duration::from_secs(3)).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{te}: {out}");
+    }
+    assert!(upstream.requests().is_empty());
+
     let req = format!(
         "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {sig}\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{BODY}\r\n0\r\n\r\n",
         BODY.len()
