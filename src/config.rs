@@ -20,7 +20,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::platforms::Platform;
-use crate::upstream::Target;
+use crate::upstream::{Target, shown_url};
 use crate::verify::{Secret, Verifier};
 
 /// A config that cannot be used: one line, naming the file and the field.
@@ -151,19 +151,6 @@ fn without_quoted(message: &str) -> String {
         }
     }
     out
-}
-
-/// A URL as a config error may quote it: any `user:password@` replaced by `…@`, since
-/// the password is a secret (SPEC §3: an error line never quotes one).
-fn without_userinfo(url: &str) -> Cow<'_, str> {
-    let start = url.find("://").map_or(0, |i| i + 3);
-    let authority_end = url[start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| start + i);
-    match url[start..authority_end].rfind('@') {
-        Some(at) => format!("{}…{}", &url[..start], &url[start + at..]).into(),
-        None => url.into(),
-    }
 }
 
 /// A path (or URL) in the form HTTP clients put on the wire: every byte outside ASCII
@@ -604,7 +591,7 @@ impl Builder {
         s: &str,
         listen: SocketAddr,
     ) -> Result<Target, ConfigError> {
-        let quoted = || format!("{:?}", without_userinfo(s));
+        let quoted = || format!("{:?}", shown_url(s));
         // A request line holds ASCII only: a path written in UTF-8 is sent percent-encoded,
         // as curl and browsers send it (hyper's URI parser takes the raw bytes as they are).
         let uri: Uri = wire_form(s)
@@ -615,7 +602,10 @@ impl Builder {
         if is_own_listener(&target, listen) {
             return Err(self.err(
                 field,
-                format!("{s:?} is hookgate's own listener (server.listen {listen}), not the app"),
+                format!(
+                    "{} is hookgate's own listener (server.listen {listen}), not the app",
+                    quoted()
+                ),
             ));
         }
         Ok(target)
@@ -1044,7 +1034,7 @@ secrets = ["literal-secret"]
         }
         let e = err(&MINIMAL.replace("http://127.0.0.1:3000/hooks", "http://h:pw@app:3000/x"));
         assert!(e.contains(r#""http://…@app:3000/x""#), "{e}");
-        assert_eq!(without_userinfo("http://app/x@y"), "http://app/x@y");
+        assert_eq!(shown_url("http://app/x@y"), "http://app/x@y");
     }
 
     /// A secret written where the config wants another type is not quoted back.

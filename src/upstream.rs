@@ -30,7 +30,7 @@ use crate::json::BodyChunks;
 use crate::verify::Secret;
 use http1::{ExchangeError, Exchanged};
 use pool::Pool;
-pub use pool::{Dns, SWEEP, Target};
+pub use pool::{Dns, SWEEP, Target, shown_url};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

@@ -218,6 +218,8 @@ async fn sign_prints_a_curl_command_that_delivers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_anything_printed_and_sigterm_exits_0() {
+    // The app's own credential, in the upstream URL's query: the app gets it, the log not.
+    const APP_CREDENTIAL: &str = "app-credential-eeee";
     let upstream = spawn_upstream(Reply::json(200, r#"{"reply":{"text":"hi"}}"#)).await;
     let dir = temp_dir("cli-secrets");
     let secrets = [
@@ -233,10 +235,21 @@ async fn no_secret_in_anything_printed_and_sigterm_exits_0() {
          [[source]]\nname = \"s\"\nplatform = \"spika\"\npath = \"/s\"\nsecrets = [\"file:spika.secret\"]\n\n\
          [[source]]\nname = \"b\"\nplatform = \"barertc\"\npath = \"/b\"\nsecrets = [{:?}]\n\n\
          [[source]]\nname = \"f\"\nplatform = \"funtek\"\npath = \"/f\"\nsecrets = [{:?}]\n",
-        upstream.url("/app"),
+        upstream.url(&format!("/app?key={APP_CREDENTIAL}")),
         secrets[2],
         secrets[3]
     );
+    // `check` shows the routes with the upstream URL's query values left out.
+    let path = write_config(&dir, &text);
+    let check = Command::new(BIN)
+        .args(["check", "--config", &path])
+        .env("HG_TEST_PROTOCOL", secrets[0])
+        .output()
+        .expect("run hookgate check");
+    let out = String::from_utf8_lossy(&check.stdout) + String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(0), "{out}");
+    assert!(out.contains("/app?key=…"), "{out}");
+    assert!(!out.contains(APP_CREDENTIAL), "{out}");
     let mut gw = spawn_process(
         &dir,
         &text,
@@ -316,6 +329,10 @@ async fn no_secret_in_anything_printed_and_sigterm_exits_0() {
             !all.contains("SECRET"),
             "a secret reached the upstream: {all}"
         );
+        assert_eq!(
+            r.uri.query(),
+            Some(format!("key={APP_CREDENTIAL}").as_str())
+        );
     }
 
     gw.signal("TERM");
@@ -326,7 +343,7 @@ async fn no_secret_in_anything_printed_and_sigterm_exits_0() {
         printed.contains("request"),
         "the log has request lines: {printed}"
     );
-    for s in secrets {
+    for s in secrets.iter().chain([&APP_CREDENTIAL]) {
         assert!(!printed.contains(s), "secret {s} printed:\n{printed}");
     }
 }

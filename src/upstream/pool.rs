@@ -8,6 +8,7 @@
 //! connection's address, TLS name, Host header and request-target are worked out once, at
 //! config load, in [`Target`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -129,10 +130,56 @@ impl Target {
     }
 }
 
+/// The URL as `check`, the logs and config errors show it: a `user:password@` as `…@` and
+/// the query's values as `…` (`?token=…`), since the operator may have put the app's own
+/// credential in either (SPEC §3: a config error never quotes a secret).
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.uri.fmt(f)
+        f.write_str(&shown_url(&self.uri.to_string()))
     }
+}
+
+/// `url` with its userinfo and its query's values left out (see `Target`'s `Display`).
+pub fn shown_url(url: &str) -> Cow<'_, str> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    let userinfo_end = url[start..authority_end].rfind('@').map(|at| start + at);
+    let query = url[authority_end..].find('?').map(|i| authority_end + i);
+    if userinfo_end.is_none() && query.is_none() {
+        return Cow::Borrowed(url);
+    }
+    let mut shown = String::with_capacity(url.len());
+    shown.push_str(&url[..start]);
+    match userinfo_end {
+        Some(at) => {
+            shown.push('…');
+            shown.push_str(&url[at..query.unwrap_or(url.len())]);
+        }
+        None => shown.push_str(&url[start..query.unwrap_or(url.len())]),
+    }
+    if let Some(q) = query {
+        let (query, fragment) = url[q + 1..].split_once('#').unwrap_or((&url[q + 1..], ""));
+        shown.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                shown.push('&');
+            }
+            match pair.split_once('=') {
+                Some((name, _)) => {
+                    shown.push_str(name);
+                    shown.push_str("=…");
+                }
+                None if pair.is_empty() => {}
+                None => shown.push('…'),
+            }
+        }
+        if !fragment.is_empty() {
+            shown.push_str("#…");
+        }
+    }
+    Cow::Owned(shown)
 }
 
 struct Idle {
@@ -766,6 +813,28 @@ mod tests {
         let looked = entry.lock().await;
         let looked = looked.as_ref().expect("looked up");
         assert!(!looked.failed && looked.down.iter().all(|d| !d));
+    }
+
+    /// What `check`, the logs and config errors show of a URL: no userinfo, no query value.
+    #[test]
+    fn a_url_is_shown_without_userinfo_or_query_values() {
+        for (url, shown) in [
+            ("http://app:3000/hooks", "http://app:3000/hooks"),
+            ("http://app/x@y", "http://app/x@y"),
+            ("http://u:pw@app/x", "http://…@app/x"),
+            (
+                "http://app/x?key=s3cr3t&mode=a",
+                "http://app/x?key=…&mode=…",
+            ),
+            ("http://app/x?s3cr3t", "http://app/x?…"),
+            ("http://app/x?a=1&&b#s3cr3t", "http://app/x?a=…&&…#…"),
+            ("https://u:pw@app?key=s3cr3t", "https://…@app?key=…"),
+            ("app host/x?k=v", "app host/x?k=…"),
+        ] {
+            assert_eq!(shown_url(url), shown, "{url}");
+        }
+        let t = target("http://app:3000/hooks?key=s3cr3t").expect("target");
+        assert_eq!(t.to_string(), "http://app:3000/hooks?key=…");
     }
 
     #[test]
