@@ -156,45 +156,41 @@ fn without_quoted(message: &str) -> String {
 /// A path (or URL) in the form HTTP clients put on the wire: every byte outside ASCII
 /// percent-encoded and every `%XX` escape's hex upper-cased (RFC 3986 §2.1, §6.2.2.1). So
 /// `/hük`, `/h%c3%bck` and `/h%C3%BCk` name one source, and an upstream URL's `/hük` is
-/// requested as `/h%C3%BCk`. Borrowed when already so, which every ASCII path with
-/// upper-case escapes is: the request of a route hit never gets here.
+/// requested as `/h%C3%BCk`. Borrowed when nothing changed. Not on the hot path: it forms
+/// the config's paths and URLs once, and a request's path only when no route matched it.
 pub fn wire_form(path: &str) -> Cow<'_, str> {
-    let bytes = path.as_bytes();
-    let escape_at = |i: usize| {
-        bytes[i] == b'%'
-            && bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-            && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
-    };
-    let canonical = (0..bytes.len()).all(|i| {
-        bytes[i].is_ascii()
-            && !(escape_at(i)
-                && (bytes[i + 1].is_ascii_lowercase() || bytes[i + 2].is_ascii_lowercase()))
-    });
-    if canonical {
-        return Cow::Borrowed(path);
-    }
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(path.len() * 3);
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        if !b.is_ascii() {
+        let escape = (b == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit));
+        if let Some(hex) = escape {
+            out.push('%');
+            out.extend(hex.iter().map(|h| char::from(h.to_ascii_uppercase())));
+            i += 3;
+            continue;
+        }
+        if b.is_ascii() {
+            out.push(char::from(b));
+        } else {
             out.extend([
                 '%',
                 char::from(HEX[usize::from(b >> 4)]),
                 char::from(HEX[usize::from(b & 15)]),
             ]);
-        } else if escape_at(i) {
-            out.push('%');
-            out.push(char::from(bytes[i + 1].to_ascii_uppercase()));
-            out.push(char::from(bytes[i + 2].to_ascii_uppercase()));
-            i += 2;
-        } else {
-            out.push(char::from(b));
         }
         i += 1;
     }
-    Cow::Owned(out)
+    if out == path {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(out)
+    }
 }
 
 /// Whether a connection to `target` lands on hookgate's own listener: an address the

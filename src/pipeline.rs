@@ -584,31 +584,14 @@ async fn deliver<'g>(
     // Held until the delivery is answered: the forwarded event shares the body's bytes.
     let (body, _held) = unless_gone(read, gone, sized).await?;
     let headers = &parts.headers;
-    // hyper reads a chunked body whatever codings the sender put before `chunked` (RFC 9112
-    // §6.1 wants them undone or refused): a gzip-coded body read as it came would go on to
-    // be a forged signature or not JSON, and look like one in the log and the metrics.
     if headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| !body::codings_only(v.as_bytes(), b"identity"))
-        || !sized
-            && headers
-                .get_all(header::TRANSFER_ENCODING)
-                .iter()
-                .any(|v| !body::codings_only(v.as_bytes(), b"chunked"))
     {
         return Err(Refusal::Encoding);
     }
-    // Past the check above, every coding listed is `chunked`: twice is a body chunked twice,
-    // which hyper reads as chunked once (RFC 9112 §6.1: a sender must not do it).
-    if !sized
-        && headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| body::list_items(v.as_bytes()))
-            .nth(1)
-            .is_some()
-    {
-        return Err(Refusal::BadBody("chunked applied more than once".into()));
+    if !sized {
+        transfer_codings(headers)?;
     }
 
     let carriers = Carriers {
@@ -698,15 +681,15 @@ fn admit_head<'g>(
     outcome: &mut Outcome<'g>,
 ) -> Result<(&'g Route, admit::Client), Refusal> {
     let path = parts.uri.path();
-    let route = match gateway.routes.get(path) {
-        Some(route) => route,
-        // A path sent in another spelling of a route's: raw UTF-8, lower-case escapes.
-        None => match config::wire_form(path) {
+    // On a miss, the path in another spelling of a route's: raw UTF-8, lower-case escapes.
+    let route = gateway
+        .routes
+        .get(path)
+        .or_else(|| match config::wire_form(path) {
             Cow::Owned(wire) => gateway.routes.get(&wire),
             Cow::Borrowed(_) => None,
-        }
-        .ok_or(Refusal::NoRoute)?,
-    };
+        })
+        .ok_or(Refusal::NoRoute)?;
     outcome.route = Some(route);
     if parts.method != Method::POST {
         return Err(Refusal::Method);
@@ -792,6 +775,29 @@ pub fn normalize<'a>(
         .platform
         .normalize(object, &delivery)
         .map_err(|e| Refusal::NotPlatformJson(e.0))
+}
+
+/// Checks the `Transfer-Encoding` of a body without a declared length, which hyper reads as
+/// chunked once whatever else the list names (RFC 9112 §6.1 wants other codings undone or
+/// refused): a coding besides `chunked` (`gzip, chunked`) is refused as a `Content-Encoding`
+/// is, since the coded bytes read as they came would go on to look like a forged signature
+/// or not JSON; `chunked` twice, which a sender must not send, is bad framing.
+fn transfer_codings(headers: &http::HeaderMap) -> Result<(), Refusal> {
+    let mut chunked = 0;
+    for coding in headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| body::list_items(v.as_bytes()))
+    {
+        if !coding.eq_ignore_ascii_case(b"chunked") {
+            return Err(Refusal::Encoding);
+        }
+        chunked += 1;
+    }
+    if chunked > 1 {
+        return Err(Refusal::BadBody("chunked applied more than once".into()));
+    }
+    Ok(())
 }
 
 /// `read` (a body's), unless its sender leaves first (`gone`, HTTP/2): most of all while it

@@ -1191,14 +1191,7 @@ async fn running_out_of_descriptors_is_logged_once_and_passes() {
     let pid = libc::pid_t::try_from(p.child.id()).expect("pid");
     rlimit::prlimit(pid, rlimit::Resource::NOFILE, Some((48, 48)), None).expect("prlimit");
 
-    let mut held = Vec::new();
-    for _ in 0..80 {
-        held.push(
-            tokio::net::TcpStream::connect(p.addr)
-                .await
-                .expect("connect"),
-        );
-    }
+    let held = open_connections(p.addr, 80).await;
     wait_for_line(&p, "accept failed").await;
     // 1.5 s more of failing accepts: 30 more retries per worker.
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -170,11 +170,6 @@ impl Spawner {
     }
 }
 
-/// Accepts on the worker's handle of the listening socket until the drain. Every worker
-/// waits on the same socket: a new connection wakes each idle one, and the first to take it
-/// serves it or hands it on (the others find nothing, one failed `accept` each). One socket
-/// and not `SO_REUSEPORT` sockets: with those, a second hookgate on the same port would
-/// start instead of failing (SPEC §2).
 /// How often a worker logs that accepting fails while it goes on failing.
 const ACCEPT_ERROR_EVERY: Duration = Duration::from_secs(10);
 
@@ -188,6 +183,7 @@ struct AcceptErrors {
 }
 
 impl AcceptErrors {
+    /// Counts a failed accept at `now`; whether it wrote a line.
     fn failed(&mut self, error: &io::Error, now: Instant) -> bool {
         if self
             .last_line
@@ -213,6 +209,11 @@ impl AcceptErrors {
     }
 }
 
+/// Accepts on the worker's handle of the listening socket until the drain. Every worker
+/// waits on the same socket: a new connection wakes each idle one, and the first to take it
+/// serves it or hands it on (the others find nothing, one failed `accept` each). One socket
+/// and not `SO_REUSEPORT` sockets: with those, a second hookgate on the same port would
+/// start instead of failing (SPEC §2).
 async fn accept_loop(
     listener: std::net::TcpListener,
     spawner: &Spawner,

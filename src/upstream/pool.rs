@@ -139,47 +139,38 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// `url` with its userinfo and its query's values left out (see `Target`'s `Display`).
+/// `url` with its userinfo and its query's values left out (see `Target`'s `Display`). Works
+/// on the text, not a parsed URI: a config error quotes URLs that do not parse too.
 pub fn shown_url(url: &str) -> Cow<'_, str> {
     let start = url.find("://").map_or(0, |i| i + 3);
     let authority_end = url[start..]
         .find(['/', '?', '#'])
         .map_or(url.len(), |i| start + i);
-    let userinfo_end = url[start..authority_end].rfind('@').map(|at| start + at);
-    let query = url[authority_end..].find('?').map(|i| authority_end + i);
-    if userinfo_end.is_none() && query.is_none() {
-        return Cow::Borrowed(url);
-    }
-    let mut shown = String::with_capacity(url.len());
-    shown.push_str(&url[..start]);
-    match userinfo_end {
-        Some(at) => {
-            shown.push('…');
-            shown.push_str(&url[at..query.unwrap_or(url.len())]);
-        }
-        None => shown.push_str(&url[start..query.unwrap_or(url.len())]),
-    }
-    if let Some(q) = query {
-        let (query, fragment) = url[q + 1..].split_once('#').unwrap_or((&url[q + 1..], ""));
-        shown.push('?');
-        for (i, pair) in query.split('&').enumerate() {
-            if i > 0 {
-                shown.push('&');
-            }
-            match pair.split_once('=') {
-                Some((name, _)) => {
-                    shown.push_str(name);
-                    shown.push_str("=…");
-                }
-                None if pair.is_empty() => {}
-                None => shown.push('…'),
-            }
-        }
-        if !fragment.is_empty() {
-            shown.push_str("#…");
-        }
-    }
-    Cow::Owned(shown)
+    let (head, query) = match url[authority_end..].find('?') {
+        Some(q) => (
+            &url[..authority_end + q],
+            Some(&url[authority_end + q + 1..]),
+        ),
+        None => (url, None),
+    };
+    let head = match url[start..authority_end].rfind('@') {
+        Some(at) => Cow::Owned(format!("{}…{}", &url[..start], &head[start + at..])),
+        None => Cow::Borrowed(head),
+    };
+    let Some(query) = query else {
+        return head;
+    };
+    let (query, fragment) = query.split_once('#').unwrap_or((query, ""));
+    let pairs: Vec<Cow<'_, str>> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) => format!("{name}=…").into(),
+            None if pair.is_empty() => "".into(),
+            None => "…".into(),
+        })
+        .collect();
+    let fragment = if fragment.is_empty() { "" } else { "#…" };
+    Cow::Owned(format!("{head}?{}{fragment}", pairs.join("&")))
 }
 
 struct Idle {

@@ -375,6 +375,15 @@ pub fn signed_post(path: &str, secret: &str, body: &str) -> String {
     )
 }
 
+/// `n` new connections to `addr`, held open (nothing written) until dropped.
+pub async fn open_connections(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        held.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    held
+}
+
 /// A new connection with `bytes` written on it.
 pub async fn connect_and_write(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
     use tokio::io::AsyncWriteExt;
