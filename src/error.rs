@@ -12,6 +12,8 @@ use crate::verify::VerifyError;
 /// Why a request was not forwarded (or forwarding failed).
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
+    #[error("malformed request head: {0}")]
+    BadHead(&'static str),
     #[error("no source at this path")]
     NoRoute,
     #[error("method not allowed")]
@@ -43,6 +45,7 @@ impl Refusal {
     pub fn status_code(&self) -> (StatusCode, &'static str) {
         use crate::upstream::UpstreamError as U;
         match self {
+            Refusal::BadHead(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Refusal::NoRoute => (StatusCode::NOT_FOUND, "not_found"),
             Refusal::Method => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Refusal::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
@@ -64,6 +67,7 @@ impl Refusal {
     /// A short machine-readable reason for logs and metrics (never sent to the sender).
     pub fn reason(&self) -> &'static str {
         match self {
+            Refusal::BadHead(_) => "bad_head",
             Refusal::NoRoute => "no_route",
             Refusal::Method => "method",
             Refusal::Forbidden => "cidr",
@@ -92,7 +96,7 @@ impl Refusal {
     pub fn closes_connection(&self) -> bool {
         matches!(
             self,
-            Refusal::TooLarge | Refusal::BodyTimeout | Refusal::BadBody(_)
+            Refusal::BadHead(_) | Refusal::TooLarge | Refusal::BodyTimeout | Refusal::BadBody(_)
         )
     }
 }
@@ -120,6 +124,7 @@ mod tests {
     #[test]
     fn every_refusal_maps_to_its_spec_status_and_code() {
         let cases: Vec<(Refusal, u16, &str)> = vec![
+            (Refusal::BadHead("x"), 400, "bad_request"),
             (Refusal::NoRoute, 404, "not_found"),
             (Refusal::Method, 405, "method_not_allowed"),
             (Refusal::Forbidden, 403, "forbidden"),

@@ -557,8 +557,19 @@ async fn deliver<'g>(
 ) -> Result<Delivered, Refusal> {
     let server = &gateway.config.server;
     let (parts, body) = request.into_parts();
-    let (route, client) = match admit_head(gateway, conn, &parts, outcome) {
+    let declared = body.size_hint().exact();
+    // With a length declared within max_body_bytes, no check before the coding's needs the
+    // body: refused now, a sender that waits for `100 Continue` is not asked to send it.
+    let admitted = admit_head(gateway, conn, &parts, outcome).and_then(|admitted| match declared {
+        Some(n) if n <= server.max_body_bytes && !identity_coded(&parts.headers) => {
+            Err(Refusal::Encoding)
+        }
+        _ => Ok(admitted),
+    });
+    let (route, client) = match admitted {
         Ok(admitted) => admitted,
+        // A malformed head closes the connection: its body is not worth reading.
+        Err(refusal) if refusal.closes_connection() => return Err(refusal),
         Err(refusal) => {
             let deadline = tokio::time::Instant::from_std(started + server.body_timeout);
             let read = body::discard(
@@ -574,7 +585,7 @@ async fn deliver<'g>(
     };
     let source = &route.source;
     // A body without a declared length can be cut off unseen (`unless_gone`).
-    let sized = body.size_hint().exact().is_some();
+    let sized = declared.is_some();
     let read = read_body(
         body,
         server.max_body_bytes,
@@ -584,13 +595,11 @@ async fn deliver<'g>(
     // Held until the delivery is answered: the forwarded event shares the body's bytes.
     let (body, _held) = unless_gone(read, gone, sized).await?;
     let headers = &parts.headers;
-    if headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !body::codings_only(v.as_bytes(), b"identity"))
-    {
-        return Err(Refusal::Encoding);
-    }
+    // A streamed body's coding is refused only once it is known not to be too large.
     if !sized {
+        if !identity_coded(headers) {
+            return Err(Refusal::Encoding);
+        }
         transfer_codings(headers)?;
     }
 
@@ -680,6 +689,7 @@ fn admit_head<'g>(
     parts: &http::request::Parts,
     outcome: &mut Outcome<'g>,
 ) -> Result<(&'g Route, admit::Client), Refusal> {
+    host_header(parts.version, &parts.headers)?;
     let path = parts.uri.path();
     // On a miss, the path in another spelling of a route's: raw UTF-8, lower-case escapes.
     let route = gateway
@@ -775,6 +785,36 @@ pub fn normalize<'a>(
         .platform
         .normalize(object, &delivery)
         .map_err(|e| Refusal::NotPlatformJson(e.0))
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, and any with two or with one that
+/// cannot name a host, is answered 400 (hyper leaves this to the server; nginx refuses the
+/// same). hookgate routes by path alone and writes its own `Host` upstream, but a head
+/// the RFC calls malformed is refused, not guessed at. The value check is nginx's: no
+/// control byte, space, DEL or path separator; HTTP/2 names the host in `:authority`.
+fn host_header(version: Version, headers: &http::HeaderMap) -> Result<(), Refusal> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if version == Version::HTTP_11 => Err(Refusal::BadHead("no host header")),
+        (Some(_), Some(_)) => Err(Refusal::BadHead("more than one host header")),
+        (Some(host), None)
+            if host.is_empty()
+                || host
+                    .as_bytes()
+                    .iter()
+                    .any(|&b| b <= b' ' || b == 0x7f || b == b'/' || b == b'\\') =>
+        {
+            Err(Refusal::BadHead("host header names no host"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether the body comes as it is: no `Content-Encoding`, or only `identity`.
+fn identity_coded(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .is_none_or(|v| body::codings_only(v.as_bytes(), b"identity"))
 }
 
 /// Checks the `Transfer-Encoding` of a body without a declared length, which hyper reads as

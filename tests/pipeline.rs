@@ -948,6 +948,62 @@ async fn malformed_framing_is_400_never_5xx_nor_forwarded() {
     }
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 head without `Host`, with two, or with one that names no host
+/// is 400 and not forwarded; HTTP/1.0 needs none.
+#[tokio::test]
+async fn a_head_without_exactly_one_host_is_400_and_not_forwarded() {
+    let (upstream, gw) = protocol_gateway("", "").await;
+    let sig = signature();
+    for (version, hosts) in [
+        ("1.1", ""),
+        ("1.1", "host: a\r\nhost: b\r\n"),
+        ("1.0", "host: a\r\nhost: a\r\n"),
+        ("1.1", "host: a/b\r\n"),
+        ("1.1", "host: a b\r\n"),
+        ("1.1", "host:\r\n"),
+    ] {
+        let req = format!(
+            "POST /hooks/p HTTP/{version}\r\n{hosts}x-protocol-signature: {sig}\r\ncontent-length: {}\r\n\r\n{BODY}",
+            BODY.len()
+        );
+        let out = raw_exchange(gw.addr, req.as_bytes(), Duration::from_secs(3)).await;
+        assert!(
+            out.starts_with(&format!("HTTP/{version} 400")),
+            "{hosts:?}: {out}"
+        );
+        assert!(out.ends_with(r#"{"error":"bad_request"}"#), "{out}");
+        assert!(out.contains("\r\nconnection: close\r\n"), "{out}");
+    }
+    assert!(upstream.requests().is_empty());
+
+    let req = format!(
+        "POST /hooks/p HTTP/1.0\r\nx-protocol-signature: {sig}\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let out = raw_exchange(gw.addr, req.as_bytes(), Duration::from_secs(3)).await;
+    assert!(out.starts_with("HTTP/1.0 200"), "{out}");
+    assert_eq!(upstream.requests().len(), 1);
+}
+
+/// A coding refused with the length declared is refused before the body: a sender that
+/// waits for `100 Continue` gets 415 at once, not a `100` for a body refused anyway.
+#[tokio::test]
+async fn a_refused_coding_is_answered_before_100_continue() {
+    let (upstream, gw) = protocol_gateway("", "body_timeout_s = 2").await;
+    let req = format!(
+        "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {}\r\ncontent-encoding: gzip\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n",
+        signature(),
+        BODY.len()
+    );
+    let out = raw_exchange(gw.addr, req.as_bytes(), Duration::from_secs(1)).await;
+    assert!(out.starts_with("HTTP/1.1 415"), "{out}");
+    assert!(
+        out.ends_with(r#"{"error":"unsupported_media_type"}"#),
+        "{out}"
+    );
+    assert!(upstream.requests().is_empty());
+}
+
 #[tokio::test]
 async fn slow_body_gets_408_and_slow_head_is_cut_off() {
     let (upstream, gw) = protocol_gateway("", "body_timeout_s = 1\nheader_timeout_s = 1").await;
