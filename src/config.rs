@@ -207,6 +207,12 @@ fn is_own_listener(target: &Target, listen: SocketAddr) -> bool {
 /// past ~292 billion years, which a `u64` of seconds reaches).
 const MAX_DURATION_S: u64 = 365 * 24 * 3600;
 
+/// Not in SPEC §3 (README: "What the upstream receives"): long enough for an app that
+/// restarts in place to take connections again.
+fn default_connect_retry_ms() -> u64 {
+    3000
+}
+
 fn default_timeout_ms() -> u64 {
     10_000
 }
@@ -241,6 +247,8 @@ struct FileUpstream {
     url: Option<String>,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
+    #[serde(default = "default_connect_retry_ms")]
+    connect_retry_ms: u64,
     ca: Option<String>,
     signing_secret: Option<String>,
 }
@@ -351,6 +359,8 @@ pub struct RateLimit {
 
 /// `[upstream]`, validated.
 pub struct UpstreamSettings {
+    /// For how long a TCP connection the app refused is tried again (zero: not at all).
+    pub connect_retry: Duration,
     pub ca: Option<PathBuf>,
     /// The Standard Webhooks key (base64-decoded part after `whsec_`).
     pub signing_key: Option<Secret>,
@@ -359,6 +369,7 @@ pub struct UpstreamSettings {
 impl fmt::Debug for UpstreamSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UpstreamSettings")
+            .field("connect_retry", &self.connect_retry)
             .field("ca", &self.ca)
             .field(
                 "signing_key",
@@ -674,6 +685,13 @@ impl Builder {
             None => default_timeout_ms(),
         };
         let upstream = UpstreamSettings {
+            connect_retry: match up {
+                Some(u) if u.connect_retry_ms > 0 => Duration::from_millis(
+                    self.millis("upstream.connect_retry_ms", u.connect_retry_ms)?,
+                ),
+                Some(_) => Duration::ZERO,
+                None => Duration::from_millis(default_connect_retry_ms()),
+            },
             ca: up
                 .and_then(|u| u.ca.as_deref())
                 .map(|c| self.resolve_path(c)),
@@ -1160,6 +1178,10 @@ secrets = ["literal-secret"]
             (
                 "upstream.timeout_ms",
                 upstream(&format!("timeout_ms = {}", year * 1000 + 1)),
+            ),
+            (
+                "upstream.connect_retry_ms",
+                upstream(&format!("connect_retry_ms = {}", year * 1000 + 1)),
             ),
             (
                 "server.reload_poll_s",

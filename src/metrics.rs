@@ -368,6 +368,11 @@ impl Metrics {
             upstream.connections.clone(),
         );
         registry.register(
+            "upstream_connect_retries",
+            "Connections to an upstream tried again after no address took them (upstream.connect_retry_ms)",
+            upstream.connect_retries.clone(),
+        );
+        registry.register(
             "duplicates",
             "Deliveries answered as duplicates (dedupe_window_s), not forwarded",
             duplicates.clone(),

@@ -139,6 +139,7 @@ impl Gateway {
                     Arc::clone(slots),
                     context.metrics.upstream.clone(),
                     Arc::clone(&context.dns),
+                    config.upstream.connect_retry,
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;

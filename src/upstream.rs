@@ -28,9 +28,9 @@ use tokio::sync::Semaphore;
 
 use crate::json::BodyChunks;
 use crate::verify::Secret;
-use http1::{ExchangeError, Exchanged};
-use pool::Pool;
+use http1::{Connection, ExchangeError, Exchanged};
 pub use pool::{Dns, SWEEP, Target, shown_url};
+use pool::{Pool, TcpFailure};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -127,6 +127,8 @@ pub struct Upstream {
     /// The worker's share of `max_connections` exchanges in flight (see [`exchange_slots`]).
     slots: Arc<Semaphore>,
     counters: UpstreamCounters,
+    /// `[upstream] connect_retry_ms`.
+    connect_retry: Duration,
 }
 
 /// What the upstream clients count, for the metrics.
@@ -136,7 +138,14 @@ pub struct UpstreamCounters {
     pub waits: Counter,
     /// New connections opened: near the delivery rate, the app closes its connections.
     pub connections: Counter,
+    /// Connections tried again after the app refused them (`Upstream::connect`).
+    pub connect_retries: Counter,
 }
+
+/// The first pause before a refused connection is tried again; each next one is twice as
+/// long, up to the longest (`Upstream::connect`).
+const FIRST_CONNECT_PAUSE: Duration = Duration::from_millis(50);
+const LONGEST_CONNECT_PAUSE: Duration = Duration::from_secs(1);
 
 /// Each worker's share of the exchanges in flight: `max_connections` in all, at least one
 /// each. Each exchange holds an upstream connection, a descriptor like a client's; over
@@ -207,6 +216,7 @@ impl Upstream {
         slots: Arc<Semaphore>,
         counters: UpstreamCounters,
         dns: Arc<Dns>,
+        connect_retry: Duration,
     ) -> Result<Upstream, ClientSetupError> {
         let pool = Pool::new(Arc::new(tls_config(ca)?), dns);
         let signing = signing_key.map(|k| {
@@ -218,6 +228,7 @@ impl Upstream {
             max_body_bytes,
             slots,
             counters,
+            connect_retry,
         })
     }
 
@@ -243,6 +254,37 @@ impl Upstream {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout),
         }
+    }
+
+    /// A new connection to `target`. A TCP connection that no address took is tried again
+    /// for `connect_retry`, pausing 50 ms, then twice as long each time up to a second: an
+    /// app that restarts in place refuses connections for a moment, and a sender such as
+    /// Spika never delivers again. Nothing was sent, so nothing can arrive twice. A pause
+    /// that would end past the delivery's deadline is not taken: the answer is then the
+    /// refusal's 502, not a 504.
+    async fn connect(
+        &self,
+        target: &Target,
+        deadline: Instant,
+    ) -> Result<Connection, UpstreamError> {
+        let retry_until = Instant::now() + self.connect_retry;
+        let mut pause = FIRST_CONNECT_PAUSE;
+        let tcp = loop {
+            match self.pool.tcp(target, deadline).await {
+                Ok(tcp) => break tcp,
+                Err(TcpFailure::Refused(e)) => {
+                    let at = Instant::now() + pause;
+                    if at > retry_until || at >= deadline {
+                        return Err(e);
+                    }
+                    self.counters.connect_retries.inc();
+                    tokio::time::sleep_until(at.into()).await;
+                    pause = (pause * 2).min(LONGEST_CONNECT_PAUSE);
+                }
+                Err(other) => return Err(other.into()),
+            }
+        };
+        self.pool.open(target, tcp).await
     }
 
     async fn exchange(&self, fwd: Forward<'_>) -> Result<UpstreamAnswer, UpstreamError> {
@@ -272,7 +314,7 @@ impl Upstream {
                 // reused connection would otherwise carry too.
                 None => {
                     let connection =
-                        Box::pin(self.pool.connect(target, fwd.started + fwd.timeout)).await?;
+                        Box::pin(self.connect(target, fwd.started + fwd.timeout)).await?;
                     self.counters.connections.inc();
                     (connection, false)
                 }

@@ -471,12 +471,77 @@ async fn keep_alive_serves_several_requests_on_one_connection() {
     assert_eq!(upstream.requests().len(), 3);
 }
 
+/// An address where nothing listens yet.
+fn free_address() -> std::net::SocketAddr {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    free.local_addr().expect("addr")
+}
+
+/// An app that restarts refuses connections for a moment: the delivery waits for it
+/// (`connect_retry_ms`, default 3 s) instead of being lost to a 502 the sender may never
+/// retry (Spika does not).
+#[tokio::test]
+async fn a_refused_connection_is_tried_again_until_the_app_listens() {
+    // By address, and by a name (looked up, its addresses tried in turn).
+    for host in ["127.0.0.1", "localhost"] {
+        let addr = free_address();
+        let url = format!("http://{host}:{}/app", addr.port());
+        let config = one_source(&url, "protocol", "/hooks/p", &[SECRET], "");
+        let (gw, metrics) = spawn_gateway_with_metrics(&config, "connect-retry", Some(1)).await;
+        let t = Instant::now();
+        let delivery = tokio::spawn(async move { deliver(&gw).await });
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+        let upstream = spawn_upstream_on(listener, Reply::json(200, r#"{"ok":true}"#));
+        let a = delivery.await.expect("delivery");
+        assert_eq!(
+            (a.status, a.json()),
+            (200, serde_json::json!({"ok":true})),
+            "{host}"
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(400),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(upstream.event_ids(), ["evt-1"]);
+        // Refused at 0, 50, 150 and 350 ms at least.
+        assert!(metrics.upstream.connect_retries.get() >= 3, "{host}");
+    }
+}
+
+/// Refused for good: a 502 once `connect_retry_ms` is spent, or at once with 0; a retry
+/// that would end past `timeout_ms` is not waited for, so it stays a 502, not a 504.
+#[tokio::test]
+async fn a_refused_connection_is_502_once_the_retries_are_spent() {
+    let dead = format!("http://{}/", free_address());
+    for (upstream_keys, at_least, under) in [
+        ("timeout_ms = 5000\nconnect_retry_ms = 300", 150, 1000),
+        ("timeout_ms = 5000\nconnect_retry_ms = 0", 0, 100),
+        ("timeout_ms = 500", 350, 500),
+    ] {
+        let config = one_source(&dead, "protocol", "/hooks/p", &[SECRET], "")
+            .replace("timeout_ms = 5000", upstream_keys);
+        let gw = spawn_gateway(&config).await;
+        let t = Instant::now();
+        let a = deliver(&gw).await;
+        let took = t.elapsed();
+        assert_eq!(
+            (a.status, a.json()),
+            (502, serde_json::json!({"error":"bad_gateway"})),
+            "{upstream_keys}"
+        );
+        assert!(
+            took >= Duration::from_millis(at_least) && took < Duration::from_millis(under),
+            "{upstream_keys}: {took:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn upstream_failures_are_502_and_504() {
     // Connection refused: a port that was just free.
-    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let dead = format!("http://{}/", free.local_addr().expect("addr"));
-    drop(free);
+    let dead = format!("http://{}/", free_address());
     let gw = spawn_gateway(&one_source(&dead, "protocol", "/hooks/p", &[SECRET], "")).await;
     let a = deliver(&gw).await;
     assert_eq!(

@@ -63,6 +63,11 @@ pub struct Target {
 }
 
 impl Target {
+    /// A failure to connect, naming where to.
+    fn connect_error(&self, e: &dyn std::fmt::Display) -> UpstreamError {
+        UpstreamError::Connect(format!("{}:{}: {e}", self.host, self.port))
+    }
+
     /// Checks and splits an http:// or https:// URL.
     pub fn from_uri(uri: Uri) -> Result<Target, String> {
         let tls = match uri.scheme_str() {
@@ -451,20 +456,14 @@ impl Pool {
         }
     }
 
-    /// A new connection: TCP, then TLS for https; `deadline`: the delivery's.
-    pub async fn connect(
-        &self,
-        target: &Target,
-        deadline: Instant,
-    ) -> Result<Connection, UpstreamError> {
-        let failed = |e: &dyn std::fmt::Display| {
-            UpstreamError::Connect(format!("{}:{}: {e}", target.host, target.port))
-        };
+    /// A new TCP connection to `target`; `deadline`: the delivery's.
+    pub async fn tcp(&self, target: &Target, deadline: Instant) -> Result<TcpStream, TcpFailure> {
+        let failed = |e: &dyn std::fmt::Display| target.connect_error(e);
         let tcp = match target.ip {
             // An IP literal is its own address.
             Some(ip) => TcpStream::connect(SocketAddr::new(ip, target.port))
                 .await
-                .map_err(|e| failed(&e))?,
+                .map_err(|e| TcpFailure::Refused(failed(&e)))?,
             // A name is looked up (cached, its addresses taken in turn: `Dns`).
             None => {
                 let host = target.host.as_str();
@@ -472,30 +471,69 @@ impl Pool {
                     .dns
                     .addrs(host, target.port, Instant::now(), system_lookup)
                     .await
-                    .map_err(|e| failed(&e))?;
+                    .map_err(|e| TcpFailure::Lookup(failed(&e)))?;
                 match connect_first(&addrs, deadline, |addr| self.dns.down(host, addr)).await {
                     Ok(tcp) => tcp,
                     // As when an IP literal's connect is cut at the deadline: 504.
-                    Err(ConnectFailure::Deadline) => return Err(UpstreamError::Timeout),
+                    Err(ConnectFailure::Deadline) => {
+                        return Err(TcpFailure::Other(UpstreamError::Timeout));
+                    }
                     Err(ConnectFailure::Failed(e)) => {
                         self.dns.failed(host).await;
-                        return Err(failed(&e));
+                        return Err(TcpFailure::Refused(failed(&e)));
                     }
                 }
             }
         };
         // Headers and body go out in one write; Nagle would hold back the next request.
-        tcp.set_nodelay(true).map_err(|e| failed(&e))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| TcpFailure::Other(failed(&e)))?;
+        Ok(tcp)
+    }
+
+    /// A new connection, not tried again (the tests').
+    #[cfg(test)]
+    pub(crate) async fn connect(
+        &self,
+        target: &Target,
+        deadline: Instant,
+    ) -> Result<Connection, UpstreamError> {
+        let tcp = self.tcp(target, deadline).await?;
+        self.open(target, tcp).await
+    }
+
+    /// A connection over `tcp`: TLS first for https.
+    pub async fn open(&self, target: &Target, tcp: TcpStream) -> Result<Connection, UpstreamError> {
         let stream = match &target.tls_name {
             None => Stream::Tcp(tcp),
             Some(name) => Stream::Tls(Box::new(
                 self.tls
                     .connect(name.clone(), tcp)
                     .await
-                    .map_err(|e| failed(&e))?,
+                    .map_err(|e| target.connect_error(&e))?,
             )),
         };
         Ok(Connection::new(stream))
+    }
+}
+
+/// Why [`Pool::tcp`] has no connection.
+#[derive(Debug)]
+pub enum TcpFailure {
+    /// No address took it (refused, unreachable, or silent for its share): an app that
+    /// restarts refuses connections for a moment, so this one is worth trying again.
+    Refused(UpstreamError),
+    /// The name did not resolve: the lookup's cache says when it is asked again.
+    Lookup(UpstreamError),
+    /// Anything else, the deadline among them.
+    Other(UpstreamError),
+}
+
+impl From<TcpFailure> for UpstreamError {
+    fn from(failure: TcpFailure) -> UpstreamError {
+        match failure {
+            TcpFailure::Refused(e) | TcpFailure::Lookup(e) | TcpFailure::Other(e) => e,
+        }
     }
 }
 

@@ -106,6 +106,11 @@ pub async fn spawn_upstream(reply: Reply) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind upstream");
+    spawn_upstream_on(listener, reply)
+}
+
+/// The same, on a listener of the caller's (an app that comes up at a given address).
+pub fn spawn_upstream_on(listener: TcpListener, reply: Reply) -> Upstream {
     let addr = listener.local_addr().expect("addr");
     let received = Arc::new(Mutex::new(Vec::new()));
     let reply = Arc::new(Mutex::new(reply));
