@@ -207,7 +207,7 @@ fn is_own_listener(target: &Target, listen: SocketAddr) -> bool {
 /// past ~292 billion years, which a `u64` of seconds reaches).
 const MAX_DURATION_S: u64 = 365 * 24 * 3600;
 
-/// Not in SPEC §3 (README: "What the upstream receives"): long enough for an app that
+/// Not in SPEC §3 (README: "An app that restarts"): long enough for an app that
 /// restarts in place to take connections again.
 fn default_connect_retry_ms() -> u64 {
     3000
