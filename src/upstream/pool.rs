@@ -87,7 +87,21 @@ impl Target {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        // `Uri` takes any digits for a port, and `port_u16` gives none for one past 65535:
+        // `:99999` would have connected to port 80.
+        let port = match authority.as_str()[host.len()..].strip_prefix(':') {
+            None | Some("") => {
+                if tls {
+                    443
+                } else {
+                    80
+                }
+            }
+            Some(text) => match text.parse::<u16>() {
+                Ok(port) if port > 0 => port,
+                _ => return Err(format!("port {text} is not one from 1 to 65535")),
+            },
+        };
         let tls_name = if tls {
             Some(
                 ServerName::try_from(bare_host.clone())
@@ -890,5 +904,24 @@ mod tests {
         assert!(target("ftp://x/").is_err());
         assert!(target("/relative").is_err());
         assert!(target("http://user:pw@x/").is_err());
+
+        // Ports: the scheme's when none or an empty one is written; 0 and past 65535 are
+        // no port to connect to.
+        for (url, port) in [
+            ("http://app:/x", 80),
+            ("https://app:/x", 443),
+            ("http://app:65535/x", 65535),
+            ("http://[::1]:1/x", 1),
+        ] {
+            assert_eq!(target(url).map(|t| t.port), Ok(port), "{url}");
+        }
+        for url in [
+            "http://app:99999/x",
+            "http://app:0/x",
+            "http://[::1]:65536/x",
+        ] {
+            let e = target(url).err().unwrap_or_default();
+            assert!(e.contains("is not one from 1 to 65535"), "{url}: {e}");
+        }
     }
 }
