@@ -1194,6 +1194,118 @@ async fn an_http2_connection_is_held_to_16_streams_of_16_kib_heads() {
     assert_eq!(upstream.requests().len(), 1);
 }
 
+/// A client may open more streams than the 16 hookgate allows before it has read the
+/// SETTINGS that say so (RFC 9113 §5.1.2: until then it may assume no limit; Go's client
+/// assumes 100). The streams past the limit are refused (`REFUSED_STREAM`, which a client
+/// retries: nothing of them was processed) and the others served. Before, h2 counted each
+/// refusal as a local reset and, past 64 of them, ended the connection with
+/// `ENHANCE_YOUR_CALM`, cutting off the deliveries in flight on it as well.
+#[tokio::test]
+async fn a_burst_of_streams_before_the_settings_is_refused_past_16_not_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const STREAMS: u32 = 100;
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let gw = spawn_gateway(&one_source(
+        &upstream.url("/"),
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        "",
+    ))
+    .await;
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    // HPACK without Huffman or the dynamic table: a literal of `len` bytes after its prefix.
+    let literal = |out: &mut Vec<u8>, text: &str| {
+        out.push(u8::try_from(text.len()).expect("short"));
+        out.extend_from_slice(text.as_bytes());
+    };
+    let mut burst = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    burst.extend(frame(0x4, 0, 0, &[]));
+    for i in 0..STREAMS {
+        let stream = 2 * i + 1;
+        let b = body(&format!("burst-{i}"));
+        // :method POST, :scheme http (static table), :path and :authority (indexed names).
+        let mut block = vec![0x83, 0x86, 0x04];
+        literal(&mut block, "/hooks/p");
+        block.push(0x01);
+        literal(&mut block, "a");
+        block.push(0x00);
+        literal(&mut block, "x-protocol-signature");
+        literal(&mut block, &hmac_hex(SECRET, b.as_bytes()));
+        // content-length: static index 28, past the 4-bit prefix.
+        block.extend_from_slice(&[0x0f, 28 - 15]);
+        literal(&mut block, &b.len().to_string());
+        burst.extend(frame(0x1, 0x4, stream, &block));
+        burst.extend(frame(0x0, 0x1, stream, b.as_bytes()));
+    }
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    s.write_all(&burst).await.expect("burst");
+
+    // The server's frames, until every stream is answered or refused (or the end).
+    let (mut answered, mut refused, mut go_away) = (Vec::new(), Vec::new(), None);
+    let read = async {
+        let mut head = [0u8; 9];
+        while answered.len() + refused.len() < STREAMS as usize {
+            if s.read_exact(&mut head).await.is_err() {
+                break;
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+            let mut payload = vec![0u8; len];
+            if s.read_exact(&mut payload).await.is_err() {
+                break;
+            }
+            let code = |at: usize| {
+                payload
+                    .get(at..at + 4)
+                    .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            };
+            match (head[3], code(0)) {
+                // A response head: its first byte, the :status (0x88 is 200, static table).
+                (0x1, _) => answered.push(payload.first().copied()),
+                // REFUSED_STREAM; then STREAM_CLOSED for the refused stream's DATA.
+                (0x3, Some(0x7)) => refused.push(stream),
+                (0x3, Some(0x5)) => assert!(refused.contains(&stream), "{stream} closed"),
+                (0x3, other) => panic!("stream {stream} reset with {other:?}"),
+                (0x7, _) => {
+                    go_away = code(4);
+                    break;
+                }
+                (0x4, _) if head[4] & 0x1 == 0 => {
+                    s.write_all(&frame(0x4, 0x1, 0, &[]))
+                        .await
+                        .expect("settings ack");
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("every stream answered or refused within 10 s");
+    assert_eq!(go_away, None, "GOAWAY (0xb: ENHANCE_YOUR_CALM)");
+    assert!(
+        answered.len() >= 16,
+        "{} answered, {} refused",
+        answered.len(),
+        refused.len()
+    );
+    assert!(
+        answered.iter().all(|&status| status == Some(0x88)),
+        "{answered:?}"
+    );
+    assert_eq!(answered.len() + refused.len(), STREAMS as usize);
+    assert_eq!(upstream.requests().len(), answered.len());
+}
+
 /// The deliveries an HTTP/2 connection's resets leave running (each one read whole, so it is
 /// forwarded to the end) still count against its 16 streams: a new stream waits for one of
 /// them to end. Before, a connection that reset every stream once its body was read had as

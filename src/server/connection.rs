@@ -79,7 +79,13 @@ impl Http {
             .initial_connection_window_size(CONNECTION_WINDOW)
             .initial_stream_window_size(STREAM_WINDOW)
             .max_pending_accept_reset_streams(20)
-            .max_local_error_reset_streams(64)
+            // Streams hookgate itself reset for the client's errors, over the connection's
+            // life, past which h2 ends it (against resets that leave work running: here a
+            // reset delivery still holds one of the 16 streams until it ends). A stream over
+            // the 16 counts too: a client may open up to 100 (Go's) before it has read the
+            // SETTINGS that say 16, and at 64 such a burst ended the connection with every
+            // delivery on it. 1024 is h2's and hyper's default.
+            .max_local_error_reset_streams(1024)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
         Http { http1, http2 }
