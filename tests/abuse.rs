@@ -1138,6 +1138,14 @@ async fn a_client_that_never_reads_its_answer_is_let_go() {
     drop(answer);
 }
 
+/// A protocol source at `/hooks/p` on the defaults, before an upstream that answers `{}`.
+async fn protocol_gateway() -> (Upstream, Gateway) {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "");
+    let gw = spawn_gateway(&config).await;
+    (upstream, gw)
+}
+
 /// What one HTTP/2 connection can make hookgate hold is bounded by what it advertises: 16
 /// streams at once, each with at most 16 KiB of headers (431 past it) and a 32 KiB window,
 /// about 1 MiB with the connection's window. With 256 streams of 64 KiB heads, as before,
@@ -1145,15 +1153,7 @@ async fn a_client_that_never_reads_its_answer_is_let_go() {
 #[tokio::test]
 async fn an_http2_connection_is_held_to_16_streams_of_16_kib_heads() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
-    let gw = spawn_gateway(&one_source(
-        &upstream.url("/"),
-        "protocol",
-        "/hooks/p",
-        &[SECRET],
-        "",
-    ))
-    .await;
+    let (upstream, gw) = protocol_gateway().await;
     let mut s = tokio::net::TcpStream::connect(gw.addr)
         .await
         .expect("connect");
@@ -1204,15 +1204,7 @@ async fn an_http2_connection_is_held_to_16_streams_of_16_kib_heads() {
 async fn a_burst_of_streams_before_the_settings_is_refused_past_16_not_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const STREAMS: u32 = 100;
-    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
-    let gw = spawn_gateway(&one_source(
-        &upstream.url("/"),
-        "protocol",
-        "/hooks/p",
-        &[SECRET],
-        "",
-    ))
-    .await;
+    let (upstream, gw) = protocol_gateway().await;
     let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
         let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
         f.extend_from_slice(&[kind, flags]);
