@@ -685,12 +685,9 @@ impl Builder {
             None => default_timeout_ms(),
         };
         let upstream = UpstreamSettings {
-            connect_retry: match up {
-                Some(u) if u.connect_retry_ms > 0 => Duration::from_millis(
-                    self.millis("upstream.connect_retry_ms", u.connect_retry_ms)?,
-                ),
-                Some(_) => Duration::ZERO,
-                None => Duration::from_millis(default_connect_retry_ms()),
+            connect_retry: match up.map_or(default_connect_retry_ms(), |u| u.connect_retry_ms) {
+                0 => Duration::ZERO,
+                ms => Duration::from_millis(self.millis("upstream.connect_retry_ms", ms)?),
             },
             ca: up
                 .and_then(|u| u.ca.as_deref())

@@ -1,6 +1,7 @@
 //! What hookgate reads from a request's head besides the body: the `X-Forwarded-For` walk
 //! (behind a trusted proxy, and not), a funtek query's token and its stripping for the log,
-//! an id written into a header, and a request path's wire form. Each is checked against what it must keep true.
+//! an id written into a header, and a request path's wire form. Each is checked against
+//! what it must keep true.
 #![no_main]
 use std::net::IpAddr;
 

@@ -89,14 +89,9 @@ impl Target {
             .to_string();
         // `Uri` takes any digits for a port, and `port_u16` gives none for one past 65535:
         // `:99999` would have connected to port 80.
+        let scheme_port = if tls { 443 } else { 80 };
         let port = match authority.as_str()[host.len()..].strip_prefix(':') {
-            None | Some("") => {
-                if tls {
-                    443
-                } else {
-                    80
-                }
-            }
+            None | Some("") => scheme_port,
             Some(text) => match text.parse::<u16>() {
                 Ok(port) if port > 0 => port,
                 _ => return Err(format!("port {text} is not one from 1 to 65535")),
@@ -472,12 +467,12 @@ impl Pool {
 
     /// A new TCP connection to `target`; `deadline`: the delivery's.
     pub async fn tcp(&self, target: &Target, deadline: Instant) -> Result<TcpStream, TcpFailure> {
-        let failed = |e: &dyn std::fmt::Display| target.connect_error(e);
+        let refused = |e: &dyn std::fmt::Display| TcpFailure::Refused(target.connect_error(e));
         let tcp = match target.ip {
             // An IP literal is its own address.
             Some(ip) => TcpStream::connect(SocketAddr::new(ip, target.port))
                 .await
-                .map_err(|e| TcpFailure::Refused(failed(&e)))?,
+                .map_err(|e| refused(&e))?,
             // A name is looked up (cached, its addresses taken in turn: `Dns`).
             None => {
                 let host = target.host.as_str();
@@ -485,7 +480,7 @@ impl Pool {
                     .dns
                     .addrs(host, target.port, Instant::now(), system_lookup)
                     .await
-                    .map_err(|e| TcpFailure::Lookup(failed(&e)))?;
+                    .map_err(|e| TcpFailure::Other(target.connect_error(&e)))?;
                 match connect_first(&addrs, deadline, |addr| self.dns.down(host, addr)).await {
                     Ok(tcp) => tcp,
                     // As when an IP literal's connect is cut at the deadline: 504.
@@ -494,14 +489,14 @@ impl Pool {
                     }
                     Err(ConnectFailure::Failed(e)) => {
                         self.dns.failed(host).await;
-                        return Err(TcpFailure::Refused(failed(&e)));
+                        return Err(refused(&e));
                     }
                 }
             }
         };
         // Headers and body go out in one write; Nagle would hold back the next request.
         tcp.set_nodelay(true)
-            .map_err(|e| TcpFailure::Other(failed(&e)))?;
+            .map_err(|e| TcpFailure::Other(target.connect_error(&e)))?;
         Ok(tcp)
     }
 
@@ -537,16 +532,15 @@ pub enum TcpFailure {
     /// No address took it (refused, unreachable, or silent for its share): an app that
     /// restarts refuses connections for a moment, so this one is worth trying again.
     Refused(UpstreamError),
-    /// The name did not resolve: the lookup's cache says when it is asked again.
-    Lookup(UpstreamError),
-    /// Anything else, the deadline among them.
+    /// Anything else: a name that did not resolve (the lookup's cache says when it is asked
+    /// again), the deadline.
     Other(UpstreamError),
 }
 
 impl From<TcpFailure> for UpstreamError {
     fn from(failure: TcpFailure) -> UpstreamError {
         match failure {
-            TcpFailure::Refused(e) | TcpFailure::Lookup(e) | TcpFailure::Other(e) => e,
+            TcpFailure::Refused(e) | TcpFailure::Other(e) => e,
         }
     }
 }
