@@ -75,6 +75,9 @@ struct FileServer {
     reload_poll_s: u64,
     /// Not in SPEC §3 (README: "Behind a proxy or load balancer"); absent: header_timeout_s.
     keepalive_timeout_s: Option<u64>,
+    /// Not in SPEC §3 (README: "Behind a proxy or load balancer"); absent: none.
+    #[serde(default)]
+    proxy_protocol_from: Vec<String>,
 }
 
 impl Default for FileServer {
@@ -94,6 +97,7 @@ impl Default for FileServer {
             max_buffered_bytes: None,
             reload_poll_s: 0,
             keepalive_timeout_s: None,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -340,6 +344,9 @@ pub struct Server {
     /// connection's next whole head, an HTTP/2 connection's next stream); `header_timeout`
     /// unless set.
     pub keepalive_timeout: Duration,
+    /// Peers that open each connection with a PROXY protocol header naming the client
+    /// (`server::proxy_header`); a connection from one without a valid header is closed.
+    pub proxy_protocol_from: Vec<IpNet>,
 }
 
 /// Certificate files of `[server] tls`, resolved against the config's folder.
@@ -659,6 +666,7 @@ impl Builder {
             max_buffered_bytes,
             reload_poll: Some(self.seconds("server.reload_poll_s", s.reload_poll_s, true)?)
                 .filter(|d| !d.is_zero()),
+            proxy_protocol_from: self.nets("server.proxy_protocol_from", &s.proxy_protocol_from)?,
         };
         let admin = f
             .admin
@@ -899,6 +907,17 @@ impl Config {
             }
         }
         warnings.extend(self.secret_warnings.iter().cloned());
+        let proxied = &self.server.proxy_protocol_from;
+        host_bits(&mut warnings, "server.proxy_protocol_from", proxied);
+        // Every connection must then open with a header, and whoever reaches hookgate
+        // directly names its own address in it.
+        if let Some(all) = proxied.iter().find(|n| n.prefix_len() == 0) {
+            warnings.push(format!(
+                "warning: server.proxy_protocol_from includes {all}, every address: any client \
+                 that reaches hookgate directly can name its own address in a PROXY header, past \
+                 allow_cidrs and client_rate_limit"
+            ));
+        }
         let trusted = &self.server.trusted_proxies;
         host_bits(&mut warnings, "server.trusted_proxies", trusted);
         // Legitimate behind a front proxy that is the only way in, but then every client's
@@ -1490,6 +1509,38 @@ secrets = ["file:a.secret"]
         );
         let c = parse(&with(r#"["10.0.0.0/8", "192.168.0.0/16"]"#)).expect("valid");
         assert!(c.warnings().is_empty());
+    }
+
+    #[test]
+    fn proxy_protocol_peers_are_cidrs_and_every_address_is_warned_about() {
+        let with = |nets: &str| format!("[server]\nproxy_protocol_from = {nets}\n{MINIMAL}");
+        let c = parse(&with(r#"["10.0.0.0/8", "192.0.2.7"]"#)).expect("valid");
+        assert_eq!(
+            c.server.proxy_protocol_from,
+            [
+                "10.0.0.0/8".parse::<IpNet>().expect("net"),
+                "192.0.2.7/32".parse().expect("net")
+            ]
+        );
+        assert!(c.warnings().is_empty());
+        let w = parse(&with(r#"["0.0.0.0/0", "10.1.2.3/8"]"#))
+            .expect("valid")
+            .warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("server.proxy_protocol_from") && w[0].contains("10.0.0.0/8"));
+        assert!(
+            w[1].contains("0.0.0.0/0") && w[1].contains("PROXY header"),
+            "{w:?}"
+        );
+        let e = err(&with(r#"["10.0.0.0/8", "lb.internal"]"#));
+        assert!(e.contains("server.proxy_protocol_from[1]"), "{e}");
+        assert!(
+            parse(MINIMAL)
+                .expect("valid")
+                .server
+                .proxy_protocol_from
+                .is_empty()
+        );
     }
 
     #[test]

@@ -270,6 +270,9 @@ pub struct Metrics {
     /// TLS handshakes on the main listener that failed (no or a wrong client certificate,
     /// plain HTTP on the TLS port, a client that gave up).
     pub tls_handshake_failures: Counter,
+    /// Connections from a `proxy_protocol_from` peer closed because they did not open
+    /// with a valid PROXY header (a balancer not set to send one, or not a balancer).
+    pub proxy_header_failures: Counter,
     config_reloads: Family<ReloadResult, Counter>,
     config_last_reload_successful: Gauge,
     /// Unix seconds (to the millisecond) of the start, then of each reload that succeeded:
@@ -306,6 +309,7 @@ impl Metrics {
         let open_connections = ShardedGauge::default();
         let max_connections = Gauge::default();
         let tls_handshake_failures = Counter::default();
+        let proxy_header_failures = Counter::default();
         let config_reloads = Family::<ReloadResult, Counter>::default();
         for result in ["success", "failure"] {
             let _ = config_reloads.get_or_create_owned(&ReloadResult { result });
@@ -393,6 +397,11 @@ impl Metrics {
             tls_handshake_failures.clone(),
         );
         registry.register(
+            "proxy_protocol_failures",
+            "Connections from a proxy_protocol_from peer closed for a missing or malformed PROXY header",
+            proxy_header_failures.clone(),
+        );
+        registry.register(
             "config_reloads",
             "Config reloads (SIGHUP, or a changed file with reload_poll_s), by result (a failed one keeps the old config)",
             config_reloads.clone(),
@@ -426,6 +435,7 @@ impl Metrics {
             open_connections,
             max_connections,
             tls_handshake_failures,
+            proxy_header_failures,
             config_reloads,
             config_last_reload_successful,
             config_last_reload_success_timestamp,

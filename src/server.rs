@@ -28,6 +28,7 @@ use connection::Http;
 use workers::{Balance, Worker, spawn_worker};
 
 mod connection;
+pub mod proxy_header;
 mod workers;
 
 /// Why the gateway could not start (or a reload was refused): one line each.

@@ -137,6 +137,23 @@ async fn h1_delivery(tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>
     collect(response).await
 }
 
+/// One signed delivery to `uri` over HTTP/2 on an established connection.
+async fn h2_delivery<IO>(io: IO, uri: &str) -> Answer
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .expect("h2");
+    tokio::spawn(conn);
+    let response = sender
+        .send_request(signed_request(uri, http::Version::HTTP_2))
+        .await
+        .expect("resp");
+    collect(response).await
+}
+
 /// A protocol source behind TLS with the PKI's files (relative to the config's folder).
 fn tls_config(upstream: &str, client_ca: bool) -> String {
     let ca = if client_ca {
@@ -172,21 +189,7 @@ async fn https_delivery_over_http1_and_http2_by_alpn() {
         .await
         .expect("handshake");
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .expect("h2");
-    tokio::spawn(conn);
-    let a = collect(
-        sender
-            .send_request(signed_request(
-                "https://127.0.0.1/hooks/p",
-                http::Version::HTTP_2,
-            ))
-            .await
-            .expect("resp"),
-    )
-    .await;
+    let a = h2_delivery(tls, "https://127.0.0.1/hooks/p").await;
     assert_eq!(a.status, 200);
 
     // HTTP/1.0, named by ALPN as `curl --http1.0` does: served (it is in plaintext), not
@@ -217,6 +220,174 @@ async fn https_delivery_over_http1_and_http2_by_alpn() {
         fwd.iter()
             .all(|r| r.header("x-forwarded-proto") == Some("https"))
     );
+}
+
+/// A version 2 PROXY header (`PROXY` command, TCP over IPv4) naming `client`.
+fn proxy_v2(client: [u8; 4], port: u16) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    h.extend_from_slice(&client);
+    h.extend_from_slice(&[127, 0, 0, 1]);
+    h.extend_from_slice(&port.to_be_bytes());
+    h.extend_from_slice(&8443u16.to_be_bytes());
+    h
+}
+
+/// The first answer on a new connection with `bytes` written on it.
+async fn first_answer(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = connect_and_write(addr, bytes).await;
+    let answer = read_message(&mut s, &mut Vec::new())
+        .await
+        .unwrap_or_default();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Behind a TCP balancer that sends the PROXY protocol (`proxy_protocol_from`), the client
+/// it names is the connection's peer: `x-forwarded-for`, `allow_cidrs` and the limits see
+/// the sender, over plaintext (HTTP/1.1 and HTTP/2) and TLS alike. A listed peer's
+/// connection without a valid header is closed unanswered and counted; a balancer's own
+/// connection (version 2 `LOCAL`, its health check) is served as from the balancer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balancers_proxy_header_names_the_client_over_plaintext_and_tls() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let config = one_source(
+        &upstream.url("/"),
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        "dedupe_window_s = 0\nallow_cidrs = [\"203.0.113.0/24\"]",
+    )
+    .replace(
+        "[server]\n",
+        "[server]\nproxy_protocol_from = [\"127.0.0.0/8\"]\n",
+    );
+    let (gw, metrics) = spawn_gateway_with_metrics(&config, "proxy", None).await;
+    let request = signed_post("/hooks/p", SECRET, BODY);
+    let wait = Duration::from_secs(5);
+
+    // Version 1, the header and the request in one write.
+    let line = "PROXY TCP4 203.0.113.7 127.0.0.1 51234 8080\r\n";
+    let a = first_answer(gw.addr, format!("{line}{request}").as_bytes()).await;
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    // In two pieces, cut inside the protocol's name, and the request after a pause.
+    let mut s = connect_and_write(gw.addr, &line.as_bytes()[..8]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::io::AsyncWriteExt::write_all(&mut s, &line.as_bytes()[8..])
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::io::AsyncWriteExt::write_all(&mut s, request.as_bytes())
+        .await
+        .expect("write");
+    let a = read_message(&mut s, &mut Vec::new()).await.expect("answer");
+    assert!(
+        a.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&a)
+    );
+    // A client the header names outside allow_cidrs: 403, as if it had connected itself.
+    let a = first_answer(
+        gw.addr,
+        format!("PROXY TCP4 198.51.100.1 127.0.0.1 1 8080\r\n{request}").as_bytes(),
+    )
+    .await;
+    assert!(a.starts_with("HTTP/1.1 403"), "{a}");
+
+    // Version 2, then HTTP/2 with prior knowledge on the same connection.
+    let stream = connect_and_write(gw.addr, &proxy_v2([203, 0, 113, 8], 40000)).await;
+    let a = h2_delivery(stream, &format!("http://{}/hooks/p", gw.addr)).await;
+    assert_eq!(a.status, 200);
+
+    // The balancer's own connection (LOCAL): served as from 127.0.0.1, outside allow_cidrs.
+    let mut local = proxy_v2([0; 4], 0);
+    local[12] = 0x20;
+    let a = first_answer(gw.addr, &[&local[..], request.as_bytes()].concat()).await;
+    assert!(a.starts_with("HTTP/1.1 403"), "{a}");
+    let a = first_answer(
+        gw.addr,
+        &[&local[..], b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"].concat(),
+    )
+    .await;
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+
+    let seen: Vec<_> = upstream
+        .requests()
+        .iter()
+        .map(|r| r.header("x-forwarded-for").unwrap_or("").to_string())
+        .collect();
+    assert_eq!(seen, ["203.0.113.7", "203.0.113.7", "203.0.113.8"]);
+
+    // A TCP probe (connect, close) is no failure; no header, a malformed one, and one cut
+    // off by the peer are: closed unanswered.
+    drop(
+        tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect"),
+    );
+    assert_eq!(metrics.proxy_header_failures.get(), 0);
+    for bad in [
+        request.clone(),
+        format!("PROXY TCP4 203.0.113.300 127.0.0.1 1 2\r\n{request}"),
+        "PROXY TCP4 203.0.113.7".to_string(),
+    ] {
+        let mut s = connect_and_write(gw.addr, bad.as_bytes()).await;
+        if !bad.ends_with(BODY) {
+            tokio::io::AsyncWriteExt::shutdown(&mut s)
+                .await
+                .expect("shutdown");
+        }
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(wait, tokio::io::AsyncReadExt::read_to_end(&mut s, &mut out))
+            .await
+            .expect("closed");
+        assert!(out.is_empty(), "{bad:?}: {}", String::from_utf8_lossy(&out));
+    }
+    assert_eq!(metrics.proxy_header_failures.get(), 3);
+    assert_eq!(upstream.requests().len(), 3);
+
+    // Over TLS: the header comes before the handshake.
+    let dir = temp_dir("proxy-tls");
+    let pki = make_pki(&dir);
+    let config = tls_config(&upstream.url("/"), false)
+        .replace("secrets", "dedupe_window_s = 0\nsecrets")
+        .replace(
+            "[server]\n",
+            "[server]\nproxy_protocol_from = [\"127.0.0.1\"]\n",
+        );
+    let tls_gw = spawn_gateway_in(&config, &pki.dir).await;
+    let tcp = connect_and_write(
+        tls_gw.addr,
+        b"PROXY TCP4 192.0.2.44 127.0.0.1 3333 8443\r\n",
+    )
+    .await;
+    let tls = connector(&pki, &[b"http/1.1"], false)
+        .connect(
+            ServerName::try_from("127.0.0.1").expect("name").to_owned(),
+            tcp,
+        )
+        .await
+        .expect("handshake");
+    assert_eq!(h1_delivery(tls).await.status, 200);
+    let last = upstream.requests().pop().expect("forwarded");
+    assert_eq!(last.header("x-forwarded-for"), Some("192.0.2.44"));
+    assert_eq!(last.header("x-forwarded-proto"), Some("https"));
+
+    // A peer not listed sends no header and is served as it is.
+    let config = one_source(
+        &upstream.url("/"),
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        "dedupe_window_s = 0",
+    )
+    .replace(
+        "[server]\n",
+        "[server]\nproxy_protocol_from = [\"10.0.0.0/8\"]\n",
+    );
+    let plain = spawn_gateway(&config).await;
+    let a = first_answer(plain.addr, request.as_bytes()).await;
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    let last = upstream.requests().pop().expect("forwarded");
+    assert_eq!(last.header("x-forwarded-for"), Some("127.0.0.1"));
 }
 
 /// The served certificate's expiry is a metric, and `check` (like startup and reloads) warns

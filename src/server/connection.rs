@@ -177,16 +177,32 @@ pub(super) async fn serve_connection(
     // One deadline from accept over the TLS handshake, the protocol detection and the first
     // request head (hyper has no header timer here; later heads: the idle check in serve_http).
     let activity = Activity::new();
-    // Read per connection, so a reload's timeouts hold for the connections after it.
-    let (header_timeout, keepalive_timeout, body_timeout) = {
+    // Read per connection, so a reload's settings hold for the connections after it.
+    let (header_timeout, keepalive_timeout, body_timeout, proxied) = {
         let server = &state.gateway().config.server;
         (
             server.header_timeout,
             server.keepalive_timeout,
             server.body_timeout,
+            sends_proxy_header(&server.proxy_protocol_from, peer),
         )
     };
     let mut io = HeadDeadline::new(stream, header_timeout, Arc::clone(&activity));
+    // A balancer's connection names its client first (before TLS), within the same deadline.
+    let peer = if proxied {
+        match read_proxy_header(&mut io).await {
+            Ok(client) => client.unwrap_or(peer),
+            Err(e) => {
+                if e.kind() != io::ErrorKind::UnexpectedEof {
+                    state.context.metrics.proxy_header_failures.inc();
+                }
+                tracing::debug!(%peer, error = %e, "no valid PROXY header: connection closed");
+                return;
+            }
+        }
+    } else {
+        peer
+    };
     let tls = state.tls.load_full();
     let serving = Serving {
         conn: Conn {
@@ -211,6 +227,42 @@ pub(super) async fn serve_connection(
             Ok(protocol) => serve_http(serving, io, protocol).await,
             Err(e) => tracing::debug!(%peer, error = %e, "no request head"),
         },
+    }
+}
+
+/// Whether a connection from `peer` must open with a PROXY header (`proxy_protocol_from`).
+fn sends_proxy_header(from: &[ipnet::IpNet], peer: SocketAddr) -> bool {
+    let ip = crate::admit::canonical(peer.ip());
+    from.iter().any(|net| net.contains(&ip))
+}
+
+/// Reads the PROXY header a balancer opens its connection with, and puts back what follows
+/// it. The client it names, or `None` for the balancer's own connection (a health check).
+async fn read_proxy_header(io: &mut HeadDeadline<TcpStream>) -> io::Result<Option<SocketAddr>> {
+    use super::proxy_header::{Parsed, parse};
+    use tokio::io::AsyncReadExt;
+    let mut buf = BytesMut::with_capacity(512);
+    loop {
+        if io.read_buf(&mut buf).await? == 0 {
+            // Closed before a byte: a TCP health probe, which `serve_connection` does not
+            // count as a failure (as a TLS handshake's).
+            let (kind, what) = if buf.is_empty() {
+                (io::ErrorKind::UnexpectedEof, "closed before a PROXY header")
+            } else {
+                (io::ErrorKind::InvalidData, "closed inside a PROXY header")
+            };
+            return Err(io::Error::new(kind, what));
+        }
+        match parse(&buf) {
+            Parsed::Header { len, client } => {
+                io.put_back(buf.split_off(len).freeze());
+                return Ok(client);
+            }
+            Parsed::Partial => {}
+            Parsed::Invalid(reason) => {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, reason));
+            }
+        }
     }
 }
 
