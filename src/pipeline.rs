@@ -31,7 +31,7 @@ use crate::metrics::{Metrics, SourceMetrics};
 use crate::platforms::{Delivery, Platform};
 use crate::reply::{self, Answer};
 use crate::time::Millis;
-use crate::upstream::{self, Forward, ForwardHeaders, Upstream};
+use crate::upstream::{self, Forward, ForwardHeaders, Upstream, UpstreamSetup};
 use crate::verify::{Carriers, Verified};
 
 /// What outlives a config: the limiters' clock, the metrics and the upstream names' addresses.
@@ -120,26 +120,29 @@ impl Gateway {
         let workers = context.workers.max(1);
         // Each worker's share of the exchanges in flight, kept across reloads (requests in
         // flight hold theirs, and `max_connections` changes at the next start).
-        let exchange_slots = previous
-            .map(|p| {
-                p.upstreams
-                    .iter()
-                    .map(|u| Arc::clone(u.slots()))
-                    .collect::<Vec<_>>()
-            })
-            .filter(|s| s.len() == workers)
+        // The same for their idle connections, unless the upstream CA changed.
+        let previous_upstreams = previous
+            .map(|p| &p.upstreams[..])
+            .filter(|u| u.len() == workers);
+        let exchange_slots = previous_upstreams
+            .map(|u| u.iter().map(|u| Arc::clone(u.slots())).collect::<Vec<_>>())
             .unwrap_or_else(|| upstream::exchange_slots(config.server.max_connections, workers));
         let upstreams = exchange_slots
             .iter()
-            .map(|slots| {
+            .enumerate()
+            .map(|(worker, slots)| {
+                let setup = UpstreamSetup {
+                    ca: config.upstream.ca.as_deref(),
+                    signing_key: config.upstream.signing_key.as_ref(),
+                    max_body_bytes: config.server.max_body_bytes,
+                    counters: context.metrics.upstream.clone(),
+                    dns: Arc::clone(&context.dns),
+                    connect_retry: config.upstream.connect_retry,
+                };
                 Upstream::new(
-                    config.upstream.ca.as_deref(),
-                    config.upstream.signing_key.as_ref(),
-                    config.server.max_body_bytes,
+                    setup,
                     Arc::clone(slots),
-                    context.metrics.upstream.clone(),
-                    Arc::clone(&context.dns),
-                    config.upstream.connect_retry,
+                    previous_upstreams.map(|u| &u[worker]),
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -121,7 +121,11 @@ impl ForwardHeaders {
 
 /// A worker's upstream client: its connections, with the signing key.
 pub struct Upstream {
-    pool: Pool,
+    /// Kept by a reload that leaves `[upstream] ca` as it was (`Upstream::new`).
+    pool: Arc<Pool>,
+    /// The certificates of `[upstream] ca` (none without it): what the pool's TLS trusts
+    /// beyond the public roots.
+    ca_certs: Vec<CertificateDer<'static>>,
     signing: Option<Hmac<Sha256>>,
     max_body_bytes: u64,
     /// The worker's share of `max_connections` exchanges in flight (see [`exchange_slots`]).
@@ -167,28 +171,37 @@ pub fn exchange_slots(max_connections: usize, workers: usize) -> Vec<Arc<Semapho
 #[error("{0}")]
 pub struct ClientSetupError(pub String);
 
+/// The certificates of `[upstream] ca`, if set.
+fn ca_certs(ca: Option<&Path>) -> Result<Vec<CertificateDer<'static>>, ClientSetupError> {
+    let Some(path) = ca else {
+        return Ok(Vec::new());
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ClientSetupError(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ClientSetupError(format!(
+            "{}: no certificate in it",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
 /// Root certificates: the public web roots, plus the operator's private CA if any (which
 /// may also be the app's own self-signed certificate: `pinned`).
-fn tls_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, ClientSetupError> {
+fn tls_config(
+    ca: Option<&Path>,
+    ca_certs: &[CertificateDer<'static>],
+) -> Result<rustls::ClientConfig, ClientSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let mut pinned = Vec::new();
-    if let Some(path) = ca {
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| ClientSetupError(format!("{}: {e}", path.display())))?;
-        if certs.is_empty() {
-            return Err(ClientSetupError(format!(
-                "{}: no certificate in it",
-                path.display()
-            )));
-        }
-        for c in certs {
-            roots
-                .add(c.clone())
-                .map_err(|e| ClientSetupError(format!("{}: {e}", path.display())))?;
-            pinned.push(c);
-        }
+    let pinned = ca_certs.to_vec();
+    for c in ca_certs {
+        roots.add(c.clone()).map_err(|e| {
+            let path = ca.map(|p| p.display().to_string()).unwrap_or_default();
+            ClientSetupError(format!("{path}: {e}"))
+        })?;
     }
     let provider = crate::tls::provider();
     let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
@@ -208,22 +221,47 @@ fn tls_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, ClientSetupErro
     Ok(config)
 }
 
+/// What a worker's [`Upstream`] is made of.
+pub struct UpstreamSetup<'a> {
+    pub ca: Option<&'a Path>,
+    pub signing_key: Option<&'a Secret>,
+    pub max_body_bytes: u64,
+    pub counters: UpstreamCounters,
+    pub dns: Arc<Dns>,
+    pub connect_retry: Duration,
+}
+
 impl Upstream {
+    /// The worker's client, taking over the idle connections of `previous` (the worker's
+    /// client before a reload) when `ca` trusts what it trusted: a reload then opens no new
+    /// connection to the app, which would otherwise see every kept-alive connection closed
+    /// and opened again (and, over TLS, a handshake each) at every SIGHUP or changed file.
+    /// Connections are keyed by scheme, host and port, so one to an upstream the new
+    /// config no longer names is never taken, and the sweep closes it once idle too long.
     pub fn new(
-        ca: Option<&Path>,
-        signing_key: Option<&Secret>,
-        max_body_bytes: u64,
+        setup: UpstreamSetup<'_>,
         slots: Arc<Semaphore>,
-        counters: UpstreamCounters,
-        dns: Arc<Dns>,
-        connect_retry: Duration,
+        previous: Option<&Upstream>,
     ) -> Result<Upstream, ClientSetupError> {
-        let pool = Pool::new(Arc::new(tls_config(ca)?), dns);
+        let UpstreamSetup {
+            ca,
+            signing_key,
+            max_body_bytes,
+            counters,
+            dns,
+            connect_retry,
+        } = setup;
+        let ca_certs = ca_certs(ca)?;
+        let pool = match previous.filter(|p| p.ca_certs == ca_certs) {
+            Some(p) => Arc::clone(&p.pool),
+            None => Arc::new(Pool::new(Arc::new(tls_config(ca, &ca_certs)?), dns)),
+        };
         let signing = signing_key.map(|k| {
             <Hmac<Sha256> as KeyInit>::new_from_slice(k.expose()).expect("HMAC takes any key")
         });
         Ok(Upstream {
             pool,
+            ca_certs,
             signing,
             max_body_bytes,
             slots,

@@ -773,6 +773,38 @@ async fn https_upstream_with_a_private_ca() {
     assert_eq!(seen.lock().expect("lock").len(), 9);
 }
 
+/// A reload takes over the worker's idle upstream connections, so the app sees no new
+/// connection (over TLS, no new handshake) at every SIGHUP or changed file; one that changes
+/// what `[upstream] ca` trusts opens new ones under the new trust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_upstream_connections_unless_the_ca_changed() {
+    let dir = temp_dir("tls-reload");
+    let pki = make_pki(&dir);
+    let (up, seen, connections) = spawn_tls_upstream(&pki).await;
+    // One worker: one pool, so every delivery could take the same connection.
+    let context = hookgate::pipeline::Context {
+        workers: 1,
+        ..Default::default()
+    };
+    let gw = spawn_gateway_in_context(&https_upstream_config(up), &pki.dir, context).await;
+    let opened = || connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(deliver_body(gw.addr).await.status, 200);
+    assert_eq!(opened(), 1);
+
+    gw.server.reload().expect("reload");
+    assert_eq!(deliver_body(gw.addr).await.status, 200);
+    assert_eq!(opened(), 1, "a reload opened a new upstream connection");
+
+    // The CA file now holds one certificate more: new trust, new connections.
+    let mut ca = std::fs::read(&pki.ca).expect("ca");
+    ca.extend(std::fs::read(pki.dir.join("client.crt")).expect("cert"));
+    std::fs::write(&pki.ca, ca).expect("write");
+    gw.server.reload().expect("reload");
+    assert_eq!(deliver_body(gw.addr).await.status, 200);
+    assert_eq!(opened(), 2);
+    assert_eq!(seen.lock().expect("lock").len(), 3);
+}
+
 #[test]
 fn unreadable_certificates_exit_2_naming_the_path() {
     let dir = temp_dir("tls-bad");

@@ -774,7 +774,7 @@ mod tests {
 
     /// A pool, and a listener standing for the app, named by the target.
     async fn pool_and_app() -> (Pool, tokio::net::TcpListener, Target) {
-        let config = super::super::tls_config(None).expect("client config");
+        let config = super::super::tls_config(None, &[]).expect("client config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
