@@ -250,13 +250,17 @@ async fn wait_for_signals(server: &Server) -> StopSignals {
 }
 
 /// The address a local curl reaches the listener at.
-fn local_url_host(addr: SocketAddr) -> String {
-    let ip = match addr.ip() {
+fn local_ip(addr: SocketAddr) -> IpAddr {
+    match addr.ip() {
         IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
-    };
-    match ip {
+    }
+}
+
+/// `local_ip` with the port, as a URL writes it.
+fn local_url_host(addr: SocketAddr) -> String {
+    match local_ip(addr) {
         IpAddr::V4(v4) => format!("{v4}:{}", addr.port()),
         IpAddr::V6(v6) => format!("[{v6}]:{}", addr.port()),
     }
@@ -320,6 +324,17 @@ pub fn sign_command(config: &Config, source: &Source, body: &str) -> Result<Stri
         }
     }
     let mut cmd = format!("curl -sS -i -X POST {}", shell_quote(&url));
+    // A local curl connects from the address it connects to; if that is a listed
+    // balancer's, the listener waits for a PROXY header first (curl sends version 1).
+    let from = crate::admit::canonical(local_ip(config.server.listen));
+    if config
+        .server
+        .proxy_protocol_from
+        .iter()
+        .any(|n| n.contains(&from))
+    {
+        cmd.push_str(" --haproxy-protocol");
+    }
     for h in headers {
         cmd.push_str(&format!(" -H {}", shell_quote(&h)));
     }

@@ -216,6 +216,41 @@ async fn sign_prints_a_curl_command_that_delivers() {
     drop(gw);
 }
 
+/// With the local address among `proxy_protocol_from`, the printed curl sends a PROXY header
+/// first (`--haproxy-protocol`), or the listener would close its connection unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_speaks_the_proxy_protocol_to_a_listener_that_expects_it() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let dir = temp_dir("cli-sign-proxy");
+    let text = one_source(
+        &upstream.url("/app"),
+        "protocol",
+        "/p",
+        &["sign-secret"],
+        "",
+    )
+    .replace(
+        "[server]\n",
+        "[server]\nproxy_protocol_from = [\"127.0.0.0/8\"]\n",
+    );
+    let gw = spawn_process(&dir, &text, &[]);
+    let path = dir.join("hookgate.toml").display().to_string();
+    let (code, cmd, err) = hookgate(&["sign", "--config", &path, "--source", "protocol"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(cmd.contains(" --haproxy-protocol"), "{cmd}");
+    let out = Command::new("sh")
+        .args(["-c", &cmd])
+        .output()
+        .expect("curl");
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{cmd}\n{answer}");
+    assert_eq!(
+        upstream.requests()[0].header("x-forwarded-for"),
+        Some("127.0.0.1")
+    );
+    drop(gw);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_anything_printed_and_sigterm_exits_0() {
     // The app's own credential, in the upstream URL's query: the app gets it, the log not.
