@@ -597,9 +597,15 @@ impl<IO> HeadDeadline<IO> {
         }
     }
 
-    /// Bytes already read, to be read again before the socket's.
+    /// Bytes already read, to be read again before the socket's (and before what is left
+    /// of bytes put back earlier, which they were read from: the PROXY header's leftover,
+    /// then the protocol's first bytes).
     fn put_back(&mut self, bytes: Bytes) {
-        self.unread = bytes;
+        self.unread = if self.unread.is_empty() {
+            bytes
+        } else {
+            [&bytes[..], &self.unread[..]].concat().into()
+        };
     }
 }
 
@@ -661,6 +667,25 @@ impl<IO: AsyncWrite> AsyncWrite for HeadDeadline<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bytes put back are read before the socket's, and bytes put back again after a
+    /// partial read of them come before the rest of them: nothing is lost or reordered.
+    #[tokio::test]
+    async fn bytes_put_back_are_read_first_in_their_order() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, mut far) = tokio::io::duplex(64);
+        far.write_all(b"-socket").await.expect("write");
+        drop(far);
+        let mut io = HeadDeadline::new(near, Duration::from_secs(5), Activity::new());
+        io.put_back(Bytes::from_static(b"leftover"));
+        let mut first = [0u8; 4];
+        io.read_exact(&mut first).await.expect("read");
+        assert_eq!(&first, b"left");
+        io.put_back(Bytes::copy_from_slice(&first));
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.expect("read");
+        assert_eq!(all, b"leftover-socket");
+    }
 
     #[test]
     fn the_first_bytes_tell_http2_prior_knowledge_from_http1() {
