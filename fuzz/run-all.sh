@@ -36,12 +36,14 @@ os.makedirs('corpus/forwarded', exist_ok=True)
 for seed in [b'\x02token=a&b=c\n1.2.3.4, 10.0.0.1\n[::1]:80',
              b'\x05x%20y=%74oken&token=%2B\n::ffff:192.168.1.1\nunknown, 8.8.8.8\nhttps']:
     open('corpus/forwarded/' + hashlib.sha1(seed).hexdigest(), 'wb').write(seed)
-# PROXY headers: version 1 (TCP4, TCP6, UNKNOWN) and version 2 (IPv4 with a TLV, LOCAL).
+# PROXY headers: version 1 (TCP4, TCP6, UNKNOWN) and version 2 (IPv4 with a TLV, with the
+# client-TLS TLV, LOCAL).
 os.makedirs('corpus/proxy_header', exist_ok=True)
 v2 = b'\r\n\r\n\0\r\nQUIT\n'
 for seed in [b'PROXY TCP4 203.0.113.7 10.0.0.5 51234 443\r\nPOST / HTTP/1.1\r\n',
              b'PROXY TCP6 2001:db8::7 2001:db8::1 1 2\r\n', b'PROXY UNKNOWN\r\n',
              v2 + b'\x21\x11\x00\x13' + bytes([203, 0, 113, 7, 10, 0, 0, 5, 0, 1, 1, 187]) + b'\xea\x00\x04\x01vpc',
+             v2 + b'\x21\x11\x00\x14' + bytes([203, 0, 113, 7, 10, 0, 0, 5, 0, 1, 1, 187]) + b'\x20\x00\x05\x01\x00\x00\x00\x00',
              v2 + b'\x20\x00\x00\x00\x16\x03\x01']:
     open('corpus/proxy_header/' + hashlib.sha1(seed).hexdigest(), 'wb').write(seed)
 os.makedirs('corpus/config', exist_ok=True)

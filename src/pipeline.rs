@@ -237,7 +237,10 @@ impl Gateway {
 /// The connection a request came on.
 #[derive(Debug, Clone, Copy)]
 pub struct Conn {
+    /// The client: the socket's peer, or the one a balancer's PROXY header named.
     pub peer: SocketAddr,
+    /// The client's connection was TLS: to hookgate, or to a balancer that said so in its
+    /// PROXY header (the scheme in `x-forwarded-proto`).
     pub tls: bool,
     /// The worker thread serving it.
     pub worker: usize,

@@ -223,14 +223,19 @@ async fn https_delivery_over_http1_and_http2_by_alpn() {
 }
 
 /// A version 2 PROXY header (`PROXY` command, TCP over IPv4) naming `client`.
-fn proxy_v2(client: [u8; 4], port: u16) -> Vec<u8> {
-    let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+fn proxy_v2(client: [u8; 4], port: u16, tlvs: &[u8]) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11".to_vec();
+    h.extend_from_slice(&(12 + tlvs.len() as u16).to_be_bytes());
     h.extend_from_slice(&client);
     h.extend_from_slice(&[127, 0, 0, 1]);
     h.extend_from_slice(&port.to_be_bytes());
     h.extend_from_slice(&8443u16.to_be_bytes());
+    h.extend_from_slice(tlvs);
     h
 }
+
+/// `PP2_TYPE_SSL` with the client bit set: the client's TLS ended at the balancer.
+const CLIENT_TLS_TLV: &[u8] = &[0x20, 0x00, 0x05, 0x01, 0, 0, 0, 0];
 
 /// The first answer on a new connection with `bytes` written on it.
 async fn first_answer(addr: SocketAddr, bytes: &[u8]) -> String {
@@ -293,12 +298,16 @@ async fn a_balancers_proxy_header_names_the_client_over_plaintext_and_tls() {
     assert!(a.starts_with("HTTP/1.1 403"), "{a}");
 
     // Version 2, then HTTP/2 with prior knowledge on the same connection.
-    let stream = connect_and_write(gw.addr, &proxy_v2([203, 0, 113, 8], 40000)).await;
+    let stream = connect_and_write(gw.addr, &proxy_v2([203, 0, 113, 8], 40000, &[])).await;
     let a = h2_delivery(stream, &format!("http://{}/hooks/p", gw.addr)).await;
     assert_eq!(a.status, 200);
+    // The client's TLS ended at the balancer, which says so: its scheme is https.
+    let header = proxy_v2([203, 0, 113, 9], 40001, CLIENT_TLS_TLV);
+    let a = first_answer(gw.addr, &[&header[..], request.as_bytes()].concat()).await;
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
 
     // The balancer's own connection (LOCAL): served as from 127.0.0.1, outside allow_cidrs.
-    let mut local = proxy_v2([0; 4], 0);
+    let mut local = proxy_v2([0; 4], 0, CLIENT_TLS_TLV);
     local[12] = 0x20;
     let a = first_answer(gw.addr, &[&local[..], request.as_bytes()].concat()).await;
     assert!(a.starts_with("HTTP/1.1 403"), "{a}");
@@ -312,9 +321,21 @@ async fn a_balancers_proxy_header_names_the_client_over_plaintext_and_tls() {
     let seen: Vec<_> = upstream
         .requests()
         .iter()
-        .map(|r| r.header("x-forwarded-for").unwrap_or("").to_string())
+        .map(|r| {
+            let header = |name| r.header(name).unwrap_or("").to_string();
+            (header("x-forwarded-for"), header("x-forwarded-proto"))
+        })
         .collect();
-    assert_eq!(seen, ["203.0.113.7", "203.0.113.7", "203.0.113.8"]);
+    let seen: Vec<_> = seen.iter().map(|(a, p)| (a.as_str(), p.as_str())).collect();
+    assert_eq!(
+        seen,
+        [
+            ("203.0.113.7", "http"),
+            ("203.0.113.7", "http"),
+            ("203.0.113.8", "http"),
+            ("203.0.113.9", "https"),
+        ]
+    );
 
     // A TCP probe (connect, close) is no failure; no header, a malformed one, and one cut
     // off by the peer are: closed unanswered.
@@ -342,7 +363,7 @@ async fn a_balancers_proxy_header_names_the_client_over_plaintext_and_tls() {
         assert!(out.is_empty(), "{bad:?}: {}", String::from_utf8_lossy(&out));
     }
     assert_eq!(metrics.proxy_header_failures.get(), 3);
-    assert_eq!(upstream.requests().len(), 3);
+    assert_eq!(upstream.requests().len(), 4);
 
     // Over TLS: the header comes before the handshake.
     let dir = temp_dir("proxy-tls");

@@ -9,12 +9,12 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     match parse(data) {
-        Parsed::Header { len, client } => {
+        Parsed::Header { len, client, tls } => {
             assert!(len <= data.len() && len <= MAX_HEADER, "{len}");
-            assert_eq!(parse(&data[..len]), Parsed::Header { len, client });
+            assert_eq!(parse(&data[..len]), Parsed::Header { len, client, tls });
             let mut more = data[..len].to_vec();
             more.extend_from_slice(b"POST / HTTP/1.1\r\n");
-            assert_eq!(parse(&more), Parsed::Header { len, client });
+            assert_eq!(parse(&more), Parsed::Header { len, client, tls });
             for cut in 0..len {
                 assert_eq!(parse(&data[..cut]), Parsed::Partial, "cut at {cut}");
             }

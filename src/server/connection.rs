@@ -189,9 +189,10 @@ pub(super) async fn serve_connection(
     };
     let mut io = HeadDeadline::new(stream, header_timeout, Arc::clone(&activity));
     // A balancer's connection names its client first (before TLS), within the same deadline.
-    let peer = if proxied {
+    let (peer, tls_at_balancer) = if proxied {
         match read_proxy_header(&mut io).await {
-            Ok(client) => client.unwrap_or(peer),
+            Ok(Some(client)) => client,
+            Ok(None) => (peer, false),
             Err(e) => {
                 if e.kind() != io::ErrorKind::UnexpectedEof {
                     state.context.metrics.proxy_header_failures.inc();
@@ -201,13 +202,13 @@ pub(super) async fn serve_connection(
             }
         }
     } else {
-        peer
+        (peer, false)
     };
     let tls = state.tls.load_full();
     let serving = Serving {
         conn: Conn {
             peer,
-            tls: tls.is_some(),
+            tls: tls.is_some() || tls_at_balancer,
             worker,
         },
         state,
@@ -237,8 +238,11 @@ fn sends_proxy_header(from: &[ipnet::IpNet], peer: SocketAddr) -> bool {
 }
 
 /// Reads the PROXY header a balancer opens its connection with, and puts back what follows
-/// it. The client it names, or `None` for the balancer's own connection (a health check).
-async fn read_proxy_header(io: &mut HeadDeadline<TcpStream>) -> io::Result<Option<SocketAddr>> {
+/// it. The client it names and whether the client's connection to the balancer was TLS, or
+/// `None` for the balancer's own connection (a health check).
+async fn read_proxy_header(
+    io: &mut HeadDeadline<TcpStream>,
+) -> io::Result<Option<(SocketAddr, bool)>> {
     use super::proxy_header::{Parsed, parse};
     use tokio::io::AsyncReadExt;
     let mut buf = BytesMut::with_capacity(512);
@@ -254,9 +258,9 @@ async fn read_proxy_header(io: &mut HeadDeadline<TcpStream>) -> io::Result<Optio
             return Err(io::Error::new(kind, what));
         }
         match parse(&buf) {
-            Parsed::Header { len, client } => {
+            Parsed::Header { len, client, tls } => {
                 io.put_back(buf.split_off(len).freeze());
-                return Ok(client);
+                return Ok(client.map(|c| (c, tls)));
             }
             Parsed::Partial => {}
             Parsed::Invalid(reason) => {

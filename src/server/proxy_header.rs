@@ -27,9 +27,13 @@ pub enum Parsed {
     /// or `None` where the balancer names none: version 1 `UNKNOWN`, version 2 `LOCAL`
     /// (its own health checks), or an address family other than IPv4 and IPv6. The
     /// connection is then the balancer's own, and is served as from the socket's peer.
+    /// `tls`: the client reached the balancer over TLS, which the balancer ended (version
+    /// 2's `PP2_TYPE_SSL` TLV with its `PP2_CLIENT_SSL` bit, as HAProxy's
+    /// `send-proxy-v2-ssl` writes it): its scheme is then https.
     Header {
         len: usize,
         client: Option<SocketAddr>,
+        tls: bool,
     },
     /// Every byte so far is a header's start: read more.
     Partial,
@@ -68,30 +72,46 @@ pub fn parse(buf: &[u8]) -> Parsed {
     if buf.len() < len {
         return Parsed::Partial;
     }
-    let client = match HeaderResult::parse(&buf[..len]) {
-        HeaderResult::V1(Ok(header)) => match header.addresses {
-            ppp::v1::Addresses::Tcp4(a) => {
-                Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
-            }
-            ppp::v1::Addresses::Tcp6(a) => {
-                Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
-            }
-            ppp::v1::Addresses::Unknown => None,
-        },
-        HeaderResult::V2(Ok(header)) => match (header.command, header.addresses) {
-            (v2::Command::Local, _) => None,
-            (v2::Command::Proxy, v2::Addresses::IPv4(a)) => {
-                Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
-            }
-            (v2::Command::Proxy, v2::Addresses::IPv6(a)) => {
-                Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
-            }
-            (v2::Command::Proxy, v2::Addresses::Unspecified | v2::Addresses::Unix(_)) => None,
-        },
+    let (client, tls) = match HeaderResult::parse(&buf[..len]) {
+        HeaderResult::V1(Ok(header)) => {
+            let client = match header.addresses {
+                ppp::v1::Addresses::Tcp4(a) => {
+                    Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
+                }
+                ppp::v1::Addresses::Tcp6(a) => {
+                    Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
+                }
+                ppp::v1::Addresses::Unknown => None,
+            };
+            (client, false)
+        }
+        HeaderResult::V2(Ok(header)) => {
+            let client = match (header.command, header.addresses) {
+                (v2::Command::Local, _) => None,
+                (v2::Command::Proxy, v2::Addresses::IPv4(a)) => {
+                    Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
+                }
+                (v2::Command::Proxy, v2::Addresses::IPv6(a)) => {
+                    Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
+                }
+                (v2::Command::Proxy, v2::Addresses::Unspecified | v2::Addresses::Unix(_)) => None,
+            };
+            (client, client.is_some() && client_used_tls(&header))
+        }
         HeaderResult::V1(Err(e)) => return Parsed::Invalid(format!("PROXY header v1: {e}")),
         HeaderResult::V2(Err(e)) => return Parsed::Invalid(format!("PROXY header v2: {e}")),
     };
-    Parsed::Header { len, client }
+    Parsed::Header { len, client, tls }
+}
+
+/// `PP2_TYPE_SSL`'s first byte, `client`, has `PP2_CLIENT_SSL` set: the client's
+/// connection to the balancer was TLS (the PROXY protocol spec, section 2.2.5).
+fn client_used_tls(header: &v2::Header<'_>) -> bool {
+    const PP2_TYPE_SSL: u8 = 0x20;
+    const PP2_CLIENT_SSL: u8 = 0x01;
+    header.tlvs().flatten().any(|tlv| {
+        tlv.kind == PP2_TYPE_SSL && tlv.value.first().is_some_and(|c| c & PP2_CLIENT_SSL != 0)
+    })
 }
 
 /// Whether `buf` and `prefix` agree as far as both go.
@@ -117,7 +137,7 @@ mod tests {
 
     fn header(buf: &[u8]) -> (usize, Option<String>) {
         match parse(buf) {
-            Parsed::Header { len, client } => (len, client.map(|c| c.to_string())),
+            Parsed::Header { len, client, .. } => (len, client.map(|c| c.to_string())),
             other => panic!("{:?}: {other:?}", String::from_utf8_lossy(buf)),
         }
     }
@@ -159,6 +179,37 @@ mod tests {
         ipv6[32..34].copy_from_slice(&51234u16.to_be_bytes());
         let h = v2(0x1, 0x21, &ipv6, &[]);
         assert_eq!(header(&h), (h.len(), Some("[2001:db8::7]:51234".into())));
+
+        // The client's TLS ended at the balancer (PP2_TYPE_SSL, client bit set, with a
+        // version sub-TLV as HAProxy writes it): https. The bit clear: not.
+        let ssl = |client: u8| {
+            let mut t = vec![0x20, 0x00, 0x0c, client, 0, 0, 0, 0];
+            t.extend_from_slice(&[0x21, 0x00, 0x04]);
+            t.extend_from_slice(b"TLS3");
+            t
+        };
+        for (bits, tls) in [(0x01, true), (0x05, true), (0x00, false)] {
+            let h = v2(0x1, 0x11, &ipv4, &ssl(bits));
+            assert!(
+                matches!(parse(&h), Parsed::Header { tls: t, client: Some(_), .. } if t == tls),
+                "{bits:#x}: {:?}",
+                parse(&h)
+            );
+        }
+        assert!(matches!(
+            parse(&v2(0x1, 0x11, &ipv4, &tlv)),
+            Parsed::Header { tls: false, .. }
+        ));
+        // LOCAL with the TLV still names no client, so nothing is https either.
+        let h = v2(0x0, 0x11, &ipv4, &ssl(0x01));
+        assert!(matches!(
+            parse(&h),
+            Parsed::Header {
+                client: None,
+                tls: false,
+                ..
+            }
+        ));
 
         // LOCAL (a health check of the balancer's own), and UNSPEC: no client.
         let h = v2(0x0, 0x11, &ipv4, &[]);
