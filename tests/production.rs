@@ -1385,6 +1385,53 @@ async fn a_drain_waits_for_a_slow_upstream_past_body_timeout() {
     assert_eq!((a.status, &a.body[..]), (200, &br#"{"slow":true}"#[..]));
 }
 
+/// A connection that has sent nothing when the drain begins is closed then, as a kept-alive
+/// one between requests is, instead of holding the drain for its head deadline; one whose
+/// head has begun is waited for and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_closes_connections_that_sent_nothing_and_answers_begun_heads() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "").replace(
+        "[server]\n",
+        "[server]\nheader_timeout_s = 5\nshutdown_grace_s = 10\n",
+    );
+    let gw = spawn_gateway(&config).await;
+    let request = signed_post("/hooks/p", SECRET, BODY);
+    let (head, rest) = request.split_at(20);
+    let mut silent = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let mut begun = connect_and_write(gw.addr, head.as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let started = Instant::now();
+    let server = gw.server;
+    let drain = tokio::spawn(async move { server.shutdown().await });
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(2), silent.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "a silent connection held the drain: {closed:?}"
+    );
+    begun.write_all(rest.as_bytes()).await.expect("write");
+    let answer = read_message(&mut begun, &mut Vec::new())
+        .await
+        .expect("an answer");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(drain.await.expect("drain"), "the drain did not end cleanly");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(upstream.requests().len(), 1);
+}
+
 /// A second SIGTERM or SIGINT during the drain (an operator's second Ctrl-C) exits at once,
 /// with status 1, instead of waiting out `shutdown_grace_s` for a slow delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

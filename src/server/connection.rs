@@ -135,8 +135,9 @@ impl Protocol {
         }
     }
 
-    /// Reads a plaintext connection's first bytes (within the head deadline) to tell its
-    /// protocol; they are put back for the protocol to read (`HeadDeadline::put_back`).
+    /// Tells a plaintext connection's protocol by its first bytes: those `first_bytes`
+    /// read, and more (within the head deadline) while they could still be the preface;
+    /// they are put back for the protocol to read (`HeadDeadline::put_back`).
     ///
     /// By hand rather than hyper-util's `auto` connection: that reads exactly the
     /// preface's 24 bytes first, so hyper's own first read got those alone and its second
@@ -146,6 +147,10 @@ impl Protocol {
     /// first request in it.
     async fn sniff(io: &mut HeadDeadline<TcpStream>) -> io::Result<Protocol> {
         use tokio::io::AsyncReadExt;
+        // The bytes `first_bytes` read decide, most often, where they lie.
+        if let Some(protocol) = Protocol::by_first_bytes(&io.unread) {
+            return Ok(protocol);
+        }
         // hyper's first read buffer is 8 KiB: what is read here fits it whole.
         let mut first = BytesMut::with_capacity(8 * 1024);
         loop {
@@ -171,7 +176,7 @@ pub(super) async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     worker: usize,
-    draining: watch::Receiver<bool>,
+    mut draining: watch::Receiver<bool>,
     place: OwnedSemaphorePermit,
 ) {
     // One deadline from accept over the TLS handshake, the protocol detection and the first
@@ -188,6 +193,9 @@ pub(super) async fn serve_connection(
         )
     };
     let mut io = HeadDeadline::new(stream, header_timeout, Arc::clone(&activity));
+    if !io.first_bytes(&mut draining).await {
+        return;
+    }
     // A balancer's connection names its client first (before TLS), within the same deadline.
     let (peer, tls_at_balancer) = if proxied {
         match read_proxy_header(&mut io).await {
@@ -610,6 +618,41 @@ impl<IO> HeadDeadline<IO> {
         } else {
             [&bytes[..], &self.unread[..]].concat().into()
         };
+    }
+}
+
+impl HeadDeadline<TcpStream> {
+    /// Reads the connection's first bytes (up to 8 KiB, hyper's first read buffer) and puts
+    /// them back for what reads next; `false` if the head deadline, the drain or an error
+    /// comes first. A connection that has sent nothing when the drain begins is closed
+    /// then, as hyper closes a kept-alive one between requests, rather than holding the
+    /// drain for up to `header_timeout_s` (a balancer's or client's connection opened
+    /// ahead of use, or a silent one). The read is the one the protocol's detection did
+    /// before (`Protocol::sniff` decides on these bytes), so it costs no syscall more.
+    async fn first_bytes(&mut self, draining: &mut watch::Receiver<bool>) -> bool {
+        let mut first = BytesMut::with_capacity(8 * 1024);
+        loop {
+            tokio::select! {
+                biased;
+                ready = self.io.readable() => {
+                    if ready.is_err() {
+                        return false;
+                    }
+                }
+                _ = &mut self.deadline => return false,
+                _ = drained(draining) => return false,
+            }
+            // `readable` may be a false positive (tokio says so): then wait again.
+            match self.io.try_read_buf(&mut first) {
+                // Bytes, or the end of the stream (which the next read sees again).
+                Ok(_) => {
+                    self.put_back(first.freeze());
+                    return true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return false,
+            }
+        }
     }
 }
 
