@@ -135,8 +135,17 @@ fn open_files_warning(limit: u64, max_connections: usize) -> Option<String> {
 
 fn check(config: Config) -> ExitCode {
     let lines = routes(&config);
-    let listen = config.server.listen;
-    let tls = config.server.tls.is_some();
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut listen = format!("listen {} ({scheme})", config.server.listen);
+    let proxied = &config.server.proxy_protocol_from;
+    if !proxied.is_empty() {
+        let from: Vec<_> = proxied.iter().map(|n| n.to_string()).collect();
+        listen.push_str(&format!(", a PROXY header first from {}", from.join(", ")));
+    }
     match server::prepare(config) {
         Ok(prepared) => {
             for w in prepared.warnings() {
@@ -145,7 +154,7 @@ fn check(config: Config) -> ExitCode {
         }
         Err(e) => return fail(e),
     }
-    println!("listen {listen} ({})", if tls { "https" } else { "http" });
+    println!("{listen}");
     for l in lines {
         println!("{l}");
     }

@@ -216,8 +216,9 @@ async fn sign_prints_a_curl_command_that_delivers() {
     drop(gw);
 }
 
-/// With the local address among `proxy_protocol_from`, the printed curl sends a PROXY header
-/// first (`--haproxy-protocol`), or the listener would close its connection unanswered.
+/// With the local address among `proxy_protocol_from`, `check` says the listener wants a
+/// PROXY header first, and the printed curl sends one (`--haproxy-protocol`), or the
+/// listener would close its connection unanswered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_speaks_the_proxy_protocol_to_a_listener_that_expects_it() {
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
@@ -235,6 +236,14 @@ async fn sign_speaks_the_proxy_protocol_to_a_listener_that_expects_it() {
     );
     let gw = spawn_process(&dir, &text, &[]);
     let path = dir.join("hookgate.toml").display().to_string();
+    let (code, out, err) = hookgate(&["check", "--config", &path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .next()
+            .is_some_and(|l| l.ends_with("(http), a PROXY header first from 127.0.0.0/8")),
+        "{out}"
+    );
     let (code, cmd, err) = hookgate(&["sign", "--config", &path, "--source", "protocol"]);
     assert_eq!(code, 0, "{err}");
     assert!(cmd.contains(" --haproxy-protocol"), "{cmd}");
