@@ -273,6 +273,14 @@ async fn a_balancers_proxy_header_names_the_client_over_plaintext_and_tls() {
     let line = "PROXY TCP4 203.0.113.7 127.0.0.1 51234 8080\r\n";
     let a = first_answer(gw.addr, format!("{line}{request}").as_bytes()).await;
     assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    // A request of some KiB after it, read with it in the connection's first read.
+    let long_body = format!(
+        r#"{{"id":"long","type":"message.created","payload":{{"message":"{}"}}}}"#,
+        "x".repeat(3000)
+    );
+    let long = signed_post("/hooks/p", SECRET, &long_body);
+    let a = first_answer(gw.addr, format!("{line}{long}").as_bytes()).await;
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
     // In two pieces, cut inside the protocol's name, and the request after a pause.
     let mut s = connect_and_write(gw.addr, &line.as_bytes()[..8]).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -332,6 +340,7 @@ async fn a_balancers_proxy_header_names_the_client_over_plaintext_and_tls() {
         [
             ("203.0.113.7", "http"),
             ("203.0.113.7", "http"),
+            ("203.0.113.7", "http"),
             ("203.0.113.8", "http"),
             ("203.0.113.9", "https"),
         ]
@@ -363,7 +372,7 @@ async fn a_balancers_proxy_header_names_the_client_over_plaintext_and_tls() {
         assert!(out.is_empty(), "{bad:?}: {}", String::from_utf8_lossy(&out));
     }
     assert_eq!(metrics.proxy_header_failures.get(), 3);
-    assert_eq!(upstream.requests().len(), 4);
+    assert_eq!(upstream.requests().len(), 5);
 
     // Over TLS: the header comes before the handshake.
     let dir = temp_dir("proxy-tls");

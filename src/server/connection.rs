@@ -609,9 +609,10 @@ impl<IO> HeadDeadline<IO> {
         }
     }
 
-    /// Bytes already read, to be read again before the socket's (and before what is left
-    /// of bytes put back earlier, which they were read from: the PROXY header's leftover,
-    /// then the protocol's first bytes).
+    /// Bytes already read, to be read again before the socket's, and before what is left
+    /// of bytes put back earlier, which they were read from: `first_bytes` puts back up to
+    /// 8 KiB, the PROXY header's reader takes 512 of them at a time and puts back what
+    /// follows the header in front of the rest (test: a request of some KiB after a header).
     fn put_back(&mut self, bytes: Bytes) {
         self.unread = if self.unread.is_empty() {
             bytes
