@@ -1395,7 +1395,8 @@ async fn a_drain_waits_for_a_slow_upstream_past_body_timeout() {
 }
 
 /// A connection that has sent nothing when the drain begins is closed then, as a kept-alive
-/// one between requests is, instead of holding the drain for its head deadline; one whose
+/// one between requests is, instead of holding the drain for its head deadline (also one
+/// whose balancer has sent its PROXY header and nothing of the client's yet); one whose
 /// head has begun is waited for and answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_closes_connections_that_sent_nothing_and_answers_begun_heads() {
@@ -1403,26 +1404,30 @@ async fn a_drain_closes_connections_that_sent_nothing_and_answers_begun_heads() 
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
     let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "").replace(
         "[server]\n",
-        "[server]\nheader_timeout_s = 5\nshutdown_grace_s = 10\n",
+        "[server]\nheader_timeout_s = 5\nshutdown_grace_s = 10\nproxy_protocol_from = [\"127.0.0.0/8\"]\n",
     );
     let gw = spawn_gateway(&config).await;
-    let request = signed_post("/hooks/p", SECRET, BODY);
-    let (head, rest) = request.split_at(20);
-    let mut silent = tokio::net::TcpStream::connect(gw.addr)
+    let line = "PROXY TCP4 203.0.113.7 127.0.0.1 51234 8080\r\n";
+    let request = format!("{line}{}", signed_post("/hooks/p", SECRET, BODY));
+    let (head, rest) = request.split_at(line.len() + 20);
+    let silent = tokio::net::TcpStream::connect(gw.addr)
         .await
         .expect("connect");
+    let header_only = connect_and_write(gw.addr, line.as_bytes()).await;
     let mut begun = connect_and_write(gw.addr, head.as_bytes()).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let started = Instant::now();
     let server = gw.server;
     let drain = tokio::spawn(async move { server.shutdown().await });
-    let mut buf = [0u8; 64];
-    let closed = tokio::time::timeout(Duration::from_secs(2), silent.read(&mut buf)).await;
-    assert!(
-        matches!(closed, Ok(Ok(0))),
-        "a silent connection held the drain: {closed:?}"
-    );
+    for (what, mut idle) in [("silent", silent), ("header only", header_only)] {
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(2), idle.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0))),
+            "a {what} connection held the drain: {closed:?}"
+        );
+    }
     begun.write_all(rest.as_bytes()).await.expect("write");
     let answer = read_message(&mut begun, &mut Vec::new())
         .await

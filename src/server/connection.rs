@@ -212,6 +212,11 @@ pub(super) async fn serve_connection(
     } else {
         (peer, false)
     };
+    // A header alone, the client's bytes yet to come (a balancer connects as its client
+    // does): that client has sent nothing, and the drain closes it as any such one.
+    if proxied && io.unread.is_empty() && !io.first_bytes(&mut draining).await {
+        return;
+    }
     let tls = state.tls.load_full();
     let serving = Serving {
         conn: Conn {
