@@ -1494,3 +1494,32 @@ async fn running_out_of_descriptors_is_logged_once_and_passes() {
     })
     .await;
 }
+
+/// A balancer not set to send the PROXY header makes every delivery fail unanswered: the
+/// first such connection is logged at warn level, naming the setting, and the next ones
+/// within the minute only counted (a log line per connection would flood the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_proxy_header_is_logged_once_a_minute() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let dir = temp_dir("proxy-warn");
+    let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "").replace(
+        "[server]\n",
+        "[server]\nproxy_protocol_from = [\"127.0.0.0/8\"]\n",
+    );
+    let p = spawn_process(&dir, &config, &[]);
+    let request = signed_post("/hooks/p", SECRET, BODY);
+    for _ in 0..3 {
+        let a = raw_exchange(p.addr, request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(a.is_empty(), "{a}");
+    }
+    wait_for_line(&p, "did not open with a valid PROXY header").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        lines_with(&p, "did not open with a valid PROXY header"),
+        1,
+        "{}",
+        p.log()
+    );
+    assert!(p.log().contains("is the balancer set to send one?"));
+    assert!(upstream.requests().is_empty());
+}

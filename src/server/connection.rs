@@ -204,6 +204,7 @@ pub(super) async fn serve_connection(
             Err(e) => {
                 if e.kind() != io::ErrorKind::UnexpectedEof {
                     state.context.metrics.proxy_header_failures.inc();
+                    warn_of_proxy_header_failure(peer, &e, std::time::Instant::now());
                 }
                 tracing::debug!(%peer, error = %e, "no valid PROXY header: connection closed");
                 return;
@@ -242,6 +243,33 @@ pub(super) async fn serve_connection(
             Err(e) => tracing::debug!(%peer, error = %e, "no request head"),
         },
     }
+}
+
+/// When a PROXY header failure was last logged at warn level, for the whole process.
+static PROXY_HEADER_WARNED: std::sync::Mutex<Option<std::time::Instant>> =
+    std::sync::Mutex::new(None);
+
+/// How often a PROXY header failure is logged at warn level at most.
+const PROXY_HEADER_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Logs a PROXY header failure at warn level, at most once a minute: a balancer that was
+/// not set to send the header makes every delivery fail this way, and an operator looks at
+/// the log first (every one is counted in the metric, and logged at debug level).
+fn warn_of_proxy_header_failure(peer: SocketAddr, error: &io::Error, now: std::time::Instant) {
+    let mut last = PROXY_HEADER_WARNED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if last.is_some_and(|at| now.saturating_duration_since(at) < PROXY_HEADER_WARN_EVERY) {
+        return;
+    }
+    *last = Some(now);
+    tracing::warn!(
+        %peer,
+        error = %error,
+        "a connection from a proxy_protocol_from address did not open with a valid PROXY \
+         header, and was closed unanswered: is the balancer set to send one? (logged once a \
+         minute; hookgate_proxy_protocol_failures_total counts them all)"
+    );
 }
 
 /// Whether a connection from `peer` must open with a PROXY header (`proxy_protocol_from`).
