@@ -44,8 +44,11 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
         .map(canonical)
 }
 
-fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
-    trusted.iter().any(|n| n.contains(&ip))
+/// Whether `ip`, in its IPv4 form if IPv4-mapped, is in one of `nets` (`trusted_proxies`,
+/// `allow_cidrs`, `proxy_protocol_from`).
+pub fn listed(ip: IpAddr, nets: &[IpNet]) -> bool {
+    let ip = canonical(ip);
+    nets.iter().any(|n| n.contains(&ip))
 }
 
 /// An address as a header value. IPv4, the common case, is written by hand: `Display`
@@ -91,7 +94,7 @@ pub fn client(
 ) -> Client {
     let peer = canonical(peer);
     let peer_header = address_header(peer);
-    if !is_trusted(peer, trusted) {
+    if !listed(peer, trusted) {
         return Client {
             addr: peer,
             forwarded_for: peer_header,
@@ -121,7 +124,7 @@ pub fn client(
         match parse_entry(entry) {
             Some(ip) => {
                 addr = ip;
-                if !is_trusted(ip, trusted) {
+                if !listed(ip, trusted) {
                     break;
                 }
             }
@@ -143,7 +146,7 @@ pub fn client(
 
 /// Whether `allow_cidrs` (absent: everyone) lets the client in.
 pub fn allowed(addr: IpAddr, allow: Option<&[IpNet]>) -> bool {
-    allow.is_none_or(|nets| nets.iter().any(|n| n.contains(&addr)))
+    allow.is_none_or(|nets| listed(addr, nets))
 }
 
 #[cfg(test)]

@@ -335,13 +335,8 @@ pub fn sign_command(config: &Config, source: &Source, body: &str) -> Result<Stri
     let mut cmd = format!("curl -sS -i -X POST {}", shell_quote(&url));
     // A local curl connects from the address it connects to; if that is a listed
     // balancer's, the listener waits for a PROXY header first (curl sends version 1).
-    let from = crate::admit::canonical(local_ip(config.server.listen));
-    if config
-        .server
-        .proxy_protocol_from
-        .iter()
-        .any(|n| n.contains(&from))
-    {
+    let from = local_ip(config.server.listen);
+    if crate::admit::listed(from, &config.server.proxy_protocol_from) {
         cmd.push_str(" --haproxy-protocol");
     }
     for h in headers {

@@ -907,27 +907,30 @@ impl Config {
             }
         }
         warnings.extend(self.secret_warnings.iter().cloned());
-        let proxied = &self.server.proxy_protocol_from;
-        host_bits(&mut warnings, "server.proxy_protocol_from", proxied);
-        // Every connection must then open with a header, and whoever reaches hookgate
-        // directly names its own address in it.
-        if let Some(all) = proxied.iter().find(|n| n.prefix_len() == 0) {
-            warnings.push(format!(
-                "warning: server.proxy_protocol_from includes {all}, every address: any client \
-                 that reaches hookgate directly can name its own address in a PROXY header, past \
-                 allow_cidrs and client_rate_limit"
-            ));
-        }
-        let trusted = &self.server.trusted_proxies;
-        host_bits(&mut warnings, "server.trusted_proxies", trusted);
-        // Legitimate behind a front proxy that is the only way in, but then every client's
-        // X-Forwarded-For is believed: the operator should know it was meant.
-        if let Some(all) = trusted.iter().find(|n| n.prefix_len() == 0) {
-            warnings.push(format!(
-                "warning: server.trusted_proxies includes {all}, every address: any client that \
-                 reaches hookgate directly can name its own address in X-Forwarded-For, past \
-                 allow_cidrs and client_rate_limit"
-            ));
+        // Legitimate behind a front proxy or balancer that is the only way in, but the
+        // operator should know it was meant.
+        let server = &self.server;
+        let claims = [
+            (
+                "server.proxy_protocol_from",
+                &server.proxy_protocol_from,
+                "a PROXY header",
+            ),
+            (
+                "server.trusted_proxies",
+                &server.trusted_proxies,
+                "X-Forwarded-For",
+            ),
+        ];
+        for (field, nets, claim) in claims {
+            host_bits(&mut warnings, field, nets);
+            if let Some(all) = nets.iter().find(|n| n.prefix_len() == 0) {
+                warnings.push(format!(
+                    "warning: {field} includes {all}, every address: any client that reaches \
+                     hookgate directly can name its own address in {claim}, past allow_cidrs \
+                     and client_rate_limit"
+                ));
+            }
         }
         warnings
     }

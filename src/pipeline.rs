@@ -118,34 +118,16 @@ impl Gateway {
     ) -> Result<Gateway, upstream::ClientSetupError> {
         let clock = &context.clock;
         let workers = context.workers.max(1);
-        // Each worker's share of the exchanges in flight, kept across reloads (requests in
-        // flight hold theirs, and `max_connections` changes at the next start).
-        // The same for their idle connections, unless the upstream CA changed.
-        let previous_upstreams = previous
-            .map(|p| &p.upstreams[..])
-            .filter(|u| u.len() == workers);
-        let exchange_slots = previous_upstreams
-            .map(|u| u.iter().map(|u| Arc::clone(u.slots())).collect::<Vec<_>>())
-            .unwrap_or_else(|| upstream::exchange_slots(config.server.max_connections, workers));
-        let upstreams = exchange_slots
-            .iter()
-            .enumerate()
-            .map(|(worker, slots)| {
-                let setup = UpstreamSetup {
-                    ca: config.upstream.ca.as_deref(),
-                    signing_key: config.upstream.signing_key.as_ref(),
-                    max_body_bytes: config.server.max_body_bytes,
-                    counters: context.metrics.upstream.clone(),
-                    dns: Arc::clone(&context.dns),
-                    connect_retry: config.upstream.connect_retry,
-                };
-                Upstream::new(
-                    setup,
-                    Arc::clone(slots),
-                    previous_upstreams.map(|u| &u[worker]),
-                )
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let setup = UpstreamSetup {
+            ca: config.upstream.ca.as_deref(),
+            signing_key: config.upstream.signing_key.as_ref(),
+            max_body_bytes: config.server.max_body_bytes,
+            max_connections: config.server.max_connections,
+            counters: &context.metrics.upstream,
+            dns: &context.dns,
+            connect_retry: config.upstream.connect_retry,
+        };
+        let upstreams = upstream::clients(&setup, workers, previous.map(|p| &p.upstreams[..]))?;
         let old_route =
             |name: &str| previous.and_then(|p| p.routes.values().find(|r| r.source.name == name));
         let routes = config

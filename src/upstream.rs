@@ -121,7 +121,7 @@ impl ForwardHeaders {
 
 /// A worker's upstream client: its connections, with the signing key.
 pub struct Upstream {
-    /// Kept by a reload that leaves `[upstream] ca` as it was (`Upstream::new`).
+    /// Kept by a reload that leaves `[upstream] ca` as it was (`clients`).
     pool: Arc<Pool>,
     /// The certificates of `[upstream] ca` (none without it): what the pool's TLS trusts
     /// beyond the public roots.
@@ -156,7 +156,7 @@ const LONGEST_CONNECT_PAUSE: Duration = Duration::from_secs(1);
 /// HTTP/2 one client connection carries up to 256 deliveries at once, so without a bound
 /// the exchanges in flight could outgrow the open-files limit (and the app's patience)
 /// however `max_connections` was set. Past it a delivery waits, its `timeout_ms` running.
-pub fn exchange_slots(max_connections: usize, workers: usize) -> Vec<Arc<Semaphore>> {
+fn exchange_slots(max_connections: usize, workers: usize) -> Vec<Arc<Semaphore>> {
     let workers = workers.max(1);
     let share = max_connections
         .div_ceil(workers)
@@ -221,55 +221,68 @@ fn tls_config(
     Ok(config)
 }
 
-/// What a worker's [`Upstream`] is made of.
+/// What every worker's [`Upstream`] is made of.
 pub struct UpstreamSetup<'a> {
     pub ca: Option<&'a Path>,
     pub signing_key: Option<&'a Secret>,
     pub max_body_bytes: u64,
-    pub counters: UpstreamCounters,
-    pub dns: Arc<Dns>,
+    /// `[server] max_connections`, shared out as the workers' exchange slots.
+    pub max_connections: usize,
+    pub counters: &'a UpstreamCounters,
+    pub dns: &'a Arc<Dns>,
     pub connect_retry: Duration,
 }
 
-impl Upstream {
-    /// The worker's client, taking over the idle connections of `previous` (the worker's
-    /// client before a reload) when `ca` trusts what it trusted: a reload then opens no new
-    /// connection to the app, which would otherwise see every kept-alive connection closed
-    /// and opened again (and, over TLS, a handshake each) at every SIGHUP or changed file.
-    /// Connections are keyed by scheme, host and port, so one to an upstream the new
-    /// config no longer names is never taken, and the sweep closes it once idle too long.
-    pub fn new(
-        setup: UpstreamSetup<'_>,
-        slots: Arc<Semaphore>,
-        previous: Option<&Upstream>,
-    ) -> Result<Upstream, ClientSetupError> {
-        let UpstreamSetup {
-            ca,
-            signing_key,
-            max_body_bytes,
-            counters,
-            dns,
-            connect_retry,
-        } = setup;
-        let ca_certs = ca_certs(ca)?;
-        let pool = match previous.filter(|p| p.ca_certs == ca_certs) {
-            Some(p) => Arc::clone(&p.pool),
-            None => Arc::new(Pool::new(Arc::new(tls_config(ca, &ca_certs)?), dns)),
-        };
-        let signing = signing_key.map(|k| {
-            <Hmac<Sha256> as KeyInit>::new_from_slice(k.expose()).expect("HMAC takes any key")
-        });
-        Ok(Upstream {
+/// Every worker's client for a config (`workers` of them). A reload's (`previous`, the
+/// clients it replaces) keep their exchange slots, which deliveries in flight hold (and
+/// `max_connections` changes at the next start), and their idle connections when `ca`
+/// trusts what it trusted: a reload then opens no new connection to the app, which would
+/// otherwise see every kept-alive connection closed and opened again (and, over TLS, a
+/// handshake each) at every SIGHUP or changed file. Connections are keyed by scheme, host
+/// and port, so one to an upstream the new config no longer names is never taken, and the
+/// sweep closes it once idle too long. The CA file is read, and new pools' TLS config made,
+/// once for all workers.
+pub fn clients(
+    setup: &UpstreamSetup<'_>,
+    workers: usize,
+    previous: Option<&[Upstream]>,
+) -> Result<Vec<Upstream>, ClientSetupError> {
+    let workers = workers.max(1);
+    let previous = previous.filter(|p| p.len() == workers);
+    let ca_certs = ca_certs(setup.ca)?;
+    let slots = match previous {
+        Some(p) => p.iter().map(|u| Arc::clone(&u.slots)).collect(),
+        None => exchange_slots(setup.max_connections, workers),
+    };
+    let pools: Vec<Arc<Pool>> = match previous.filter(|p| p.iter().all(|u| u.ca_certs == ca_certs))
+    {
+        Some(p) => p.iter().map(|u| Arc::clone(&u.pool)).collect(),
+        None => {
+            let tls = Arc::new(tls_config(setup.ca, &ca_certs)?);
+            (0..workers)
+                .map(|_| Arc::new(Pool::new(Arc::clone(&tls), Arc::clone(setup.dns))))
+                .collect()
+        }
+    };
+    let signing = setup.signing_key.map(|k| {
+        <Hmac<Sha256> as KeyInit>::new_from_slice(k.expose()).expect("HMAC takes any key")
+    });
+    Ok(slots
+        .into_iter()
+        .zip(pools)
+        .map(|(slots, pool)| Upstream {
             pool,
-            ca_certs,
-            signing,
-            max_body_bytes,
+            ca_certs: ca_certs.clone(),
+            signing: signing.clone(),
+            max_body_bytes: setup.max_body_bytes,
             slots,
-            counters,
-            connect_retry,
+            counters: setup.counters.clone(),
+            connect_retry: setup.connect_retry,
         })
-    }
+        .collect())
+}
 
+impl Upstream {
     /// Closes idle connections that expired or that the upstream closed (`Pool::sweep`).
     pub fn sweep(&self) {
         self.pool.sweep(Instant::now());

@@ -46,14 +46,16 @@ async fn forged(gw: &Gateway, extra: &[(&str, &str)]) -> Answer {
 }
 
 async fn gateway(upstream: &Upstream, source: &str, server: &str, clock: &LimitClock) -> Gateway {
-    let config = one_source(
-        &upstream.url("/"),
-        "protocol",
-        "/hooks/p",
-        &[SECRET],
-        source,
-    )
-    .replace("[server]\n", &format!("[server]\n{server}\n"));
+    let config = with_server(
+        &one_source(
+            &upstream.url("/"),
+            "protocol",
+            "/hooks/p",
+            &[SECRET],
+            source,
+        ),
+        server,
+    );
     let dir = temp_dir("abuse");
     spawn_gateway_with(&config, &dir, clock.clone())
         .await
@@ -580,9 +582,9 @@ async fn a_reload_applies_header_timeout_to_new_connections() {
     use tokio::io::AsyncReadExt;
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
     let config = |timeout: u64| {
-        one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "").replace(
-            "[server]\n",
-            &format!("[server]\nheader_timeout_s = {timeout}\n"),
+        with_server(
+            &one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], ""),
+            &format!("header_timeout_s = {timeout}"),
         )
     };
     let dir = temp_dir("reload-header-timeout");

@@ -223,16 +223,15 @@ async fn sign_prints_a_curl_command_that_delivers() {
 async fn sign_speaks_the_proxy_protocol_to_a_listener_that_expects_it() {
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
     let dir = temp_dir("cli-sign-proxy");
-    let text = one_source(
-        &upstream.url("/app"),
-        "protocol",
-        "/p",
-        &["sign-secret"],
-        "",
-    )
-    .replace(
-        "[server]\n",
-        "[server]\nproxy_protocol_from = [\"127.0.0.0/8\"]\n",
+    let text = with_server(
+        &one_source(
+            &upstream.url("/app"),
+            "protocol",
+            "/p",
+            &["sign-secret"],
+            "",
+        ),
+        "proxy_protocol_from = [\"127.0.0.0/8\"]",
     );
     let gw = spawn_process(&dir, &text, &[]);
     let path = dir.join("hookgate.toml").display().to_string();

@@ -189,35 +189,21 @@ pub(super) async fn serve_connection(
             server.header_timeout,
             server.keepalive_timeout,
             server.body_timeout,
-            sends_proxy_header(&server.proxy_protocol_from, peer),
+            crate::admit::listed(peer.ip(), &server.proxy_protocol_from),
         )
     };
     let mut io = HeadDeadline::new(stream, header_timeout, Arc::clone(&activity));
     if !io.first_bytes(&mut draining).await {
         return;
     }
-    // A balancer's connection names its client first (before TLS), within the same deadline.
     let (peer, tls_at_balancer) = if proxied {
-        match read_proxy_header(&mut io).await {
-            Ok(Some(client)) => client,
-            Ok(None) => (peer, false),
-            Err(e) => {
-                if e.kind() != io::ErrorKind::UnexpectedEof {
-                    state.context.metrics.proxy_header_failures.inc();
-                    warn_of_proxy_header_failure(peer, &e, std::time::Instant::now());
-                }
-                tracing::debug!(%peer, error = %e, "no valid PROXY header: connection closed");
-                return;
-            }
+        match balancers_client(&mut io, state, peer, &mut draining).await {
+            Some(client) => client,
+            None => return,
         }
     } else {
         (peer, false)
     };
-    // A header alone, the client's bytes yet to come (a balancer connects as its client
-    // does): that client has sent nothing, and the drain closes it as any such one.
-    if proxied && io.unread.is_empty() && !io.first_bytes(&mut draining).await {
-        return;
-    }
     let tls = state.tls.load_full();
     let serving = Serving {
         conn: Conn {
@@ -272,10 +258,35 @@ fn warn_of_proxy_header_failure(peer: SocketAddr, error: &io::Error, now: std::t
     );
 }
 
-/// Whether a connection from `peer` must open with a PROXY header (`proxy_protocol_from`).
-fn sends_proxy_header(from: &[ipnet::IpNet], peer: SocketAddr) -> bool {
-    let ip = crate::admit::canonical(peer.ip());
-    from.iter().any(|net| net.contains(&ip))
+/// A `proxy_protocol_from` peer's connection: the client its PROXY header names (read
+/// before TLS, within the head deadline) and whether that client's TLS ended at the
+/// balancer; the balancer itself for a header that names no client (its health check).
+/// `None` closes the connection: no valid header (counted, unless the peer sent nothing),
+/// or the drain began before the client sent a byte after the header.
+async fn balancers_client(
+    io: &mut HeadDeadline<TcpStream>,
+    state: &State,
+    balancer: SocketAddr,
+    draining: &mut watch::Receiver<bool>,
+) -> Option<(SocketAddr, bool)> {
+    let client = match read_proxy_header(io).await {
+        Ok(client) => client.unwrap_or((balancer, false)),
+        Err(e) => {
+            // Closed before a byte: a TCP health probe, no failure (as for a TLS handshake).
+            if e.kind() != io::ErrorKind::UnexpectedEof {
+                state.context.metrics.proxy_header_failures.inc();
+                warn_of_proxy_header_failure(balancer, &e, std::time::Instant::now());
+            }
+            tracing::debug!(peer = %balancer, error = %e, "no valid PROXY header: connection closed");
+            return None;
+        }
+    };
+    // A header alone, the client's bytes yet to come (a balancer connects as its client
+    // does): that client has sent nothing, and the drain closes it as any such one.
+    if io.unread.is_empty() && !io.first_bytes(draining).await {
+        return None;
+    }
+    Some(client)
 }
 
 /// Reads the PROXY header a balancer opens its connection with, and puts back what follows
@@ -289,8 +300,7 @@ async fn read_proxy_header(
     let mut buf = BytesMut::with_capacity(512);
     loop {
         if io.read_buf(&mut buf).await? == 0 {
-            // Closed before a byte: a TCP health probe, which `serve_connection` does not
-            // count as a failure (as a TLS handshake's).
+            // `UnexpectedEof` only for a connection closed before a byte (`balancers_client`).
             let (kind, what) = if buf.is_empty() {
                 (io::ErrorKind::UnexpectedEof, "closed before a PROXY header")
             } else {

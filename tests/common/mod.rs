@@ -255,6 +255,11 @@ pub fn one_source(
     )
 }
 
+/// `config` with `lines` (TOML, one key per line) added to its `[server]` table.
+pub fn with_server(config: &str, lines: &str) -> String {
+    config.replace("[server]\n", &format!("[server]\n{lines}\n"))
+}
+
 /// The answer a client got.
 #[derive(Debug)]
 pub struct Answer {
