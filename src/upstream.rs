@@ -254,8 +254,8 @@ pub fn clients(
         Some(p) => p.iter().map(|u| Arc::clone(&u.slots)).collect(),
         None => exchange_slots(setup.max_connections, workers),
     };
-    let pools: Vec<Arc<Pool>> = match previous.filter(|p| p.iter().all(|u| u.ca_certs == ca_certs))
-    {
+    let same_trust = previous.filter(|p| p.iter().all(|u| u.ca_certs == ca_certs));
+    let pools: Vec<Arc<Pool>> = match same_trust {
         Some(p) => p.iter().map(|u| Arc::clone(&u.pool)).collect(),
         None => {
             let tls = Arc::new(tls_config(setup.ca, &ca_certs)?);
