@@ -1,33 +1,74 @@
-//! SPEC §4: "The checks run in the order of this table, top to bottom". Each row has its own
-//! test elsewhere; here every combination of the table's stateless faults (path, method,
-//! client address, size, content coding, proof, platform JSON) is sent to every platform,
-//! over HTTP/1.1 with a `content-length` (with and without `expect: 100-continue`), HTTP/1.1
-//! chunked and HTTP/2, and the answer must be
-//! the first fault's row, with nothing forwarded unless there was no fault at all.
+//! SPEC §4: "The checks run in the order of this table, top to bottom; a request that fails
+//! one is not counted by the later ones". Each row has its own test elsewhere; here
+//! combinations of the table's faults are sent to every platform, over HTTP/1.1 with a
+//! `content-length` (with and without `expect: 100-continue`), HTTP/1.1 chunked and HTTP/2.
+//! Each answer must be its first fault's row; only deliveries with no fault before the
+//! upstream's reach the app; and the client rate limit must have counted the request exactly
+//! when no row above it refused it.
 
 mod common;
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
 use http::HeaderMap;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use hookgate::limit::LimitClock;
+
 const MAX_BODY: usize = 2048;
 const TOKEN: &str = "order-test-token";
+const PLATFORMS: [&str; 4] = ["protocol", "spika", "funtek", "barertc"];
+/// The client whose one request of `client_rate_limit` is used up before the cases.
+const LIMITED_CLIENT: &str = "10.255.255.254";
 
-/// The faults, in the table's order, each with the status it must give when it comes first.
-const FAULTS: [(&str, u16, &str); 7] = [
+/// The faults in the table's order, each with the status and error code it gives when it
+/// comes first (`duplicate`: 200 with `x-hookgate-duplicate`).
+const FAULTS: [(&str, u16, &str); 11] = [
     ("path", 404, "not_found"),
     ("method", 405, "method_not_allowed"),
     ("client", 403, "forbidden"),
+    ("client_limited", 429, "rate_limited"),
     ("size", 413, "payload_too_large"),
     ("coding", 415, "unsupported_media_type"),
     ("proof", 401, "unauthorized"),
     ("json", 400, "bad_request"),
+    ("source_limited", 429, "rate_limited"),
+    ("duplicate", 200, ""),
+    ("upstream", 502, "bad_gateway"),
 ];
+
+type Faults = u16;
+
+fn has(faults: Faults, name: &str) -> bool {
+    let i = FAULTS
+        .iter()
+        .position(|(n, ..)| *n == name)
+        .expect("a fault");
+    faults & (1 << i) != 0
+}
+
+fn first_fault(faults: Faults) -> Option<(&'static str, u16, &'static str)> {
+    (0..FAULTS.len())
+        .find(|i| faults & (1 << i) != 0)
+        .map(|i| FAULTS[i])
+}
+
+/// The combinations sent: every subset of the seven faults that need no state, and every
+/// subset of at most three of all eleven.
+fn combinations() -> Vec<Faults> {
+    (0..(1 as Faults) << FAULTS.len())
+        .filter(|f| *f < 1 << 7 || f.count_ones() <= 3)
+        .collect()
+}
 
 #[derive(Clone, Copy, Debug)]
 enum Wire {
@@ -38,15 +79,7 @@ enum Wire {
     Http2,
 }
 
-fn has(faults: u8, name: &str) -> bool {
-    let i = FAULTS
-        .iter()
-        .position(|(n, ..)| *n == name)
-        .expect("a fault");
-    faults & (1 << i) != 0
-}
-
-/// The request a case sends: method, path, headers and body.
+/// The request a case sends.
 struct Case {
     method: &'static str,
     path: String,
@@ -54,9 +87,24 @@ struct Case {
     body: Vec<u8>,
 }
 
-/// The body of `platform` for delivery `n`: its own JSON, or (`json` fault) a JSON object
-/// that is not, padded past `MAX_BODY` (`size` fault); barertc's proof is inside it.
-fn body(platform: &str, n: usize, faults: u8) -> Vec<u8> {
+/// The source a case goes to: each platform has one with a used-up `rate_limit`.
+fn source_path(platform: &str, limited: bool) -> String {
+    if limited {
+        format!("/hooks/{platform}/limited")
+    } else {
+        format!("/hooks/{platform}")
+    }
+}
+
+/// The id a source's first delivery (made before the cases) forwarded, for duplicates.
+fn primed_id(platform: &str, limited: bool) -> String {
+    format!("primed-{platform}-{limited}")
+}
+
+/// The body of `platform` with event `id` (barertc: its profile's username): the platform's
+/// own JSON, or (`json` fault) a JSON object that is not, padded past `MAX_BODY` (`size`
+/// fault); barertc's proof is inside it.
+fn body(platform: &str, id: &str, faults: Faults) -> Vec<u8> {
     let pad = if has(faults, "size") {
         "x".repeat(MAX_BODY + 100)
     } else {
@@ -70,33 +118,50 @@ fn body(platform: &str, n: usize, faults: u8) -> Vec<u8> {
     };
     let value = match (platform, own) {
         ("protocol", true) => {
-            json!({"id": format!("e{n}"), "type": "message.created", "payload": {"id": "m", "pad": pad}})
+            json!({"id": id, "type": "message.created", "payload": {"id": "m", "pad": pad}})
         }
-        ("protocol", false) => json!({"id": format!("e{n}"), "kind": "message", "pad": pad}),
-        ("spika", true) => json!({"message": {"id": format!("e{n}"), "roomId": 1}, "pad": pad}),
-        ("spika", false) => json!({"message": format!("e{n}"), "pad": pad}),
+        ("protocol", false) => json!({"id": id, "kind": "message", "pad": pad}),
+        ("spika", true) => json!({"message": {"id": id, "roomId": 1}, "pad": pad}),
+        ("spika", false) => json!({"message": id, "pad": pad}),
         ("funtek", true) => {
-            json!({"event": "MESSAGE", "roomID": "r", "data": {"id": format!("e{n}")}, "pad": pad})
+            json!({"event": "MESSAGE", "roomID": "r", "data": {"id": id}, "pad": pad})
         }
-        ("funtek", false) => json!({"event": 5, "data": {"id": format!("e{n}")}, "pad": pad}),
+        ("funtek", false) => json!({"event": 5, "data": {"id": id}, "pad": pad}),
         ("barertc", true) => {
-            json!({"Action": "profile", "APIKey": key, "Username": format!("e{n}"), "pad": pad})
+            json!({"Action": "profile", "APIKey": key, "Username": id, "pad": pad})
         }
-        ("barertc", false) => json!({"Action": 5, "APIKey": key, "pad": pad}),
+        ("barertc", false) => json!({"Action": 5, "APIKey": key, "Username": id, "pad": pad}),
         _ => unreachable!("a platform of the config"),
     };
     serde_json::to_vec(&value).expect("json")
 }
 
-fn case(platform: &str, n: usize, faults: u8) -> Case {
-    let body = body(platform, n, faults);
-    let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+/// A case's request for delivery `id` from `client`.
+fn case(platform: &str, id: &str, client: &str, faults: Faults) -> Case {
+    let limited = has(faults, "source_limited");
+    let id = if has(faults, "duplicate") {
+        primed_id(platform, limited)
+    } else {
+        id.to_owned()
+    };
+    let body = body(platform, &id, faults);
     let client = if has(faults, "client") {
         "198.51.100.7"
+    } else if has(faults, "client_limited") {
+        LIMITED_CLIENT
     } else {
-        "203.0.113.9"
+        client
     };
-    headers.push(("x-forwarded-for".to_owned(), client.to_owned()));
+    let agent = if has(faults, "upstream") {
+        "fail"
+    } else {
+        "order-test"
+    };
+    let mut headers = vec![
+        ("content-type".to_owned(), "application/json".to_owned()),
+        ("x-forwarded-for".to_owned(), client.to_owned()),
+        ("user-agent".to_owned(), agent.to_owned()),
+    ];
     if has(faults, "coding") {
         headers.push(("content-encoding".to_owned(), "gzip".to_owned()));
     }
@@ -114,7 +179,7 @@ fn case(platform: &str, n: usize, faults: u8) -> Case {
     let path = if has(faults, "path") {
         format!("/elsewhere/{platform}")
     } else {
-        format!("/hooks/{platform}")
+        source_path(platform, limited)
     };
     let method = if has(faults, "method") { "PUT" } else { "POST" };
     Case {
@@ -125,87 +190,86 @@ fn case(platform: &str, n: usize, faults: u8) -> Case {
     }
 }
 
-/// The answer's status, headers and body, sent as `wire` on a new connection.
-async fn exchange(gw: &Gateway, case: &Case, wire: Wire) -> Answer {
+/// The answer to `case` sent as `wire` on a new connection.
+async fn exchange(addr: SocketAddr, case: &Case, wire: Wire) -> Answer {
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n",
+        case.method, case.path
+    );
+    for (k, v) in &case.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let mut bytes = head.into_bytes();
     match wire {
-        Wire::Http2 => {
-            let (mut sender, _connection) = h2_connect(gw.addr).await;
-            let mut req = http::Request::builder()
-                .method(case.method)
-                .version(http::Version::HTTP_2)
-                .uri(gw.url(&case.path));
-            for (k, v) in &case.headers {
-                req = req.header(k, v);
+        Wire::Http2 => return h2_exchange(addr, case).await,
+        Wire::Chunked => {
+            bytes.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+            // Two chunks, so a streamed body's size is only known from the second.
+            let (a, b) = case.body.split_at(case.body.len() / 2);
+            for chunk in [a, b] {
+                bytes.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                bytes.extend_from_slice(chunk);
+                bytes.extend_from_slice(b"\r\n");
             }
-            let req = req
-                .body(http_body_util::Full::new(Bytes::from(case.body.clone())))
-                .expect("request");
-            collect(sender.send_request(req).await.expect("h2 answer")).await
+            bytes.extend_from_slice(b"0\r\n\r\n");
         }
-        Wire::ContentLength | Wire::Expect | Wire::Chunked => {
-            let mut head = format!(
-                "{} {} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n",
-                case.method, case.path
-            );
-            for (k, v) in &case.headers {
-                head.push_str(&format!("{k}: {v}\r\n"));
-            }
-            let mut bytes = head.into_bytes();
-            if let Wire::Chunked = wire {
-                bytes.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
-                // Two chunks, so a streamed body's size is only known from the second.
-                let (a, b) = case.body.split_at(case.body.len() / 2);
-                for chunk in [a, b] {
-                    bytes.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-                    bytes.extend_from_slice(chunk);
-                    bytes.extend_from_slice(b"\r\n");
-                }
-                bytes.extend_from_slice(b"0\r\n\r\n");
-            } else {
-                if let Wire::Expect = wire {
-                    bytes.extend_from_slice(b"expect: 100-continue\r\n");
-                }
-                bytes.extend_from_slice(
-                    format!("content-length: {}\r\n\r\n", case.body.len()).as_bytes(),
-                );
-            }
-            let mut out = Vec::new();
-            let mut stream = connect_and_write(gw.addr, &bytes).await;
+        Wire::ContentLength | Wire::Expect => {
             if let Wire::Expect = wire {
-                // The body only after `100 Continue`; a final answer instead ends the exchange.
-                let mut buf = Vec::new();
-                let continued = loop {
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        if buf.starts_with(b"HTTP/1.1 100 ") {
-                            buf.drain(..end + 4);
-                            break true;
-                        }
-                        break false;
-                    }
-                    let mut chunk = [0u8; 4096];
-                    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
-                        .await
-                        .expect("an interim or final answer within 5 s")
-                        .expect("read");
-                    if n == 0 {
-                        break false;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                };
-                out = buf;
-                if continued {
-                    stream.write_all(&case.body).await.expect("write body");
-                }
-            } else if let Wire::ContentLength = wire {
-                stream.write_all(&case.body).await.expect("write body");
+                bytes.extend_from_slice(b"expect: 100-continue\r\n");
             }
-            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out))
-                .await
-                .expect("the gateway answered and closed within 5 s")
-                .expect("read");
-            parse_answer(&out)
+            bytes.extend_from_slice(
+                format!("content-length: {}\r\n\r\n", case.body.len()).as_bytes(),
+            );
         }
     }
+    let mut stream = connect_and_write(addr, &bytes).await;
+    let mut out = Vec::new();
+    match wire {
+        Wire::ContentLength => stream.write_all(&case.body).await.expect("write body"),
+        // The body only after `100 Continue`; a final answer instead ends the exchange.
+        Wire::Expect
+            if read_head(&mut stream, &mut out).await && out.starts_with(b"HTTP/1.1 100 ") =>
+        {
+            out.clear();
+            stream.write_all(&case.body).await.expect("write body");
+        }
+        _ => {}
+    }
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out))
+        .await
+        .expect("the gateway answered and closed within 5 s")
+        .expect("read");
+    parse_answer(&out)
+}
+
+/// Reads into `buf` until it holds a whole head (`true`), or the connection ends.
+async fn read_head(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("an interim or final answer within 5 s");
+        match read {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    true
+}
+
+async fn h2_exchange(addr: SocketAddr, case: &Case) -> Answer {
+    let (mut sender, _connection) = h2_connect(addr).await;
+    let mut req = http::Request::builder()
+        .method(case.method)
+        .version(http::Version::HTTP_2)
+        .uri(format!("http://{addr}{}", case.path));
+    for (k, v) in &case.headers {
+        req = req.header(k, v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(case.body.clone())))
+        .expect("request");
+    collect(sender.send_request(req).await.expect("h2 answer")).await
 }
 
 /// An HTTP/1.1 answer read to the connection's end (its body is the rest).
@@ -247,76 +311,189 @@ fn error_body(platform: Option<&str>, status: u16, code: &str) -> Value {
     }
 }
 
-#[tokio::test]
-async fn every_combination_of_faults_gets_the_first_rows_answer() {
-    let upstream = spawn_upstream(Reply::json(200, r#"{"ok":true}"#)).await;
-    let platforms = ["protocol", "spika", "funtek", "barertc"];
+/// The app: records the id of each event it receives (barertc's profile request: its
+/// username) and answers `{"ok":true}`, or, to a sender whose user-agent is `fail`, an
+/// answer hookgate cannot relay (gzip-coded: 502).
+async fn spawn_app() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&received);
+    let addr = raw_app(move |stream| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    let fail = req.headers().get("user-agent").is_some_and(|v| v == "fail");
+                    let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                    let event: Value =
+                        serde_json::from_slice(&body.unwrap_or_default()).unwrap_or_default();
+                    let id = match event["platform"].as_str() {
+                        Some("barertc") => &event["subject"]["id"],
+                        _ => &event["id"],
+                    };
+                    seen.lock()
+                        .expect("lock")
+                        .push(id.as_str().unwrap_or("?").to_owned());
+                    let mut answer = http::Response::builder().status(200);
+                    if fail {
+                        answer = answer.header("content-encoding", "gzip");
+                    }
+                    answer.body(Full::new(Bytes::from_static(br#"{"ok":true}"#)))
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        }
+    })
+    .await;
+    (addr, received)
+}
+
+fn config(app: SocketAddr) -> String {
     let mut config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = {MAX_BODY}\n\
-         trusted_proxies = [\"127.0.0.0/8\"]\n\n[upstream]\nurl = {:?}\n",
-        upstream.url("/app")
+         trusted_proxies = [\"127.0.0.0/8\"]\nclient_rate_limit = {{ per_second = 1, burst = 1 }}\n\n\
+         [upstream]\nurl = \"http://{app}/app\"\nconnect_retry_ms = 0\n"
     );
-    for p in platforms {
-        config.push_str(&format!(
-            "\n[[source]]\nname = \"{p}\"\nplatform = \"{p}\"\npath = \"/hooks/{p}\"\n\
-             secrets = [\"{TOKEN}\"]\nallow_cidrs = [\"203.0.113.0/24\"]\ndedupe_window_s = 0\n"
-        ));
+    for p in PLATFORMS {
+        for limited in [false, true] {
+            let name = if limited {
+                format!("{p}-limited")
+            } else {
+                p.to_owned()
+            };
+            let limit = if limited {
+                "rate_limit = { per_second = 1, burst = 1 }\n"
+            } else {
+                ""
+            };
+            config.push_str(&format!(
+                "\n[[source]]\nname = \"{name}\"\nplatform = \"{p}\"\npath = {:?}\n\
+                 secrets = [\"{TOKEN}\"]\nallow_cidrs = [\"10.0.0.0/8\"]\ndedupe_window_s = 300\n{limit}",
+                source_path(p, limited)
+            ));
+        }
     }
-    let gw = spawn_gateway(&config).await;
+    config
+}
 
+/// A new client address of 10.0.0.0/8 for each `n`.
+fn client(n: usize) -> String {
+    format!("10.{}.{}.{}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff)
+}
+
+#[tokio::test]
+async fn every_combination_of_faults_gets_the_first_rows_answer() {
+    let (app, received) = spawn_app().await;
+    let dir = temp_dir("order");
+    // The limits' clock stands still: a used-up budget stays used up.
+    let gw = spawn_gateway_with(&config(app), &dir, LimitClock::fake()).await;
     let mut n = 0;
-    let mut forwarded = Vec::new();
+    let mut expected = Vec::new();
+
+    // Before the cases: each source forwards one delivery (whose id the duplicates reuse,
+    // and which uses up the limited sources' budget), and LIMITED_CLIENT uses up its own.
+    for platform in PLATFORMS {
+        for limited in [false, true] {
+            n += 1;
+            let id = primed_id(platform, limited);
+            let faults = if limited { 1 << 8 } else { 0 }; // source_limited: its path
+            let a = exchange(
+                gw.addr,
+                &case(platform, &id, &client(n), faults),
+                Wire::ContentLength,
+            )
+            .await;
+            assert_eq!(a.status, 200, "priming {platform} {limited}: {:?}", a.body);
+            expected.push(id);
+        }
+    }
+    let a = exchange(
+        gw.addr,
+        &case("protocol", "primed-client", LIMITED_CLIENT, 0),
+        Wire::ContentLength,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    expected.push("primed-client".to_owned());
+
+    let mut answers: HashMap<u16, usize> = HashMap::new();
     for wire in [
         Wire::ContentLength,
         Wire::Expect,
         Wire::Chunked,
         Wire::Http2,
     ] {
-        for platform in platforms {
-            for faults in 0..(1u8 << FAULTS.len()) {
+        for platform in PLATFORMS {
+            for faults in combinations() {
                 n += 1;
-                let what = format!("{wire:?} {platform} faults {faults:07b}");
-                let a = exchange(&gw, &case(platform, n, faults), wire).await;
-                let first = (0..FAULTS.len()).find(|i| faults & (1 << i) != 0);
-                let Some(first) = first else {
-                    assert_eq!(a.status, 200, "{what}: {:?}", a.body);
-                    assert_eq!(&a.body[..], br#"{"ok":true}"#, "{what}");
-                    forwarded.push(format!("e{n}"));
-                    continue;
-                };
-                let (name, status, code) = FAULTS[first];
-                assert_eq!(
-                    a.status, status,
-                    "{what}: the {name} fault comes first: {:?}",
-                    a.body
-                );
-                let source = (name != "path").then_some(platform);
-                assert_eq!(a.json(), error_body(source, status, code), "{what}");
-                assert_eq!(a.header("content-type"), Some("application/json"), "{what}");
+                let what = format!("{wire:?} {platform} faults {faults:011b}");
+                let id = format!("e{n}");
+                let fresh = client(n);
+                let a = exchange(gw.addr, &case(platform, &id, &fresh, faults), wire).await;
+                *answers.entry(a.status).or_default() += 1;
+                let first = first_fault(faults);
+                if first.is_none_or(|(name, ..)| name == "upstream") {
+                    expected.push(id);
+                }
+                match first {
+                    None => {
+                        assert_eq!(a.status, 200, "{what}: {:?}", a.body);
+                        assert_eq!(&a.body[..], br#"{"ok":true}"#, "{what}");
+                    }
+                    Some(("duplicate", ..)) => {
+                        assert_eq!(a.status, 200, "{what}: {:?}", a.body);
+                        assert_eq!(a.header("x-hookgate-duplicate"), Some("true"), "{what}");
+                        assert_eq!(&a.body[..], b"{}", "{what}");
+                    }
+                    Some((name, status, code)) => {
+                        assert_eq!(
+                            a.status, status,
+                            "{what}: the {name} fault comes first: {:?}",
+                            a.body
+                        );
+                        let source = (name != "path").then_some(platform);
+                        assert_eq!(a.json(), error_body(source, status, code), "{what}");
+                        assert_eq!(a.header("content-type"), Some("application/json"), "{what}");
+                        if status == 405 {
+                            assert_eq!(a.header("allow"), Some("POST"), "{what}");
+                        }
+                        if status == 429 {
+                            assert_eq!(a.header("retry-after"), Some("1"), "{what}");
+                        }
+                    }
+                }
                 assert!(a.header("x-request-id").is_some(), "{what}");
-                if status == 405 {
-                    assert_eq!(a.header("allow"), Some("POST"), "{what}");
+
+                // The client's one request: used up by this case unless a row above the
+                // client limit refused it (or the case came from another address).
+                if has(faults, "client") || has(faults, "client_limited") {
+                    continue;
+                }
+                let counted = !matches!(first, Some(("path" | "method", ..)));
+                let next = format!("f{n}");
+                let a = exchange(
+                    gw.addr,
+                    &case(platform, &next, &fresh, 0),
+                    Wire::ContentLength,
+                )
+                .await;
+                let want = if counted { 429 } else { 200 };
+                assert_eq!(a.status, want, "{what}: the next request from its client");
+                if !counted {
+                    expected.push(next);
                 }
             }
         }
     }
-    // Only the deliveries with no fault reached the app, each once.
-    upstream.wait_for_requests(forwarded.len()).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let mut seen: Vec<String> = upstream
-        .requests()
-        .iter()
-        .map(|r| {
-            let event = r.json();
-            // barertc's profile request has no own id: its subject is the username we set.
-            match event["platform"].as_str() {
-                Some("barertc") => event["subject"]["id"].as_str().unwrap_or("").to_owned(),
-                _ => event["id"].as_str().unwrap_or("").to_owned(),
-            }
-        })
-        .collect();
+    // Exactly the deliveries with no fault before the upstream's reached the app, each once.
+    let mut seen = received.lock().expect("lock").clone();
     seen.sort();
-    forwarded.sort();
-    assert_eq!(seen, forwarded);
-    assert_eq!(forwarded.len(), 16, "4 platforms × 4 wires");
+    expected.sort();
+    assert_eq!(seen, expected);
+    // Every row was reached.
+    for (_, status, _) in FAULTS {
+        assert!(answers.contains_key(&status), "no {status}: {answers:?}");
+    }
 }
