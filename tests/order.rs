@@ -1,7 +1,8 @@
 //! SPEC §4: "The checks run in the order of this table, top to bottom; a request that fails
 //! one is not counted by the later ones". Each row has its own test elsewhere; here
 //! combinations of the table's faults are sent to every platform, over HTTP/1.1 with a
-//! `content-length` (with and without `expect: 100-continue`), HTTP/1.1 chunked and HTTP/2.
+//! `content-length` (with and without `expect: 100-continue`), HTTP/1.1 chunked and HTTP/2
+//! (a connection each, and all at once over one).
 //! Each answer must be its first fault's row; only deliveries with no fault before the
 //! upstream's reach the app; and the client rate limit must have counted the request exactly
 //! when no row above it refused it.
@@ -70,13 +71,28 @@ fn combinations() -> Vec<Faults> {
         .collect()
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 enum Wire {
     ContentLength,
     /// With `expect: 100-continue`: the body goes only after a `100 Continue`.
     Expect,
     Chunked,
+    /// A new HTTP/2 connection.
     Http2,
+    /// Streams of one HTTP/2 connection, many at once.
+    SharedHttp2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+impl std::fmt::Debug for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Wire::ContentLength => "ContentLength",
+            Wire::Expect => "Expect",
+            Wire::Chunked => "Chunked",
+            Wire::Http2 => "Http2",
+            Wire::SharedHttp2(_) => "SharedHttp2",
+        })
+    }
 }
 
 /// The request a case sends.
@@ -201,7 +217,8 @@ async fn exchange(addr: SocketAddr, case: &Case, wire: Wire) -> Answer {
     }
     let mut bytes = head.into_bytes();
     match wire {
-        Wire::Http2 => return h2_exchange(addr, case).await,
+        Wire::Http2 => return h2_exchange(h2_connect(addr).await.0, addr, case).await,
+        Wire::SharedHttp2(sender) => return h2_exchange(sender, addr, case).await,
         Wire::Chunked => {
             bytes.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
             // Two chunks, so a streamed body's size is only known from the second.
@@ -257,8 +274,11 @@ async fn read_head(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> boo
     true
 }
 
-async fn h2_exchange(addr: SocketAddr, case: &Case) -> Answer {
-    let (mut sender, _connection) = h2_connect(addr).await;
+async fn h2_exchange(
+    mut sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
+    case: &Case,
+) -> Answer {
     let mut req = http::Request::builder()
         .method(case.method)
         .version(http::Version::HTTP_2)
@@ -383,6 +403,72 @@ fn client(n: usize) -> String {
     format!("10.{}.{}.{}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff)
 }
 
+/// Sends case `n` and checks its answer, then checks whether the client rate limit counted
+/// it; says the status and the ids of the deliveries that reached the app.
+async fn run_case(
+    addr: SocketAddr,
+    wire: Wire,
+    platform: &'static str,
+    faults: Faults,
+    n: usize,
+) -> (u16, Vec<String>) {
+    let what = format!("{wire:?} {platform} faults {faults:011b}");
+    let id = format!("e{n}");
+    let fresh = client(n);
+    let a = exchange(addr, &case(platform, &id, &fresh, faults), wire).await;
+    let mut forwarded = Vec::new();
+    let first = first_fault(faults);
+    if first.is_none_or(|(name, ..)| name == "upstream") {
+        forwarded.push(id);
+    }
+    match first {
+        None => {
+            assert_eq!(a.status, 200, "{what}: {:?}", a.body);
+            assert_eq!(&a.body[..], br#"{"ok":true}"#, "{what}");
+        }
+        Some(("duplicate", ..)) => {
+            assert_eq!(a.status, 200, "{what}: {:?}", a.body);
+            assert_eq!(a.header("x-hookgate-duplicate"), Some("true"), "{what}");
+            assert_eq!(&a.body[..], b"{}", "{what}");
+        }
+        Some((name, status, code)) => {
+            assert_eq!(
+                a.status, status,
+                "{what}: the {name} fault comes first: {:?}",
+                a.body
+            );
+            let source = (name != "path").then_some(platform);
+            assert_eq!(a.json(), error_body(source, status, code), "{what}");
+            assert_eq!(a.header("content-type"), Some("application/json"), "{what}");
+            if status == 405 {
+                assert_eq!(a.header("allow"), Some("POST"), "{what}");
+            }
+            if status == 429 {
+                assert_eq!(a.header("retry-after"), Some("1"), "{what}");
+            }
+        }
+    }
+    assert!(a.header("x-request-id").is_some(), "{what}");
+
+    // The client's one request: used up by this case unless a row above the client limit
+    // refused it (or the case came from another address).
+    if has(faults, "client") || has(faults, "client_limited") {
+        return (a.status, forwarded);
+    }
+    let counted = !matches!(first, Some(("path" | "method", ..)));
+    let next = format!("f{n}");
+    let again = exchange(addr, &case(platform, &next, &fresh, 0), Wire::ContentLength).await;
+    let want = if counted { 429 } else { 200 };
+    assert_eq!(
+        again.status, want,
+        "{what}: the next request from its client"
+    );
+    if !counted {
+        forwarded.push(next);
+    }
+    (a.status, forwarded)
+}
+
 #[tokio::test]
 async fn every_combination_of_faults_gets_the_first_rows_answer() {
     let (app, received) = spawn_app().await;
@@ -428,64 +514,30 @@ async fn every_combination_of_faults_gets_the_first_rows_answer() {
         for platform in PLATFORMS {
             for faults in combinations() {
                 n += 1;
-                let what = format!("{wire:?} {platform} faults {faults:011b}");
-                let id = format!("e{n}");
-                let fresh = client(n);
-                let a = exchange(gw.addr, &case(platform, &id, &fresh, faults), wire).await;
-                *answers.entry(a.status).or_default() += 1;
-                let first = first_fault(faults);
-                if first.is_none_or(|(name, ..)| name == "upstream") {
-                    expected.push(id);
-                }
-                match first {
-                    None => {
-                        assert_eq!(a.status, 200, "{what}: {:?}", a.body);
-                        assert_eq!(&a.body[..], br#"{"ok":true}"#, "{what}");
-                    }
-                    Some(("duplicate", ..)) => {
-                        assert_eq!(a.status, 200, "{what}: {:?}", a.body);
-                        assert_eq!(a.header("x-hookgate-duplicate"), Some("true"), "{what}");
-                        assert_eq!(&a.body[..], b"{}", "{what}");
-                    }
-                    Some((name, status, code)) => {
-                        assert_eq!(
-                            a.status, status,
-                            "{what}: the {name} fault comes first: {:?}",
-                            a.body
-                        );
-                        let source = (name != "path").then_some(platform);
-                        assert_eq!(a.json(), error_body(source, status, code), "{what}");
-                        assert_eq!(a.header("content-type"), Some("application/json"), "{what}");
-                        if status == 405 {
-                            assert_eq!(a.header("allow"), Some("POST"), "{what}");
-                        }
-                        if status == 429 {
-                            assert_eq!(a.header("retry-after"), Some("1"), "{what}");
-                        }
-                    }
-                }
-                assert!(a.header("x-request-id").is_some(), "{what}");
-
-                // The client's one request: used up by this case unless a row above the
-                // client limit refused it (or the case came from another address).
-                if has(faults, "client") || has(faults, "client_limited") {
-                    continue;
-                }
-                let counted = !matches!(first, Some(("path" | "method", ..)));
-                let next = format!("f{n}");
-                let a = exchange(
-                    gw.addr,
-                    &case(platform, &next, &fresh, 0),
-                    Wire::ContentLength,
-                )
-                .await;
-                let want = if counted { 429 } else { 200 };
-                assert_eq!(a.status, want, "{what}: the next request from its client");
-                if !counted {
-                    expected.push(next);
-                }
+                let (status, forwarded) =
+                    run_case(gw.addr, wire.clone(), platform, faults, n).await;
+                *answers.entry(status).or_default() += 1;
+                expected.extend(forwarded);
             }
         }
+    }
+    // All at once over one HTTP/2 connection: each stream answered as it would be alone.
+    let (sender, _connection) = h2_connect(gw.addr).await;
+    let mut streams = tokio::task::JoinSet::new();
+    for platform in PLATFORMS {
+        for faults in combinations() {
+            n += 1;
+            let sender = sender.clone();
+            let addr = gw.addr;
+            streams.spawn(async move {
+                run_case(addr, Wire::SharedHttp2(sender), platform, faults, n).await
+            });
+        }
+    }
+    while let Some(done) = streams.join_next().await {
+        let (status, forwarded) = done.expect("a case on the shared connection");
+        *answers.entry(status).or_default() += 1;
+        expected.extend(forwarded);
     }
     // Exactly the deliveries with no fault before the upstream's reached the app, each once.
     let mut seen = received.lock().expect("lock").clone();
