@@ -152,6 +152,12 @@ fn body(platform: &str, id: &str, faults: Faults) -> Vec<u8> {
     serde_json::to_vec(&value).expect("json")
 }
 
+/// Whether a funtek delivery carries its token in the URL's query (every other one) rather
+/// than in `x-webhook-token`.
+fn in_query(id: &str) -> bool {
+    id.bytes().map(usize::from).sum::<usize>() % 2 == 0
+}
+
 /// A case's request for delivery `id` from `client`.
 fn case(platform: &str, id: &str, client: &str, faults: Faults) -> Case {
     let limited = has(faults, "source_limited");
@@ -189,14 +195,17 @@ fn case(platform: &str, id: &str, client: &str, faults: Faults) -> Case {
     match platform {
         "protocol" => headers.push(("x-protocol-signature".to_owned(), hmac_hex(key, &body))),
         "spika" => headers.push(("verification-signature".to_owned(), key.to_owned())),
-        "funtek" => headers.push(("x-webhook-token".to_owned(), key.to_owned())),
+        "funtek" if !in_query(&id) => headers.push(("x-webhook-token".to_owned(), key.to_owned())),
         _ => {} // barertc: in the body
     }
-    let path = if has(faults, "path") {
+    let mut path = if has(faults, "path") {
         format!("/elsewhere/{platform}")
     } else {
         source_path(platform, limited)
     };
+    if platform == "funtek" && in_query(&id) {
+        path.push_str(&format!("?token={key}"));
+    }
     let method = if has(faults, "method") { "PUT" } else { "POST" };
     Case {
         method,
@@ -320,6 +329,10 @@ fn parse_answer(raw: &[u8]) -> Answer {
     }
 }
 
+fn contains_secret(bytes: &[u8]) -> bool {
+    bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes())
+}
+
 /// The error body hookgate writes for `code` with `status` on `platform`'s path (SPEC §4:
 /// on a barertc source's path also what BareRTC's profile parser reads).
 fn error_body(platform: Option<&str>, status: u16, code: &str) -> Value {
@@ -344,16 +357,31 @@ async fn spawn_app() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                 let seen = Arc::clone(&seen);
                 async move {
                     let fail = req.headers().get("user-agent").is_some_and(|v| v == "fail");
-                    let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                    let event: Value =
-                        serde_json::from_slice(&body.unwrap_or_default()).unwrap_or_default();
+                    let (parts, body) = req.into_parts();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let event: Value = serde_json::from_slice(&body).unwrap_or_default();
                     let id = match event["platform"].as_str() {
                         Some("barertc") => &event["subject"]["id"],
                         _ => &event["id"],
                     };
-                    seen.lock()
-                        .expect("lock")
-                        .push(id.as_str().unwrap_or("?").to_owned());
+                    let id = id.as_str().unwrap_or("?");
+                    // The secret reaches the app nowhere: not in a header, the URL or the event.
+                    let leaked = contains_secret(&body)
+                        || contains_secret(parts.uri.to_string().as_bytes())
+                        || parts
+                            .headers
+                            .values()
+                            .any(|v| contains_secret(v.as_bytes()));
+                    let id = if leaked {
+                        format!("LEAKED:{id}")
+                    } else {
+                        id.to_owned()
+                    };
+                    seen.lock().expect("lock").push(id);
                     let mut answer = http::Response::builder().status(200);
                     if fail {
                         answer = answer.header("content-encoding", "gzip");
@@ -449,6 +477,10 @@ async fn run_case(
         }
     }
     assert!(a.header("x-request-id").is_some(), "{what}");
+    assert!(
+        !contains_secret(&a.body) && !a.headers.values().any(|v| contains_secret(v.as_bytes())),
+        "{what}: the answer holds the secret"
+    );
 
     // The client's one request: used up by this case unless a row above the client limit
     // refused it (or the case came from another address).
