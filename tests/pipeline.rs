@@ -314,6 +314,61 @@ async fn untrusted_peer_cannot_claim_an_address() {
     );
 }
 
+/// A listener on `[::]` (dual-stack, as Kubernetes pods often bind) sees an IPv4 sender as
+/// `::ffff:a.b.c.d`: it is written, allow-listed and rate-limited in its IPv4 form (SPEC §5),
+/// and an IPv6 sender as itself.
+#[tokio::test]
+async fn a_dual_stack_listener_sees_ipv4_senders_as_ipv4() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let mut config = one_source(
+        &upstream.url("/"),
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        "dedupe_window_s = 0\nallow_cidrs = [\"127.0.0.0/8\", \"::1/128\"]",
+    )
+    .replace("listen = \"127.0.0.1:0\"", "listen = \"[::]:0\"");
+    config.push_str(&format!(
+        "\n[[source]]\nname = \"v4only\"\nplatform = \"protocol\"\npath = \"/hooks/v4\"\n\
+         secrets = [\"{SECRET}\"]\ndedupe_window_s = 0\nallow_cidrs = [\"127.0.0.0/8\"]\n"
+    ));
+    let config = with_server(&config, "client_rate_limit = { per_second = 1, burst = 1 }");
+    let dir = temp_dir("dual");
+    let gw = spawn_gateway_with(&config, &dir, hookgate::limit::LimitClock::fake()).await;
+    let port = gw.addr.port();
+    let v4: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let v6: std::net::SocketAddr = (std::net::Ipv6Addr::LOCALHOST, port).into();
+    let sig = signature();
+    let signed = [("x-protocol-signature", sig.as_str())];
+
+    let a = send(v4, "POST", "/hooks/p", &signed, BODY).await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(
+        upstream.requests()[0].header("x-forwarded-for"),
+        Some("127.0.0.1")
+    );
+    // The same client, by its IPv4 form: its one request is used up.
+    assert_eq!(
+        send(v4, "POST", "/hooks/p", &signed, BODY).await.status,
+        429
+    );
+
+    let a = send(v6, "POST", "/hooks/p", &signed, BODY).await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(
+        upstream.requests()[1].header("x-forwarded-for"),
+        Some("::1")
+    );
+    // An IPv4 allow-list admits the IPv4 sender, not the IPv6 one.
+    assert_eq!(
+        send(v6, "POST", "/hooks/v4", &signed, BODY).await.status,
+        403
+    );
+    let v4_again = send(v4, "POST", "/hooks/v4", &signed, BODY).await;
+    assert_eq!(v4_again.status, 429, "admitted, then over its client limit");
+    assert_eq!(upstream.requests().len(), 2);
+}
+
 #[tokio::test]
 async fn raw_mode_forwards_the_bytes_unchanged() {
     let (upstream, gw) = protocol_gateway("forward = \"raw\"", "").await;
