@@ -777,6 +777,16 @@ impl Builder {
                                 at(&format!("secrets[{j}]"))
                             ));
                         }
+                        // What an editor that writes UTF-8 "with BOM" (Windows Notepad did by
+                        // default) puts first in a file: part of a `file:` secret, so the
+                        // secret no sender has.
+                        if bytes.starts_with("\u{feff}".as_bytes()) {
+                            secret_warnings.push(format!(
+                                "warning: {}: starts with a byte-order mark (U+FEFF), which no \
+                                 sender will match: the file was likely saved as UTF-8 with BOM",
+                                at(&format!("secrets[{j}]"))
+                            ));
+                        }
                     }
                     Verifier::new(src.platform.scheme(), secrets)
                 }
@@ -1457,6 +1467,18 @@ secrets = ["file:a.secret"]
         );
         assert!(!w[0].contains("tok-with-newline"), "{w:?}");
         assert!(parse(MINIMAL).expect("valid").warnings().is_empty());
+
+        let text = MINIMAL.replace(
+            "secrets = [\"literal-secret\"]",
+            "secrets = [\"\u{feff}tok-after-a-bom\"]",
+        );
+        let w = parse(&text).expect("valid").warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("source[0].secrets[0]") && w[0].contains("byte-order mark"),
+            "{w:?}"
+        );
+        assert!(!w[0].contains("tok-after-a-bom"), "{w:?}");
     }
 
     #[test]
