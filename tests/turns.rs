@@ -1,7 +1,13 @@
-//! One worker's upstream pool through every pair of app behaviours in turn: each delivery
-//! must get its own answer (the app echoes the event id) or its own failure, whatever the
-//! exchange before it on the same pool did: closed, cut, timed out, answered early, or sent
-//! bytes past its answer, at once or while the connection sat idle.
+//! Connections that carry one exchange after another, through every ordered pair of what
+//! can happen on them (a de Bruijn walk):
+//! - one worker's upstream pool, through what apps do: each delivery must get its own
+//!   answer (the app echoes the event id) or its own failure, whatever the exchange before
+//!   it on the same pool did: closed, cut, timed out, answered early, or sent bytes past its
+//!   answer, at once or while the connection sat idle;
+//! - a sender's kept-alive HTTP/1.1 connection, through deliveries and refusals: each gets
+//!   its own status, and the connection stays open exactly when the answer does not say
+//!   `connection: close` (a refused request's body is read and dropped, so that the next can
+//!   follow; one whose body will never be read ends the connection).
 
 mod common;
 
@@ -229,4 +235,150 @@ async fn post_signed_status_and_body(
     )
     .await;
     (a.status, String::from_utf8_lossy(&a.body).into_owned())
+}
+
+/// What a sender does on a kept-alive HTTP/1.1 connection, what it must get, and whether
+/// the answer ends the connection (`connection: close`).
+const SENDS: [(&str, u16, bool); 12] = [
+    ("ok", 200, false),
+    ("chunked", 200, false),
+    ("expect", 200, false), // `expect: 100-continue`, the body after `100 Continue`
+    ("unknown_path", 404, false), // its body read and dropped
+    ("put", 405, false),    // likewise
+    ("put_chunked", 405, false), // likewise, chunked
+    ("outside", 403, false), // a client outside allow_cidrs (a trusted proxy says so)
+    ("gzip", 415, false),   // its body read and dropped
+    ("forged", 401, false),
+    ("not_json", 400, false),
+    ("expect_refused", 404, true), // waits for `100 Continue`: its body never comes
+    ("too_large", 413, true),      // a declared length over max_body_bytes: never read
+];
+
+/// The bytes of send `kind`, number `n` (its event id `t{n}`).
+fn request(kind: &str, n: usize) -> Vec<u8> {
+    let body = format!(r#"{{"id":"t{n}","type":"message.created","payload":{{}}}}"#);
+    let sig = hmac_hex(SECRET, body.as_bytes());
+    let head = |method: &str, path: &str, extra: &str| {
+        format!("{method} {path} HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {sig}\r\n{extra}")
+    };
+    let sized = |method: &str, path: &str, extra: &str, body: &str| {
+        format!(
+            "{}content-length: {}\r\n\r\n{body}",
+            head(method, path, extra),
+            body.len()
+        )
+    };
+    let chunked = |method: &str| {
+        let (a, b) = body.split_at(10);
+        format!(
+            "{}transfer-encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+            head(method, "/hooks/p", ""),
+            a.len(),
+            b.len()
+        )
+    };
+    let text = match kind {
+        "ok" => sized("POST", "/hooks/p", "", &body),
+        "chunked" => chunked("POST"),
+        "expect" | "expect_refused" => {
+            let path = if kind == "expect" {
+                "/hooks/p"
+            } else {
+                "/nope"
+            };
+            format!(
+                "{}expect: 100-continue\r\ncontent-length: {}\r\n\r\n",
+                head("POST", path, ""),
+                body.len()
+            )
+        }
+        "unknown_path" => sized("POST", "/nope", "", &body),
+        "put" => sized("PUT", "/hooks/p", "", &body),
+        "put_chunked" => chunked("PUT"),
+        "outside" => sized(
+            "POST",
+            "/hooks/p",
+            "x-forwarded-for: 198.51.100.1\r\n",
+            &body,
+        ),
+        "gzip" => sized("POST", "/hooks/p", "content-encoding: gzip\r\n", &body),
+        "forged" => sized("POST", "/hooks/p", "", &body.replace("t", "T")),
+        "not_json" => {
+            let sig = hmac_hex(SECRET, b"not json");
+            format!(
+                "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {sig}\r\n\
+                 content-length: 8\r\n\r\nnot json"
+            )
+        }
+        "too_large" => format!(
+            "{}content-length: 5000\r\n\r\n",
+            head("POST", "/hooks/p", "")
+        ),
+        _ => unreachable!("a kind of SENDS"),
+    };
+    text.into_bytes()
+}
+
+/// Reads one answer off `s` (its head and its `content-length` body): the status and
+/// whether it says `connection: close`; `None` if the connection ends first.
+async fn answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u16, bool)> {
+    let message = tokio::time::timeout(Duration::from_secs(5), read_message(s, buf))
+        .await
+        .expect("an answer within 5 s")?;
+    let head = String::from_utf8_lossy(&message).to_lowercase();
+    let status = head.get(9..12)?.parse().ok()?;
+    Some((status, head.contains("\r\nconnection: close\r\n")))
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_carries_every_pair_of_requests_and_refusals() {
+    let upstream = spawn_upstream(Reply::json(200, r#"{"ok":true}"#)).await;
+    let config = with_server(
+        &one_source(
+            &upstream.url("/"),
+            "protocol",
+            "/hooks/p",
+            &[SECRET],
+            "dedupe_window_s = 0\nallow_cidrs = [\"127.0.0.0/8\"]",
+        ),
+        "max_body_bytes = 1000\ntrusted_proxies = [\"127.0.0.1\"]",
+    );
+    let gw = spawn_gateway(&config).await;
+
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    let mut forwarded = Vec::new();
+    let mut wrong = Vec::new();
+    for (n, k) in every_pair(SENDS.len()).into_iter().enumerate() {
+        let (kind, status, closes) = SENDS[k];
+        s.write_all(&request(kind, n)).await.expect("write");
+        let mut got = answer(&mut s, &mut buf).await;
+        if kind == "expect" && got == Some((100, false)) {
+            let body = format!(r#"{{"id":"t{n}","type":"message.created","payload":{{}}}}"#);
+            s.write_all(body.as_bytes()).await.expect("write body");
+            got = answer(&mut s, &mut buf).await;
+        }
+        if got != Some((status, closes)) {
+            wrong.push(format!(
+                "{n} {kind}: got {got:?}, want {:?}",
+                (status, closes)
+            ));
+        }
+        if status == 200 {
+            forwarded.push(format!("t{n}"));
+        }
+        if closes || got.is_none() {
+            // The connection ends here: the next request goes on a new one.
+            let mut rest = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest));
+            assert!(
+                read.await.is_ok(),
+                "{n} {kind}: the connection was left open"
+            );
+            s = TcpStream::connect(gw.addr).await.expect("connect");
+            buf.clear();
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    assert_eq!(upstream.event_ids(), forwarded);
 }
