@@ -112,6 +112,15 @@ fn source_path(platform: &str, limited: bool) -> String {
     }
 }
 
+/// The name of the source at `source_path(platform, limited)`.
+fn source_name(platform: &str, limited: bool) -> String {
+    if limited {
+        format!("{platform}-limited")
+    } else {
+        platform.to_owned()
+    }
+}
+
 /// The id a source's first delivery (made before the cases) forwarded, for duplicates.
 fn primed_id(platform: &str, limited: bool) -> String {
     format!("primed-{platform}-{limited}")
@@ -406,11 +415,7 @@ fn config(app: SocketAddr) -> String {
     );
     for p in PLATFORMS {
         for limited in [false, true] {
-            let name = if limited {
-                format!("{p}-limited")
-            } else {
-                p.to_owned()
-            };
+            let name = source_name(p, limited);
             let limit = if limited {
                 "rate_limit = { per_second = 1, burst = 1 }\n"
             } else {
@@ -439,16 +444,22 @@ async fn run_case(
     platform: &'static str,
     faults: Faults,
     n: usize,
-) -> (u16, Vec<String>) {
+) -> Tally {
     let what = format!("{wire:?} {platform} faults {faults:011b}");
     let id = format!("e{n}");
     let fresh = client(n);
     let a = exchange(addr, &case(platform, &id, &fresh, faults), wire).await;
-    let mut forwarded = Vec::new();
+    let mut tally = Tally::default();
     let first = first_fault(faults);
     if first.is_none_or(|(name, ..)| name == "upstream") {
-        forwarded.push(id);
+        tally.forwarded.push(id);
     }
+    let source = if has(faults, "path") {
+        String::new()
+    } else {
+        source_name(platform, has(faults, "source_limited"))
+    };
+    tally.answered(&source, a.status, first.map_or("", |(name, ..)| name));
     match first {
         None => {
             assert_eq!(a.status, 200, "{what}: {:?}", a.body);
@@ -485,7 +496,7 @@ async fn run_case(
     // The client's one request: used up by this case unless a row above the client limit
     // refused it (or the case came from another address).
     if has(faults, "client") || has(faults, "client_limited") {
-        return (a.status, forwarded);
+        return tally;
     }
     let counted = !matches!(first, Some(("path" | "method", ..)));
     let next = format!("f{n}");
@@ -495,10 +506,102 @@ async fn run_case(
         again.status, want,
         "{what}: the next request from its client"
     );
-    if !counted {
-        forwarded.push(next);
+    if counted {
+        tally.answered(platform, 429, "client_limited");
+    } else {
+        tally.answered(platform, 200, "");
+        tally.forwarded.push(next);
     }
-    (a.status, forwarded)
+    tally
+}
+
+/// Metrics' samples: name and sorted labels → value.
+type Samples = HashMap<(String, Vec<(String, String)>), f64>;
+
+/// What cases add up to: the ids that reached the app, the answers by status, and the
+/// metrics' samples.
+#[derive(Default)]
+struct Tally {
+    forwarded: Vec<String>,
+    answers: HashMap<u16, usize>,
+    metrics: Samples,
+}
+
+impl Tally {
+    /// Counts an answer of `status` on `source` ("": no source), refused by `fault` ("":
+    /// none), as the metrics must.
+    fn answered(&mut self, source: &str, status: u16, fault: &str) {
+        *self.answers.entry(status).or_default() += 1;
+        let status = status.to_string();
+        self.count(
+            "hookgate_requests_total",
+            &[("source", source), ("status", &status)],
+        );
+        match fault {
+            "proof" => self.count(
+                "hookgate_verification_failures_total",
+                &[("source", source)],
+            ),
+            "client_limited" => self.count(
+                "hookgate_rate_limited_total",
+                &[("source", source), ("scope", "client")],
+            ),
+            "source_limited" => self.count(
+                "hookgate_rate_limited_total",
+                &[("source", source), ("scope", "source")],
+            ),
+            "duplicate" => self.count("hookgate_duplicates_total", &[("source", source)]),
+            "upstream" => self.count(
+                "hookgate_upstream_errors_total",
+                &[("source", source), ("kind", "content_encoding")],
+            ),
+            _ => {}
+        }
+    }
+
+    fn count(&mut self, name: &str, labels: &[(&str, &str)]) {
+        let mut labels: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        labels.sort();
+        *self.metrics.entry((name.to_owned(), labels)).or_default() += 1.0;
+    }
+
+    fn add(&mut self, other: Tally) {
+        self.forwarded.extend(other.forwarded);
+        for (status, n) in other.answers {
+            *self.answers.entry(status).or_default() += n;
+        }
+        for (key, v) in other.metrics {
+            *self.metrics.entry(key).or_default() += v;
+        }
+    }
+}
+
+/// The scrape's non-zero samples of the families `expected` has.
+fn counted(text: &str, expected: &Samples) -> Samples {
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("a valid exposition");
+    let mut out = HashMap::new();
+    for sample in scrape.samples {
+        let (prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v)) =
+            sample.value
+        else {
+            continue;
+        };
+        let mut labels: Vec<(String, String)> = sample
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.sort();
+        let family = expected.keys().any(|(name, _)| *name == sample.metric);
+        if v != 0.0 && family {
+            out.insert((sample.metric, labels), v);
+        }
+    }
+    out
 }
 
 #[tokio::test]
@@ -506,9 +609,14 @@ async fn every_combination_of_faults_gets_the_first_rows_answer() {
     let (app, received) = spawn_app().await;
     let dir = temp_dir("order");
     // The limits' clock stands still: a used-up budget stays used up.
-    let gw = spawn_gateway_with(&config(app), &dir, LimitClock::fake()).await;
+    let context = hookgate::pipeline::Context {
+        clock: LimitClock::fake(),
+        ..Default::default()
+    };
+    let metrics = Arc::clone(&context.metrics);
+    let gw = spawn_gateway_in_context(&config(app), &dir, context).await;
     let mut n = 0;
-    let mut expected = Vec::new();
+    let mut tally = Tally::default();
 
     // Before the cases: each source forwards one delivery (whose id the duplicates reuse,
     // and which uses up the limited sources' budget), and LIMITED_CLIENT uses up its own.
@@ -524,7 +632,8 @@ async fn every_combination_of_faults_gets_the_first_rows_answer() {
             )
             .await;
             assert_eq!(a.status, 200, "priming {platform} {limited}: {:?}", a.body);
-            expected.push(id);
+            tally.answered(&source_name(platform, limited), 200, "");
+            tally.forwarded.push(id);
         }
     }
     let a = exchange(
@@ -534,9 +643,9 @@ async fn every_combination_of_faults_gets_the_first_rows_answer() {
     )
     .await;
     assert_eq!(a.status, 200);
-    expected.push("primed-client".to_owned());
+    tally.answered("protocol", 200, "");
+    tally.forwarded.push("primed-client".to_owned());
 
-    let mut answers: HashMap<u16, usize> = HashMap::new();
     for wire in [
         Wire::ContentLength,
         Wire::Expect,
@@ -546,10 +655,7 @@ async fn every_combination_of_faults_gets_the_first_rows_answer() {
         for platform in PLATFORMS {
             for faults in combinations() {
                 n += 1;
-                let (status, forwarded) =
-                    run_case(gw.addr, wire.clone(), platform, faults, n).await;
-                *answers.entry(status).or_default() += 1;
-                expected.extend(forwarded);
+                tally.add(run_case(gw.addr, wire.clone(), platform, faults, n).await);
             }
         }
     }
@@ -567,15 +673,25 @@ async fn every_combination_of_faults_gets_the_first_rows_answer() {
         }
     }
     while let Some(done) = streams.join_next().await {
-        let (status, forwarded) = done.expect("a case on the shared connection");
-        *answers.entry(status).or_default() += 1;
-        expected.extend(forwarded);
+        tally.add(done.expect("a case on the shared connection"));
     }
     // Exactly the deliveries with no fault before the upstream's reached the app, each once.
     let mut seen = received.lock().expect("lock").clone();
     seen.sort();
-    expected.sort();
-    assert_eq!(seen, expected);
+    tally.forwarded.sort();
+    assert_eq!(seen, tally.forwarded);
+    // Each answer counted under its source and status, each refusal under its metric.
+    let counted = counted(&metrics.encode(), &tally.metrics);
+    let mut keys: Vec<_> = tally.metrics.keys().chain(counted.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let differ: Vec<_> = keys
+        .into_iter()
+        .filter(|k| tally.metrics.get(*k) != counted.get(*k))
+        .map(|k| (k, tally.metrics.get(k), counted.get(k)))
+        .collect();
+    assert!(differ.is_empty(), "(sample, want, got): {differ:#?}");
+    let answers = &tally.answers;
     // Every row was reached.
     for (_, status, _) in FAULTS {
         assert!(answers.contains_key(&status), "no {status}: {answers:?}");
