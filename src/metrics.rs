@@ -144,6 +144,31 @@ impl ShardedGauge {
     }
 }
 
+/// One count of a [`ShardedGauge`] for as long as this lives. A guard rather than an
+/// increment and a decrement: a request's future can be dropped before its end (hyper
+/// drops it when its HTTP/1.1 connection fails), and the gauge would stay one too high.
+pub struct Held<'g> {
+    gauge: &'g ShardedGauge,
+    worker: usize,
+}
+
+impl ShardedGauge {
+    /// Counts one on `worker`'s shard until the guard is dropped.
+    pub fn hold(&self, worker: usize) -> Held<'_> {
+        self.inc(worker);
+        Held {
+            gauge: self,
+            worker,
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.gauge.dec(self.worker);
+    }
+}
+
 impl TypedMetric for ShardedCounter {
     const TYPE: MetricType = MetricType::Counter;
 }

@@ -295,7 +295,7 @@ pub async fn handle(
     }
 
     let worker = conn.worker;
-    metrics.in_flight.inc(worker);
+    let in_flight = metrics.in_flight.hold(worker);
     // What the log line needs of the request, only when it will be written.
     let logged = tracing::enabled!(target: "hookgate::request", tracing::Level::INFO)
         .then(|| (request.method().clone(), path.to_string()));
@@ -350,7 +350,7 @@ pub async fn handle(
         .insert(upstream::X_REQUEST_ID.clone(), request_id.clone());
 
     let status = response.status().as_u16();
-    metrics.in_flight.dec(worker);
+    drop(in_flight);
     let source_metrics = outcome.route.map_or(&metrics.unmatched, |r| &r.metrics);
     source_metrics.request(worker, status);
     match &refusal {
@@ -891,18 +891,74 @@ mod tests {
         assert_eq!(clipped(&euros), format!("{}…(300 bytes)", "€".repeat(85)));
     }
 
+    /// A request's future that hyper drops before its end (as when its HTTP/1.1 connection
+    /// fails) leaves no count in `hookgate_in_flight_requests`: here the connection's task
+    /// is ended while the delivery waits for the rest of its body.
+    #[tokio::test]
+    async fn a_request_dropped_unfinished_is_no_longer_in_flight() {
+        use tokio::io::AsyncWriteExt;
+        let context = Context {
+            workers: 1,
+            ..Context::default()
+        };
+        let metrics = Arc::clone(&context.metrics);
+        let gateway = Arc::new(gateway_in("", None, &context));
+        let health = Arc::new(Health {
+            ready: std::sync::atomic::AtomicBool::new(true),
+        });
+        let (mut client, server) = tokio::io::duplex(4096);
+        let in_hyper = Arc::clone(&metrics);
+        let serving = tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let (gateway, health, metrics) = (
+                    Arc::clone(&gateway),
+                    Arc::clone(&health),
+                    Arc::clone(&in_hyper),
+                );
+                async move {
+                    let conn = Conn {
+                        peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+                        tls: false,
+                        worker: 0,
+                    };
+                    let answer = handle(&gateway, &health, &metrics, conn, request, None).await;
+                    Ok::<_, std::convert::Infallible>(answer)
+                }
+            });
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(server), service)
+                .await
+        });
+        client
+            .write_all(b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"a\"")
+            .await
+            .expect("write");
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while metrics.in_flight.get() != 1 {
+            assert!(Instant::now() < deadline, "the delivery never began");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        serving.abort();
+        assert!(serving.await.is_err_and(|e| e.is_cancelled()));
+        assert_eq!(metrics.in_flight.get(), 0);
+    }
+
     fn gateway(server: &str, previous: Option<&Gateway>) -> Gateway {
+        let context = Context {
+            workers: 2,
+            ..Context::default()
+        };
+        gateway_in(server, previous, &context)
+    }
+
+    fn gateway_in(server: &str, previous: Option<&Gateway>, context: &Context) -> Gateway {
         let text = format!(
             "[server]\n{server}\n[upstream]\nurl = \"http://127.0.0.1:9/\"\n\
              [[source]]\nname = \"p\"\nplatform = \"protocol\"\npath = \"/p\"\nsecrets = [\"s\"]\n"
         );
         let config = Config::from_toml_str(&text, std::path::Path::new("/etc/hookgate/t.toml"))
             .expect("valid");
-        let context = Context {
-            workers: 2,
-            ..Context::default()
-        };
-        Gateway::new(config, &context, previous).expect("gateway")
+        Gateway::new(config, context, previous).expect("gateway")
     }
 
     /// The upstream names' addresses are one cache for every worker, kept by a reload: a
