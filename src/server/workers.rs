@@ -162,10 +162,10 @@ impl Spawner {
     fn spawn(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
         let state = Arc::clone(&self.state);
         let (worker, draining) = (self.worker, self.draining.clone());
-        state.context.metrics.open_connections.inc(worker);
         tokio::spawn(async move {
+            // Held by the task: uncounted however it ends.
+            let _open = state.context.metrics.open_connections.hold(worker);
             serve_connection(&state, stream, peer, worker, draining, permit).await;
-            state.context.metrics.open_connections.dec(worker);
         });
     }
 }
