@@ -64,7 +64,8 @@ fn first_fault(faults: Faults) -> Option<(&'static str, u16, &'static str)> {
 }
 
 /// The combinations sent: every subset of the seven faults that need no state, and every
-/// subset of at most three of all eleven.
+/// subset of at most three of all eleven: 296, each on 4 platforms over 5 wires (5,920
+/// requests), 2,720 of them followed by their client's next request.
 fn combinations() -> Vec<Faults> {
     (0..(1 as Faults) << FAULTS.len())
         .filter(|f| *f < 1 << 7 || f.count_ones() <= 3)
