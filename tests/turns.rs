@@ -19,8 +19,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const SECRET: &str = "turns-secret";
-/// The gateway's `timeout_ms`; a `slow` answer comes later than that.
-const TIMEOUT_MS: u64 = 200;
+/// The gateway's `timeout_ms`; a `slow` answer comes a second later than that. Both with
+/// room for a loaded CI machine: a healthy exchange takes a few milliseconds.
+const TIMEOUT_MS: u64 = 400;
 
 /// What the app does with a delivery, named by the first part of its event id, and what
 /// the sender must get: the status, and whether the body is the app's echo of the id.
@@ -116,7 +117,7 @@ async fn serve(mut s: TcpStream) {
                 return;
             }
             "slow" => {
-                tokio::time::sleep(Duration::from_millis(TIMEOUT_MS + 100)).await;
+                tokio::time::sleep(Duration::from_millis(TIMEOUT_MS + 1000)).await;
                 with_length("200 OK", "", &body)
             }
             "extra" => {
