@@ -469,9 +469,10 @@ where
         // for dedupe. So a stream's delivery that is dropped unfinished goes on in a task of
         // its own (`Detachable`), holding the connection's place for the drain: a delivery
         // read whole is forwarded whole, as over HTTP/1.1, where hyper finishes its one
-        // request in flight before it notices the client gone (`half_close`; it drops the
-        // request only when a write fails while the request waits for its body, as a
-        // `100 Continue` to a sender that reset, which the in-flight gauge's guard covers).
+        // request in flight before it notices the client gone (`half_close`; by hyper
+        // 1.13's dispatcher, it drops the request only when a write fails while the request
+        // waits, as a `100 Continue` to a sender that reset: seen in a soak, and what the
+        // in-flight gauge's guard is for).
         // One whose body is still being read is told the sender is gone (`SenderGone`) and
         // ends.
         //
