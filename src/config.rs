@@ -490,6 +490,28 @@ struct Builder {
     files: RefCell<Vec<PathBuf>>,
 }
 
+/// Why a secret's value may be one no sender has (warned about, naming the field, never
+/// the value).
+fn secret_doubts(bytes: &[u8]) -> impl Iterator<Item = &'static str> {
+    [
+        (
+            bytes.trim_ascii().len() != bytes.len(),
+            "starts or ends with whitespace, which no sender will match if it is an env: \
+             value's trailing newline (file: secrets are trimmed; env: and literal ones are \
+             taken as they are)",
+        ),
+        // What an editor that writes UTF-8 "with BOM" (Windows Notepad did by default) puts
+        // first in a file: part of a `file:` secret.
+        (
+            bytes.starts_with("\u{feff}".as_bytes()),
+            "starts with a byte-order mark (U+FEFF), which no sender will match: the file was \
+             likely saved as UTF-8 with BOM",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(doubtful, why)| doubtful.then_some(why))
+}
+
 impl Builder {
     fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError {
@@ -761,32 +783,13 @@ impl Builder {
                             "must list at least one secret (or say verify = \"none\")",
                         ));
                     }
-                    let secrets = src
-                        .secrets
-                        .iter()
-                        .enumerate()
-                        .map(|(j, r)| self.secret(&at(&format!("secrets[{j}]")), r))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    for (j, secret) in secrets.iter().enumerate() {
-                        let bytes = secret.expose();
-                        if bytes.trim_ascii().len() != bytes.len() {
-                            secret_warnings.push(format!(
-                                "warning: {}: starts or ends with whitespace, which no sender \
-                                 will match if it is an env: value's trailing newline (file: \
-                                 secrets are trimmed; env: and literal ones are taken as they are)",
-                                at(&format!("secrets[{j}]"))
-                            ));
-                        }
-                        // What an editor that writes UTF-8 "with BOM" (Windows Notepad did by
-                        // default) puts first in a file: part of a `file:` secret, so the
-                        // secret no sender has.
-                        if bytes.starts_with("\u{feff}".as_bytes()) {
-                            secret_warnings.push(format!(
-                                "warning: {}: starts with a byte-order mark (U+FEFF), which no \
-                                 sender will match: the file was likely saved as UTF-8 with BOM",
-                                at(&format!("secrets[{j}]"))
-                            ));
-                        }
+                    let mut secrets = Vec::with_capacity(src.secrets.len());
+                    for (j, reference) in src.secrets.iter().enumerate() {
+                        let field = at(&format!("secrets[{j}]"));
+                        let secret = self.secret(&field, reference)?;
+                        let doubts = secret_doubts(secret.expose());
+                        secret_warnings.extend(doubts.map(|d| format!("warning: {field}: {d}")));
+                        secrets.push(secret);
                     }
                     Verifier::new(src.platform.scheme(), secrets)
                 }
@@ -1453,32 +1456,32 @@ secrets = ["file:a.secret"]
     }
 
     #[test]
-    fn a_secret_with_whitespace_at_an_end_is_warned_about_without_its_value() {
-        // A literal here (setting an env: one would need `unsafe`); both are taken as they are.
-        let text = MINIMAL.replace(
-            "secrets = [\"literal-secret\"]",
-            "secrets = [\"literal-secret\", \"tok-with-newline\\n\"]",
-        );
-        let w = parse(&text).expect("valid").warnings();
-        assert_eq!(w.len(), 1, "{w:?}");
-        assert!(
-            w[0].contains("source[0].secrets[1]") && w[0].contains("whitespace"),
-            "{w:?}"
-        );
-        assert!(!w[0].contains("tok-with-newline"), "{w:?}");
+    fn a_secret_with_whitespace_at_an_end_or_a_bom_is_warned_about_without_its_value() {
+        // Literals here (setting an env: one would need `unsafe`); both are taken as they are.
+        for (secrets, field, why, value) in [
+            (
+                "\"literal-secret\", \"tok-with-newline\\n\"",
+                "source[0].secrets[1]",
+                "whitespace",
+                "tok-with-newline",
+            ),
+            (
+                "\"\u{feff}tok-after-a-bom\"",
+                "source[0].secrets[0]",
+                "byte-order mark",
+                "tok-after-a-bom",
+            ),
+        ] {
+            let text = MINIMAL.replace(
+                "secrets = [\"literal-secret\"]",
+                &format!("secrets = [{secrets}]"),
+            );
+            let w = parse(&text).expect("valid").warnings();
+            assert_eq!(w.len(), 1, "{w:?}");
+            assert!(w[0].contains(field) && w[0].contains(why), "{w:?}");
+            assert!(!w[0].contains(value), "{w:?}");
+        }
         assert!(parse(MINIMAL).expect("valid").warnings().is_empty());
-
-        let text = MINIMAL.replace(
-            "secrets = [\"literal-secret\"]",
-            "secrets = [\"\u{feff}tok-after-a-bom\"]",
-        );
-        let w = parse(&text).expect("valid").warnings();
-        assert_eq!(w.len(), 1, "{w:?}");
-        assert!(
-            w[0].contains("source[0].secrets[0]") && w[0].contains("byte-order mark"),
-            "{w:?}"
-        );
-        assert!(!w[0].contains("tok-after-a-bom"), "{w:?}");
     }
 
     #[test]

@@ -142,17 +142,7 @@ impl ShardedGauge {
             .map(|s| s.0.load(Ordering::Relaxed))
             .sum()
     }
-}
 
-/// One count of a [`ShardedGauge`] for as long as this lives. A guard rather than an
-/// increment and a decrement: a request's future can be dropped before its end (hyper
-/// drops it when its HTTP/1.1 connection fails), and the gauge would stay one too high.
-pub struct Held<'g> {
-    gauge: &'g ShardedGauge,
-    worker: usize,
-}
-
-impl ShardedGauge {
     /// Counts one on `worker`'s shard until the guard is dropped.
     pub fn hold(&self, worker: usize) -> Held<'_> {
         self.inc(worker);
@@ -161,6 +151,14 @@ impl ShardedGauge {
             worker,
         }
     }
+}
+
+/// One count of a [`ShardedGauge`] for as long as this lives. A guard rather than an
+/// increment and a decrement: a request's future can be dropped before its end (hyper
+/// drops it when its HTTP/1.1 connection fails), and the gauge would stay one too high.
+pub struct Held<'g> {
+    gauge: &'g ShardedGauge,
+    worker: usize,
 }
 
 impl Drop for Held<'_> {

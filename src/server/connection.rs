@@ -469,12 +469,11 @@ where
         // for dedupe. So a stream's delivery that is dropped unfinished goes on in a task of
         // its own (`Detachable`), holding the connection's place for the drain: a delivery
         // read whole is forwarded whole, as over HTTP/1.1, where hyper finishes its one
-        // request in flight before it notices the client gone (`half_close`; by hyper
-        // 1.13's dispatcher, it drops the request only when a write fails while the request
+        // request in flight before it notices the client gone (`half_close`). One whose
+        // body is still being read is told the sender is gone (`SenderGone`) and ends.
+        // (hyper 1.13's HTTP/1.1 dispatcher does drop a request whose write fails while it
         // waits, as a `100 Continue` to a sender that reset: seen in a soak, and what the
-        // in-flight gauge's guard is for).
-        // One whose body is still being read is told the sender is gone (`SenderGone`) and
-        // ends.
+        // in-flight gauge's guard is for.)
         //
         // A delivery also holds one of the connection's `STREAMS` turns until it ends, so
         // that the deliveries its resets leave running count against the connection's
