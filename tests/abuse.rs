@@ -46,16 +46,7 @@ async fn forged(gw: &Gateway, extra: &[(&str, &str)]) -> Answer {
 }
 
 async fn gateway(upstream: &Upstream, source: &str, server: &str, clock: &LimitClock) -> Gateway {
-    let config = with_server(
-        &one_source(
-            &upstream.url("/"),
-            "protocol",
-            "/hooks/p",
-            &[SECRET],
-            source,
-        ),
-        server,
-    );
+    let config = protocol_source(&upstream.url("/"), SECRET, source, server);
     let dir = temp_dir("abuse");
     spawn_gateway_with(&config, &dir, clock.clone())
         .await
@@ -582,8 +573,10 @@ async fn a_reload_applies_header_timeout_to_new_connections() {
     use tokio::io::AsyncReadExt;
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
     let config = |timeout: u64| {
-        with_server(
-            &one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], ""),
+        protocol_source(
+            &upstream.url("/"),
+            SECRET,
+            "",
             &format!("header_timeout_s = {timeout}"),
         )
     };

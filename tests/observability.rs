@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -35,50 +34,6 @@ fn body(id: &str) -> String {
 
 async fn deliver(addr: SocketAddr, path: &str, id: &str, key: &str) -> u16 {
     post_signed_status(addr, path, key, body(id)).await
-}
-
-/// (metric name, sorted labels) → value.
-type Samples = HashMap<(String, Vec<(String, String)>), f64>;
-
-/// The scrape, parsed.
-fn scrape(text: &str) -> Samples {
-    let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
-        .expect("valid exposition");
-    let mut out = HashMap::new();
-    for s in parsed.samples {
-        let mut labels: Vec<(String, String)> = s
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        labels.sort();
-        match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => {
-                out.insert((s.metric, labels), v);
-            }
-            prometheus_parse::Value::Histogram(buckets) => {
-                for b in buckets {
-                    let mut l = labels.clone();
-                    l.push(("le".into(), b.less_than.to_string()));
-                    l.sort();
-                    out.insert((format!("{}_bucket", s.metric), l), b.count);
-                }
-            }
-            prometheus_parse::Value::Summary(_) => {}
-        }
-    }
-    out
-}
-
-fn get(m: &Samples, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut l: Vec<(String, String)> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    l.sort();
-    m.get(&(name.to_string(), l)).copied()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

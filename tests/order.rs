@@ -11,15 +11,13 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
 use http::HeaderMap;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http_body_util::Full;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -72,7 +70,7 @@ fn combinations() -> Vec<Faults> {
         .collect()
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 enum Wire {
     ContentLength,
     /// With `expect: 100-continue`: the body goes only after a `100 Continue`.
@@ -82,18 +80,6 @@ enum Wire {
     Http2,
     /// Streams of one HTTP/2 connection, many at once.
     SharedHttp2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
-}
-
-impl std::fmt::Debug for Wire {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Wire::ContentLength => "ContentLength",
-            Wire::Expect => "Expect",
-            Wire::Chunked => "Chunked",
-            Wire::Http2 => "Http2",
-            Wire::SharedHttp2(_) => "SharedHttp2",
-        })
-    }
 }
 
 /// The request a case sends.
@@ -127,6 +113,15 @@ fn primed_id(platform: &str, limited: bool) -> String {
     format!("primed-{platform}-{limited}")
 }
 
+/// The proof a case carries: the source's secret, or (`proof` fault) another.
+fn proof(faults: Faults) -> &'static str {
+    if has(faults, "proof") {
+        "not-the-key"
+    } else {
+        TOKEN
+    }
+}
+
 /// The body of `platform` with event `id` (barertc: its profile's username): the platform's
 /// own JSON, or (`json` fault) a JSON object that is not, padded past `MAX_BODY` (`size`
 /// fault); barertc's proof is inside it.
@@ -137,11 +132,7 @@ fn body(platform: &str, id: &str, faults: Faults) -> Vec<u8> {
         String::new()
     };
     let own = !has(faults, "json");
-    let key = if has(faults, "proof") {
-        "not-the-key"
-    } else {
-        TOKEN
-    };
+    let key = proof(faults);
     let value = match (platform, own) {
         ("protocol", true) => {
             json!({"id": id, "type": "message.created", "payload": {"id": "m", "pad": pad}})
@@ -197,11 +188,7 @@ fn case(platform: &str, id: &str, client: &str, faults: Faults) -> Case {
     if has(faults, "coding") {
         headers.push(("content-encoding".to_owned(), "gzip".to_owned()));
     }
-    let key = if has(faults, "proof") {
-        "not-the-key"
-    } else {
-        TOKEN
-    };
+    let key = proof(faults);
     match platform {
         "protocol" => headers.push(("x-protocol-signature".to_owned(), hmac_hex(key, &body))),
         "spika" => headers.push(("verification-signature".to_owned(), key.to_owned())),
@@ -227,6 +214,11 @@ fn case(platform: &str, id: &str, client: &str, faults: Faults) -> Case {
 
 /// The answer to `case` sent as `wire` on a new connection.
 async fn exchange(addr: SocketAddr, case: &Case, wire: Wire) -> Answer {
+    match wire {
+        Wire::Http2 => return h2_exchange(h2_connect(addr).await.0, addr, case).await,
+        Wire::SharedHttp2(sender) => return h2_exchange(sender, addr, case).await,
+        _ => {}
+    }
     let mut head = format!(
         "{} {} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n",
         case.method, case.path
@@ -236,8 +228,6 @@ async fn exchange(addr: SocketAddr, case: &Case, wire: Wire) -> Answer {
     }
     let mut bytes = head.into_bytes();
     match wire {
-        Wire::Http2 => return h2_exchange(h2_connect(addr).await.0, addr, case).await,
-        Wire::SharedHttp2(sender) => return h2_exchange(sender, addr, case).await,
         Wire::Chunked => {
             bytes.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
             // Two chunks, so a streamed body's size is only known from the second.
@@ -249,7 +239,7 @@ async fn exchange(addr: SocketAddr, case: &Case, wire: Wire) -> Answer {
             }
             bytes.extend_from_slice(b"0\r\n\r\n");
         }
-        Wire::ContentLength | Wire::Expect => {
+        _ => {
             if let Wire::Expect = wire {
                 bytes.extend_from_slice(b"expect: 100-continue\r\n");
             }
@@ -280,17 +270,9 @@ async fn exchange(addr: SocketAddr, case: &Case, wire: Wire) -> Answer {
 
 /// Reads into `buf` until it holds a whole head (`true`), or the connection ends.
 async fn read_head(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> bool {
-    let mut chunk = [0u8; 4096];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
-            .await
-            .expect("an interim or final answer within 5 s");
-        match read {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    true
+    tokio::time::timeout(Duration::from_secs(5), read_head_into(stream, buf))
+        .await
+        .expect("an interim or final answer within 5 s")
 }
 
 async fn h2_exchange(
@@ -354,58 +336,40 @@ fn error_body(platform: Option<&str>, status: u16, code: &str) -> Value {
     }
 }
 
-/// The app: records the id of each event it receives (barertc's profile request: its
-/// username) and answers `{"ok":true}`, or, to a sender whose user-agent is `fail`, an
-/// answer hookgate cannot relay (gzip-coded: 502).
-async fn spawn_app() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&received);
-    let addr = raw_app(move |stream| {
-        let seen = Arc::clone(&seen);
-        async move {
-            let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                let seen = Arc::clone(&seen);
-                async move {
-                    let fail = req.headers().get("user-agent").is_some_and(|v| v == "fail");
-                    let (parts, body) = req.into_parts();
-                    let body = body
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    let event: Value = serde_json::from_slice(&body).unwrap_or_default();
-                    let id = match event["platform"].as_str() {
-                        Some("barertc") => &event["subject"]["id"],
-                        _ => &event["id"],
-                    };
-                    let id = id.as_str().unwrap_or("?");
-                    // The secret reaches the app nowhere: not in a header, the URL or the event.
-                    let leaked = contains_secret(&body)
-                        || contains_secret(parts.uri.to_string().as_bytes())
-                        || parts
-                            .headers
-                            .values()
-                            .any(|v| contains_secret(v.as_bytes()));
-                    let id = if leaked {
-                        format!("LEAKED:{id}")
-                    } else {
-                        id.to_owned()
-                    };
-                    seen.lock().expect("lock").push(id);
-                    let mut answer = http::Response::builder().status(200);
-                    if fail {
-                        answer = answer.header("content-encoding", "gzip");
-                    }
-                    answer.body(Full::new(Bytes::from_static(br#"{"ok":true}"#)))
-                }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+/// The app (the tests' recording upstream): it answers `{"ok":true}`, or, to a sender
+/// whose user-agent is `fail`, an answer hookgate cannot relay (gzip-coded: 502).
+async fn spawn_app() -> Upstream {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    spawn_upstream_answering(listener, |received| {
+        let mut reply = Reply::json(200, r#"{"ok":true}"#);
+        if received.header("user-agent") == Some("fail") {
+            reply
+                .headers
+                .push(("content-encoding".into(), "gzip".into()));
         }
+        reply
     })
-    .await;
-    (addr, received)
+}
+
+/// The id of the event the app received (barertc's profile request: its username), marked
+/// `LEAKED:` if the secret reached the app anywhere: a header, the URL or the event.
+fn received_id(r: &Recorded) -> String {
+    let event: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    let id = match event["platform"].as_str() {
+        Some("barertc") => &event["subject"]["id"],
+        _ => &event["id"],
+    };
+    let id = id.as_str().unwrap_or("?");
+    let leaked = contains_secret(&r.body)
+        || contains_secret(r.uri.to_string().as_bytes())
+        || r.headers.values().any(|v| contains_secret(v.as_bytes()));
+    if leaked {
+        format!("LEAKED:{id}")
+    } else {
+        id.to_owned()
+    }
 }
 
 fn config(app: SocketAddr) -> String {
@@ -516,9 +480,6 @@ async fn run_case(
     tally
 }
 
-/// Metrics' samples: name and sorted labels → value.
-type Samples = HashMap<(String, Vec<(String, String)>), f64>;
-
 /// What cases add up to: the ids that reached the app, the answers by status, and the
 /// metrics' samples.
 #[derive(Default)]
@@ -561,12 +522,7 @@ impl Tally {
     }
 
     fn count(&mut self, name: &str, labels: &[(&str, &str)]) {
-        let mut labels: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        labels.sort();
-        *self.metrics.entry((name.to_owned(), labels)).or_default() += 1.0;
+        *self.metrics.entry(sample(name, labels)).or_default() += 1.0;
     }
 
     fn add(&mut self, other: Tally) {
@@ -582,32 +538,15 @@ impl Tally {
 
 /// The scrape's non-zero samples of the families `expected` has.
 fn counted(text: &str, expected: &Samples) -> Samples {
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-        .expect("a valid exposition");
-    let mut out = HashMap::new();
-    for sample in scrape.samples {
-        let (prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v)) =
-            sample.value
-        else {
-            continue;
-        };
-        let mut labels: Vec<(String, String)> = sample
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        labels.sort();
-        let family = expected.keys().any(|(name, _)| *name == sample.metric);
-        if v != 0.0 && family {
-            out.insert((sample.metric, labels), v);
-        }
-    }
-    out
+    scrape(text)
+        .into_iter()
+        .filter(|((name, _), v)| *v != 0.0 && expected.keys().any(|(n, _)| n == name))
+        .collect()
 }
 
 #[tokio::test]
 async fn every_combination_of_faults_gets_the_first_rows_answer() {
-    let (app, received) = spawn_app().await;
+    let app = spawn_app().await;
     let dir = temp_dir("order");
     // The limits' clock stands still: a used-up budget stays used up.
     let context = hookgate::pipeline::Context {
@@ -615,7 +554,7 @@ async fn every_combination_of_faults_gets_the_first_rows_answer() {
         ..Default::default()
     };
     let metrics = Arc::clone(&context.metrics);
-    let gw = spawn_gateway_in_context(&config(app), &dir, context).await;
+    let gw = spawn_gateway_in_context(&config(app.addr), &dir, context).await;
     let mut n = 0;
     let mut tally = Tally::default();
 
@@ -677,7 +616,7 @@ async fn every_combination_of_faults_gets_the_first_rows_answer() {
         tally.add(done.expect("a case on the shared connection"));
     }
     // Exactly the deliveries with no fault before the upstream's reached the app, each once.
-    let mut seen = received.lock().expect("lock").clone();
+    let mut seen: Vec<String> = app.requests().iter().map(received_id).collect();
     seen.sort();
     tally.forwarded.sort();
     assert_eq!(seen, tally.forwarded);

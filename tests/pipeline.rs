@@ -29,16 +29,7 @@ async fn post(gw: &Gateway, path: &str, headers: &[(&str, &str)], body: &str) ->
 
 async fn protocol_gateway(extra_source: &str, extra_server: &str) -> (Upstream, Gateway) {
     let upstream = spawn_upstream(Reply::json(200, r#"{"ok":true}"#)).await;
-    let config = with_server(
-        &one_source(
-            &upstream.url("/app"),
-            "protocol",
-            "/hooks/p",
-            &[SECRET],
-            extra_source,
-        ),
-        extra_server,
-    );
+    let config = protocol_source(&upstream.url("/app"), SECRET, extra_source, extra_server);
     let gw = spawn_gateway(&config).await;
     (upstream, gw)
 }

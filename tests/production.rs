@@ -161,8 +161,10 @@ fn tls_config(upstream: &str, client_ca: bool) -> String {
     } else {
         ""
     };
-    with_server(
-        &one_source(upstream, "protocol", "/hooks/p", &[SECRET], ""),
+    protocol_source(
+        upstream,
+        SECRET,
+        "",
         &format!("tls = {{ cert = \"server.crt\", key = \"server.key\"{ca} }}"),
     )
 }
@@ -254,14 +256,10 @@ async fn first_answer(addr: SocketAddr, bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_balancers_proxy_header_names_the_client_over_plaintext_and_tls() {
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
-    let config = with_server(
-        &one_source(
-            &upstream.url("/"),
-            "protocol",
-            "/hooks/p",
-            &[SECRET],
-            "dedupe_window_s = 0\nallow_cidrs = [\"203.0.113.0/24\"]",
-        ),
+    let config = protocol_source(
+        &upstream.url("/"),
+        SECRET,
+        "dedupe_window_s = 0\nallow_cidrs = [\"203.0.113.0/24\"]",
         "proxy_protocol_from = [\"127.0.0.0/8\"]",
     );
     let (gw, metrics) = spawn_gateway_with_metrics(&config, "proxy", None).await;
@@ -398,14 +396,10 @@ async fn a_balancers_proxy_header_names_the_client_over_plaintext_and_tls() {
     assert_eq!(last.header("x-forwarded-proto"), Some("https"));
 
     // A peer not listed sends no header and is served as it is.
-    let config = with_server(
-        &one_source(
-            &upstream.url("/"),
-            "protocol",
-            "/hooks/p",
-            &[SECRET],
-            "dedupe_window_s = 0",
-        ),
+    let config = protocol_source(
+        &upstream.url("/"),
+        SECRET,
+        "dedupe_window_s = 0",
         "proxy_protocol_from = [\"10.0.0.0/8\"]",
     );
     let plain = spawn_gateway(&config).await;
@@ -950,14 +944,10 @@ async fn serving_a_secret_file(tag: &str, server: &str) -> (Upstream, TempDir, P
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
     let dir = temp_dir(tag);
     std::fs::write(dir.join("p.secret"), "old-secret\n").expect("write");
-    let config = with_server(
-        &one_source(
-            &upstream.url("/"),
-            "protocol",
-            "/hooks/p",
-            &["file:p.secret"],
-            "dedupe_window_s = 0",
-        ),
+    let config = protocol_source(
+        &upstream.url("/"),
+        "file:p.secret",
+        "dedupe_window_s = 0",
         server,
     );
     let p = spawn_process(&dir, &config, &[]);
@@ -1399,8 +1389,10 @@ async fn a_drain_waits_for_a_slow_upstream_past_body_timeout() {
 async fn a_drain_closes_connections_that_sent_nothing_and_answers_begun_heads() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
-    let config = with_server(
-        &one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], ""),
+    let config = protocol_source(
+        &upstream.url("/"),
+        SECRET,
+        "",
         "header_timeout_s = 5\nshutdown_grace_s = 10\nproxy_protocol_from = [\"127.0.0.0/8\"]",
     );
     let gw = spawn_gateway(&config).await;
@@ -1499,8 +1491,10 @@ async fn running_out_of_descriptors_is_logged_once_and_passes() {
 async fn a_missing_proxy_header_is_logged_once_a_minute() {
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
     let dir = temp_dir("proxy-warn");
-    let config = with_server(
-        &one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], ""),
+    let config = protocol_source(
+        &upstream.url("/"),
+        SECRET,
+        "",
         "proxy_protocol_from = [\"127.0.0.0/8\"]",
     );
     let p = spawn_process(&dir, &config, &[]);

@@ -200,9 +200,12 @@ async fn each_delivery_gets_its_own_answer_whatever_the_one_before_did() {
         let (kind, status, echoed) = KINDS[k];
         let id = format!("{kind}-{n}");
         let body = format!(r#"{{"id":"{id}","type":"message.created","payload":{{}}}}"#);
-        let got = post_signed_status_and_body(gw.addr, SECRET, &body).await;
+        let a = signed_delivery(gw.addr, "/hooks/p", SECRET, body).await;
         let want = (status, echoed.then(|| echo(&id)));
-        let got = (got.0, echoed.then_some(got.1));
+        let got = (
+            a.status,
+            echoed.then(|| String::from_utf8_lossy(&a.body).into_owned()),
+        );
         if got != want {
             wrong.push(format!("{id}: got {got:?}, want {want:?}"));
         }
@@ -219,23 +222,6 @@ async fn each_delivery_gets_its_own_answer_whatever_the_one_before_did() {
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
-}
-
-/// One signed delivery to /hooks/p: its status and body.
-async fn post_signed_status_and_body(
-    addr: std::net::SocketAddr,
-    key: &str,
-    body: &str,
-) -> (u16, String) {
-    let a = send(
-        addr,
-        "POST",
-        "/hooks/p",
-        &[("x-protocol-signature", &hmac_hex(key, body.as_bytes()))],
-        body.to_owned(),
-    )
-    .await;
-    (a.status, String::from_utf8_lossy(&a.body).into_owned())
 }
 
 /// What a sender does on a kept-alive HTTP/1.1 connection, what it must get, and whether
@@ -334,14 +320,10 @@ async fn answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u16, bool)> {
 #[tokio::test]
 async fn a_kept_alive_connection_carries_every_pair_of_requests_and_refusals() {
     let upstream = spawn_upstream(Reply::json(200, r#"{"ok":true}"#)).await;
-    let config = with_server(
-        &one_source(
-            &upstream.url("/"),
-            "protocol",
-            "/hooks/p",
-            &[SECRET],
-            "dedupe_window_s = 0\nallow_cidrs = [\"127.0.0.0/8\"]",
-        ),
+    let config = protocol_source(
+        &upstream.url("/"),
+        SECRET,
+        "dedupe_window_s = 0\nallow_cidrs = [\"127.0.0.0/8\"]",
         "max_body_bytes = 1000\ntrusted_proxies = [\"127.0.0.1\"]",
     );
     let gw = spawn_gateway(&config).await;

@@ -2,6 +2,7 @@
 //! that speak real HTTP/1.1 and HTTP/2 over real sockets.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -65,10 +66,13 @@ impl Reply {
     }
 }
 
+/// What the upstream answers a request with.
+type Replier = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
+
 pub struct Upstream {
     pub addr: SocketAddr,
     pub received: Arc<Mutex<Vec<Recorded>>>,
-    reply: Arc<Mutex<Reply>>,
+    reply: Arc<Mutex<Replier>>,
 }
 
 impl Upstream {
@@ -97,7 +101,7 @@ impl Upstream {
             .collect()
     }
     pub fn set_reply(&self, reply: Reply) {
-        *self.reply.lock().expect("lock") = reply;
+        *self.reply.lock().expect("lock") = Arc::new(move |_| reply.clone());
     }
 }
 
@@ -111,9 +115,17 @@ pub async fn spawn_upstream(reply: Reply) -> Upstream {
 
 /// The same, on a listener of the caller's (an app that comes up at a given address).
 pub fn spawn_upstream_on(listener: TcpListener, reply: Reply) -> Upstream {
+    spawn_upstream_answering(listener, move |_| reply.clone())
+}
+
+/// The same, answering each request as `replier` says from what it received.
+pub fn spawn_upstream_answering<F>(listener: TcpListener, replier: F) -> Upstream
+where
+    F: Fn(&Recorded) -> Reply + Send + Sync + 'static,
+{
     let addr = listener.local_addr().expect("addr");
     let received = Arc::new(Mutex::new(Vec::new()));
-    let reply = Arc::new(Mutex::new(reply));
+    let reply: Arc<Mutex<Replier>> = Arc::new(Mutex::new(Arc::new(replier)));
     let (rec, rep) = (Arc::clone(&received), Arc::clone(&reply));
     tokio::spawn(async move {
         loop {
@@ -131,14 +143,16 @@ pub fn spawn_upstream_on(listener: TcpListener, reply: Reply) -> Upstream {
                             .await
                             .map(|b| b.to_bytes())
                             .unwrap_or_default();
-                        rec.lock().expect("lock").push(Recorded {
+                        let recorded = Recorded {
                             method: parts.method,
                             uri: parts.uri,
                             version: parts.version,
                             headers: parts.headers,
                             body,
-                        });
-                        let reply = rep.lock().expect("lock").clone();
+                        };
+                        let replier = Arc::clone(&rep.lock().expect("lock"));
+                        let reply = replier(&recorded);
+                        rec.lock().expect("lock").push(recorded);
                         tokio::time::sleep(reply.delay).await;
                         let mut r = Response::new(Full::new(reply.body.clone()));
                         *r.status_mut() = StatusCode::from_u16(reply.status).expect("status");
@@ -255,6 +269,15 @@ pub fn one_source(
     )
 }
 
+/// A config with one protocol source at `/hooks/p` with `secret`, `source` lines in its
+/// `[[source]]` table and `server` lines in `[server]`: what most tests serve.
+pub fn protocol_source(upstream: &str, secret: &str, source: &str, server: &str) -> String {
+    with_server(
+        &one_source(upstream, "protocol", "/hooks/p", &[secret], source),
+        server,
+    )
+}
+
 /// `config` with `lines` (TOML, one key per line) added to its `[server]` table.
 pub fn with_server(config: &str, lines: &str) -> String {
     config.replace("[server]\n", &format!("[server]\n{lines}\n"))
@@ -364,6 +387,12 @@ pub fn hmac_hex(key: &str, body: &[u8]) -> String {
 /// POSTs `body` to `path` over a new HTTP/1.1 connection, signed the protocol way with
 /// `key`; the answer's status.
 pub async fn post_signed_status(addr: SocketAddr, path: &str, key: &str, body: String) -> u16 {
+    signed_delivery(addr, path, key, body).await.status
+}
+
+/// `body` POSTed to `path` with its protocol signature by `key`, on a new HTTP/1.1
+/// connection: the answer.
+pub async fn signed_delivery(addr: SocketAddr, path: &str, key: &str, body: String) -> Answer {
     let sig = hmac_hex(key, body.as_bytes());
     send(
         addr,
@@ -373,7 +402,6 @@ pub async fn post_signed_status(addr: SocketAddr, path: &str, key: &str, body: S
         Bytes::from(body),
     )
     .await
-    .status
 }
 
 /// A raw HTTP/1.1 POST of `body` to `path`, with its protocol signature made with `secret`.
@@ -584,4 +612,53 @@ pub async fn spawn_gateway_with_metrics(
         .await
         .keeping(dir);
     (gw, metrics)
+}
+
+/// (metric name, sorted labels) → value.
+pub type Samples = HashMap<(String, Vec<(String, String)>), f64>;
+
+/// The scrape, parsed.
+pub fn scrape(text: &str) -> Samples {
+    let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("valid exposition");
+    let mut out = HashMap::new();
+    for s in parsed.samples {
+        let mut labels: Vec<(String, String)> = s
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.sort();
+        match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => {
+                out.insert((s.metric, labels), v);
+            }
+            prometheus_parse::Value::Histogram(buckets) => {
+                for b in buckets {
+                    let mut l = labels.clone();
+                    l.push(("le".into(), b.less_than.to_string()));
+                    l.sort();
+                    out.insert((format!("{}_bucket", s.metric), l), b.count);
+                }
+            }
+            prometheus_parse::Value::Summary(_) => {}
+        }
+    }
+    out
+}
+
+/// A sample's key in [`Samples`]: its name and its labels, sorted.
+pub fn sample(name: &str, labels: &[(&str, &str)]) -> (String, Vec<(String, String)>) {
+    let mut l: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    l.sort();
+    (name.to_string(), l)
+}
+
+pub fn get(m: &Samples, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    m.get(&sample(name, labels)).copied()
 }
