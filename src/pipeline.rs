@@ -258,6 +258,8 @@ struct Outcome<'g> {
     /// A refused request's body that will not be read: the connection closes after the
     /// answer (`body::discard`).
     body_unread: bool,
+    /// Answered as a duplicate (dedupe), not forwarded: the log line says so.
+    duplicate: bool,
 }
 
 impl Outcome<'_> {
@@ -331,6 +333,7 @@ pub async fn handle(
             (r, None)
         }
         Ok(Delivered::Duplicate) => {
+            outcome.duplicate = true;
             let mut r = Response::new(Full::new(Bytes::from_static(b"{}")));
             r.headers_mut().insert(header::CONTENT_TYPE, JSON.clone());
             r.headers_mut().insert(
@@ -390,8 +393,13 @@ fn log_request(
     started: Instant,
     (method, path): &(Method, String),
 ) {
-    let reason = refusal.map(|r| r.reason());
-    let detail = refusal.map(|r| r.to_string());
+    // A duplicate is answered 200 like a forwarded delivery; its reason tells the operator
+    // looking for an event the app never saw that hookgate held it back on purpose.
+    let (reason, detail) = match refusal {
+        Some(r) => (r.reason(), Cow::Owned(r.to_string())),
+        None if outcome.duplicate => ("duplicate", Cow::Borrowed(DUPLICATE_DETAIL)),
+        None => ("", Cow::Borrowed("")),
+    };
     tracing::info!(
         target: "hookgate::request",
         source = outcome.source().map_or("", |s| s.name.as_str()),
@@ -406,11 +414,14 @@ fn log_request(
         client = %outcome.client.unwrap_or_else(|| conn.peer.ip()),
         method = %clipped(method.as_str()),
         path = clipped(path).as_ref(),
-        reason = reason.unwrap_or(""),
-        detail = detail.as_deref().unwrap_or(""),
+        reason,
+        detail = detail.as_ref(),
         "request"
     );
 }
+
+const DUPLICATE_DETAIL: &str =
+    "this event id was forwarded within the source's dedupe_window_s; not forwarded again";
 
 /// At most this much of what a sender chose before any proof (the method, the path, its
 /// request id) goes into a log line: a request head may be 64 KiB, and a line that size per
@@ -418,7 +429,7 @@ fn log_request(
 const LOGGED_MAX: usize = 256;
 
 /// `text`, or its first `LOGGED_MAX` bytes (to a character's end) and how long it was.
-fn clipped(text: &str) -> std::borrow::Cow<'_, str> {
+fn clipped(text: &str) -> Cow<'_, str> {
     if text.len() <= LOGGED_MAX {
         return text.into();
     }

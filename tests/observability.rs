@@ -184,6 +184,9 @@ async fn json_log_lines_carry_the_fields_and_no_secret() {
     let addr = p.addr;
     assert_eq!(deliver(addr, "/p", "ok-1", SECRET).await, 200);
     assert_eq!(deliver(addr, "/p", "bad", "wrong").await, 401);
+    // The sender's retry: answered 200 too, but not forwarded, and the log says why.
+    assert_eq!(deliver(addr, "/p", "ok-1", SECRET).await, 200);
+    assert_eq!(upstream.requests().len(), 1);
     let a = send(
         addr,
         "POST",
@@ -224,7 +227,7 @@ async fn json_log_lines_carry_the_fields_and_no_secret() {
         .iter()
         .filter(|l| l["target"] == "hookgate::request")
         .collect();
-    assert_eq!(requests.len(), 5, "{text}");
+    assert_eq!(requests.len(), 6, "{text}");
     let odd_method = requests
         .iter()
         .find(|l| l["status"] == 405)
@@ -246,14 +249,20 @@ async fn json_log_lines_carry_the_fields_and_no_secret() {
         format!("{}…(5000 bytes)", "r".repeat(256))
     );
     assert!(unrouted.to_string().len() < 1200, "{unrouted}");
-    let ok = requests
+    let delivered: Vec<_> = requests
         .iter()
-        .find(|l| l["event_id"] == "ok-1")
-        .expect("the 200 line");
+        .filter(|l| l["event_id"] == "ok-1")
+        .collect();
+    let [ok, duplicate] = delivered[..] else {
+        panic!("two lines of ok-1 expected:\n{text}");
+    };
     for field in REQUEST_LINE_FIELDS {
         assert!(ok.get(field).is_some(), "{field} missing in {ok}");
     }
     assert_eq!(ok["status"], 200);
+    assert_eq!(ok["reason"], "");
+    assert_eq!(duplicate["status"], 200);
+    assert_eq!(duplicate["reason"], "duplicate");
     assert_eq!(ok["source"], "p");
     assert_eq!(ok["event_type"], "message.created");
     let refused = requests
