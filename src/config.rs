@@ -211,6 +211,9 @@ fn is_own_listener(target: &Target, listen: SocketAddr) -> bool {
 /// past ~292 billion years, which a `u64` of seconds reaches).
 const MAX_DURATION_S: u64 = 365 * 24 * 3600;
 
+/// The most ids one source's dedupe may remember: about 100 bytes each, so ~1 GiB.
+const MAX_DEDUPE_CAPACITY: u64 = 10_000_000;
+
 /// Not in SPEC §3 (README: "An app that restarts"): long enough for an app that
 /// restarts in place to take connections again.
 fn default_connect_retry_ms() -> u64 {
@@ -272,6 +275,7 @@ struct FileSource {
     include_raw: bool,
     rate_limit: Option<FileRate>,
     dedupe_window_s: Option<u64>,
+    dedupe_capacity: Option<u64>,
     upstream: Option<String>,
     timeout_ms: Option<u64>,
     allow_cidrs: Option<Vec<String>>,
@@ -397,6 +401,8 @@ pub struct Source {
     pub include_raw: bool,
     pub rate_limit: Option<RateLimit>,
     pub dedupe_window: Duration,
+    /// How many ids dedupe remembers at most (the oldest are forgotten first past it).
+    pub dedupe_capacity: usize,
     pub upstream: Target,
     pub timeout: Duration,
     pub allow_cidrs: Option<Vec<IpNet>>,
@@ -608,6 +614,19 @@ impl Builder {
             return Err(self.err(field, format!("must be at most {MAX_DURATION_S} (a year)")));
         }
         Ok(Duration::from_secs(v))
+    }
+
+    /// `dedupe_capacity`: at least one id, and at most what fits in about a GiB.
+    fn dedupe_capacity(&self, field: &str, v: u64) -> Result<usize, ConfigError> {
+        if !(1..=MAX_DEDUPE_CAPACITY).contains(&v) {
+            return Err(self.err(
+                field,
+                format!(
+                    "must be between 1 and {MAX_DEDUPE_CAPACITY} (about 100 bytes of memory per id)"
+                ),
+            ));
+        }
+        usize::try_from(v).map_err(|_| self.err(field, "too large for this machine"))
     }
 
     /// A timeout in milliseconds: above 0 and at most `MAX_DURATION_S` seconds.
@@ -838,6 +857,11 @@ impl Builder {
                         .unwrap_or(src.platform.default_dedupe_window_s()),
                     true,
                 )?,
+                dedupe_capacity: self.dedupe_capacity(
+                    &at("dedupe_capacity"),
+                    src.dedupe_capacity
+                        .unwrap_or(crate::dedupe::CAPACITY as u64),
+                )?,
                 upstream,
                 timeout: Duration::from_millis(timeout_ms),
                 allow_cidrs: src
@@ -1002,8 +1026,26 @@ secrets = ["literal-secret"]
         assert!(s.include_raw);
         assert_eq!(s.timeout, Duration::from_millis(10_000));
         assert_eq!(s.dedupe_window, Duration::from_secs(300));
+        assert_eq!(s.dedupe_capacity, 100_000);
         assert!(s.rate_limit.is_none());
         assert!(c.admin.is_none());
+    }
+
+    #[test]
+    fn dedupe_capacity_is_between_one_id_and_ten_million() {
+        let source = |line: &str| MINIMAL.replace("[[source]]\n", &format!("[[source]]\n{line}\n"));
+        for bad in [0, 10_000_001, u64::MAX] {
+            let e = err(&source(&format!("dedupe_capacity = {bad}")));
+            assert!(
+                e.contains("source[0].dedupe_capacity") && e.contains("between 1 and 10000000"),
+                "{bad}: {e}"
+            );
+        }
+        for good in [1, 10_000_000] {
+            let c = parse(&source(&format!("dedupe_capacity = {good}"))).expect("valid");
+            assert_eq!(c.sources[0].dedupe_capacity as u64, good);
+        }
+        assert!(err(&source("dedupe_capacity = -1")).contains("dedupe_capacity"));
     }
 
     #[test]

@@ -6,13 +6,15 @@
 //! once are both forwarded: neither is remembered until its answer comes back, and holding
 //! one back could lose it if the other failed (at least once, never lost).
 //! Memory is bounded: entries expire in insertion order (one window per source), and past
-//! the capacity the oldest are forgotten first.
+//! the capacity (`dedupe_capacity`) the oldest are forgotten first. An id forgotten so,
+//! before its window ended, is counted and warned about: a retry of it would be forwarded
+//! again, and the operator can raise the capacity or shorten the window.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use governor::clock::Clock;
@@ -20,8 +22,11 @@ use governor::nanos::Nanos;
 
 use crate::limit::LimitClock;
 
-/// How many ids one source remembers at most.
+/// How many ids one source remembers at most, unless its `dedupe_capacity` says otherwise.
 pub const CAPACITY: usize = 100_000;
+
+/// How often a full table is warned about at most (each forgotten id is counted).
+const FULL_WARN_EVERY_NS: u64 = 60_000_000_000;
 
 /// An event id as dedupe remembers it, not the id itself: 128 bits of keyed SipHash (std's
 /// `RandomState`, whose keys come from the OS's random source; two 64-bit hashes of the id,
@@ -65,7 +70,8 @@ pub struct Dedupe {
     /// the expiry they were given).
     window_ns: AtomicU64,
     clock: LimitClock,
-    capacity: usize,
+    /// A reload may change it too; a smaller one takes effect at the next id remembered.
+    capacity: AtomicUsize,
     /// The SipHash keys of [`IdKey`], for the life of this state (kept across reloads with
     /// it).
     hash: RandomState,
@@ -78,28 +84,39 @@ struct Seen {
     expires: HashMap<IdKey, u64, BuildHasherDefault<IdKeyHasher>>,
     /// (expiry, id) in insertion order, which is expiry order while the window stays.
     order: VecDeque<(u64, IdKey)>,
+    /// When a full table was last warned about.
+    warned_at: Option<u64>,
 }
 
 impl Seen {
     /// Forgets the oldest id (if `order`'s entry is still the map's: an id remembered
-    /// again after its expiry has a later entry too).
-    fn forget_oldest(&mut self) -> bool {
-        let Some((at, key)) = self.order.pop_front() else {
-            return false;
-        };
+    /// again after its expiry has a later entry too). `None` when there is none, else
+    /// whether it forgot an id whose window had not ended by `now`.
+    fn forget_oldest(&mut self, now: u64) -> Option<bool> {
+        let (at, key) = self.order.pop_front()?;
         if let Entry::Occupied(e) = self.expires.entry(key)
             && *e.get() == at
         {
             e.remove();
+            return Some(at > now);
         }
-        true
+        Some(false)
     }
 
     fn expire(&mut self, now: u64) {
         while self.order.front().is_some_and(|(at, _)| *at <= now) {
-            self.forget_oldest();
+            self.forget_oldest(now);
         }
     }
+}
+
+/// What remembering an id did to the ids remembered before it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Remembered {
+    /// Ids forgotten before their window ended, the table being over its capacity.
+    pub forgotten_early: u64,
+    /// Whether to warn of that now (at most once a minute per source).
+    pub warn: bool,
 }
 
 impl Dedupe {
@@ -111,7 +128,7 @@ impl Dedupe {
         Dedupe {
             window_ns: AtomicU64::new(window.as_nanos() as u64),
             clock,
-            capacity,
+            capacity: AtomicUsize::new(capacity),
             hash: RandomState::new(),
             inner: Mutex::new(Seen::default()),
         }
@@ -125,6 +142,15 @@ impl Dedupe {
     pub fn set_window(&self, window: Duration) {
         self.window_ns
             .store(window.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// A reload's new `dedupe_capacity` for the same source.
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity, Ordering::Relaxed);
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity.load(Ordering::Relaxed)
     }
 
     /// The key an id is remembered by (taken once per delivery, for `seen` and `remember`).
@@ -154,19 +180,33 @@ impl Dedupe {
     }
 
     /// Remembers an id after a 2xx answer (a remembered id keeps its first expiry).
-    pub fn remember(&self, key: IdKey) {
+    pub fn remember(&self, key: IdKey) -> Remembered {
         let now = self.now();
         let at = now.saturating_add(self.window_ns.load(Ordering::Relaxed));
+        let capacity = self.capacity();
         let mut s = self.lock();
         s.expire(now);
         // New, or remembered before but past its expiry (see `seen`): remembered from now.
         let expiry = s.expires.entry(key).or_insert(0);
         if *expiry > now {
-            return;
+            return Remembered::default();
         }
         *expiry = at;
         s.order.push_back((at, key));
-        while s.expires.len() > self.capacity && s.forget_oldest() {}
+        let mut remembered = Remembered::default();
+        while s.expires.len() > capacity
+            && let Some(early) = s.forget_oldest(now)
+        {
+            remembered.forgotten_early += u64::from(early);
+        }
+        if remembered.forgotten_early > 0
+            && s.warned_at
+                .is_none_or(|w| now.saturating_sub(w) >= FULL_WARN_EVERY_NS)
+        {
+            s.warned_at = Some(now);
+            remembered.warn = true;
+        }
+        remembered
     }
 
     /// Drops expired ids (also done on every call; this frees memory in quiet times).
@@ -209,14 +249,53 @@ mod tests {
     fn capacity_forgets_the_oldest_first() {
         let clock = LimitClock::fake();
         let d = Dedupe::with_capacity(Duration::from_secs(60), clock, 1000);
+        let mut forgotten = 0;
+        let mut warnings = 0;
         for i in 0..100_000 {
-            d.remember(d.key(i.to_string().as_bytes()));
+            let r = d.remember(d.key(i.to_string().as_bytes()));
+            forgotten += r.forgotten_early;
+            warnings += u32::from(r.warn);
         }
         assert_eq!(d.len(), 1000);
         assert!(!d.seen(d.key(b"0")));
         assert!(!d.seen(d.key(b"98999")));
         assert!(d.seen(d.key(b"99000")));
         assert!(d.seen(d.key(b"99999")));
+        // Every id past the first thousand pushed one out within its window; the clock
+        // stood still, so that was warned about once.
+        assert_eq!((forgotten, warnings), (99_000, 1));
+    }
+
+    #[test]
+    fn ids_forgotten_early_are_counted_and_warned_about_once_a_minute() {
+        let clock = LimitClock::fake();
+        let d = Dedupe::with_capacity(Duration::from_secs(300), clock.clone(), 2);
+        let (a, b, c) = (d.key(b"a"), d.key(b"b"), d.key(b"c"));
+        assert_eq!(d.remember(a), Remembered::default());
+        assert_eq!(d.remember(b), Remembered::default());
+        let full = Remembered {
+            forgotten_early: 1,
+            warn: true,
+        };
+        let counted = Remembered {
+            forgotten_early: 1,
+            warn: false,
+        };
+        assert_eq!(d.remember(c), full);
+        assert!(!d.seen(a) && d.seen(b) && d.seen(c));
+        clock.advance(Duration::from_secs(59));
+        assert_eq!(d.remember(a), counted, "b out, within the minute");
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(d.remember(b), full, "c out, a minute on");
+        // Ids whose window has ended are let go as always, and not counted.
+        clock.advance(Duration::from_secs(300));
+        assert_eq!(d.remember(c), Remembered::default());
+        assert_eq!(d.len(), 1);
+        // A reload's smaller capacity takes effect at the next id.
+        d.set_capacity(1);
+        assert_eq!(d.remember(a), full, "c out");
+        assert!(d.seen(a) && !d.seen(c));
+        assert_eq!(d.len(), 1);
     }
 
     #[test]

@@ -280,6 +280,7 @@ pub struct Metrics {
     upstream_duration: Family<SourceLabel, AtomicHistogram>,
     upstream_errors: Family<SourceKind, Counter>,
     duplicates: Family<SourceLabel, Counter>,
+    dedupe_forgotten_early: Family<SourceLabel, Counter>,
     pub in_flight: ShardedGauge,
     /// Request bodies that waited for the memory budget (`server.max_buffered_bytes`).
     pub body_budget_waits: Counter,
@@ -343,6 +344,7 @@ impl Metrics {
         let config_last_reload_success_timestamp = Gauge::<f64, AtomicU64>::default();
         config_last_reload_success_timestamp.set(unix_seconds());
         let duplicates = Family::<SourceLabel, Counter>::default();
+        let dedupe_forgotten_early = Family::<SourceLabel, Counter>::default();
         let build_info = Family::<Version, Gauge>::default();
         build_info
             .get_or_create(&Version {
@@ -405,6 +407,11 @@ impl Metrics {
             duplicates.clone(),
         );
         registry.register(
+            "dedupe_forgotten_early",
+            "Event ids dedupe forgot before dedupe_window_s ended, its table being full (dedupe_capacity)",
+            dedupe_forgotten_early.clone(),
+        );
+        registry.register(
             "open_connections",
             "Connections open on the main listener",
             open_connections.clone(),
@@ -464,6 +471,7 @@ impl Metrics {
             config_last_reload_success_timestamp,
             tls_not_after,
             duplicates,
+            dedupe_forgotten_early,
             unmatched: SourceMetrics::placeholder(),
         };
         m.unmatched = m.source("");
@@ -527,6 +535,7 @@ impl Metrics {
             }),
             upstream_duration: self.upstream_duration.get_or_create_owned(&label),
             duplicates: self.duplicates.get_or_create_owned(&label),
+            dedupe_forgotten_early: self.dedupe_forgotten_early.get_or_create_owned(&label),
             upstream_errors: UPSTREAM_ERROR_KINDS.map(|kind| {
                 self.upstream_errors.get_or_create_owned(&SourceKind {
                     source: name.to_string(),
@@ -556,6 +565,7 @@ pub struct SourceMetrics {
     pub rate_limited_source: Counter,
     pub upstream_duration: AtomicHistogram,
     pub duplicates: Counter,
+    pub dedupe_forgotten_early: Counter,
     upstream_errors: [Counter; UPSTREAM_ERROR_KINDS.len()],
 }
 
@@ -571,6 +581,7 @@ impl SourceMetrics {
             rate_limited_source: Counter::default(),
             upstream_duration: AtomicHistogram::default(),
             duplicates: Counter::default(),
+            dedupe_forgotten_early: Counter::default(),
             upstream_errors: Default::default(),
         }
     }

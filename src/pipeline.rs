@@ -146,9 +146,14 @@ impl Gateway {
                     match old.and_then(|o| o.dedupe.clone()) {
                         Some(d) => {
                             d.set_window(s.dedupe_window);
+                            d.set_capacity(s.dedupe_capacity);
                             d
                         }
-                        None => Arc::new(Dedupe::new(s.dedupe_window, clock.clone())),
+                        None => Arc::new(Dedupe::with_capacity(
+                            s.dedupe_window,
+                            clock.clone(),
+                            s.dedupe_capacity,
+                        )),
                     }
                 });
                 let route = Route {
@@ -381,6 +386,31 @@ pub async fn handle(
         );
     }
     response
+}
+
+/// Remembers a forwarded id; ids that a full table forgot before their window ended are
+/// counted, and warned about at most once a minute, since a retry of one would be forwarded
+/// again.
+fn remember(route: &Route, dedupe: &Dedupe, key: crate::dedupe::IdKey) {
+    let remembered = dedupe.remember(key);
+    if remembered.forgotten_early == 0 {
+        return;
+    }
+    route
+        .metrics
+        .dedupe_forgotten_early
+        .inc_by(remembered.forgotten_early);
+    if remembered.warn {
+        tracing::warn!(
+            source = route.source.name.as_str(),
+            dedupe_capacity = dedupe.capacity(),
+            dedupe_window_s = dedupe.window().as_secs(),
+            "dedupe forgets ids before their window ends: more ids are forwarded within \
+             dedupe_window_s than dedupe_capacity holds, so a retry of a forgotten one is \
+             forwarded again; raise dedupe_capacity or shorten dedupe_window_s (logged once a \
+             minute; hookgate_dedupe_forgotten_early_total counts them all)"
+        );
+    }
 }
 
 /// The one log line per request.
@@ -668,7 +698,7 @@ async fn deliver<'g>(
     if answer.status.is_success()
         && let Some((d, key)) = dedupe
     {
-        d.remember(key);
+        remember(route, d, key);
     }
     let retry_after = answer.retry_after.clone();
     let mut translated = reply::translate(

@@ -193,6 +193,35 @@ async fn dedupe_answers_duplicates_and_lets_retries_after_failures_through() {
 }
 
 #[tokio::test]
+async fn a_full_dedupe_table_forgets_the_oldest_ids_and_counts_them() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let config = protocol_source(&upstream.url("/"), SECRET, "dedupe_capacity = 2", "");
+    let (gw, metrics) = spawn_gateway_with_metrics(&config, "dedupe-full", None).await;
+    for id in ["a", "b", "c"] {
+        assert_eq!(deliver(&gw, id, &[]).await.status, 200);
+    }
+    // "a" went out of the two-id table when "c" came: its retry is forwarded again, and
+    // pushes "b" out in turn; "a" and "c" are held.
+    let again = deliver(&gw, "a", &[]).await;
+    assert_eq!(
+        (again.status, again.header("x-hookgate-duplicate")),
+        (200, None)
+    );
+    for id in ["c", "a"] {
+        let a = deliver(&gw, id, &[]).await;
+        assert_eq!(a.header("x-hookgate-duplicate"), Some("true"), "{id}");
+    }
+    assert_eq!(upstream.event_ids(), ["a", "b", "c", "a"]);
+    let m = scrape(&metrics.encode());
+    let source = [("source", "protocol")];
+    assert_eq!(
+        get(&m, "hookgate_dedupe_forgotten_early_total", &source),
+        Some(2.0)
+    );
+    assert_eq!(get(&m, "hookgate_duplicates_total", &source), Some(2.0));
+}
+
+#[tokio::test]
 async fn dedupe_off_by_default_for_senders_that_read_the_answer() {
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
     let gw = spawn_gateway(&one_source(&upstream.url("/"), "funtek", "/f", &["t"], "")).await;

@@ -288,6 +288,44 @@ async fn json_log_lines_carry_the_fields_and_no_secret() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_dedupe_table_is_warned_about_once_a_minute() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let dir = temp_dir("dedupe-full-log");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nlog_format = \"json\"\n[upstream]\nurl = {:?}\n\n\
+         [[source]]\nname = \"p\"\nplatform = \"protocol\"\npath = \"/p\"\nsecrets = [{SECRET:?}]\n\
+         dedupe_capacity = 1\n",
+        upstream.url("/")
+    );
+    let mut p = spawn_process(&dir, &config, &[]);
+    for id in ["1", "2", "3"] {
+        assert_eq!(deliver(p.addr, "/p", id, SECRET).await, 200);
+    }
+    assert_eq!(upstream.requests().len(), 3);
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    let text = p.log();
+    let warnings: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["level"] == "WARN" && l["target"] == "hookgate::pipeline")
+        .collect();
+    // "1" and "2" were forgotten within their window; the second is only counted.
+    let [warning] = &warnings[..] else {
+        panic!("one warning expected:\n{text}");
+    };
+    assert_eq!(warning["source"], "p", "{warning}");
+    assert_eq!(warning["dedupe_capacity"], 1, "{warning}");
+    assert_eq!(warning["dedupe_window_s"], 300, "{warning}");
+    assert!(
+        warning["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("raise dedupe_capacity")),
+        "{warning}"
+    );
+}
+
 /// A text log line's fields, read as logfmt: `key=value` or `key="quoted \"value\""`.
 fn logfmt_fields(fields: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
