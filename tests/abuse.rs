@@ -676,6 +676,19 @@ async fn a_reload_keeps_dedupe_and_unchanged_rate_limit_state() {
     assert_eq!(deliver(&gw, "r3", &[]).await.status, 200);
     assert_eq!(deliver(&gw, "r4", &[]).await.status, 200);
     assert_eq!(upstream.requests().len(), 3);
+    // A smaller dedupe_capacity applies to the ids kept: the next one pushes the rest out.
+    std::fs::write(
+        dir.join("hookgate.toml"),
+        config("dedupe_window_s = 600\ndedupe_capacity = 1"),
+    )
+    .expect("write");
+    gw.server.reload().expect("reload");
+    let a = deliver(&gw, "r4", &[]).await;
+    assert_eq!(a.header("x-hookgate-duplicate"), Some("true"), "still kept");
+    assert_eq!(deliver(&gw, "r5", &[]).await.status, 200);
+    let a = deliver(&gw, "r4", &[]).await;
+    assert_eq!((a.status, a.header("x-hookgate-duplicate")), (200, None));
+    assert_eq!(upstream.event_ids(), ["r1", "r3", "r4", "r5", "r4"]);
 }
 
 /// SPEC §3 `max_connections`: past it a new connection waits, unserved, while the served
