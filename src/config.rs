@@ -942,6 +942,26 @@ impl Config {
                     nets,
                 );
             }
+            // What the source's own rate limit lets through in one window is what dedupe
+            // may have to hold; without a rate limit only the running count can tell.
+            if let Some(rate) = s.rate_limit
+                && !s.dedupe_window.is_zero()
+            {
+                let most = u64::from(rate.per_second)
+                    .saturating_mul(s.dedupe_window.as_secs())
+                    .saturating_add(u64::from(rate.burst));
+                if most > s.dedupe_capacity as u64 {
+                    warnings.push(format!(
+                        "warning: source {:?}: its rate_limit lets up to {most} ids through in \
+                         dedupe_window_s = {}, more than dedupe_capacity = {}: past that, ids are \
+                         forgotten early and a late retry is forwarded again (raise dedupe_capacity or shorten \
+                         dedupe_window_s)",
+                        s.name,
+                        s.dedupe_window.as_secs(),
+                        s.dedupe_capacity
+                    ));
+                }
+            }
         }
         warnings.extend(self.secret_warnings.iter().cloned());
         // Legitimate behind a front proxy or balancer that is the only way in, but the
@@ -1029,6 +1049,38 @@ secrets = ["literal-secret"]
         assert_eq!(s.dedupe_capacity, 100_000);
         assert!(s.rate_limit.is_none());
         assert!(c.admin.is_none());
+    }
+
+    #[test]
+    fn a_rate_limit_past_the_dedupe_capacity_is_warned_about() {
+        let source =
+            |lines: &str| MINIMAL.replace("[[source]]\n", &format!("[[source]]\n{lines}\n"));
+        let dedupe_warnings = |lines: &str| -> Vec<String> {
+            let c = parse(&source(lines)).expect("valid");
+            c.warnings()
+                .into_iter()
+                .filter(|w| w.contains("dedupe_capacity"))
+                .collect()
+        };
+        // 1,000/s over the default 300 s and its burst: 301,000 ids (the burst is per_second) against 100,000.
+        let w = dedupe_warnings("rate_limit = { per_second = 1000 }");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("source \"p\"") && w[0].contains("301000"),
+            "{w:?}"
+        );
+        for fits in [
+            "rate_limit = { per_second = 333, burst = 100 }",
+            "rate_limit = { per_second = 1000 }\ndedupe_capacity = 301000",
+            "rate_limit = { per_second = 1000 }\ndedupe_window_s = 0",
+            "dedupe_capacity = 1",
+        ] {
+            assert_eq!(dedupe_warnings(fits), Vec::<String>::new(), "{fits}");
+        }
+        assert_eq!(
+            dedupe_warnings("rate_limit = { per_second = 1000 }\ndedupe_capacity = 300999").len(),
+            1
+        );
     }
 
     #[test]
