@@ -954,8 +954,8 @@ impl Config {
                     warnings.push(format!(
                         "warning: source {:?}: its rate_limit lets up to {most} ids through in \
                          dedupe_window_s = {}, more than dedupe_capacity = {}: past that, ids are \
-                         forgotten early and a late retry is forwarded again (raise dedupe_capacity or shorten \
-                         dedupe_window_s)",
+                         forgotten early and a late retry is forwarded again (raise \
+                         dedupe_capacity or shorten dedupe_window_s)",
                         s.name,
                         s.dedupe_window.as_secs(),
                         s.dedupe_capacity
@@ -1019,6 +1019,11 @@ path = "/hooks/p"
 secrets = ["literal-secret"]
 "#;
 
+    /// `MINIMAL` with `lines` (TOML, one key per line) added to its one source.
+    fn in_source(lines: &str) -> String {
+        format!("{MINIMAL}{lines}\n")
+    }
+
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str(text, Path::new("/etc/hookgate/test.toml"))
     }
@@ -1053,16 +1058,14 @@ secrets = ["literal-secret"]
 
     #[test]
     fn a_rate_limit_past_the_dedupe_capacity_is_warned_about() {
-        let source =
-            |lines: &str| MINIMAL.replace("[[source]]\n", &format!("[[source]]\n{lines}\n"));
         let dedupe_warnings = |lines: &str| -> Vec<String> {
-            let c = parse(&source(lines)).expect("valid");
+            let c = parse(&in_source(lines)).expect("valid");
             c.warnings()
                 .into_iter()
                 .filter(|w| w.contains("dedupe_capacity"))
                 .collect()
         };
-        // 1,000/s over the default 300 s and its burst: 301,000 ids (the burst is per_second) against 100,000.
+        // 1,000/s over the default 300 s, and a burst of as many: 301,000 against 100,000.
         let w = dedupe_warnings("rate_limit = { per_second = 1000 }");
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(
@@ -1085,19 +1088,18 @@ secrets = ["literal-secret"]
 
     #[test]
     fn dedupe_capacity_is_between_one_id_and_ten_million() {
-        let source = |line: &str| MINIMAL.replace("[[source]]\n", &format!("[[source]]\n{line}\n"));
         for bad in [0, 10_000_001, u64::MAX] {
-            let e = err(&source(&format!("dedupe_capacity = {bad}")));
+            let e = err(&in_source(&format!("dedupe_capacity = {bad}")));
             assert!(
                 e.contains("source[0].dedupe_capacity") && e.contains("between 1 and 10000000"),
                 "{bad}: {e}"
             );
         }
         for good in [1, 10_000_000] {
-            let c = parse(&source(&format!("dedupe_capacity = {good}"))).expect("valid");
+            let c = parse(&in_source(&format!("dedupe_capacity = {good}"))).expect("valid");
             assert_eq!(c.sources[0].dedupe_capacity as u64, good);
         }
-        assert!(err(&source("dedupe_capacity = -1")).contains("dedupe_capacity"));
+        assert!(err(&in_source("dedupe_capacity = -1")).contains("dedupe_capacity"));
     }
 
     #[test]
@@ -1272,7 +1274,6 @@ secrets = ["literal-secret"]
     #[test]
     fn durations_are_at_most_a_year() {
         let server = |line: &str| format!("[server]\n{line}\n{MINIMAL}");
-        let source = |line: &str| format!("{MINIMAL}{line}\n");
         let upstream =
             |line: &str| MINIMAL.replace("[upstream]\n", &format!("[upstream]\n{line}\n"));
         let year = 31_536_000u64;
@@ -1295,11 +1296,11 @@ secrets = ["literal-secret"]
             ),
             (
                 "source[0].dedupe_window_s",
-                source(&format!("dedupe_window_s = {}", u64::MAX)),
+                in_source(&format!("dedupe_window_s = {}", u64::MAX)),
             ),
             (
                 "source[0].timeout_ms",
-                source(&format!("timeout_ms = {}", u64::MAX)),
+                in_source(&format!("timeout_ms = {}", u64::MAX)),
             ),
             (
                 "upstream.timeout_ms",
@@ -1323,7 +1324,7 @@ secrets = ["literal-secret"]
         .expect("a year is allowed");
         assert_eq!(c.server.header_timeout, Duration::from_secs(year));
         assert_eq!(c.server.shutdown_delay, Duration::ZERO);
-        let c = parse(&source("dedupe_window_s = 0")).expect("dedupe off");
+        let c = parse(&in_source("dedupe_window_s = 0")).expect("dedupe off");
         assert_eq!(c.sources[0].dedupe_window, Duration::ZERO);
         assert_eq!(c.server.reload_poll, None, "off by default");
         let c = parse(&server("reload_poll_s = 0")).expect("off");

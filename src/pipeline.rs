@@ -22,7 +22,7 @@ use tokio::sync::oneshot::error::TryRecvError;
 use crate::admit;
 use crate::body;
 use crate::config::{self, Config, ForwardMode, Source};
-use crate::dedupe::Dedupe;
+use crate::dedupe::{Dedupe, IdKey};
 use crate::error::{Refusal, error_body};
 use crate::event::Event;
 use crate::json::{BodyChunks, Object, SharingOut};
@@ -391,7 +391,7 @@ pub async fn handle(
 /// Remembers a forwarded id; ids that a full table forgot before their window ended are
 /// counted, and warned about at most once a minute, since a retry of one would be forwarded
 /// again.
-fn remember(route: &Route, dedupe: &Dedupe, key: crate::dedupe::IdKey) {
+fn remember(route: &Route, dedupe: &Dedupe, key: IdKey) {
     let remembered = dedupe.remember(key);
     if remembered.forgotten_early == 0 {
         return;
