@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::config::{Config, LogFormat, Source};
+use crate::config::{Config, ForwardMode, LogFormat, Source};
 use crate::json::Object;
 use crate::platforms::Platform;
 use crate::reload::Reloader;
@@ -84,21 +84,47 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// One line per route, with the settings in effect: several default by platform (dedupe,
+/// a barertc source's timeout), so the config file alone does not show them.
 fn routes(config: &Config) -> Vec<String> {
     config
         .sources
         .iter()
         .map(|s| {
+            let verify = if s.verifier.is_none() {
+                "none"
+            } else {
+                "platform proof"
+            };
+            let forward = match (s.forward, s.include_raw) {
+                (ForwardMode::Raw, _) => "raw",
+                (ForwardMode::Event, true) => "event with raw",
+                (ForwardMode::Event, false) => "event without raw",
+            };
+            let dedupe = if s.dedupe_window.is_zero() {
+                "off".to_string()
+            } else {
+                format!(
+                    "{} s ({} ids)",
+                    s.dedupe_window.as_secs(),
+                    s.dedupe_capacity
+                )
+            };
+            let mut extra = String::new();
+            if let Some(r) = s.rate_limit {
+                extra += &format!(", rate_limit {}/s burst {}", r.per_second, r.burst);
+            }
+            if let Some(nets) = &s.allow_cidrs {
+                let nets: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
+                extra += &format!(", allow_cidrs [{}]", nets.join(", "));
+            }
             format!(
-                "POST {} -> source {:?} (platform {}, verify {}) -> {}",
+                "POST {} -> source {:?} (platform {}, verify {verify}, forward {forward}, \
+                 dedupe {dedupe}, timeout {} ms{extra}) -> {}",
                 s.path,
                 s.name,
                 s.platform.as_str(),
-                if s.verifier.is_none() {
-                    "none"
-                } else {
-                    "platform proof"
-                },
+                s.timeout.as_millis(),
                 s.upstream
             )
         })

@@ -83,6 +83,23 @@ fn the_shipped_example_config_checks() {
         4,
         "{out}"
     );
+    // The settings in effect, those that default by platform too.
+    let route = |path: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("POST {path} ")))
+            .unwrap_or_else(|| panic!("no route {path} in {out}"))
+    };
+    assert!(
+        route("/hooks/protocol").contains(
+            "(platform protocol, verify platform proof, forward event with raw, \
+             dedupe 300 s (100000 ids), timeout 10000 ms)"
+        ),
+        "{out}"
+    );
+    assert!(
+        route("/hooks/barertc").contains("dedupe off, timeout 8000 ms)"),
+        "{out}"
+    );
 }
 
 /// The load benchmark's two gateways: a config that stopped loading would only show as a
