@@ -21,6 +21,7 @@ use governor::nanos::Nanos;
 use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
+use prometheus_client::metrics::counter::Counter;
 
 use crate::config::RateLimit;
 
@@ -126,14 +127,24 @@ pub struct ClientLimiter {
 }
 
 impl ClientLimiter {
-    pub fn new(rate: RateLimit, clock: LimitClock) -> ClientLimiter {
-        ClientLimiter::with_capacity(rate, clock, CLIENT_TABLE_CAPACITY)
+    /// `evictions` counts addresses forgotten to make room for new ones.
+    pub fn new(rate: RateLimit, clock: LimitClock, evictions: Counter) -> ClientLimiter {
+        ClientLimiter::with_capacity(rate, clock, CLIENT_TABLE_CAPACITY, evictions)
     }
 
-    pub fn with_capacity(rate: RateLimit, clock: LimitClock, capacity: usize) -> ClientLimiter {
+    pub fn with_capacity(
+        rate: RateLimit,
+        clock: LimitClock,
+        capacity: usize,
+        evictions: Counter,
+    ) -> ClientLimiter {
         ClientLimiter {
             rate,
-            limiter: RateLimiter::new(quota(rate), LruStore::new(capacity), clock.clone()),
+            limiter: RateLimiter::new(
+                quota(rate),
+                LruStore::new(capacity, evictions),
+                clock.clone(),
+            ),
             clock,
         }
     }
@@ -161,20 +172,24 @@ impl ClientLimiter {
 }
 
 /// A keyed state store of fixed capacity: sharded LRU maps, so a flood of fresh keys
-/// evicts the least recently seen ones instead of growing memory.
+/// evicts the least recently seen ones instead of growing memory. Each eviction is
+/// counted: an address forgotten so starts with a full burst again, so a steady count
+/// means more addresses are sending than the table holds (a flood from many addresses).
 pub struct LruStore {
     shards: Vec<Mutex<lru::LruCache<IpAddr, u64>>>,
     hasher: std::collections::hash_map::RandomState,
+    evictions: Counter,
 }
 
 impl LruStore {
-    fn new(capacity: usize) -> LruStore {
+    fn new(capacity: usize, evictions: Counter) -> LruStore {
         let per_shard = NonZeroUsizeOrOne::of(capacity.div_ceil(SHARDS));
         LruStore {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(lru::LruCache::new(per_shard)))
                 .collect(),
             hasher: std::collections::hash_map::RandomState::new(),
+            evictions,
         }
     }
 
@@ -206,7 +221,14 @@ impl StateStore for LruStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let previous = shard.get(key).copied().map(Nanos::from);
         let (outcome, next) = f(previous)?;
-        shard.put(*key, next.as_u64());
+        // `push` hands back what it displaced: this key's old value, or another key's
+        // entry when the shard was full.
+        if shard
+            .push(*key, next.as_u64())
+            .is_some_and(|(displaced, _)| displaced != *key)
+        {
+            self.evictions.inc();
+        }
         Ok(outcome)
     }
 }
@@ -275,7 +297,7 @@ mod tests {
     #[test]
     fn client_limit_is_per_address_and_per_ipv6_64() {
         let clock = LimitClock::fake();
-        let l = ClientLimiter::new(rate(1, 1), clock.clone());
+        let l = ClientLimiter::new(rate(1, 1), clock.clone(), Counter::default());
         let a: IpAddr = "192.0.2.1".parse().expect("ip");
         let b: IpAddr = "192.0.2.2".parse().expect("ip");
         assert_eq!(l.check(a), Ok(()));
@@ -294,14 +316,24 @@ mod tests {
     #[test]
     fn the_client_table_is_bounded_and_forgets_the_least_recent() {
         let clock = LimitClock::fake();
-        let l = ClientLimiter::with_capacity(rate(1, 1), clock.clone(), 1_600);
+        let evictions = Counter::default();
+        let l = ClientLimiter::with_capacity(rate(1, 1), clock.clone(), 1_600, evictions.clone());
         let first: IpAddr = "10.255.255.255".parse().expect("ip");
         assert_eq!(l.check(first), Ok(()));
+        assert_eq!(
+            l.check(first),
+            Err(1),
+            "an address seen again is no eviction"
+        );
         for i in 0..100_000u32 {
             let ip = IpAddr::V4((0x0a00_0000 + i).into());
             let _ = l.check(ip);
         }
         assert!(l.len() <= 1_600, "table grew to {}", l.len());
+        // Every address past the table's room pushed one out (the shards fill unevenly, so
+        // a few more than 1,600 fit before the first eviction of all).
+        let held = l.len() as u64;
+        assert_eq!(evictions.get(), 100_001 - held);
         // The first address was evicted: it starts afresh.
         assert_eq!(l.check(first), Ok(()));
         // After a quiet spell every bucket is full again and housekeeping empties the table.

@@ -284,6 +284,8 @@ pub struct Metrics {
     pub in_flight: ShardedGauge,
     /// Request bodies that waited for the memory budget (`server.max_buffered_bytes`).
     pub body_budget_waits: Counter,
+    /// Client addresses the `client_rate_limit` table forgot to make room for new ones.
+    pub client_table_evictions: Counter,
     /// Deliveries that waited for an upstream exchange (`max_connections` in flight), and
     /// new upstream connections.
     pub upstream: crate::upstream::UpstreamCounters,
@@ -329,6 +331,7 @@ impl Metrics {
         let upstream_errors = Family::<SourceKind, Counter>::default();
         let in_flight = ShardedGauge::default();
         let body_budget_waits = Counter::default();
+        let client_table_evictions = Counter::default();
         let upstream = crate::upstream::UpstreamCounters::default();
         let open_connections = ShardedGauge::default();
         let max_connections = Gauge::default();
@@ -385,6 +388,11 @@ impl Metrics {
             "body_budget_waits",
             "Request bodies that waited for server.max_buffered_bytes",
             body_budget_waits.clone(),
+        );
+        registry.register(
+            "client_table_evictions",
+            "Client addresses the client_rate_limit table forgot to make room for new ones (it was full); a forgotten address starts with a full burst again",
+            client_table_evictions.clone(),
         );
         registry.register(
             "upstream_waits",
@@ -461,6 +469,7 @@ impl Metrics {
             upstream_errors,
             in_flight,
             body_budget_waits,
+            client_table_evictions,
             upstream,
             open_connections,
             max_connections,

@@ -183,7 +183,13 @@ impl Gateway {
             previous
                 .and_then(|p| p.client_limiter.clone())
                 .filter(|l| l.rate == rate)
-                .unwrap_or_else(|| Arc::new(ClientLimiter::new(rate, clock.clone())))
+                .unwrap_or_else(|| {
+                    Arc::new(ClientLimiter::new(
+                        rate,
+                        clock.clone(),
+                        context.metrics.client_table_evictions.clone(),
+                    ))
+                })
         });
         Ok(Gateway {
             config,

@@ -545,13 +545,13 @@ async fn http2_connection_without_streams_is_closed_after_the_head_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_100k_addresses_keeps_the_client_table_bounded() {
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
-    let gw = gateway(
-        &upstream,
+    let config = protocol_source(
+        &upstream.url("/"),
+        SECRET,
         "dedupe_window_s = 0",
         "client_rate_limit = { per_second = 1, burst = 1 }\ntrusted_proxies = [\"127.0.0.0/8\"]",
-        &LimitClock::fake(),
-    )
-    .await;
+    );
+    let (gw, metrics) = spawn_gateway_with_metrics(&config, "client-flood", None).await;
     // 100 000 distinct client addresses over 64 kept-alive connections.
     use hyper_util::rt::TokioIo;
     let mut tasks = Vec::new();
@@ -589,6 +589,15 @@ async fn a_flood_from_100k_addresses_keeps_the_client_table_bounded() {
     assert!(
         len > 60_000,
         "the table should be near its capacity, not empty: {len}"
+    );
+    // Every address the table had no room for pushed one out, and each was counted.
+    assert_eq!(
+        get(
+            &scrape(&metrics.encode()),
+            "hookgate_client_table_evictions_total",
+            &[]
+        ),
+        Some((100_000 - len) as f64)
     );
     eprintln!(
         "client table after 100 000 addresses: {len} entries (capacity {})",
