@@ -551,7 +551,15 @@ async fn a_flood_from_100k_addresses_keeps_the_client_table_bounded() {
         "dedupe_window_s = 0",
         "client_rate_limit = { per_second = 1, burst = 1 }\ntrusted_proxies = [\"127.0.0.0/8\"]",
     );
-    let (gw, metrics) = spawn_gateway_with_metrics(&config, "client-flood", None).await;
+    // The fake clock stands still, so housekeeping forgets no full bucket meanwhile: the
+    // table shrinks only by evictions.
+    let context = hookgate::pipeline::Context {
+        clock: LimitClock::fake(),
+        ..Default::default()
+    };
+    let metrics = std::sync::Arc::clone(&context.metrics);
+    let dir = temp_dir("client-flood");
+    let gw = spawn_gateway_in_context(&config, &dir, context).await;
     // 100 000 distinct client addresses over 64 kept-alive connections.
     use hyper_util::rt::TokioIo;
     let mut tasks = Vec::new();
