@@ -22,9 +22,10 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, Write};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, OnceLock};
 
+use prometheus_client::metrics::counter::Counter;
 use tracing_subscriber::fmt::MakeWriter;
 
 /// Most a batch holds: Linux's `PIPE_BUF`, the most one `write` to a pipe keeps whole
@@ -38,6 +39,10 @@ thread_local! {
 
 /// Lines the workers dropped (stderr full) since a warning last said so.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Every line dropped since the start, for `/metrics` (`hookgate_log_lines_dropped_total`):
+/// the warning may itself be dropped, and an alert should not depend on reading the log.
+pub static DROPPED_TOTAL: LazyLock<Counter> = LazyLock::new(Counter::default);
 
 thread_local! {
     /// Whether stderr took this thread's last batch whole: then a warning about dropped
@@ -91,6 +96,7 @@ impl Write for NonBlocking {
         let lost = rest.iter().filter(|&&b| b == b'\n').count() as u64;
         if lost > 0 {
             DROPPED.fetch_add(lost, Ordering::Relaxed);
+            DROPPED_TOTAL.inc_by(lost);
         }
         TAKEN.with(|t| t.set(rest.is_empty()));
         Ok(batch.len())

@@ -390,6 +390,11 @@ impl Metrics {
             body_budget_waits.clone(),
         );
         registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because stderr was not read fast enough (its reader stopped or fell behind)",
+            crate::logs::DROPPED_TOTAL.clone(),
+        );
+        registry.register(
             "client_table_evictions",
             "Client addresses the client_rate_limit table forgot to make room for new ones (it was full); a forgotten address starts with a full burst again",
             client_table_evictions.clone(),

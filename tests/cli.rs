@@ -417,11 +417,14 @@ async fn a_log_pipe_nobody_reads_does_not_stop_deliveries() {
     const SECRET: &str = "log-pipe-secret";
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
     let dir = temp_dir("cli-stalled-log");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port()
+    };
+    let (port, admin_port) = (free_port(), free_port());
     let text = one_source(
         &upstream.url("/"),
         "protocol",
@@ -429,7 +432,11 @@ async fn a_log_pipe_nobody_reads_does_not_stop_deliveries() {
         &[SECRET],
         "dedupe_window_s = 0",
     )
-    .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+    .replace(
+        "[upstream]",
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[upstream]"),
+    );
     let path = write_config(&dir, &text);
     /// Killed if the test fails, so that no hookgate is left blocked on its pipe.
     struct Running(std::process::Child);
@@ -473,6 +480,19 @@ async fn a_log_pipe_nobody_reads_does_not_stop_deliveries() {
         .unwrap_or_else(|_| panic!("delivery {i} got no answer: hookgate waits on its log"));
         assert_eq!(a.status, 200, "delivery {i}");
     }
+    // The metric says so without the log: the pipe holds some 250 of the 1,500 lines.
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+    let scraped = send(admin, "GET", "/metrics", &[], Bytes::new()).await;
+    let metric = get(
+        &scrape(std::str::from_utf8(&scraped.body).expect("utf-8")),
+        "hookgate_log_lines_dropped_total",
+        &[],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        metric >= 1000.0,
+        "hookgate_log_lines_dropped_total {metric}"
+    );
     // Now read stderr, and stop hookgate: its workers' last batches carry the warning.
     let mut stderr = child.stderr.take().expect("stderr");
     let reader = std::thread::spawn(move || {
