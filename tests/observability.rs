@@ -532,3 +532,51 @@ async fn connections_duplicates_and_reloads_are_counted() {
         "{before} {started}\n{text}"
     );
 }
+
+/// The README's metrics table is the operators' list: every family `/metrics` can expose has
+/// a row, and every row names a family that exists (a metric added or renamed without its
+/// row, or a row left behind, fails here).
+#[test]
+fn every_metric_has_a_row_in_the_readme_and_every_row_a_metric() {
+    let metrics = hookgate::metrics::Metrics::new();
+    // Families without samples are not written: give each one.
+    let source = metrics.source("s");
+    source.request(0, 200);
+    metrics.config_reloaded(true);
+    metrics.set_tls_not_after(
+        Some(std::path::Path::new("server.crt")),
+        Some(std::time::SystemTime::now()),
+    );
+    let exposed: std::collections::BTreeSet<String> = metrics
+        .encode()
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.strip_prefix("# TYPE ")?.split(' ');
+            let (name, kind) = (words.next()?, words.next()?);
+            // A counter's samples, and so its row, carry `_total`.
+            Some(match kind {
+                "counter" => format!("{name}_total"),
+                _ => name.to_string(),
+            })
+        })
+        .collect();
+    assert!(exposed.len() > 15, "{exposed:?}");
+    let readme = include_str!("../README.md");
+    let documented: std::collections::BTreeSet<String> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `hookgate_"))
+        .filter_map(|l| l.split('|').nth(1))
+        .flat_map(|cell| {
+            cell.split('`')
+                .filter(|w| w.starts_with("hookgate_"))
+                .map(|w| w.split('{').next().unwrap_or(w).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let undocumented: Vec<_> = exposed.difference(&documented).collect();
+    let stale: Vec<_> = documented.difference(&exposed).collect();
+    assert!(
+        undocumented.is_empty() && stale.is_empty(),
+        "without a README row: {undocumented:?}; README rows of no metric: {stale:?}"
+    );
+}
