@@ -1007,6 +1007,7 @@ fn host_bits(warnings: &mut Vec<String>, field: &str, nets: &[IpNet]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     const MINIMAL: &str = r#"
 [upstream]
@@ -1084,6 +1085,70 @@ secrets = ["literal-secret"]
             dedupe_warnings("rate_limit = { per_second = 1000 }\ndedupe_capacity = 300999").len(),
             1
         );
+    }
+
+    /// The README's config table is the operators' reference: each table's keys there are
+    /// the keys the parser takes (read off its "unknown field … expected one of" error), no
+    /// more and no fewer.
+    #[test]
+    fn every_config_key_has_a_row_in_the_readme_and_every_row_a_key() {
+        let accepted = |text: &str| -> BTreeSet<String> {
+            let e = err(text);
+            // "expected one of `a`, `b`" or, for a table of one key, "expected `a`".
+            let list = e
+                .split("unknown field `zz_unknown`, expected")
+                .nth(1)
+                .unwrap_or_else(|| panic!("no key list in: {e}"));
+            list.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_string)
+                .collect()
+        };
+        let unknown = "zz_unknown = 1";
+        let code = [
+            (
+                "[server]",
+                accepted(&format!("[server]\n{unknown}\n{MINIMAL}")),
+            ),
+            (
+                "[admin]",
+                accepted(&format!(
+                    "[admin]\nlisten = \"127.0.0.1:9\"\n{unknown}\n{MINIMAL}"
+                )),
+            ),
+            (
+                "[upstream]",
+                accepted(&MINIMAL.replace("[upstream]\n", &format!("[upstream]\n{unknown}\n"))),
+            ),
+            ("[[source]]", accepted(&in_source(unknown))),
+        ];
+        let readme = include_str!("../README.md");
+        let mut documented: Vec<(&str, BTreeSet<String>)> = Vec::new();
+        for line in readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| `[server] listen`"))
+            .take_while(|l| l.starts_with('|'))
+        {
+            let cell = line.split('|').nth(1).unwrap_or("").trim();
+            for (name, _) in &code {
+                if cell.starts_with(&format!("`{name} ")) {
+                    documented.push((name, BTreeSet::new()));
+                }
+            }
+            let keys = cell
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(|k| k.rsplit(' ').next().unwrap_or(k).to_string());
+            if let Some((_, set)) = documented.last_mut() {
+                set.extend(keys);
+            }
+        }
+        assert_eq!(documented.len(), 4, "the README's config table's sections");
+        for ((name, in_code), (doc_name, in_readme)) in code.iter().zip(&documented) {
+            assert_eq!((name, in_code), (doc_name, in_readme));
+        }
     }
 
     #[test]
