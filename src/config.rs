@@ -942,6 +942,24 @@ impl Config {
                     nets,
                 );
             }
+            // Legitimate for an app that answers nothing worth repeating, but a BareRTC
+            // profile request is the same body (so the same id) every time a card is opened.
+            if s.platform.sender_reads_answer() && !s.dedupe_window.is_zero() {
+                warnings.push(format!(
+                    "warning: source {:?}: dedupe_window_s = {} on {}, whose sender reads the \
+                     answer: a duplicate gets 200 {{}} instead of the app's reply ({})",
+                    s.name,
+                    s.dedupe_window.as_secs(),
+                    s.platform.as_str(),
+                    match s.platform {
+                        Platform::Barertc => {
+                            "a profile card opened twice within the window is the same body, \
+                             so the same id, and shows empty"
+                        }
+                        _ => "a bot gets no reply to a message delivered again",
+                    }
+                ));
+            }
             // What the source's own rate limit lets through in one window is what dedupe
             // may have to hold; without a rate limit only the running count can tell.
             if let Some(rate) = s.rate_limit
@@ -1148,6 +1166,42 @@ secrets = ["literal-secret"]
         assert_eq!(documented.len(), 4, "the README's config table's sections");
         for ((name, in_code), (doc_name, in_readme)) in code.iter().zip(&documented) {
             assert_eq!((name, in_code), (doc_name, in_readme));
+        }
+    }
+
+    #[test]
+    fn dedupe_on_a_platform_whose_sender_reads_the_answer_is_warned_about() {
+        let config = |platform: &str, lines: &str| {
+            in_source(lines).replace(
+                "platform = \"protocol\"",
+                &format!("platform = {platform:?}"),
+            )
+        };
+        let reads_answer = |platform: &str, lines: &str| -> Vec<String> {
+            parse(&config(platform, lines))
+                .expect("valid")
+                .warnings()
+                .into_iter()
+                .filter(|w| w.contains("reads the answer"))
+                .collect()
+        };
+        for (platform, what) in [("barertc", "profile card"), ("funtek", "bot")] {
+            let w = reads_answer(platform, "dedupe_window_s = 60");
+            assert_eq!(w.len(), 1, "{platform}: {w:?}");
+            assert!(
+                w[0].contains("source \"p\"") && w[0].contains(what),
+                "{w:?}"
+            );
+            assert!(
+                reads_answer(platform, "").is_empty(),
+                "{platform}: off by default"
+            );
+        }
+        for platform in ["protocol", "spika"] {
+            assert!(
+                reads_answer(platform, "dedupe_window_s = 60").is_empty(),
+                "{platform}"
+            );
         }
     }
 

@@ -61,12 +61,15 @@ impl Platform {
         }
     }
 
+    /// Whether the sender reads the answer's body (SPEC §1): a BareRTC profile card, a
+    /// FUNTEK bot reply. A duplicate's `200 {}` carries neither.
+    pub fn sender_reads_answer(self) -> bool {
+        matches!(self, Platform::Barertc | Platform::Funtek)
+    }
+
     /// Senders that read the answer retry nothing: dedupe is off by default for them.
     pub fn default_dedupe_window_s(self) -> u64 {
-        match self {
-            Platform::Protocol | Platform::Spika => 300,
-            Platform::Barertc | Platform::Funtek => 0,
-        }
+        if self.sender_reads_answer() { 0 } else { 300 }
     }
 
     /// The top-level key `raw` leaves out, where the body can hold the secret.
