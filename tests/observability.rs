@@ -39,10 +39,8 @@ async fn deliver(addr: SocketAddr, path: &str, id: &str, key: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_exactly_what_happened() {
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        format!("http://{}/", l.local_addr().expect("addr"))
-    };
+    let (refusing, _held) = refusing_address();
+    let dead = format!("http://{refusing}/");
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = {:?}\n\n\
          [[source]]\nname = \"p\"\nplatform = \"protocol\"\npath = \"/p\"\nsecrets = [{SECRET:?}]\n\

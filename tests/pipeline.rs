@@ -519,12 +519,6 @@ async fn keep_alive_serves_several_requests_on_one_connection() {
     assert_eq!(upstream.requests().len(), 3);
 }
 
-/// An address where nothing listens yet.
-fn free_address() -> std::net::SocketAddr {
-    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    free.local_addr().expect("addr")
-}
-
 /// An app that restarts refuses connections for a moment: the delivery waits for it
 /// (`connect_retry_ms`, default 3 s) instead of being lost to a 502 the sender may never
 /// retry (Spika does not).
@@ -532,14 +526,14 @@ fn free_address() -> std::net::SocketAddr {
 async fn a_refused_connection_is_tried_again_until_the_app_listens() {
     // By address, and by a name (looked up, its addresses tried in turn).
     for host in ["127.0.0.1", "localhost"] {
-        let addr = free_address();
+        let (addr, socket) = refusing_address();
         let url = format!("http://{host}:{}/app", addr.port());
         let config = one_source(&url, "protocol", "/hooks/p", &[SECRET], "");
         let (gw, metrics) = spawn_gateway_with_metrics(&config, "connect-retry", Some(1)).await;
         let t = Instant::now();
         let delivery = tokio::spawn(async move { deliver(&gw).await });
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+        let listener = socket.listen(1024).expect("listen");
         let upstream = spawn_upstream_on(listener, Reply::json(200, r#"{"ok":true}"#));
         let a = delivery.await.expect("delivery");
         assert_eq!(
@@ -562,7 +556,8 @@ async fn a_refused_connection_is_tried_again_until_the_app_listens() {
 /// that would end past `timeout_ms` is not waited for, so it stays a 502, not a 504.
 #[tokio::test]
 async fn a_refused_connection_is_502_once_the_retries_are_spent() {
-    let dead = format!("http://{}/", free_address());
+    let (refusing, _held) = refusing_address();
+    let dead = format!("http://{refusing}/");
     for (upstream_keys, at_least, under) in [
         ("timeout_ms = 5000\nconnect_retry_ms = 300", 150, 1000),
         // Retries left on would take 2.55 s.
@@ -590,8 +585,9 @@ async fn a_refused_connection_is_502_once_the_retries_are_spent() {
 
 #[tokio::test]
 async fn upstream_failures_are_502_and_504() {
-    // Connection refused: a port that was just free.
-    let dead = format!("http://{}/", free_address());
+    // Connection refused.
+    let (refusing, _held) = refusing_address();
+    let dead = format!("http://{refusing}/");
     let gw = spawn_gateway(&one_source(&dead, "protocol", "/hooks/p", &[SECRET], "")).await;
     let a = deliver(&gw).await;
     assert_eq!(

@@ -208,6 +208,20 @@ impl std::ops::Deref for TempDir {
     }
 }
 
+/// An address that refuses connections, and that no test running beside this one can take
+/// meanwhile: a socket bound to it that does not listen (the kernel resets a connect to
+/// it). A port merely closed again could be bound by another test's listener, and a
+/// delivery meant to be refused would reach that test's app. Keep the socket for as long
+/// as the address must refuse; `listen` on it turns it into the app's listener.
+pub fn refusing_address() -> (SocketAddr, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    (addr, socket)
+}
+
 /// A fresh temporary folder for a test's files.
 pub fn temp_dir(tag: &str) -> TempDir {
     let dir = tempfile::Builder::new()
