@@ -290,11 +290,15 @@ async fn json_log_lines_carry_the_fields_and_no_secret() {
 async fn a_full_dedupe_table_is_warned_about_once_a_minute() {
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
     let dir = temp_dir("dedupe-full-log");
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nlog_format = \"json\"\n[upstream]\nurl = {:?}\n\n\
-         [[source]]\nname = \"p\"\nplatform = \"protocol\"\npath = \"/p\"\nsecrets = [{SECRET:?}]\n\
-         dedupe_capacity = 1\n",
-        upstream.url("/")
+    let config = with_server(
+        &one_source(
+            &upstream.url("/"),
+            "protocol",
+            "/p",
+            &[SECRET],
+            "dedupe_capacity = 1",
+        ),
+        "log_format = \"json\"",
     );
     let mut p = spawn_process(&dir, &config, &[]);
     for id in ["1", "2", "3"] {
@@ -313,7 +317,7 @@ async fn a_full_dedupe_table_is_warned_about_once_a_minute() {
     let [warning] = &warnings[..] else {
         panic!("one warning expected:\n{text}");
     };
-    assert_eq!(warning["source"], "p", "{warning}");
+    assert_eq!(warning["source"], "protocol", "{warning}");
     assert_eq!(warning["dedupe_capacity"], 1, "{warning}");
     assert_eq!(warning["dedupe_window_s"], 300, "{warning}");
     assert!(
