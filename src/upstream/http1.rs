@@ -353,7 +353,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         }
                     }
                     Ok(httparse::Status::Partial) => {}
-                    Err(e) => return Err(invalid(format!("answer head: {e}"))),
+                    Err(e) => {
+                        let hint = not_http1_hint(&self.buf);
+                        return Err(invalid(format!("answer head: {e}{hint}")));
+                    }
                 }
             }
             if self.buf.len() > MAX_HEAD {
@@ -470,6 +473,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 None => self.fill_or_fail("trailers").await?,
             }
         }
+    }
+}
+
+/// What an answer that is not HTTP/1.x most likely is, for the log line's detail: the two
+/// mistakes an operator makes in an upstream URL, which otherwise show only as "invalid HTTP
+/// version".
+fn not_http1_hint(answer: &[u8]) -> &'static str {
+    match answer {
+        // A TLS record (RFC 8446 §5.1): an alert (21) or a handshake (22), version 3.x. A
+        // TLS server that reads a plaintext request answers with an alert, if anything.
+        [0x15 | 0x16, 0x03, ..] => " (the app answered in TLS: its URL wants https://)",
+        // An HTTP/2 frame head (RFC 9113 §4.1) of a SETTINGS (4) or GOAWAY (7) frame on
+        // stream 0: what a server that speaks only HTTP/2 sends first.
+        [_, _, _, 0x04 | 0x07, _, 0, 0, 0, 0, ..] => {
+            " (the app answered in HTTP/2 only: hookgate speaks HTTP/1.1 to it)"
+        }
+        _ => "",
     }
 }
 
@@ -940,6 +960,34 @@ mod tests {
             error(&[&long], 1000).await,
             ExchangeError::Invalid(_)
         ));
+    }
+
+    /// An app that answers in TLS or in HTTP/2 alone is named as such in the error (the
+    /// log line's detail), as what `url` most likely gets wrong; other garbage is not.
+    #[tokio::test]
+    async fn a_tls_or_http2_answer_is_named_in_the_error() {
+        let tls_alert: &[u8] = &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32];
+        let h2_settings: &[u8] = &[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        let h2_goaway: &[u8] = &[0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let cases: [(&[u8], &str); 4] = [
+            (
+                tls_alert,
+                " (the app answered in TLS: its URL wants https://)",
+            ),
+            (
+                h2_settings,
+                " (the app answered in HTTP/2 only: hookgate speaks HTTP/1.1 to it)",
+            ),
+            (
+                h2_goaway,
+                " (the app answered in HTTP/2 only: hookgate speaks HTTP/1.1 to it)",
+            ),
+            (b"SSH-2.0-OpenSSH_9.6\r\n", ""),
+        ];
+        for (answer, hint) in cases {
+            let e = error(&[answer], 1000).await.to_string();
+            assert_eq!(e, format!("answer head: invalid HTTP version{hint}"));
+        }
     }
 
     #[tokio::test]

@@ -519,10 +519,22 @@ impl Pool {
                 self.tls
                     .connect(name.clone(), tcp)
                     .await
-                    .map_err(|e| target.connect_error(&e))?,
+                    .map_err(|e| target.connect_error(&format!("{e}{}", not_tls_hint(&e))))?,
             )),
         };
         Ok(Connection::new(stream))
+    }
+}
+
+/// What a TLS handshake that failed on the app's first bytes most likely met, for the log
+/// line's detail: an app that speaks plain HTTP (its first byte, `H`, is no TLS record type)
+/// behind an https:// URL, which rustls reports only as a corrupt message.
+fn not_tls_hint(e: &std::io::Error) -> &'static str {
+    match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
+            " (the app answered in plain HTTP: its URL wants http://)"
+        }
+        _ => "",
     }
 }
 
@@ -829,6 +841,39 @@ mod tests {
             assert_eq!(idle, kept, "{age:?}");
             pool.idle.lock().expect("lock").clear();
         }
+    }
+
+    /// An https:// URL whose app speaks plain HTTP (it answers the ClientHello with a 400,
+    /// as Go's and nginx's servers do) fails to connect, and the error says what it met.
+    #[tokio::test]
+    async fn a_plain_http_app_behind_an_https_url_is_named_in_the_error() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (pool, listener, _) = pool_and_app().await;
+        let t = target(&format!(
+            "https://localhost:{}/",
+            listener.local_addr().expect("addr").port()
+        ))
+        .expect("target");
+        let app = tokio::spawn(async move {
+            let (mut end, _) = listener.accept().await.expect("accept");
+            let mut hello = [0u8; 512];
+            let _ = end.read(&mut hello).await;
+            end.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .expect("write");
+        });
+        let e = pool
+            .connect(&t, Instant::now() + Duration::from_secs(5))
+            .await
+            .err()
+            .expect("no connection");
+        app.await.expect("app");
+        assert!(matches!(e, UpstreamError::Connect(_)), "{e:?}");
+        assert!(
+            e.to_string()
+                .ends_with(" (the app answered in plain HTTP: its URL wants http://)"),
+            "{e}"
+        );
     }
 
     /// A connection still being made when the delivery's time runs out is a timeout (504),
