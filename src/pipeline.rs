@@ -31,7 +31,7 @@ use crate::metrics::{Metrics, SourceMetrics};
 use crate::platforms::{Delivery, Platform};
 use crate::reply::{self, Answer};
 use crate::time::Millis;
-use crate::upstream::{self, Forward, ForwardHeaders, Upstream, UpstreamSetup};
+use crate::upstream::{self, Forward, ForwardHeaders, Upstream, UpstreamSetup, shown_url};
 use crate::verify::{Carriers, Verified};
 
 /// What outlives a config: the limiters' clock, the metrics and the upstream names' addresses.
@@ -271,6 +271,8 @@ struct Outcome<'g> {
     body_unread: bool,
     /// Answered as a duplicate (dedupe), not forwarded: the log line says so.
     duplicate: bool,
+    /// The app answered with a redirect, to here: the log line says so.
+    redirected_to: Option<HeaderValue>,
 }
 
 impl Outcome<'_> {
@@ -434,6 +436,12 @@ fn log_request(
     let (reason, detail) = match refusal {
         Some(r) => (r.reason(), Cow::Owned(r.to_string())),
         None if outcome.duplicate => ("duplicate", Cow::Borrowed(DUPLICATE_DETAIL)),
+        // An app that redirects (`/webhooks` to `/webhooks/`, http to https) never sees a
+        // delivery; its status alone would not say why.
+        None if (300..400).contains(&status) => (
+            "upstream_redirect",
+            Cow::Owned(redirect_detail(outcome.redirected_to.as_ref())),
+        ),
         None => ("", Cow::Borrowed("")),
     };
     tracing::info!(
@@ -454,6 +462,19 @@ fn log_request(
         detail = detail.as_ref(),
         "request"
     );
+}
+
+/// What the log says of an app's redirect: where to, with its query's values left out (as
+/// in every URL hookgate logs) and clipped, since the app chose it.
+fn redirect_detail(location: Option<&HeaderValue>) -> String {
+    let to = location.map_or(Cow::Borrowed("nowhere (no location)"), |l| {
+        let text = String::from_utf8_lossy(l.as_bytes());
+        Cow::Owned(clipped(&shown_url(&text)).into_owned())
+    });
+    format!(
+        "the app redirected to {to}; hookgate follows no redirect and relays the status alone: \
+         set the source's upstream URL to where the app takes deliveries"
+    )
 }
 
 const DUPLICATE_DETAIL: &str =
@@ -697,7 +718,10 @@ async fn deliver<'g>(
         .metrics
         .upstream_duration
         .observe(conn.worker, forwarded_at.elapsed());
-    let answer = sent?;
+    let mut answer = sent?;
+    if answer.status.is_redirection() && outcome.logged {
+        outcome.redirected_to = answer.location.take();
+    }
     if answer.status.is_server_error() {
         route.metrics.upstream_error("status_5xx");
     }

@@ -68,6 +68,9 @@ pub struct UpstreamAnswer {
     pub status: StatusCode,
     pub content_type: Option<HeaderValue>,
     pub retry_after: Option<HeaderValue>,
+    /// A redirect's `location`, for the log line only: hookgate follows no redirect, and a
+    /// sender is not given one.
+    pub location: Option<HeaderValue>,
     pub body: Bytes,
 }
 

@@ -328,6 +328,46 @@ async fn a_full_dedupe_table_is_warned_about_once_a_minute() {
     );
 }
 
+/// An app that redirects (`/webhooks` to `/webhooks/`, or http to https) never sees a
+/// delivery; the sender gets the status alone (SPEC §4: of the app's headers only
+/// `retry-after`), and the log line says where the app pointed, its query's values left out.
+#[tokio::test]
+async fn an_app_that_redirects_is_named_in_the_log_line() {
+    let mut redirect = Reply::json(308, "");
+    redirect.headers = vec![(
+        "location".into(),
+        "https://app.example/webhooks/?key=app-secret".into(),
+    )];
+    let upstream = spawn_upstream(redirect).await;
+    let dir = temp_dir("redirect-log");
+    let config = with_server(
+        &one_source(&upstream.url("/"), "protocol", "/p", &[SECRET], ""),
+        "log_format = \"json\"",
+    );
+    let mut p = spawn_process(&dir, &config, &[]);
+    let a = signed_delivery(p.addr, "/p", SECRET, body("r-1")).await;
+    assert_eq!(a.status, 308);
+    assert_eq!(a.header("location"), None);
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    let text = p.log();
+    assert!(!text.contains("app-secret"), "{text}");
+    let line = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["target"] == "hookgate::request")
+        .unwrap_or_else(|| panic!("no request line:\n{text}"));
+    assert_eq!(line["status"], 308, "{line}");
+    assert_eq!(line["reason"], "upstream_redirect", "{line}");
+    assert_eq!(
+        line["detail"],
+        "the app redirected to https://app.example/webhooks/?key=…; hookgate follows no \
+         redirect and relays the status alone: set the source's upstream URL to where the app \
+         takes deliveries",
+        "{line}"
+    );
+}
+
 /// A text log line's fields, read as logfmt: `key=value` or `key="quoted \"value\""`.
 fn logfmt_fields(fields: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();

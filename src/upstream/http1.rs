@@ -294,6 +294,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 status: head.status,
                 content_type: head.content_type,
                 retry_after: head.retry_after,
+                location: head.location,
                 body,
             },
             reusable,
@@ -515,6 +516,8 @@ struct Head {
     status: StatusCode,
     content_type: Option<HeaderValue>,
     retry_after: Option<HeaderValue>,
+    /// Only a redirect's (3xx).
+    location: Option<HeaderValue>,
     framing: Framing,
     keep_alive: bool,
 }
@@ -532,6 +535,8 @@ impl Head {
         }
         let mut content_type = None;
         let mut retry_after = None;
+        let mut location = None;
+        let redirect = status.is_redirection();
         let mut length: Option<u64> = None;
         let mut transfer_encoding: Option<&[u8]> = None;
         let mut keep_alive = response.version == Some(1);
@@ -561,6 +566,9 @@ impl Head {
                 }
             } else if name.eq_ignore_ascii_case(b"retry-after") && retry_after.is_none() {
                 retry_after = Some(header_value(value)?);
+            } else if redirect && location.is_none() && name.eq_ignore_ascii_case(b"location") {
+                // For the log line only: an odd one does not make the answer invalid.
+                location = HeaderValue::from_bytes(value).ok();
             }
         }
         let framing = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
@@ -586,6 +594,7 @@ impl Head {
             status,
             content_type,
             retry_after,
+            location,
             framing,
             keep_alive,
         }))
@@ -811,6 +820,20 @@ mod tests {
         );
         assert_eq!(&answer.answer.body[..], b"{\"ok\":true}");
         assert!(answer.reusable);
+    }
+
+    /// A redirect's `location` is kept (for the log line); another answer's is not read.
+    #[tokio::test]
+    async fn only_a_redirect_has_its_location_taken() {
+        let location = |a: &Exchanged| a.answer.location.as_ref().map(|v| v.as_bytes().to_vec());
+        let moved =
+            b"HTTP/1.1 301 Moved\r\nlocation: /app/\r\nLocation: /x\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(
+            location(&answer(&[moved], false).await),
+            Some(b"/app/".to_vec())
+        );
+        let created = b"HTTP/1.1 201 Created\r\nlocation: /app/1\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(location(&answer(&[created], false).await), None);
     }
 
     #[tokio::test]
