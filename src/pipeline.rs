@@ -272,7 +272,7 @@ struct Outcome<'g> {
     /// Answered as a duplicate (dedupe), not forwarded: the log line says so.
     duplicate: bool,
     /// The app answered with a redirect, to here: the log line says so.
-    redirected_to: Option<HeaderValue>,
+    redirected_to: Option<Box<HeaderValue>>,
 }
 
 impl Outcome<'_> {
@@ -440,7 +440,7 @@ fn log_request(
         // delivery; its status alone would not say why.
         None if (300..400).contains(&status) => (
             "upstream_redirect",
-            Cow::Owned(redirect_detail(outcome.redirected_to.as_ref())),
+            Cow::Owned(redirect_detail(outcome.redirected_to.as_deref())),
         ),
         None => ("", Cow::Borrowed("")),
     };

@@ -69,8 +69,9 @@ pub struct UpstreamAnswer {
     pub content_type: Option<HeaderValue>,
     pub retry_after: Option<HeaderValue>,
     /// A redirect's `location`, for the log line only: hookgate follows no redirect, and a
-    /// sender is not given one.
-    pub location: Option<HeaderValue>,
+    /// sender is not given one. Boxed: every answer carries the field, and inline it cost
+    /// ~200 instructions per delivery in moves (callgrind), boxed ~50.
+    pub location: Option<Box<HeaderValue>>,
     pub body: Bytes,
 }
 

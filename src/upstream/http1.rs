@@ -517,7 +517,7 @@ struct Head {
     content_type: Option<HeaderValue>,
     retry_after: Option<HeaderValue>,
     /// Only a redirect's (3xx).
-    location: Option<HeaderValue>,
+    location: Option<Box<HeaderValue>>,
     framing: Framing,
     keep_alive: bool,
 }
@@ -568,7 +568,7 @@ impl Head {
                 retry_after = Some(header_value(value)?);
             } else if redirect && location.is_none() && name.eq_ignore_ascii_case(b"location") {
                 // For the log line only: an odd one does not make the answer invalid.
-                location = HeaderValue::from_bytes(value).ok();
+                location = HeaderValue::from_bytes(value).ok().map(Box::new);
             }
         }
         let framing = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
