@@ -59,7 +59,9 @@ impl Refusal {
                 (StatusCode::BAD_REQUEST, "bad_request")
             }
             Refusal::Unverified(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Refusal::Upstream(U::Timeout) => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
+            Refusal::Upstream(U::Timeout | U::ConnectTimeout | U::SlotTimeout) => {
+                (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout")
+            }
             Refusal::Upstream(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
         }
     }
@@ -162,6 +164,11 @@ mod tests {
         for (refusal, status, code) in cases {
             let (s, c) = refusal.status_code();
             assert_eq!((s.as_u16(), c), (status, code), "{refusal:?}");
+        }
+        // Wherever timeout_ms ran out, the sender gets the same 504.
+        for e in [UpstreamError::ConnectTimeout, UpstreamError::SlotTimeout] {
+            let (s, c) = Refusal::Upstream(e).status_code();
+            assert_eq!((s.as_u16(), c), (504, "gateway_timeout"));
         }
         assert_eq!(
             Refusal::ClientRateLimited { retry_after_s: 0 }.retry_after(),

@@ -335,6 +335,7 @@ pub async fn handle(
     // The answer takes the upstream's body; a refusal is kept for the metrics and the log.
     let (mut response, refusal) = match result {
         Ok(Delivered::Answered(answer)) => {
+            outcome.redirected_to = answer.location;
             let mut r = Response::new(Full::new(answer.body));
             *r.status_mut() = answer.status;
             if let Some(ct) = answer.content_type {
@@ -718,10 +719,7 @@ async fn deliver<'g>(
         .metrics
         .upstream_duration
         .observe(conn.worker, forwarded_at.elapsed());
-    let mut answer = sent?;
-    if answer.status.is_redirection() && outcome.logged {
-        outcome.redirected_to = answer.location.take();
-    }
+    let answer = sent?;
     if answer.status.is_server_error() {
         route.metrics.upstream_error("status_5xx");
     }
@@ -738,6 +736,7 @@ async fn deliver<'g>(
         answer.body,
     );
     translated.retry_after = retry_after;
+    translated.location = answer.location;
     Ok(Delivered::Answered(translated))
 }
 

@@ -39,8 +39,25 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub enum UpstreamError {
     #[error("connection failed: {0}")]
     Connect(String),
-    #[error("no whole answer within timeout_ms")]
+    // The three timeouts say where `timeout_ms` ran out, for the log line: a connection that
+    // is never made (a firewall or a NetworkPolicy dropping it) would otherwise look like a
+    // slow app. Unit variants: with a payload, the error grew the request path's code past
+    // where the compiler inlines `pipeline::process` (~150 instructions per delivery).
+    /// On a connection made: the request going out, or the answer not read whole.
+    #[error(
+        "no whole answer within timeout_ms: the connection was made, the app's whole answer was not read"
+    )]
     Timeout,
+    /// Looking the host up, connecting, or the TLS handshake.
+    #[error(
+        "no whole answer within timeout_ms: connecting to the app (name lookup, TCP or TLS handshake) did not finish"
+    )]
+    ConnectTimeout,
+    /// Waiting for another delivery's exchange to end (`max_connections` in flight).
+    #[error(
+        "no whole answer within timeout_ms: waiting for a free upstream exchange (max_connections deliveries in flight)"
+    )]
+    SlotTimeout,
     #[error("invalid HTTP answer: {0}")]
     Invalid(String),
     #[error("answer body over max_body_bytes")]
@@ -54,13 +71,18 @@ impl UpstreamError {
     pub fn kind(&self) -> &'static str {
         match self {
             UpstreamError::Connect(_) => "connect",
-            UpstreamError::Timeout => "timeout",
+            UpstreamError::Timeout | UpstreamError::ConnectTimeout | UpstreamError::SlotTimeout => {
+                "timeout"
+            }
             UpstreamError::Invalid(_) => "invalid_response",
             UpstreamError::BodyTooLarge => "body_too_large",
             UpstreamError::Encoding => "content_encoding",
         }
     }
 }
+
+/// A future on the heap, its poll out of line.
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// The upstream's answer, read whole.
 #[derive(Debug)]
@@ -305,7 +327,10 @@ impl Upstream {
     /// Sends one request and reads the whole answer within `timeout`.
     pub async fn send(&self, fwd: Forward<'_>) -> Result<UpstreamAnswer, UpstreamError> {
         let deadline = tokio::time::Instant::from_std(fwd.started + fwd.timeout);
-        match tokio::time::timeout_at(deadline, self.exchange(fwd)).await {
+        // The waits for a slot and for a new connection have timers of their own at the same
+        // deadline, polled before this one, so that a timeout says which wait it cut (the
+        // common exchange, on a kept connection with a free slot, sets no other timer).
+        match tokio::time::timeout_at(deadline, self.exchange(fwd, deadline)).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout),
         }
@@ -342,18 +367,52 @@ impl Upstream {
         self.pool.open(target, tcp).await
     }
 
-    async fn exchange(&self, fwd: Forward<'_>) -> Result<UpstreamAnswer, UpstreamError> {
+    /// A slot, once another delivery's exchange ends (`max_connections` in flight). Out of
+    /// line and boxed, as `new_connection`: the common exchange does not wait here.
+    #[cold]
+    #[inline(never)]
+    fn wait_for_slot(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> BoxFuture<'_, Result<tokio::sync::SemaphorePermit<'_>, UpstreamError>> {
+        self.counters.waits.inc();
+        Box::pin(async move {
+            // Never closed: the semaphore lives as long as the gateways that share it.
+            let acquired = tokio::time::timeout_at(deadline, self.slots.acquire()).await;
+            acquired
+                .ok()
+                .and_then(Result::ok)
+                .ok_or(UpstreamError::SlotTimeout)
+        })
+    }
+
+    /// A new connection (`connect`), by `deadline`. Out of line and boxed: connecting (TCP,
+    /// then TLS) holds ~2 KiB of state, and its code ~150 instructions per delivery's worth
+    /// of inlining (callgrind), that a request on a reused connection would otherwise carry.
+    #[cold]
+    #[inline(never)]
+    fn new_connection<'a>(
+        &'a self,
+        target: &'a Target,
+        deadline: tokio::time::Instant,
+    ) -> BoxFuture<'a, Result<Connection, UpstreamError>> {
+        Box::pin(async move {
+            tokio::time::timeout_at(deadline, self.connect(target, deadline.into_std()))
+                .await
+                .map_err(|_| UpstreamError::ConnectTimeout)?
+        })
+    }
+
+    /// `deadline`: `send`'s, for the waits that say where they were cut.
+    async fn exchange(
+        &self,
+        fwd: Forward<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Result<UpstreamAnswer, UpstreamError> {
         // Within `timeout_ms` (`send`): a delivery that waits too long for a slot gets 504.
         let _slot = match self.slots.try_acquire() {
             Ok(slot) => slot,
-            Err(_) => {
-                self.counters.waits.inc();
-                // Never closed: the semaphore lives as long as the gateways that share it.
-                self.slots
-                    .acquire()
-                    .await
-                    .map_err(|_| UpstreamError::Timeout)?
-            }
+            Err(_) => self.wait_for_slot(deadline).await?,
         };
         let signature = self
             .signing
@@ -365,11 +424,8 @@ impl Upstream {
         loop {
             let (mut connection, reused) = match self.pool.checkout(target, fwd.started) {
                 Some(connection) => (connection, true),
-                // Boxed: connecting (TCP, then TLS) holds ~2 KiB of state that a request on a
-                // reused connection would otherwise carry too.
                 None => {
-                    let connection =
-                        Box::pin(self.connect(target, fwd.started + fwd.timeout)).await?;
+                    let connection = self.new_connection(target, deadline).await?;
                     self.counters.connections.inc();
                     (connection, false)
                 }

@@ -368,6 +368,54 @@ async fn an_app_that_redirects_is_named_in_the_log_line() {
     );
 }
 
+/// A 504's log line says where `timeout_ms` ran out: a connection never made (a firewall
+/// or NetworkPolicy dropping it) is told from an app that took the request and was slow.
+#[tokio::test]
+async fn a_timeout_is_logged_with_where_it_ran_out() {
+    let slow = spawn_upstream(Reply::json(200, "{}").after(Duration::from_millis(1500))).await;
+    let (dropped, _listener, _queued) = silent_address().await;
+    let dir = temp_dir("timeout-log");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nlog_format = \"json\"\n[upstream]\nurl = {:?}\n\
+         timeout_ms = 300\n\n\
+         [[source]]\nname = \"slow\"\nplatform = \"protocol\"\npath = \"/slow\"\nsecrets = [{SECRET:?}]\n\n\
+         [[source]]\nname = \"dropped\"\nplatform = \"protocol\"\npath = \"/dropped\"\n\
+         secrets = [{SECRET:?}]\nupstream = \"http://{dropped}/\"\n",
+        slow.url("/")
+    );
+    let mut p = spawn_process(&dir, &config, &[]);
+    assert_eq!(deliver(p.addr, "/slow", "s-1", SECRET).await, 504);
+    assert_eq!(deliver(p.addr, "/dropped", "d-1", SECRET).await, 504);
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    let text = p.log();
+    let detail = |source: &str| {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["target"] == "hookgate::request" && l["source"] == source)
+            .map(|l| (l["reason"].clone(), l["detail"].clone()))
+            .unwrap_or_else(|| panic!("no line of {source}:\n{text}"))
+    };
+    assert_eq!(
+        detail("slow"),
+        (
+            "timeout".into(),
+            "upstream: no whole answer within timeout_ms: the connection was made, the app's \
+             whole answer was not read"
+                .into()
+        )
+    );
+    assert_eq!(
+        detail("dropped"),
+        (
+            "timeout".into(),
+            "upstream: no whole answer within timeout_ms: connecting to the app (name lookup, \
+             TCP or TLS handshake) did not finish"
+                .into()
+        )
+    );
+}
+
 /// A text log line's fields, read as logfmt: `key=value` or `key="quoted \"value\""`.
 fn logfmt_fields(fields: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();

@@ -485,7 +485,7 @@ impl Pool {
                     Ok(tcp) => tcp,
                     // As when an IP literal's connect is cut at the deadline: 504.
                     Err(ConnectFailure::Deadline) => {
-                        return Err(TcpFailure::Other(UpstreamError::Timeout));
+                        return Err(TcpFailure::Other(UpstreamError::ConnectTimeout));
                     }
                     Err(ConnectFailure::Failed(e)) => {
                         self.dns.failed(host).await;
@@ -889,7 +889,7 @@ mod tests {
             .await
             .err()
             .expect("no connection");
-        assert!(matches!(e, UpstreamError::Timeout), "{e:?}");
+        assert!(matches!(e, UpstreamError::ConnectTimeout), "{e:?}");
         assert!(started.elapsed() >= Duration::from_millis(300));
         let entry = pool.dns.entry("localhost");
         let looked = entry.lock().await;

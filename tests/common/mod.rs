@@ -222,6 +222,20 @@ pub fn refusing_address() -> (SocketAddr, tokio::net::TcpSocket) {
     (addr, socket)
 }
 
+/// An address whose connections are never made (as behind a firewall that drops them): a
+/// listener with room for one waiting connection, which it never accepts, and that one
+/// taken; the kernel drops the SYNs of the next. Keep both for as long as it must hold.
+pub async fn silent_address() -> (SocketAddr, tokio::net::TcpListener, TcpStream) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let listener = socket.listen(0).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let queued = TcpStream::connect(addr).await.expect("the one queued");
+    (addr, listener, queued)
+}
+
 /// A fresh temporary folder for a test's files.
 pub fn temp_dir(tag: &str) -> TempDir {
     let dir = tempfile::Builder::new()
