@@ -435,6 +435,15 @@ fn log_request(
     // A duplicate is answered 200 like a forwarded delivery; its reason tells the operator
     // looking for an event the app never saw that hookgate held it back on purpose.
     let (reason, detail) = match refusal {
+        // Where the proof was looked for, so that a 401 on every delivery can be told apart.
+        Some(r @ Refusal::Unverified(_)) => {
+            let expected = outcome.source().and_then(|s| s.verifier.scheme());
+            let detail = match expected {
+                Some(scheme) => format!("{r}; expected {scheme}"),
+                None => r.to_string(),
+            };
+            (r.reason(), Cow::Owned(detail))
+        }
         Some(r) => (r.reason(), Cow::Owned(r.to_string())),
         None if outcome.duplicate => ("duplicate", Cow::Borrowed(DUPLICATE_DETAIL)),
         // An app that redirects (`/webhooks` to `/webhooks/`, http to https) never sees a

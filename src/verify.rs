@@ -54,6 +54,31 @@ pub enum Scheme {
     },
 }
 
+/// What a sender must send, for the log line of a refused proof: an operator whose every
+/// delivery gets 401 learns where hookgate looked (a proxy in front that drops the header, a
+/// funtek URL registered without its `?token=`), never what it compared with.
+impl std::fmt::Display for Scheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scheme::HmacSha256Hex { header } => write!(
+                f,
+                "header {header}: the hex HMAC-SHA256 of the raw body under one of the source's \
+                 secrets (64 hex digits, nothing else)"
+            ),
+            Scheme::HeaderToken { header } => {
+                write!(f, "header {header}: one of the source's secrets")
+            }
+            Scheme::BodyKey { field } => {
+                write!(f, "the JSON body's {field}: one of the source's secrets")
+            }
+            Scheme::QueryOrHeaderToken { param, header } => write!(
+                f,
+                "?{param}= in the URL or header {header}: one of the source's secrets"
+            ),
+        }
+    }
+}
+
 /// A source's verifier: its scheme and its secrets, prepared once at startup.
 #[derive(Clone)]
 pub struct Verifier {
@@ -160,6 +185,11 @@ impl Verifier {
 
     pub fn is_none(&self) -> bool {
         self.kind.is_none()
+    }
+
+    /// The proof it checks (`None` with `verify = "none"`).
+    pub fn scheme(&self) -> Option<&Scheme> {
+        self.kind.as_ref().map(|(scheme, _)| scheme)
     }
 
     /// The first configured secret (what `sign` uses).

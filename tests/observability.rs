@@ -268,6 +268,13 @@ async fn json_log_lines_carry_the_fields_and_no_secret() {
         .find(|l| l["status"] == 401)
         .expect("the 401 line");
     assert_eq!(refused["reason"], "bad_signature");
+    // Where the proof was looked for (never what it was compared with).
+    assert_eq!(
+        refused["detail"],
+        "proof: the proof matches no configured secret; expected header x-protocol-signature: \
+         the hex HMAC-SHA256 of the raw body under one of the source's secrets (64 hex digits, \
+         nothing else)"
+    );
     let funtek = requests
         .iter()
         .find(|l| l["source"] == "f")

@@ -194,6 +194,30 @@ mod tests {
         Ok(serde_json::to_value(&e).expect("serializes"))
     }
 
+    /// What a refused proof's log line says each platform expects: where to look, never a
+    /// secret.
+    #[test]
+    fn each_platform_names_where_its_proof_goes() {
+        let expected = |p: Platform| p.scheme().to_string();
+        assert_eq!(
+            expected(Platform::Protocol),
+            "header x-protocol-signature: the hex HMAC-SHA256 of the raw body under one of the \
+             source's secrets (64 hex digits, nothing else)"
+        );
+        assert_eq!(
+            expected(Platform::Spika),
+            "header verification-signature: one of the source's secrets"
+        );
+        assert_eq!(
+            expected(Platform::Barertc),
+            "the JSON body's APIKey: one of the source's secrets"
+        );
+        assert_eq!(
+            expected(Platform::Funtek),
+            "?token= in the URL or header x-webhook-token: one of the source's secrets"
+        );
+    }
+
     #[test]
     fn the_platforms_json_is_required() {
         assert!(event(Platform::Protocol, r#"{"type":5}"#).is_err());
