@@ -387,8 +387,8 @@ impl Upstream {
     }
 
     /// A new connection (`connect`), by `deadline`. Out of line and boxed: connecting (TCP,
-    /// then TLS) holds ~2 KiB of state, and its code ~150 instructions per delivery's worth
-    /// of inlining (callgrind), that a request on a reused connection would otherwise carry.
+    /// then TLS) holds ~2 KiB of state, and its code a timer, that a request on a reused
+    /// connection would otherwise carry too.
     #[cold]
     #[inline(never)]
     fn new_connection<'a>(
