@@ -519,20 +519,25 @@ impl Pool {
                 self.tls
                     .connect(name.clone(), tcp)
                     .await
-                    .map_err(|e| target.connect_error(&format!("{e}{}", not_tls_hint(&e))))?,
+                    .map_err(|e| target.connect_error(&format!("{e}{}", tls_hint(&e))))?,
             )),
         };
         Ok(Connection::new(stream))
     }
 }
 
-/// What a TLS handshake that failed on the app's first bytes most likely met, for the log
-/// line's detail: an app that speaks plain HTTP (its first byte, `H`, is no TLS record type)
-/// behind an https:// URL, which rustls reports only as a corrupt message.
-fn not_tls_hint(e: &std::io::Error) -> &'static str {
-    match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
-        Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
+/// What a failed TLS handshake with the app most likely means, for the log line's detail,
+/// where rustls's own words do not say: an app that speaks plain HTTP behind an https:// URL
+/// (its first byte, `H`, is no TLS record type: "corrupt message"), or a certificate from a
+/// CA that is not trusted ("UnknownIssuer").
+fn tls_hint(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error, InvalidMessage};
+    match e.get_ref().and_then(|e| e.downcast_ref::<Error>()) {
+        Some(Error::InvalidMessage(InvalidMessage::InvalidContentType)) => {
             " (the app answered in plain HTTP: its URL wants http://)"
+        }
+        Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
+            " (no trusted CA signed the app's certificate: set [upstream] ca to the one that did)"
         }
         _ => "",
     }
@@ -843,25 +848,16 @@ mod tests {
         }
     }
 
-    /// An https:// URL whose app speaks plain HTTP (it answers the ClientHello with a 400,
-    /// as Go's and nginx's servers do) fails to connect, and the error says what it met.
-    #[tokio::test]
-    async fn a_plain_http_app_behind_an_https_url_is_named_in_the_error() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// Connects to an https:// URL served by `app` (given the listener), and gives the
+    /// connect error's text.
+    async fn https_connect_error<F>(app: impl FnOnce(tokio::net::TcpListener) -> F) -> String
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
         let (pool, listener, _) = pool_and_app().await;
-        let t = target(&format!(
-            "https://localhost:{}/",
-            listener.local_addr().expect("addr").port()
-        ))
-        .expect("target");
-        let app = tokio::spawn(async move {
-            let (mut end, _) = listener.accept().await.expect("accept");
-            let mut hello = [0u8; 512];
-            let _ = end.read(&mut hello).await;
-            end.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
-                .await
-                .expect("write");
-        });
+        let port = listener.local_addr().expect("addr").port();
+        let t = target(&format!("https://localhost:{port}/")).expect("target");
+        let app = tokio::spawn(app(listener));
         let e = pool
             .connect(&t, Instant::now() + Duration::from_secs(5))
             .await
@@ -869,9 +865,59 @@ mod tests {
             .expect("no connection");
         app.await.expect("app");
         assert!(matches!(e, UpstreamError::Connect(_)), "{e:?}");
+        e.to_string()
+    }
+
+    /// An https:// URL whose app speaks plain HTTP (it answers the ClientHello with a 400,
+    /// as Go's and nginx's servers do) fails to connect, and the error says what it met.
+    #[tokio::test]
+    async fn a_plain_http_app_behind_an_https_url_is_named_in_the_error() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let e = https_connect_error(|listener| async move {
+            let (mut end, _) = listener.accept().await.expect("accept");
+            let mut hello = [0u8; 512];
+            let _ = end.read(&mut hello).await;
+            end.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .expect("write");
+        })
+        .await;
         assert!(
-            e.to_string()
-                .ends_with(" (the app answered in plain HTTP: its URL wants http://)"),
+            e.ends_with(" (the app answered in plain HTTP: its URL wants http://)"),
+            "{e}"
+        );
+    }
+
+    /// An app whose certificate no trusted CA signed (no `[upstream] ca` for a private CA)
+    /// fails to connect, and the error says which setting is missing.
+    #[tokio::test]
+    async fn an_app_certificate_from_an_untrusted_ca_is_named_in_the_error() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let e = https_connect_error(|listener| async move {
+            let (end, _) = listener.accept().await.expect("accept");
+            // The client refuses the certificate: the handshake fails on this side too.
+            acceptor.accept(end).await.expect_err("refused");
+        })
+        .await;
+        assert!(
+            e.ends_with(
+                "UnknownIssuer (no trusted CA signed the app's certificate: set [upstream] ca \
+                 to the one that did)"
+            ),
             "{e}"
         );
     }
