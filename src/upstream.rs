@@ -547,6 +547,52 @@ pub fn encode_id(id: &str) -> HeaderValue {
 mod tests {
     use super::*;
 
+    fn forward_headers() -> ForwardHeaders {
+        ForwardHeaders {
+            source: HeaderValue::from_static("chat"),
+            platform: "funtek",
+            event_id: HeaderValue::from_static("a%20b"),
+            event_type: HeaderValue::from_static("message.created"),
+            request_id: HeaderValue::from_static("r1"),
+            forwarded_for: HeaderValue::from_static("203.0.113.9"),
+            forwarded_proto: HeaderValue::from_static("https"),
+            user_agent: Some(HeaderValue::from_static("bot/1")),
+        }
+    }
+
+    /// A delivery whose `timeout_ms` runs out while every exchange slot is taken says so,
+    /// and is counted as a wait; the app is never reached.
+    #[tokio::test]
+    async fn a_timeout_waiting_for_a_slot_is_a_slot_timeout() {
+        let counters = UpstreamCounters::default();
+        let dns = Arc::default();
+        let setup = UpstreamSetup {
+            ca: None,
+            signing_key: None,
+            max_body_bytes: 1024,
+            max_connections: 1,
+            counters: &counters,
+            dns: &dns,
+            connect_retry: Duration::ZERO,
+        };
+        let upstream = clients(&setup, 1, None).expect("client").remove(0);
+        let _taken = upstream.slots().try_acquire().expect("the one slot");
+        // Nothing listens at port 9 of TEST-NET-1; the delivery never gets that far.
+        let target = Target::from_uri("http://192.0.2.1:9/".parse().expect("uri")).expect("t");
+        let sent = upstream
+            .send(Forward {
+                target: &target,
+                started: Instant::now(),
+                timeout: Duration::from_millis(100),
+                headers: forward_headers(),
+                body: [Bytes::from_static(b"{}")].into_iter().collect(),
+            })
+            .await;
+        assert!(matches!(sent, Err(UpstreamError::SlotTimeout)), "{sent:?}");
+        assert_eq!(counters.waits.get(), 1);
+        assert_eq!(counters.connections.get(), 0);
+    }
+
     #[test]
     fn ids_in_headers_are_percent_encoded() {
         assert_eq!(encode_id("abc-123_~!"), "abc-123_~!");
@@ -576,16 +622,7 @@ mod tests {
     #[test]
     fn the_head_carries_every_header_once_and_the_exact_length() {
         let target = Target::from_uri("http://app:3000/in?x=1".parse().expect("uri")).expect("t");
-        let headers = ForwardHeaders {
-            source: HeaderValue::from_static("chat"),
-            platform: "funtek",
-            event_id: HeaderValue::from_static("a%20b"),
-            event_type: HeaderValue::from_static("message.created"),
-            request_id: HeaderValue::from_static("r1"),
-            forwarded_for: HeaderValue::from_static("203.0.113.9"),
-            forwarded_proto: HeaderValue::from_static("https"),
-            user_agent: Some(HeaderValue::from_static("bot/1")),
-        };
+        let headers = forward_headers();
         let body = [Bytes::from_static(b"{\"a\":"), Bytes::from_static(b"1}")];
         let signature = Signature {
             timestamp: "7".into(),
