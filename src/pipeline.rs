@@ -200,6 +200,19 @@ impl Gateway {
         })
     }
 
+    /// A source whose path differs from `path` only by a trailing `/` or by ASCII letter
+    /// case, for a 404's log line. Looked through whole: only 404s that are logged ask.
+    fn near_route(&self, path: &str) -> Option<&Source> {
+        fn unslashed(p: &str) -> &str {
+            p.strip_suffix('/').unwrap_or(p)
+        }
+        let asked = unslashed(path);
+        self.routes
+            .values()
+            .map(|r| r.source.as_ref())
+            .find(|s| unslashed(&s.path).eq_ignore_ascii_case(asked))
+    }
+
     /// Frees memory of state that no longer matters (run on a timer).
     pub fn housekeeping(&self) {
         if let Some(l) = &self.client_limiter {
@@ -273,6 +286,8 @@ struct Outcome<'g> {
     duplicate: bool,
     /// The app answered with a redirect, to here: the log line says so.
     redirected_to: Option<Box<HeaderValue>>,
+    /// A 404's source whose path differs only by a trailing `/` or letter case (logged only).
+    near_route: Option<&'g Source>,
 }
 
 impl Outcome<'_> {
@@ -440,6 +455,18 @@ fn log_request(
             let expected = outcome.source().and_then(|s| s.verifier.scheme());
             let detail = match expected {
                 Some(scheme) => format!("{r}; expected {scheme}"),
+                None => r.to_string(),
+            };
+            (r.reason(), Cow::Owned(detail))
+        }
+        // A path that is a source's but for a trailing `/` or letter case: the sender was
+        // registered with a slightly different URL.
+        Some(r @ Refusal::NoRoute) => {
+            let detail = match outcome.near_route {
+                Some(s) => format!(
+                    "{r}; source {:?} has path {} (paths match exactly)",
+                    s.name, s.path
+                ),
                 None => r.to_string(),
             };
             (r.reason(), Cow::Owned(detail))
@@ -767,7 +794,12 @@ fn admit_head<'g>(
             Cow::Owned(wire) => gateway.routes.get(&wire),
             Cow::Borrowed(_) => None,
         })
-        .ok_or(Refusal::NoRoute)?;
+        .ok_or_else(|| {
+            if outcome.logged {
+                outcome.near_route = gateway.near_route(path);
+            }
+            Refusal::NoRoute
+        })?;
     outcome.route = Some(route);
     if parts.method != Method::POST {
         return Err(Refusal::Method);

@@ -378,6 +378,41 @@ async fn an_app_that_redirects_is_named_in_the_log_line() {
     );
 }
 
+/// A 404 at a source's path but for a trailing `/` or letter case names that source in its
+/// log line (a sender registered with a slightly different URL); another 404 does not.
+#[tokio::test]
+async fn a_404_near_a_source_path_names_the_source() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let dir = temp_dir("near-route-log");
+    let config = with_server(
+        &one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], ""),
+        "log_format = \"json\"",
+    );
+    let mut p = spawn_process(&dir, &config, &[]);
+    for path in ["/hooks/p/", "/Hooks/P", "/hooks/q"] {
+        assert_eq!(deliver(p.addr, path, "n-1", SECRET).await, 404, "{path}");
+    }
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    let text = p.log();
+    let detail = |path: &str| {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["target"] == "hookgate::request" && l["path"] == path)
+            .map(|l| (l["reason"].clone(), l["detail"].clone()))
+            .unwrap_or_else(|| panic!("no line of {path}:\n{text}"))
+    };
+    let near = serde_json::json!(
+        "no source at this path; source \"protocol\" has path /hooks/p (paths match exactly)"
+    );
+    assert_eq!(detail("/hooks/p/"), ("no_route".into(), near.clone()));
+    assert_eq!(detail("/Hooks/P"), ("no_route".into(), near));
+    assert_eq!(
+        detail("/hooks/q"),
+        ("no_route".into(), "no source at this path".into())
+    );
+}
+
 /// A 504's log line says where `timeout_ms` ran out: a connection never made (a firewall
 /// or NetworkPolicy dropping it) is told from an app that took the request and was slow.
 #[tokio::test]
