@@ -378,6 +378,20 @@ async fn an_app_that_redirects_is_named_in_the_log_line() {
     );
 }
 
+/// The `reason` and `detail` of the first JSON request line in `log` whose `field` is
+/// `value`.
+fn reason_and_detail(
+    log: &str,
+    field: &str,
+    value: &str,
+) -> (serde_json::Value, serde_json::Value) {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["target"] == "hookgate::request" && l[field] == value)
+        .map(|l| (l["reason"].clone(), l["detail"].clone()))
+        .unwrap_or_else(|| panic!("no request line with {field} {value}:\n{log}"))
+}
+
 /// A 404 at a source's path but for a trailing `/` or letter case names that source in its
 /// log line (a sender registered with a slightly different URL); another 404 does not.
 #[tokio::test]
@@ -395,13 +409,7 @@ async fn a_404_near_a_source_path_names_the_source() {
     p.signal("TERM");
     assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
     let text = p.log();
-    let detail = |path: &str| {
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|l| l["target"] == "hookgate::request" && l["path"] == path)
-            .map(|l| (l["reason"].clone(), l["detail"].clone()))
-            .unwrap_or_else(|| panic!("no line of {path}:\n{text}"))
-    };
+    let detail = |path: &str| reason_and_detail(&text, "path", path);
     let near = serde_json::json!(
         "no source at this path; source \"protocol\" has path /hooks/p (paths match exactly)"
     );
@@ -434,13 +442,7 @@ async fn a_timeout_is_logged_with_where_it_ran_out() {
     p.signal("TERM");
     assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
     let text = p.log();
-    let detail = |source: &str| {
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|l| l["target"] == "hookgate::request" && l["source"] == source)
-            .map(|l| (l["reason"].clone(), l["detail"].clone()))
-            .unwrap_or_else(|| panic!("no line of {source}:\n{text}"))
-    };
+    let detail = |source: &str| reason_and_detail(&text, "source", source);
     assert_eq!(
         detail("slow"),
         (
