@@ -944,20 +944,15 @@ impl Config {
             }
             // Legitimate for an app that answers nothing worth repeating, but a BareRTC
             // profile request is the same body (so the same id) every time a card is opened.
-            if s.platform.sender_reads_answer() && !s.dedupe_window.is_zero() {
+            if let Some(lost) = s.platform.answer_read_by_sender()
+                && !s.dedupe_window.is_zero()
+            {
                 warnings.push(format!(
                     "warning: source {:?}: dedupe_window_s = {} on {}, whose sender reads the \
-                     answer: a duplicate gets 200 {{}} instead of the app's reply ({})",
+                     answer: a duplicate gets 200 {{}} instead of the app's reply ({lost})",
                     s.name,
                     s.dedupe_window.as_secs(),
                     s.platform.as_str(),
-                    match s.platform {
-                        Platform::Barertc => {
-                            "a profile card opened twice within the window is the same body, \
-                             so the same id, and shows empty"
-                        }
-                        _ => "a bot gets no reply to a message delivered again",
-                    }
                 ));
             }
             // What the source's own rate limit lets through in one window is what dedupe

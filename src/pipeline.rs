@@ -350,7 +350,6 @@ pub async fn handle(
     // The answer takes the upstream's body; a refusal is kept for the metrics and the log.
     let (mut response, refusal) = match result {
         Ok(Delivered::Answered(answer)) => {
-            outcome.redirected_to = answer.location;
             let mut r = Response::new(Full::new(answer.body));
             *r.status_mut() = answer.status;
             if let Some(ct) = answer.content_type {
@@ -450,28 +449,13 @@ fn log_request(
     // A duplicate is answered 200 like a forwarded delivery; its reason tells the operator
     // looking for an event the app never saw that hookgate held it back on purpose.
     let (reason, detail) = match refusal {
-        // Where the proof was looked for, so that a 401 on every delivery can be told apart.
-        Some(r @ Refusal::Unverified(_)) => {
-            let expected = outcome.source().and_then(|s| s.verifier.scheme());
-            let detail = match expected {
-                Some(scheme) => format!("{r}; expected {scheme}"),
+        Some(r) => {
+            let detail = match refusal_hint(r, outcome) {
+                Some(hint) => format!("{r}; {hint}"),
                 None => r.to_string(),
             };
             (r.reason(), Cow::Owned(detail))
         }
-        // A path that is a source's but for a trailing `/` or letter case: the sender was
-        // registered with a slightly different URL.
-        Some(r @ Refusal::NoRoute) => {
-            let detail = match outcome.near_route {
-                Some(s) => format!(
-                    "{r}; source {:?} has path {} (paths match exactly)",
-                    s.name, s.path
-                ),
-                None => r.to_string(),
-            };
-            (r.reason(), Cow::Owned(detail))
-        }
-        Some(r) => (r.reason(), Cow::Owned(r.to_string())),
         None if outcome.duplicate => ("duplicate", Cow::Borrowed(DUPLICATE_DETAIL)),
         // An app that redirects (`/webhooks` to `/webhooks/`, http to https) never sees a
         // delivery; its status alone would not say why.
@@ -499,6 +483,26 @@ fn log_request(
         detail = detail.as_ref(),
         "request"
     );
+}
+
+/// What a refusal's log line adds to its reason where the operator's fix is not in it:
+/// where a proof was looked for (so that a 401 on every delivery can be told apart; never
+/// what it was compared with), or the source a 404's path is a near miss of (a sender
+/// registered with a slightly different URL).
+fn refusal_hint(refusal: &Refusal, outcome: &Outcome<'_>) -> Option<String> {
+    match refusal {
+        Refusal::Unverified(_) => {
+            let scheme = outcome.source()?.verifier.scheme()?;
+            Some(format!("expected {scheme}"))
+        }
+        Refusal::NoRoute => outcome.near_route.map(|s| {
+            format!(
+                "source {:?} has path {} (paths match exactly)",
+                s.name, s.path
+            )
+        }),
+        _ => None,
+    }
 }
 
 /// What the log says of an app's redirect: where to, with its query's values left out (as
@@ -772,7 +776,8 @@ async fn deliver<'g>(
         answer.body,
     );
     translated.retry_after = retry_after;
-    translated.location = answer.location;
+    // Only a redirect carries one (`UpstreamAnswer::location`).
+    outcome.redirected_to = answer.location;
     Ok(Delivered::Answered(translated))
 }
 

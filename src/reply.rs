@@ -93,8 +93,6 @@ pub struct Answer {
     pub content_type: Option<HeaderValue>,
     /// The upstream's `retry-after`, the one header of its own passed back.
     pub retry_after: Option<HeaderValue>,
-    /// The upstream's redirect target, for the log line only (`UpstreamAnswer::location`).
-    pub location: Option<Box<HeaderValue>>,
     pub body: Bytes,
 }
 
@@ -111,7 +109,6 @@ pub fn translate(
             status,
             content_type,
             retry_after: None,
-            location: None,
             body,
         };
     }
@@ -126,7 +123,6 @@ pub fn translate(
             status,
             content_type: Some(json),
             retry_after: None,
-            location: None,
             body: Bytes::from(translated),
         };
     }
@@ -135,7 +131,6 @@ pub fn translate(
             status,
             content_type: Some(json),
             retry_after: None,
-            location: None,
             body: Bytes::from_static(b"{}"),
         };
     }
@@ -143,7 +138,6 @@ pub fn translate(
         status,
         content_type,
         retry_after: None,
-        location: None,
         body,
     }
 }

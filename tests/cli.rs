@@ -417,13 +417,6 @@ async fn a_log_pipe_nobody_reads_does_not_stop_deliveries() {
     const SECRET: &str = "log-pipe-secret";
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
     let dir = temp_dir("cli-stalled-log");
-    let free_port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port()
-    };
     let (port, admin_port) = (free_port(), free_port());
     let text = one_source(
         &upstream.url("/"),

@@ -61,15 +61,27 @@ impl Platform {
         }
     }
 
-    /// Whether the sender reads the answer's body (SPEC §1): a BareRTC profile card, a
-    /// FUNTEK bot reply. A duplicate's `200 {}` carries neither.
-    pub fn sender_reads_answer(self) -> bool {
-        matches!(self, Platform::Barertc | Platform::Funtek)
+    /// What the sender loses when the answer's body is not the app's (SPEC §1: BareRTC
+    /// reads a profile card, FUNTEK a bot reply), as a duplicate's `200 {}` is not; `None`
+    /// for senders that read the status only.
+    pub fn answer_read_by_sender(self) -> Option<&'static str> {
+        match self {
+            Platform::Protocol | Platform::Spika => None,
+            Platform::Barertc => Some(
+                "a profile card opened twice within the window is the same body, so the same \
+                 id, and shows empty",
+            ),
+            Platform::Funtek => Some("a bot gets no reply to a message delivered again"),
+        }
     }
 
     /// Senders that read the answer retry nothing: dedupe is off by default for them.
     pub fn default_dedupe_window_s(self) -> u64 {
-        if self.sender_reads_answer() { 0 } else { 300 }
+        if self.answer_read_by_sender().is_some() {
+            0
+        } else {
+            300
+        }
     }
 
     /// The top-level key `raw` leaves out, where the body can hold the secret.

@@ -226,14 +226,20 @@ pub fn refusing_address() -> (SocketAddr, tokio::net::TcpSocket) {
 /// listener with room for one waiting connection, which it never accepts, and that one
 /// taken; the kernel drops the SYNs of the next. Keep both for as long as it must hold.
 pub async fn silent_address() -> (SocketAddr, tokio::net::TcpListener, TcpStream) {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket
-        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .expect("bind");
+    let (addr, socket) = refusing_address();
     let listener = socket.listen(0).expect("listen");
-    let addr = listener.local_addr().expect("addr");
     let queued = TcpStream::connect(addr).await.expect("the one queued");
     (addr, listener, queued)
+}
+
+/// A loopback port free a moment ago, for a process that must be told its port (the process
+/// binds it itself, so it cannot be held meanwhile).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// A fresh temporary folder for a test's files.
@@ -538,11 +544,7 @@ impl Process {
 /// replaced by a free one; everything it prints goes to `dir/out.log` (a full pipe would
 /// block a process that logs a lot). Returns once it accepts connections.
 pub fn spawn_process(dir: &Path, config: &str, env: &[(&str, &str)]) -> Process {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = free_port();
     let config = config
         .replace("127.0.0.1:0\"", &format!("127.0.0.1:{port}\""))
         .replace("0.0.0.0:0\"", &format!("0.0.0.0:{port}\""));
