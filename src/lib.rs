@@ -15,6 +15,7 @@
 //!           hygiene, Standard Webhooks signing
 //! error     every refusal as one enum, mapped to a status in one place
 //! logs      stderr, each worker's lines written in batches
+//! memory    freed memory handed back to the system after a burst (glibc)
 //! ```
 //!
 //! `config` turns the TOML file into validated runtime types once, at startup (and on
@@ -30,6 +31,7 @@ pub mod event;
 pub mod json;
 pub mod limit;
 pub mod logs;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod platforms;

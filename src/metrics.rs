@@ -23,6 +23,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
+mod process;
+pub use process::ProcessSample;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceStatus {
     source: String,
@@ -323,7 +326,10 @@ fn unix_seconds() -> f64 {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("hookgate");
+        // The process metrics keep their standard names; hookgate's own carry its prefix.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("hookgate");
         let requests = Family::<SourceStatus, ShardedCounter>::default();
         let verification_failures = Family::<SourceLabel, Counter>::default();
         let rate_limited = Family::<SourceScope, Counter>::default();
@@ -466,7 +472,7 @@ impl Metrics {
         );
         registry.register("build_info", "hookgate's version", build_info);
         let mut m = Metrics {
-            registry,
+            registry: root,
             requests,
             verification_failures,
             rate_limited,

@@ -373,12 +373,22 @@ async fn drained(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|d| *d).await;
 }
 
-/// Forgets rate-limit and dedupe state that no longer matters, every 10 s.
+/// Forgets rate-limit and dedupe state that no longer matters, and hands memory freed
+/// after a burst back to the system, every 10 s.
 async fn housekeeping(state: Arc<State>) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
+    let mut trimmer = crate::memory::Trimmer::default();
     loop {
         tick.tick().await;
         state.gateway().housekeeping();
+        if let Some(t) = trimmer.tick() {
+            tracing::debug!(
+                resident_before_kib = t.resident_before / 1024,
+                resident_after_kib = t.resident_after / 1024,
+                micros = t.micros,
+                "freed memory handed back to the system"
+            );
+        }
     }
 }
 

@@ -701,11 +701,11 @@ fn every_metric_has_a_row_in_the_readme_and_every_row_a_metric() {
     let readme = include_str!("../README.md");
     let documented: std::collections::BTreeSet<String> = readme
         .lines()
-        .filter(|l| l.starts_with("| `hookgate_"))
+        .filter(|l| l.starts_with("| `hookgate_") || l.starts_with("| `process_"))
         .filter_map(|l| l.split('|').nth(1))
         .flat_map(|cell| {
             cell.split('`')
-                .filter(|w| w.starts_with("hookgate_"))
+                .filter(|w| w.starts_with("hookgate_") || w.starts_with("process_"))
                 .map(|w| w.split('{').next().unwrap_or(w).to_string())
                 .collect::<Vec<_>>()
         })
@@ -716,4 +716,94 @@ fn every_metric_has_a_row_in_the_readme_and_every_row_a_metric() {
         undocumented.is_empty() && stale.is_empty(),
         "without a README row: {undocumented:?}; README rows of no metric: {stale:?}"
     );
+}
+
+/// One figure of `/proc/PID/...` as the kernel shows it from outside the process.
+fn proc_field(pid: u32, file: &str, prefix: &str, column: usize) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .expect("proc file")
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|rest| rest.split_whitespace().nth(column))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{prefix} in /proc/{pid}/{file}"))
+}
+
+/// The `process_*` metrics describe the process that serves them, as `/proc` shows it
+/// from outside: its open files (40 held connections among them), its limit, threads,
+/// memory and start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_metrics_describe_the_serving_process() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let dir = temp_dir("process-metrics");
+    let admin_port = free_port();
+    let config = format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n",
+        protocol_source(&upstream.url("/"), SECRET, "", "")
+    );
+    let spawned = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let p = spawn_process(&dir, &config, &[]);
+    let pid = p.child.id();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+    let metrics = async || {
+        let a = send(admin, "GET", "/metrics", &[], Bytes::new()).await;
+        assert_eq!(a.status, 200);
+        scrape(std::str::from_utf8(&a.body).expect("utf-8"))
+    };
+    let before = get(&metrics().await, "process_open_fds", &[]).expect("open fds");
+    let held = open_connections(p.addr, 40).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        let m = metrics().await;
+        if get(&m, "hookgate_open_connections", &[]) == Some(40.0)
+            || std::time::Instant::now() > deadline
+        {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let open = get(&m, "process_open_fds", &[]).expect("open fds");
+    assert!(
+        open >= before + 40.0,
+        "{before} -> {open} with 40 more connections"
+    );
+    let outside = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd")
+        .count() as f64;
+    // The scrape's own connection may be open or closed by the time of the count.
+    assert!(
+        (open - outside).abs() <= 2.0,
+        "{open} against /proc's {outside}"
+    );
+    assert_eq!(
+        get(&m, "process_max_fds", &[]),
+        Some(proc_field(pid, "limits", "Max open files", 0))
+    );
+    assert_eq!(
+        get(&m, "process_threads", &[]),
+        Some(
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .expect("task")
+                .count() as f64
+        )
+    );
+    let rss = get(&m, "process_resident_memory_bytes", &[]).expect("rss");
+    let outside_rss = proc_field(pid, "status", "VmRSS:", 0) * 1024.0;
+    assert!(
+        (rss - outside_rss).abs() < outside_rss / 4.0,
+        "{rss} against /proc's {outside_rss}"
+    );
+    assert!(get(&m, "process_virtual_memory_bytes", &[]).expect("vsize") >= rss);
+    let started = get(&m, "process_start_time_seconds", &[]).expect("start");
+    assert!(
+        (started - spawned).abs() < 5.0,
+        "started at {started}, spawned at {spawned}"
+    );
+    // A counter in seconds (clock ticks: a quiet start may not have used one yet).
+    let cpu = get(&m, "process_cpu_seconds_total", &[]).expect("cpu");
+    assert!((0.0..60.0).contains(&cpu), "{cpu}");
+    drop(held);
 }

@@ -1,0 +1,156 @@
+//! The process metrics every Prometheus client library exports (`process_*`, named as
+//! in its guidelines, without the `hookgate_` prefix), read from `/proc` at each scrape:
+//! dashboards and alerts written for them work as they are. Open files against their
+//! limit matters here (README "Open files"); resident memory shows a burst's memory go back
+//! (`memory.rs`). Only at a scrape: nothing on the request path.
+
+use procfs::WithCurrentSystemInfo;
+use procfs::process::{LimitValue, Process};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+/// What one scrape read; a file that could not be read leaves its metrics out.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ProcessSample {
+    pub cpu_seconds: Option<f64>,
+    pub open_fds: Option<u64>,
+    pub max_fds: Option<u64>,
+    pub virtual_memory_bytes: Option<u64>,
+    pub resident_memory_bytes: Option<u64>,
+    pub start_time_seconds: Option<f64>,
+    pub threads: Option<u64>,
+}
+
+impl ProcessSample {
+    /// Reads this process's `/proc` files.
+    pub fn read() -> ProcessSample {
+        let Ok(me) = Process::myself() else {
+            return ProcessSample::default();
+        };
+        let mut sample = ProcessSample {
+            open_fds: me.fd_count().ok().map(|n| n as u64),
+            // An unlimited limit has no number to show.
+            max_fds: me
+                .limits()
+                .ok()
+                .and_then(|l| match l.max_open_files.soft_limit {
+                    LimitValue::Value(n) => Some(n),
+                    LimitValue::Unlimited => None,
+                }),
+            ..ProcessSample::default()
+        };
+        if let Ok(stat) = me.stat() {
+            let ticks = procfs::ticks_per_second() as f64;
+            sample.cpu_seconds = Some((stat.utime + stat.stime) as f64 / ticks);
+            sample.virtual_memory_bytes = Some(stat.vsize);
+            sample.resident_memory_bytes = Some(stat.rss_bytes().get());
+            sample.threads = u64::try_from(stat.num_threads).ok();
+            sample.start_time_seconds = procfs::boot_time_secs()
+                .ok()
+                .map(|boot| boot as f64 + stat.starttime as f64 / ticks);
+        }
+        sample
+    }
+}
+
+/// Registered on the registry's root, so its names carry no prefix.
+#[derive(Debug)]
+pub struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = ProcessSample::read();
+        if let Some(v) = s.cpu_seconds {
+            let help = "Total user and system CPU time spent in seconds";
+            write(
+                &mut encoder,
+                "process_cpu_seconds",
+                help,
+                ConstCounter::new(v),
+            )?;
+        }
+        if let Some(v) = s.start_time_seconds {
+            let help = "Start time of the process since unix epoch in seconds";
+            write(
+                &mut encoder,
+                "process_start_time_seconds",
+                help,
+                ConstGauge::new(v),
+            )?;
+        }
+        let counts = [
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                s.open_fds,
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors (the soft limit)",
+                s.max_fds,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                s.virtual_memory_bytes,
+            ),
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                s.resident_memory_bytes,
+            ),
+            (
+                "process_threads",
+                "Number of OS threads in the process",
+                s.threads,
+            ),
+        ];
+        for (name, help, value) in counts {
+            if let Some(v) = value.and_then(|v| i64::try_from(v).ok()) {
+                write(&mut encoder, name, help, ConstGauge::new(v))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One metric family of one sample.
+fn write(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    metric: impl EncodeMetric,
+) -> Result<(), std::fmt::Error> {
+    let m = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+    metric.encode(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_is_this_process() {
+        let s = ProcessSample::read();
+        let open = s.open_fds.expect("open fds");
+        let max = s.max_fds.expect("a limit is set");
+        assert!(open >= 3 && open <= max, "{open} of {max}");
+        let rss = s.resident_memory_bytes.expect("rss");
+        let vsize = s.virtual_memory_bytes.expect("vsize");
+        assert!(rss > 1 << 20 && rss <= vsize, "{rss} of {vsize}");
+        assert!(s.threads.expect("threads") >= 1);
+        // Started within the last day, not in the future.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64();
+        let started = s.start_time_seconds.expect("start");
+        assert!(
+            started <= now + 1.0 && started > now - 86_400.0,
+            "{started} vs {now}"
+        );
+        assert!(s.cpu_seconds.expect("cpu") >= 0.0);
+    }
+}
