@@ -314,6 +314,8 @@ pub async fn handle(
         .cloned()
         .unwrap_or_else(new_request_id);
     let version = request.version();
+    // Only refused (405 on a source path, 404 elsewhere), but with no body, as any HEAD.
+    let head = request.method() == Method::HEAD;
 
     let path = request.uri().path();
     if path == "/healthz" || path == "/readyz" {
@@ -379,6 +381,9 @@ pub async fn handle(
     response
         .headers_mut()
         .insert(upstream::X_REQUEST_ID.clone(), request_id.clone());
+    if head {
+        leave_out_body(&mut response);
+    }
 
     let status = response.status().as_u16();
     drop(in_flight);
@@ -575,9 +580,20 @@ fn health_answer(path: &str, method: &Method, health: &Health) -> Response<Body>
         json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#))
     };
     if method == Method::HEAD {
-        *response.body_mut() = Full::new(Bytes::new());
+        leave_out_body(&mut response);
     }
     response
+}
+
+/// An answer to HEAD: the length of the body it would have had (RFC 9110 §9.3.2), and no
+/// body. hyper leaves the body out of an HTTP/1.1 answer to HEAD itself, but its HTTP/2
+/// server sends it, which the client takes for a protocol error and resets the stream.
+fn leave_out_body(response: &mut Response<Body>) {
+    let length = response.body().size_hint().exact().unwrap_or(0);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    *response.body_mut() = Full::new(Bytes::new());
 }
 
 /// `/healthz`, `/readyz` and `/metrics` for the admin listener.

@@ -761,9 +761,33 @@ async fn health_endpoints_on_main_and_admin_listeners() {
         for path in ["/healthz", "/readyz"] {
             let a = send(addr, "GET", path, &[], Bytes::new()).await;
             assert_eq!(a.status, 200, "{addr} {path}");
+            // The GET's length, without its body (RFC 9110 §9.3.2).
             let a = send(addr, "HEAD", path, &[], Bytes::new()).await;
-            assert_eq!((a.status, a.body.len()), (200, 0), "{addr} {path}");
+            assert_eq!(
+                (a.status, a.body.len(), a.header("content-length")),
+                (200, 0, Some("15")),
+                "{addr} {path}"
+            );
         }
+    }
+    // Over HTTP/2 too, where a body sent to HEAD is a protocol error the client resets.
+    // Refusals too: 405 on a source path, 404 elsewhere.
+    let (mut h2, _connection) = h2_connect(gw.addr).await;
+    for (path, status, length) in [
+        ("/healthz", 200, "15"),
+        ("/hooks/p", 405, "30"),
+        ("/elsewhere", 404, "21"),
+    ] {
+        let head = http::Request::head(format!("http://{}{path}", gw.addr))
+            .version(http::Version::HTTP_2)
+            .body(http_body_util::Full::new(Bytes::new()))
+            .expect("request");
+        let a = collect(h2.send_request(head).await.expect("h2 answer")).await;
+        assert_eq!(
+            (a.status, a.body.len(), a.header("content-length")),
+            (status, 0, Some(length)),
+            "{path}"
+        );
     }
     // Read-only endpoints: any other method is 405, on the admin listener's /metrics too.
     for (addr, path) in [
@@ -779,8 +803,18 @@ async fn health_endpoints_on_main_and_admin_listeners() {
         );
         assert_eq!(a.json(), serde_json::json!({"error":"method_not_allowed"}));
     }
+    let get = send(admin, "GET", "/metrics", &[], Bytes::new()).await;
     let a = send(admin, "HEAD", "/metrics", &[], Bytes::new()).await;
     assert_eq!((a.status, a.body.len()), (200, 0));
+    // The two scrapes' process figures differ: the length is each one's own, and there.
+    assert!(
+        a.header("content-length")
+            .and_then(|l| l.parse::<usize>().ok())
+            .is_some_and(|l| l.abs_diff(get.body.len()) < 64),
+        "{:?} against {}",
+        a.header("content-length"),
+        get.body.len()
+    );
     gw.server.set_unready();
     assert_eq!(
         send(gw.addr, "GET", "/readyz", &[], Bytes::new())
