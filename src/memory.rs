@@ -19,6 +19,10 @@ use std::time::Instant;
 /// the heaps (an idle hookgate holds ~6 MiB that is not heap at all: code, stacks).
 const KEPT_FREE: u64 = 16 * 1024 * 1024;
 
+/// `heap_in_use` is exact below this; a process at least this big is not trimmed (only a
+/// `max_buffered_bytes` of gigabytes makes one).
+const TRUSTED_UP_TO: u64 = 4 << 30;
+
 /// How a trim went, for the log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trimmed {
@@ -52,7 +56,7 @@ impl Trimmer {
     /// A trim locks each worker's heap in turn while it walks it (31 ms for 250 MiB of
     /// 8,000 connections' blocks).
     pub fn tick(&mut self) -> Option<Trimmed> {
-        let resident_before = resident_bytes()?;
+        let resident_before = resident_bytes().filter(|r| *r < TRUSTED_UP_TO)?;
         if !worth_trimming(resident_before, heap_in_use()?, self.bar) {
             return None;
         }
@@ -81,12 +85,18 @@ fn resident_bytes() -> Option<u64> {
 }
 
 /// Bytes the heaps hand out now: blocks in use in the arenas and blocks mapped on their own.
+///
+/// `mallinfo`, not `mallinfo2`: the latter came with glibc 2.33 and would keep hookgate from
+/// linking on older ones (RHEL 8 has 2.28). `mallinfo`'s fields are C `int`s that glibc
+/// fills from `size_t`s, so each is read back as unsigned: exact below 4 GiB, which is why
+/// `Trimmer::tick` leaves a process that big alone.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn heap_in_use() -> Option<u64> {
-    // SAFETY: mallinfo2 takes nothing and returns a struct by value (glibc ≥ 2.33).
-    let info = unsafe { libc::mallinfo2() };
-    Some((info.uordblks as u64).saturating_add(info.hblkhd as u64))
+    // SAFETY: mallinfo takes nothing and returns a struct by value.
+    let info = unsafe { libc::mallinfo() };
+    let unsigned = |field: libc::c_int| u64::from(field as u32);
+    Some(unsigned(info.uordblks).saturating_add(unsigned(info.hblkhd)))
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
@@ -141,6 +151,22 @@ mod tests {
         // No bar (the last trim left little free): the rest of a burst that was still
         // closing at that trim.
         assert!(worth_trimming(32 * MIB, 3 * MIB, 0));
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn the_heap_in_use_counts_an_allocation() {
+        let before = heap_in_use().expect("mallinfo");
+        // Touched, so that it is surely allocated (and large: glibc maps it on its own).
+        let held = vec![1u8; 64 * MIB as usize];
+        let during = heap_in_use().expect("mallinfo");
+        assert_eq!(held.iter().map(|b| u64::from(*b)).sum::<u64>(), 64 * MIB);
+        drop(held);
+        // Other tests allocate meanwhile: a margin both ways.
+        assert!(
+            during >= before + 48 * MIB && during < before + 128 * MIB,
+            "{before} -> {during}"
+        );
     }
 
     #[test]
