@@ -13,19 +13,19 @@ use prometheus_client::metrics::gauge::ConstGauge;
 
 /// What one scrape read; a file that could not be read leaves its metrics out.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct ProcessSample {
-    pub cpu_seconds: Option<f64>,
-    pub open_fds: Option<u64>,
-    pub max_fds: Option<u64>,
-    pub virtual_memory_bytes: Option<u64>,
-    pub resident_memory_bytes: Option<u64>,
-    pub start_time_seconds: Option<f64>,
-    pub threads: Option<u64>,
+struct ProcessSample {
+    cpu_seconds: Option<f64>,
+    open_fds: Option<u64>,
+    max_fds: Option<u64>,
+    virtual_memory_bytes: Option<u64>,
+    resident_memory_bytes: Option<u64>,
+    start_time_seconds: Option<f64>,
+    threads: Option<u64>,
 }
 
 impl ProcessSample {
     /// Reads this process's `/proc` files.
-    pub fn read() -> ProcessSample {
+    fn read() -> ProcessSample {
         let Ok(me) = Process::myself() else {
             return ProcessSample::default();
         };
