@@ -53,7 +53,7 @@ impl Trimmer {
     /// Trims the heaps when `worth_trimming` says so. Called every housekeeping tick (10
     /// s), on the control thread: it reads `/proc/self/stat` and the heaps' totals, and
     /// trims only after a burst, so a steady process never pays for more than the check.
-    /// A trim locks each worker's heap in turn while it walks it (31 ms for 250 MiB of
+    /// A trim locks each worker's heap in turn while it walks it (21–31 ms for 250 MiB of
     /// 8,000 connections' blocks).
     pub fn tick(&mut self) -> Option<Trimmed> {
         let resident_before = resident_bytes().filter(|r| *r < TRUSTED_UP_TO)?;
