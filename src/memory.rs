@@ -78,10 +78,16 @@ impl Trimmer {
 }
 
 /// The process's resident set in bytes.
+#[cfg(target_os = "linux")]
 fn resident_bytes() -> Option<u64> {
     use procfs::WithCurrentSystemInfo;
     let stat = procfs::process::Process::myself().ok()?.stat().ok()?;
     Some(stat.rss_bytes().get())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn resident_bytes() -> Option<u64> {
+    None
 }
 
 /// Bytes the heaps hand out now: blocks in use in the arenas and blocks mapped on their own.
@@ -169,6 +175,7 @@ mod tests {
         );
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn the_resident_set_is_read() {
         let rss = resident_bytes().expect("rss in /proc/self/stat");

@@ -307,6 +307,7 @@ async fn a_thousand_trickling_connections_do_not_block_a_genuine_delivery() {
 }
 
 /// The process's resident set (VmRSS) in KiB.
+#[cfg(target_os = "linux")]
 fn resident_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .expect("status")
@@ -318,6 +319,7 @@ fn resident_kib(pid: u32) -> u64 {
 
 /// glibc keeps freed blocks resident between ones in use: without a trim, a process that
 /// held 2,000 connections' buffers (~40 MiB) stayed at that size after they had all gone.
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_of_a_burst_of_connections_goes_back_to_the_system() {
     use tokio::io::AsyncWriteExt;

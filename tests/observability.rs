@@ -719,6 +719,7 @@ fn every_metric_has_a_row_in_the_readme_and_every_row_a_metric() {
 }
 
 /// One figure of `/proc/PID/...` as the kernel shows it from outside the process.
+#[cfg(target_os = "linux")]
 fn proc_field(pid: u32, file: &str, prefix: &str, column: usize) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .expect("proc file")
@@ -732,6 +733,7 @@ fn proc_field(pid: u32, file: &str, prefix: &str, column: usize) -> f64 {
 /// The `process_*` metrics describe the process that serves them, as `/proc` shows it
 /// from outside: its open files (40 held connections among them), its limit, threads,
 /// memory and start.
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_metrics_describe_the_serving_process() {
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;

@@ -4,8 +4,6 @@
 //! limit matters here (README "Open files"); resident memory shows a burst's memory go back
 //! (`memory.rs`). Only at a scrape: nothing on the request path.
 
-use procfs::WithCurrentSystemInfo;
-use procfs::process::{LimitValue, Process};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -25,7 +23,10 @@ struct ProcessSample {
 
 impl ProcessSample {
     /// Reads this process's `/proc` files.
+    #[cfg(target_os = "linux")]
     fn read() -> ProcessSample {
+        use procfs::WithCurrentSystemInfo;
+        use procfs::process::{LimitValue, Process};
         let Ok(me) = Process::myself() else {
             return ProcessSample::default();
         };
@@ -52,6 +53,12 @@ impl ProcessSample {
                 .map(|boot| boot as f64 + stat.starttime as f64 / ticks);
         }
         sample
+    }
+
+    /// No `/proc` off Linux: no process metrics.
+    #[cfg(not(target_os = "linux"))]
+    fn read() -> ProcessSample {
+        ProcessSample::default()
     }
 }
 
@@ -127,7 +134,7 @@ fn write(
     metric.encode(m)
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 
