@@ -24,7 +24,7 @@ const KEPT_FREE: u64 = 16 * 1024 * 1024;
 const TRUSTED_UP_TO: u64 = 4 << 30;
 
 /// How a trim went, for the log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Trimmed {
     pub resident_before: u64,
     pub resident_after: u64,

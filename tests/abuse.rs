@@ -309,12 +309,7 @@ async fn a_thousand_trickling_connections_do_not_block_a_genuine_delivery() {
 /// The process's resident set (VmRSS) in KiB.
 #[cfg(target_os = "linux")]
 fn resident_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("status")
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    proc_field(pid, "status", "VmRSS:", 0) as u64
 }
 
 /// glibc keeps freed blocks resident between ones in use: without a trim, a process that

@@ -718,18 +718,6 @@ fn every_metric_has_a_row_in_the_readme_and_every_row_a_metric() {
     );
 }
 
-/// One figure of `/proc/PID/...` as the kernel shows it from outside the process.
-#[cfg(target_os = "linux")]
-fn proc_field(pid: u32, file: &str, prefix: &str, column: usize) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-        .expect("proc file")
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .and_then(|rest| rest.split_whitespace().nth(column))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{prefix} in /proc/{pid}/{file}"))
-}
-
 /// The `process_*` metrics describe the process that serves them, as `/proc` shows it
 /// from outside: its open files (40 held connections among them), its limit, threads,
 /// memory and start.

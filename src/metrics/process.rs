@@ -1,6 +1,6 @@
 //! The process metrics every Prometheus client library exports (`process_*`, named as
-//! in its guidelines, without the `hookgate_` prefix), read from `/proc` at each scrape:
-//! dashboards and alerts written for them work as they are. Open files against their
+//! in its guidelines, without the `hookgate_` prefix), read from `/proc` at each scrape
+//! (the open-files limit with `rlimit`, as `cli` raises it): dashboards and alerts written for them work as they are. Open files against their
 //! limit matters here (README "Open files"); resident memory shows a burst's memory go back
 //! (`memory.rs`). Only at a scrape: nothing on the request path.
 
@@ -26,20 +26,18 @@ impl ProcessSample {
     #[cfg(target_os = "linux")]
     fn read() -> ProcessSample {
         use procfs::WithCurrentSystemInfo;
-        use procfs::process::{LimitValue, Process};
+        use procfs::process::Process;
         let Ok(me) = Process::myself() else {
             return ProcessSample::default();
         };
         let mut sample = ProcessSample {
             open_fds: me.fd_count().ok().map(|n| n as u64),
-            // An unlimited limit has no number to show.
-            max_fds: me
-                .limits()
+            // As `cli` reads and raises it; an unlimited one has no number to show.
+            max_fds: rlimit::Resource::NOFILE
+                .get()
                 .ok()
-                .and_then(|l| match l.max_open_files.soft_limit {
-                    LimitValue::Value(n) => Some(n),
-                    LimitValue::Unlimited => None,
-                }),
+                .map(|(soft, _)| soft)
+                .filter(|soft| *soft != rlimit::INFINITY),
             ..ProcessSample::default()
         };
         if let Ok(stat) = me.stat() {
@@ -68,70 +66,60 @@ pub struct ProcessCollector;
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        type Metric = Box<dyn EncodeMetric>;
+        let count = |v: Option<u64>| -> Option<Metric> {
+            let v = i64::try_from(v?).ok()?;
+            Some(Box::new(ConstGauge::new(v)))
+        };
         let s = ProcessSample::read();
-        if let Some(v) = s.cpu_seconds {
-            let help = "Total user and system CPU time spent in seconds";
-            write(
-                &mut encoder,
+        let families: [(&str, &str, Option<Metric>); 7] = [
+            (
                 "process_cpu_seconds",
-                help,
-                ConstCounter::new(v),
-            )?;
-        }
-        if let Some(v) = s.start_time_seconds {
-            let help = "Start time of the process since unix epoch in seconds";
-            write(
-                &mut encoder,
+                "Total user and system CPU time spent in seconds",
+                s.cpu_seconds
+                    .map(|v| Box::new(ConstCounter::new(v)) as Metric),
+            ),
+            (
                 "process_start_time_seconds",
-                help,
-                ConstGauge::new(v),
-            )?;
-        }
-        let counts = [
+                "Start time of the process since unix epoch in seconds",
+                s.start_time_seconds
+                    .map(|v| Box::new(ConstGauge::new(v)) as Metric),
+            ),
             (
                 "process_open_fds",
                 "Number of open file descriptors",
-                s.open_fds,
+                count(s.open_fds),
             ),
             (
                 "process_max_fds",
                 "Maximum number of open file descriptors (the soft limit)",
-                s.max_fds,
+                count(s.max_fds),
             ),
             (
                 "process_virtual_memory_bytes",
                 "Virtual memory size in bytes",
-                s.virtual_memory_bytes,
+                count(s.virtual_memory_bytes),
             ),
             (
                 "process_resident_memory_bytes",
                 "Resident memory size in bytes",
-                s.resident_memory_bytes,
+                count(s.resident_memory_bytes),
             ),
             (
                 "process_threads",
                 "Number of OS threads in the process",
-                s.threads,
+                count(s.threads),
             ),
         ];
-        for (name, help, value) in counts {
-            if let Some(v) = value.and_then(|v| i64::try_from(v).ok()) {
-                write(&mut encoder, name, help, ConstGauge::new(v))?;
+        // A figure that could not be read leaves its family out.
+        for (name, help, metric) in families {
+            if let Some(m) = metric {
+                let e = encoder.encode_descriptor(name, help, None, m.metric_type())?;
+                m.encode(e)?;
             }
         }
         Ok(())
     }
-}
-
-/// One metric family of one sample.
-fn write(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    metric: impl EncodeMetric,
-) -> Result<(), std::fmt::Error> {
-    let m = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
-    metric.encode(m)
 }
 
 #[cfg(all(test, target_os = "linux"))]

@@ -692,3 +692,15 @@ pub fn sample(name: &str, labels: &[(&str, &str)]) -> (String, Vec<(String, Stri
 pub fn get(m: &Samples, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     m.get(&sample(name, labels)).copied()
 }
+
+/// One figure of `/proc/PID/...` as the kernel shows it from outside the process.
+#[cfg(target_os = "linux")]
+pub fn proc_field(pid: u32, file: &str, prefix: &str, column: usize) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .expect("proc file")
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|rest| rest.split_whitespace().nth(column))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{prefix} in /proc/{pid}/{file}"))
+}
