@@ -526,7 +526,11 @@ impl Head {
     /// The final answer's head, or `None` for an interim (1xx) one.
     fn from_parsed(response: &httparse::Response<'_, '_>) -> Result<Option<Head>, ExchangeError> {
         let code = response.code.unwrap_or(0);
-        let status = StatusCode::from_u16(code).map_err(|_| invalid("bad status code"))?;
+        // RFC 9110 §15: codes outside 100–599 are invalid (`StatusCode` takes up to 999).
+        let status = StatusCode::from_u16(code)
+            .ok()
+            .filter(|s| s.as_u16() < 600)
+            .ok_or_else(|| invalid("bad status code"))?;
         if status == StatusCode::SWITCHING_PROTOCOLS {
             return Err(invalid("101 Switching Protocols, not asked for"));
         }
@@ -538,7 +542,10 @@ impl Head {
         let mut location = None;
         let redirect = status.is_redirection();
         let mut length: Option<u64> = None;
-        let mut transfer_encoding: Option<&[u8]> = None;
+        // Transfer codings of every `transfer-encoding` line, and whether all were `chunked`.
+        let mut transfer_encoding = false;
+        let mut transfer_codings = 0usize;
+        let mut only_chunked = true;
         let mut keep_alive = response.version == Some(1);
         for h in response.headers.iter() {
             let name = h.name.as_bytes();
@@ -550,8 +557,12 @@ impl Head {
                 }
                 length = Some(n);
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                // Several lines are one list; the last coding is what frames the body.
-                transfer_encoding = Some(value);
+                // Several lines are one list.
+                transfer_encoding = true;
+                for coding in list_items(value) {
+                    transfer_codings += 1;
+                    only_chunked &= coding.eq_ignore_ascii_case(b"chunked");
+                }
             } else if name.eq_ignore_ascii_case(b"content-encoding") {
                 if !codings_only(value, b"identity") {
                     return Err(ExchangeError::Encoding);
@@ -573,16 +584,15 @@ impl Head {
         }
         let framing = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Empty
-        } else if let Some(te) = transfer_encoding {
-            // A transfer-encoding overrides any content-length (RFC 9112 §6.3).
-            if list_items(te)
-                .last()
-                .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
-            {
-                Framing::Chunked
-            } else {
-                Framing::UntilClose
+        } else if transfer_encoding {
+            // hookgate sends no `TE`, so `chunked`, once, is the only transfer coding an
+            // answer may carry (RFC 9112 §7.4, §7); under any other the body would be
+            // relayed still coded (nginx refuses these answers too). It overrides any
+            // content-length (RFC 9112 §6.3).
+            if transfer_codings != 1 || !only_chunked {
+                return Err(invalid("a transfer coding other than chunked"));
             }
+            Framing::Chunked
         } else {
             match length {
                 Some(0) => Framing::Empty,
@@ -840,7 +850,7 @@ mod tests {
     async fn a_chunked_answer_is_joined_without_extensions_or_trailers() {
         let a = answer(
             &[
-                b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 1\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\ncontent-length: 1\r\n\r\n",
                 b"4;ext=\"x\"\r\nabcd\r\n",
                 b"A\r\n0123456789",
                 b"\r\n0\r\nx-trailer: 1\r\n",
@@ -904,13 +914,6 @@ mod tests {
         // No length: the body runs to the end of the connection.
         let a = answer(&[b"HTTP/1.1 200 OK\r\n\r\nall ", b"of it"], true).await;
         assert_eq!(seen(&a), (200, &b"all of it"[..], false));
-        // A transfer-encoding that does not end in chunked: likewise.
-        let a = answer(
-            &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nzz"],
-            true,
-        )
-        .await;
-        assert_eq!(seen(&a), (200, &b"zz"[..], false));
         let a = answer(
             &[b"HTTP/1.1 200 OK\r\nconnection: keep-alive, Close\r\ncontent-length: 0\r\n\r\n"],
             false,
@@ -926,6 +929,31 @@ mod tests {
         )
         .await;
         assert_eq!(seen(&a), (200, &b"x"[..], false));
+    }
+
+    /// hookgate sends no `TE`: a body under any transfer coding but one `chunked` would be
+    /// relayed still coded, and a status outside 100–599 is not HTTP (RFC 9110 §15).
+    #[tokio::test]
+    async fn other_transfer_codings_and_statuses_past_599_are_invalid() {
+        for head in [
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nzz\r\n0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nzz",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: \r\ncontent-length: 2\r\n\r\nzz",
+            b"HTTP/1.1 600 Past\r\ncontent-length: 2\r\n\r\nzz",
+            b"HTTP/1.1 999 Weird\r\ncontent-length: 2\r\n\r\nzz",
+        ] {
+            let e = error(&[head], 10).await;
+            assert!(
+                matches!(e, ExchangeError::Invalid(_)),
+                "{}: {e:?}",
+                String::from_utf8_lossy(head)
+            );
+        }
+        let last = b"HTTP/1.1 599 Last\r\ncontent-length: 2\r\n\r\nzz";
+        assert_eq!(seen(&answer(&[last], false).await), (599, &b"zz"[..], true));
     }
 
     #[tokio::test]
