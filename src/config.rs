@@ -527,23 +527,31 @@ impl Builder {
         }
     }
 
-    fn resolve_path(&self, p: &str) -> PathBuf {
+    /// A file the config names, relative to the config's folder. An empty path would name
+    /// that folder, and fail later with a message about neither.
+    fn file_path(&self, field: &str, p: &str) -> Result<PathBuf, ConfigError> {
+        if p.is_empty() {
+            return Err(self.err(field, "an empty file path"));
+        }
         let p = Path::new(p);
-        if p.is_absolute() {
+        Ok(if p.is_absolute() {
             p.to_path_buf()
         } else {
             self.base.join(p)
-        }
+        })
     }
 
     /// `env:NAME`, `file:PATH` (trailing whitespace trimmed) or a literal. Never quotes the value.
     fn secret(&self, field: &str, reference: &str) -> Result<Secret, ConfigError> {
         let value: Vec<u8> = if let Some(name) = reference.strip_prefix("env:") {
+            if name.is_empty() {
+                return Err(self.err(field, "\"env:\" names no environment variable"));
+            }
             std::env::var_os(name)
                 .ok_or_else(|| self.err(field, format!("environment variable {name} is not set")))?
                 .into_encoded_bytes()
         } else if let Some(p) = reference.strip_prefix("file:") {
-            let path = self.resolve_path(p);
+            let path = self.file_path(field, p)?;
             self.files.borrow_mut().push(path.clone());
             let mut bytes = std::fs::read(&path).map_err(|e| {
                 self.err(
@@ -683,11 +691,21 @@ impl Builder {
         let server = Server {
             listen: self.socket_addr("server.listen", &s.listen)?,
             max_body_bytes,
-            tls: s.tls.as_ref().map(|t| TlsFiles {
-                cert: self.resolve_path(&t.cert),
-                key: self.resolve_path(&t.key),
-                client_ca: t.client_ca.as_deref().map(|c| self.resolve_path(c)),
-            }),
+            tls: s
+                .tls
+                .as_ref()
+                .map(|t| -> Result<TlsFiles, ConfigError> {
+                    Ok(TlsFiles {
+                        cert: self.file_path("server.tls.cert", &t.cert)?,
+                        key: self.file_path("server.tls.key", &t.key)?,
+                        client_ca: t
+                            .client_ca
+                            .as_deref()
+                            .map(|c| self.file_path("server.tls.client_ca", c))
+                            .transpose()?,
+                    })
+                })
+                .transpose()?,
             shutdown_grace: self.seconds("server.shutdown_grace_s", s.shutdown_grace_s, true)?,
             shutdown_delay: self.seconds("server.shutdown_delay_s", s.shutdown_delay_s, true)?,
             log_format: s.log_format,
@@ -740,7 +758,8 @@ impl Builder {
             },
             ca: up
                 .and_then(|u| u.ca.as_deref())
-                .map(|c| self.resolve_path(c)),
+                .map(|c| self.file_path("upstream.ca", c))
+                .transpose()?,
             signing_key: up
                 .and_then(|u| u.signing_secret.as_deref())
                 .map(|r| self.signing_key(r))
@@ -1522,6 +1541,42 @@ secrets = ["file:a.secret"]
         let e = err(&format!("[server]\nmax_body_bytes = \"big\"\n{MINIMAL}"));
         assert!(e.contains("server.max_body_bytes"), "{e}");
         assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn a_secret_reference_with_nothing_after_its_prefix_says_so() {
+        let e = err(&MINIMAL.replace("literal-secret", "env:"));
+        assert_eq!(
+            e,
+            "/etc/hookgate/test.toml: source[0].secrets[0]: \"env:\" names no environment variable"
+        );
+        let e = err(&MINIMAL.replace("literal-secret", "file:"));
+        assert_eq!(
+            e,
+            "/etc/hookgate/test.toml: source[0].secrets[0]: an empty file path"
+        );
+    }
+
+    #[test]
+    fn an_empty_certificate_or_ca_path_names_its_field() {
+        let server = |tls: &str| format!("[server]\ntls = {{ {tls} }}\n{MINIMAL}");
+        for (config, field) in [
+            (server("cert = \"\", key = \"k\""), "server.tls.cert"),
+            (server("cert = \"c\", key = \"\""), "server.tls.key"),
+            (
+                server("cert = \"c\", key = \"k\", client_ca = \"\""),
+                "server.tls.client_ca",
+            ),
+            (
+                MINIMAL.replace("[upstream]\n", "[upstream]\nca = \"\"\n"),
+                "upstream.ca",
+            ),
+        ] {
+            assert_eq!(
+                err(&config),
+                format!("/etc/hookgate/test.toml: {field}: an empty file path")
+            );
+        }
     }
 
     #[test]
