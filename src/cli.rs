@@ -323,6 +323,10 @@ fn with_api_key(body: &str, key: &str) -> Result<String, String> {
 
 /// The curl command for one delivery to `source`.
 pub fn sign_command(config: &Config, source: &Source, body: &str) -> Result<String, String> {
+    // The shell would cut the argument there, and curl would send other bytes than those signed.
+    if body.contains('\0') {
+        return Err("the body holds a NUL byte, which no shell argument can carry".into());
+    }
     let scheme = if config.server.tls.is_some() {
         "https"
     } else {

@@ -230,6 +230,13 @@ async fn sign_prints_a_curl_command_that_delivers() {
     assert_eq!(fwd[1].json()["id"], "from-file");
     assert_eq!(fwd[3].json()["type"], "report.created");
     assert_eq!(fwd[4].json()["type"], "message.created");
+    // A NUL byte cannot be carried by a shell argument: no command that would send other bytes.
+    let nul = dir.join("nul.json");
+    std::fs::write(&nul, "{\"type\":\"a\0b\"}").expect("body");
+    let nul = nul.display().to_string();
+    let (code, cmd, err) = hookgate(&["sign", "--config", &path, "--source", "p", "--body", &nul]);
+    assert_eq!((code, cmd.as_str()), (2, ""), "{err}");
+    assert!(err.contains("NUL byte"), "{err}");
     drop(gw);
 }
 
