@@ -214,7 +214,14 @@ fn run(config: Config) -> ExitCode {
             Ok(s) => s,
             Err(e) => return fail(e),
         };
-        tracing::info!(listen = %server.local_addr, admin = ?server.admin_addr, "hookgate listening");
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            listen = %server.local_addr,
+            admin = %server
+                .admin_addr
+                .map_or_else(|| "off".to_string(), |a| a.to_string()),
+            "hookgate listening"
+        );
         for l in lines {
             tracing::info!("route {l}");
         }
