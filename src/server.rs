@@ -36,7 +36,7 @@ mod workers;
 pub enum StartError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
-    #[error("{file}: server.tls: {source}")]
+    #[error("{file}: {source}")]
     Tls { file: String, source: tls::TlsError },
     #[error("{file}: upstream.ca: {source}")]
     Upstream {

@@ -10,19 +10,31 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::TlsFiles;
 
-/// A certificate or key that cannot be used: names the file.
+/// A certificate or key that cannot be used: names the field (`cert`, `key`, `client_ca`)
+/// and the file.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {message}")]
+#[error("server.tls.{field}: {path}: {message}")]
 pub struct TlsError {
+    pub field: &'static str,
     pub path: String,
     pub message: String,
 }
 
-fn certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |message: String| TlsError {
-        path: path.display().to_string(),
-        message,
-    };
+impl TlsError {
+    fn new(field: &'static str, path: &std::path::Path, message: impl Into<String>) -> TlsError {
+        TlsError {
+            field,
+            path: path.display().to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+fn certs(
+    field: &'static str,
+    path: &std::path::Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |message: String| TlsError::new(field, path, message);
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| err(format!("cannot read certificates: {e}")))?
         .collect::<Result<Vec<_>, _>>()
@@ -93,44 +105,40 @@ pub fn expiry_warning(
 
 /// Loads the files into a server config (PKCS#8, PKCS#1 and SEC1 keys).
 pub fn server_config(files: &TlsFiles) -> Result<ServerTls, TlsError> {
-    let chain = certs(&files.cert)?;
+    let chain = certs("cert", &files.cert)?;
     let expires = chain
         .first()
         .and_then(|leaf| validity(leaf))
         .and_then(|(_, not_after)| SystemTime::UNIX_EPOCH.checked_add(not_after));
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError {
-        path: files.key.display().to_string(),
-        message: format!("cannot read a private key: {e}"),
-    })?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| TlsError::new("key", &files.key, format!("cannot read a private key: {e}")))?;
     let provider = provider();
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError {
-            path: files.cert.display().to_string(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| TlsError::new("cert", &files.cert, e.to_string()))?;
     let builder = match &files.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca_path) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in certs(ca_path)? {
-                roots.add(c).map_err(|e| TlsError {
-                    path: ca_path.display().to_string(),
-                    message: e.to_string(),
-                })?;
+            let ca_err = |e: String| TlsError::new("client_ca", ca_path, e);
+            for c in certs("client_ca", ca_path)? {
+                roots.add(c).map_err(|e| ca_err(e.to_string()))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .map_err(|e| TlsError {
-                    path: ca_path.display().to_string(),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| ca_err(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_single_cert(chain, key).map_err(|e| TlsError {
-        path: files.key.display().to_string(),
-        message: format!("certificate and key do not fit: {e}"),
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+        TlsError::new(
+            "key",
+            &files.key,
+            format!(
+                "does not fit the certificate ({}): {e}",
+                files.cert.display()
+            ),
+        )
     })?;
     // In the server's order of preference. http/1.0 too: rustls refuses the handshake of a
     // client that names only protocols not listed here (`curl --http1.0` names http/1.0),
@@ -140,9 +148,12 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerTls, TlsError> {
     // does by default. Without them resumption rests on rustls' cache of 256 sessions: past
     // ~128 clients that connect anew per delivery, every handshake is a full one, and
     // throughput at 512 such connections fell to 0.61x of nginx's (README, "Over TLS").
-    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError {
-        path: files.cert.display().to_string(),
-        message: format!("cannot make session ticket keys: {e}"),
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| {
+        TlsError::new(
+            "cert",
+            &files.cert,
+            format!("cannot make session ticket keys: {e}"),
+        )
     })?;
     Ok(ServerTls {
         config: Arc::new(config),
@@ -178,6 +189,48 @@ mod tests {
         assert_eq!(
             tls.not_after,
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_542_400))
+        );
+    }
+
+    /// Each file that cannot be used is named with its field, as config errors are.
+    #[test]
+    fn an_unusable_file_is_named_with_its_field() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = cert_until(dir.path(), (2030, 1, 2));
+        let other = rcgen::KeyPair::generate().expect("key");
+        std::fs::write(dir.path().join("other.key"), other.serialize_pem()).expect("write");
+        let error = |files: TlsFiles| match server_config(&files) {
+            Ok(_) => panic!("loaded"),
+            Err(e) => e.to_string(),
+        };
+        let p = |name: &str| dir.path().join(name).display().to_string();
+        let mismatched = error(TlsFiles {
+            key: dir.path().join("other.key"),
+            ..files.clone()
+        });
+        assert!(
+            mismatched.starts_with(&format!(
+                "server.tls.key: {}: does not fit the certificate ({}): ",
+                p("other.key"),
+                p("c.crt")
+            )),
+            "{mismatched}"
+        );
+        let key_as_cert = error(TlsFiles {
+            cert: files.key.clone(),
+            ..files.clone()
+        });
+        assert_eq!(
+            key_as_cert,
+            format!("server.tls.cert: {}: no certificate in it", p("c.key"))
+        );
+        let key_as_ca = error(TlsFiles {
+            client_ca: Some(files.key.clone()),
+            ..files.clone()
+        });
+        assert_eq!(
+            key_as_ca,
+            format!("server.tls.client_ca: {}: no certificate in it", p("c.key"))
         );
     }
 

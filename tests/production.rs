@@ -838,7 +838,14 @@ fn unreadable_certificates_exit_2_naming_the_path() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(err.contains("server.key"), "{err}");
+    let key = dir.join("server.key");
+    assert!(
+        err.contains(&format!(
+            "server.tls.key: {}: cannot read a private key",
+            key.display()
+        )),
+        "{err}"
+    );
 }
 
 #[test]
