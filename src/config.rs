@@ -996,6 +996,19 @@ impl Config {
             }
         }
         warnings.extend(self.secret_warnings.iter().cloned());
+        // A CA for apps that are all reached over plain HTTP is never used: most likely an
+        // `http://` written where `https://` was meant, and the app is spoken to in clear.
+        if let Some(ca) = &self.upstream.ca
+            && !self
+                .sources
+                .iter()
+                .any(|s| s.upstream.uri.scheme_str() == Some("https"))
+        {
+            warnings.push(format!(
+                "warning: upstream.ca ({}) is set, but no upstream URL is https://: it is not used",
+                ca.display()
+            ));
+        }
         // Legitimate behind a front proxy or balancer that is the only way in, but the
         // operator should know it was meant.
         let server = &self.server;
@@ -1680,6 +1693,26 @@ secrets = ["file:a.secret"]
         let text =
             format!("[upstream]\nurl=\"http://a/\"\nsigning_secret=\"whsec_{unpadded}x\"\n{src}");
         assert!(err(&text).contains("upstream.signing_secret"));
+    }
+
+    #[test]
+    fn a_ca_no_upstream_uses_is_warned_about() {
+        let with_ca = MINIMAL.replace("[upstream]\n", "[upstream]\nca = \"/etc/ca.crt\"\n");
+        let w = parse(&with_ca).expect("valid").warnings();
+        assert_eq!(
+            w,
+            [
+                "warning: upstream.ca (/etc/ca.crt) is set, but no upstream URL is https://: it is not used"
+            ]
+        );
+        let https = with_ca.replace("http://127.0.0.1:3000", "https://127.0.0.1:3000");
+        assert!(parse(&https).expect("valid").warnings().is_empty());
+        // One https source among plain ones uses it.
+        let one = format!(
+            "{with_ca}\n[[source]]\nname = \"q\"\nplatform = \"protocol\"\npath = \"/hooks/q\"\n\
+             secrets = [\"s\"]\nupstream = \"https://app.internal/q\"\n"
+        );
+        assert!(parse(&one).expect("valid").warnings().is_empty());
     }
 
     #[test]
