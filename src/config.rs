@@ -974,6 +974,18 @@ impl Config {
                     s.platform.as_str(),
                 ));
             }
+            if let Some(waits) = s.platform.sender_waits()
+                && s.timeout >= waits
+            {
+                warnings.push(format!(
+                    "warning: source {:?}: timeout_ms = {} on {}, whose sender gives up after \
+                     {} s: a slower answer, or the 504, reaches no one (the default is 8000)",
+                    s.name,
+                    s.timeout.as_millis(),
+                    s.platform.as_str(),
+                    waits.as_secs()
+                ));
+            }
             // What the source's own rate limit lets through in one window is what dedupe
             // may have to hold; without a rate limit only the running count can tell.
             if let Some(rate) = s.rate_limit
@@ -1693,6 +1705,31 @@ secrets = ["file:a.secret"]
         let text =
             format!("[upstream]\nurl=\"http://a/\"\nsigning_secret=\"whsec_{unpadded}x\"\n{src}");
         assert!(err(&text).contains("upstream.signing_secret"));
+    }
+
+    #[test]
+    fn a_barertc_timeout_past_its_sender_s_patience_is_warned_about() {
+        let barertc = |timeout: &str| {
+            MINIMAL
+                .replace("platform = \"protocol\"", "platform = \"barertc\"")
+                .replace("secrets = [", &format!("{timeout}secrets = ["))
+        };
+        assert!(parse(&barertc("")).expect("valid").warnings().is_empty());
+        assert!(
+            parse(&barertc("timeout_ms = 9999\n"))
+                .expect("valid")
+                .warnings()
+                .is_empty()
+        );
+        assert_eq!(
+            parse(&barertc("timeout_ms = 10000\n"))
+                .expect("valid")
+                .warnings(),
+            [
+                "warning: source \"p\": timeout_ms = 10000 on barertc, whose sender gives up \
+                 after 10 s: a slower answer, or the 504, reaches no one (the default is 8000)"
+            ]
+        );
     }
 
     #[test]

@@ -75,6 +75,15 @@ impl Platform {
         }
     }
 
+    /// How long the sender waits for the answer, where its code says (BareRTC's HTTP
+    /// client has a 10 s timeout): a `timeout_ms` at or past it answers no one.
+    pub fn sender_waits(self) -> Option<std::time::Duration> {
+        match self {
+            Platform::Barertc => Some(std::time::Duration::from_secs(10)),
+            Platform::Protocol | Platform::Spika | Platform::Funtek => None,
+        }
+    }
+
     /// Senders that read the answer retry nothing: dedupe is off by default for them.
     pub fn default_dedupe_window_s(self) -> u64 {
         if self.answer_read_by_sender().is_some() {
