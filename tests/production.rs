@@ -909,6 +909,17 @@ async fn sigterm_lets_an_in_flight_delivery_finish_then_exits_0() {
     let mut p = spawn_process(&dir, &config, &[]);
     let addr = p.addr;
     let in_flight = deliver_in_background(addr);
+    // The same delivery over HTTP/2, whose connection gets a GOAWAY in the drain.
+    let (h2, h2_connection) = h2_connect(addr).await;
+    let h2_post = || {
+        hyper::Request::builder()
+            .method("POST")
+            .uri(format!("http://{addr}/hooks/p"))
+            .header("x-protocol-signature", hmac_hex(SECRET, BODY.as_bytes()))
+            .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+            .expect("request")
+    };
+    let h2_in_flight = tokio::spawn(h2.clone().send_request(h2_post()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     p.signal("TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -929,12 +940,30 @@ async fn sigterm_lets_an_in_flight_delivery_finish_then_exits_0() {
         (200, &br#"{"slow":true}"#[..]),
         "the in-flight delivery completed"
     );
+    let h2_answer = collect(
+        h2_in_flight
+            .await
+            .expect("task")
+            .expect("the HTTP/2 stream in flight is answered"),
+    )
+    .await;
+    assert_eq!(
+        (h2_answer.status, &h2_answer.body[..]),
+        (200, &br#"{"slow":true}"#[..])
+    );
+    // Past the GOAWAY, the connection takes no new stream, and then ends.
+    assert!(h2.clone().send_request(h2_post()).await.is_err());
+    tokio::time::timeout(Duration::from_secs(5), h2_connection)
+        .await
+        .expect("the HTTP/2 connection ends")
+        .expect("task")
+        .expect("it ends cleanly (GOAWAY, then close)");
     assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0), "{}", p.log());
     assert!(
         std::net::TcpStream::connect(addr).is_err(),
         "still accepting after exit"
     );
-    assert_eq!(upstream.requests().len(), 1);
+    assert_eq!(upstream.requests().len(), 2);
     // Its log line was written before the exit (a worker writes its lines in batches).
     let request_id = a.headers["x-request-id"].to_str().expect("ascii");
     let log = p.log();
