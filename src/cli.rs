@@ -73,14 +73,37 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let (filter, problem) = log_filter(rust_log.as_deref());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(crate::logs::Stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
+    }
+    if let Some(problem) = problem {
+        tracing::warn!("{problem}");
+    }
+}
+
+/// The log filter for `RUST_LOG`: `info` when it is unset or empty (an empty one, as a
+/// template's `RUST_LOG: ""` or `docker run -e RUST_LOG=$UNSET` gives, would otherwise
+/// turn every line off, errors too), and `info` with a warning when it does not parse.
+fn log_filter(rust_log: Option<&str>) -> (tracing_subscriber::EnvFilter, Option<String>) {
+    let builder = || {
+        tracing_subscriber::EnvFilter::builder()
+            .with_default_directive(tracing_subscriber::filter::LevelFilter::INFO.into())
+    };
+    match builder().parse(rust_log.unwrap_or_default()) {
+        Ok(filter) => (filter, None),
+        Err(e) => (
+            builder().parse_lossy(""),
+            Some(format!(
+                "warning: RUST_LOG={:?} does not parse ({e}); logging at info",
+                rust_log.unwrap_or_default()
+            )),
+        ),
     }
 }
 
@@ -431,6 +454,28 @@ mod tests {
         let _ = raise_open_files_limit(1);
         let (soft, _) = rlimit::Resource::NOFILE.get().expect("getrlimit");
         assert_eq!(soft, hard);
+    }
+
+    #[test]
+    fn rust_log_unset_or_empty_is_info_and_one_that_does_not_parse_is_warned_about() {
+        let shown = |v: Option<&str>| {
+            let (filter, problem) = log_filter(v);
+            (filter.to_string(), problem)
+        };
+        assert_eq!(shown(None), ("info".into(), None));
+        assert_eq!(shown(Some("")), ("info".into(), None));
+        assert_eq!(shown(Some("warn")), ("warn".into(), None));
+        assert_eq!(
+            shown(Some("hookgate=debug,hyper=warn")),
+            ("hookgate=debug,hyper=warn".into(), None)
+        );
+        let (filter, problem) = shown(Some("hookgate=loud"));
+        assert_eq!(filter, "info");
+        let problem = problem.expect("a warning");
+        assert!(
+            problem.starts_with("warning: RUST_LOG=\"hookgate=loud\" does not parse ("),
+            "{problem}"
+        );
     }
 
     #[test]

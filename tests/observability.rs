@@ -796,3 +796,32 @@ async fn process_metrics_describe_the_serving_process() {
     assert!((0.0..60.0).contains(&cpu), "{cpu}");
     drop(held);
 }
+
+/// An empty `RUST_LOG` (a template's `RUST_LOG: ""`) logs at the default level: with
+/// tracing's own reading of it, every line was off, errors too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_rust_log_logs_at_info() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let dir = temp_dir("empty-rust-log");
+    let config = one_source(&upstream.url("/"), "protocol", "/p", &[SECRET], "");
+    let p = spawn_process(&dir, &config, &[("RUST_LOG", "")]);
+    let sig = hmac_hex(SECRET, br#"{"type":"x","id":"1"}"#);
+    let a = send(
+        p.addr,
+        "POST",
+        "/p",
+        &[("x-protocol-signature", &sig)],
+        Bytes::from_static(br#"{"type":"x","id":"1"}"#),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = p.log();
+        if log.contains("hookgate listening") && log.contains("status=200") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no info lines:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
