@@ -821,7 +821,10 @@ async fn an_empty_rust_log_logs_at_info() {
         if log.contains("hookgate listening") && log.contains("status=200") {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no info lines:\n{log}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no info lines:\n{log}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
