@@ -1,6 +1,6 @@
 //! Config text through parsing and validation; a config that validates must be usable as
 //! it is: every duration can be added to the clock (one that could not once panicked the
-//! workers at their first connection).
+//! workers at their first connection), and its warnings can be made.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -34,5 +34,9 @@ fuzz_target!(|data: &[u8]| {
     for source in &config.sources {
         assert!(now.checked_add(source.timeout).is_some());
         assert!(now.checked_add(source.dedupe_window).is_some());
+    }
+    // Startup, `check` and reloads print these for every config that validates.
+    for warning in config.warnings() {
+        assert!(warning.starts_with("warning: "), "{warning}");
     }
 });
