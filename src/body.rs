@@ -165,6 +165,20 @@ pub fn codings_only(value: &[u8], coding: &[u8]) -> bool {
     list_items(value).all(|c| c.eq_ignore_ascii_case(coding))
 }
 
+/// How many times `Transfer-Encoding` lines name `chunked`, the only transfer coding
+/// hookgate reads, or `None` when they name any other (RFC 9112 §7): for a request's lines
+/// and for the app's answer's alike.
+pub fn chunked_count<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Option<usize> {
+    let mut chunked = 0;
+    for coding in lines.into_iter().flat_map(list_items) {
+        if !coding.eq_ignore_ascii_case(b"chunked") {
+            return None;
+        }
+        chunked += 1;
+    }
+    Some(chunked)
+}
+
 /// Reads the body of a request refused before its body was read (404, 405, 403, 429) to
 /// its end on a task of its own, dropping each piece, so that an HTTP/1.1 connection can
 /// carry the sender's next request: hyper closes a connection whose request body was left
@@ -206,6 +220,16 @@ pub fn discard(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn chunked_is_counted_across_lines_and_any_other_coding_is_none() {
+        assert_eq!(chunked_count([&b"chunked"[..]]), Some(1));
+        assert_eq!(chunked_count([&b"Chunked"[..], b" chunked "]), Some(2));
+        assert_eq!(chunked_count([&b"chunked, chunked"[..]]), Some(2));
+        assert_eq!(chunked_count([&b""[..]]), Some(0));
+        assert_eq!(chunked_count([&b"gzip, chunked"[..]]), None);
+        assert_eq!(chunked_count([&b"chunked"[..], b"identity"]), None);
+    }
     use super::*;
 
     /// A coding list names only the one coding hookgate takes, whatever the case, spaces,

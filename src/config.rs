@@ -856,8 +856,10 @@ impl Builder {
             let timeout_ms = match src.timeout_ms {
                 Some(t) => self.millis(&at("timeout_ms"), t)?,
                 // BareRTC gives up after 10 s: answer it before it stops listening.
-                None if src.platform == Platform::Barertc => default_timeout_ms.min(8000),
-                None => default_timeout_ms,
+                None => src
+                    .platform
+                    .default_timeout_cap_ms()
+                    .map_or(default_timeout_ms, |cap| default_timeout_ms.min(cap)),
             };
             sources.push(Arc::new(Source {
                 name: src.name.clone(),
@@ -979,11 +981,12 @@ impl Config {
             {
                 warnings.push(format!(
                     "warning: source {:?}: timeout_ms = {} on {}, whose sender gives up after \
-                     {} s: a slower answer, or the 504, reaches no one (the default is 8000)",
+                     {} s: a slower answer, or the 504, reaches no one (the default is {})",
                     s.name,
                     s.timeout.as_millis(),
                     s.platform.as_str(),
-                    waits.as_secs()
+                    waits.as_secs(),
+                    s.platform.default_timeout_cap_ms().unwrap_or_default()
                 ));
             }
             // What the source's own rate limit lets through in one window is what dedupe

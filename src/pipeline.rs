@@ -944,21 +944,12 @@ fn identity_coded(headers: &http::HeaderMap) -> bool {
 /// is, since the coded bytes read as they came would go on to look like a forged signature
 /// or not JSON; `chunked` twice, which a sender must not send, is bad framing.
 fn transfer_codings(headers: &http::HeaderMap) -> Result<(), Refusal> {
-    let mut chunked = 0;
-    for coding in headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| body::list_items(v.as_bytes()))
-    {
-        if !coding.eq_ignore_ascii_case(b"chunked") {
-            return Err(Refusal::Encoding);
-        }
-        chunked += 1;
+    let lines = headers.get_all(header::TRANSFER_ENCODING);
+    match body::chunked_count(lines.iter().map(HeaderValue::as_bytes)) {
+        None => Err(Refusal::Encoding),
+        Some(n) if n > 1 => Err(Refusal::BadBody("chunked applied more than once".into())),
+        Some(_) => Ok(()),
     }
-    if chunked > 1 {
-        return Err(Refusal::BadBody("chunked applied more than once".into()));
-    }
-    Ok(())
 }
 
 /// `read` (a body's), unless its sender leaves first (`gone`, HTTP/2): most of all while it

@@ -1,8 +1,9 @@
 //! The process metrics every Prometheus client library exports (`process_*`, named as
 //! in its guidelines, without the `hookgate_` prefix), read from `/proc` at each scrape
-//! (the open-files limit with `rlimit`, as `cli` raises it): dashboards and alerts written for them work as they are. Open files against their
-//! limit matters here (README "Open files"); resident memory shows a burst's memory go back
-//! (`memory.rs`). Only at a scrape: nothing on the request path.
+//! (the open-files limit with `rlimit`, as `cli` raises it): dashboards and alerts written
+//! for them work as they are. Open files against their limit matters here (README "Open
+//! files"); resident memory shows a burst's memory go back (`memory.rs`). Only at a
+//! scrape: nothing on the request path.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};

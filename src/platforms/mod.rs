@@ -84,6 +84,16 @@ impl Platform {
         }
     }
 
+    /// The most a source's `timeout_ms` defaults to: 2 s inside its sender's wait, so that
+    /// even the 504 reaches the sender (SPEC §3: 8000 for barertc).
+    pub fn default_timeout_cap_ms(self) -> Option<u64> {
+        self.sender_waits().map(|w| {
+            u64::try_from(w.as_millis())
+                .unwrap_or(u64::MAX)
+                .saturating_sub(2000)
+        })
+    }
+
     /// Senders that read the answer retry nothing: dedupe is off by default for them.
     pub fn default_dedupe_window_s(self) -> u64 {
         if self.answer_read_by_sender().is_some() {
