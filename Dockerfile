@@ -1,7 +1,8 @@
 # hookgate: multi-stage build, small non-root runtime image.
 #   docker build -t hookgate .                    # profile-guided build (benches/load/pgo.sh)
 #   docker build --build-arg PGO=0 -t hookgate .  # plain release build: half the build time
-#   docker run --rm -p 8080:8080 -v "$PWD/config:/etc/hookgate:ro" hookgate run --config /etc/hookgate/hookgate.toml
+#   docker run --rm --network host -v "$PWD/config:/etc/hookgate:ro" hookgate run --config /etc/hookgate/hookgate.toml
+#   (host network: the example config listens on and forwards to 127.0.0.1; README, "Container image")
 
 FROM rust:1.88-slim-bookworm AS build
 # The profile-guided build is the default because it is what the benchmarks hold to the bar
