@@ -45,6 +45,26 @@ fn certs(
     Ok(certs)
 }
 
+/// The first private key in the PEM file at `path` (PKCS#8, PKCS#1 or SEC1). An encrypted
+/// one is named as such: the PEM reader skips it and would say only "no items found".
+fn private_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        let encrypted = matches!(e, rustls_pki_types::pem::Error::NoItemsFound)
+            && std::fs::read(path).is_ok_and(|pem| {
+                pem.windows(ENCRYPTED_KEY.len()).any(|w| w == ENCRYPTED_KEY)
+            });
+        let message = if encrypted {
+            "the private key is encrypted; hookgate reads an unencrypted one (`openssl pkey -in KEY -out PLAIN`, kept as private as the secrets)".to_string()
+        } else {
+            format!("cannot read a private key: {e}")
+        };
+        TlsError::new("key", path, message)
+    })
+}
+
+/// The PEM label of a PKCS#8 key encrypted with a passphrase.
+const ENCRYPTED_KEY: &[u8] = b"-----BEGIN ENCRYPTED PRIVATE KEY-----";
+
 /// The crypto provider of every TLS config, server and upstream client: *ring*, a lean build
 /// (aws-lc-rs, rustls' default, compiles the whole AWS-LC C library: a long build on 2
 /// cores). rustls 0.23.48 deprecates `ring::default_provider` because *ring* has no
@@ -110,9 +130,22 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerTls, TlsError> {
         .first()
         .and_then(|leaf| validity(leaf))
         .and_then(|(_, not_after)| SystemTime::UNIX_EPOCH.checked_add(not_after));
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| TlsError::new("key", &files.key, format!("cannot read a private key: {e}")))?;
+    let key = private_key(&files.key)?;
     let provider = provider();
+    // Loaded here once on its own so that a key *ring* cannot sign with is named as such:
+    // `with_single_cert` says "does not fit the certificate" for both.
+    provider
+        .key_provider
+        .load_private_key(key.clone_key())
+        .map_err(|e| {
+            TlsError::new(
+                "key",
+                &files.key,
+                format!(
+                    "a kind of key this build cannot sign with (it takes RSA of 2048 to 4096 bits, ECDSA P-256 or P-384, Ed25519): {e}"
+                ),
+            )
+        })?;
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::new("cert", &files.cert, e.to_string()))?;
@@ -231,6 +264,83 @@ mod tests {
         assert_eq!(
             key_as_ca,
             format!("server.tls.client_ca: {}: no certificate in it", p("c.key"))
+        );
+    }
+
+    /// Throwaway keys made for this test by openssl: ones *ring* cannot sign with (Ed448,
+    /// ECDSA P-521), and an Ed25519 key under a passphrase.
+    const ED448_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MEcCAQAwBQYDK2VxBDsEOUIxj93870BuZ17jmFNbJujrQzwjcmM2TKEoERzOqjVy
+0+7TXMSTRtRnD68RN/5ccznstOGqXjm3xg==
+-----END PRIVATE KEY-----
+";
+    const P521_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIHuAgEAMBAGByqGSM49AgEGBSuBBAAjBIHWMIHTAgEBBEIB7wx6a64mv9w0+ca9
+vRq73zAy/1JWG6JxAg6dJvG3lLnU0/wjDAowfxVVnFJC0xQunbT8vju7jJpYKICG
+A4qAQXWhgYkDgYYABAHcXR5OcH3NhpQOAs7m+fWPWzqNdoPasxs5lregWUGeoi/m
+CAHKWOamcDajvo1s2XP/MjPhBdi44vdGBuWADnBeygCaufdKDyQX3KNXMtI2EJaT
+z2Yi7sAEeY2kLxSD7AA3Ulm0sxTyqChFn0Gfm1LZvl90nY5kd/xWpPa4yY11QvQE
+qw==
+-----END PRIVATE KEY-----
+";
+    const ENCRYPTED_ED25519_KEY: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----
+MIGbMFcGCSqGSIb3DQEFDTBKMCkGCSqGSIb3DQEFDDAcBAir4+dA+FWSYAICCAAw
+DAYIKoZIhvcNAgkFADAdBglghkgBZQMEASoEEEsiuuEUClZvJbs03HHlQBUEQFA4
+R1I5sYsa9Jtgaqe5rhEpmijtfsrmaiJjnUSJLO+edQsqpqFkgzL1uBT22eesQUHu
+k/AH8QZOv7G/DTIsHGA=
+-----END ENCRYPTED PRIVATE KEY-----
+";
+
+    /// A key that *ring* cannot sign with, or one under a passphrase, is named as what it
+    /// is, not as a key that "does not fit the certificate" or a file with "no items".
+    #[test]
+    fn an_unusable_or_encrypted_key_says_so() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = cert_until(dir.path(), (2030, 1, 2));
+        for (name, pem, expected) in [
+            (
+                "ed448.key",
+                ED448_KEY,
+                "a kind of key this build cannot sign with (it takes RSA of 2048 to 4096 bits, ECDSA P-256 or P-384, Ed25519): ",
+            ),
+            (
+                "p521.key",
+                P521_KEY,
+                "a kind of key this build cannot sign with (it takes RSA of 2048 to 4096 bits, ECDSA P-256 or P-384, Ed25519): ",
+            ),
+            (
+                "enc.key",
+                ENCRYPTED_ED25519_KEY,
+                "the private key is encrypted; hookgate reads an unencrypted one",
+            ),
+        ] {
+            let key = dir.path().join(name);
+            std::fs::write(&key, pem).expect("write");
+            let error = match server_config(&TlsFiles {
+                key: key.clone(),
+                ..files.clone()
+            }) {
+                Ok(_) => panic!("{name} loaded"),
+                Err(e) => e.to_string(),
+            };
+            let prefix = format!("server.tls.key: {}: {expected}", key.display());
+            assert!(error.starts_with(&prefix), "{name}: {error}");
+        }
+        // A file with no key at all still says that.
+        let empty = dir.path().join("empty.key");
+        std::fs::write(&empty, "").expect("write");
+        let error = server_config(&TlsFiles {
+            key: empty.clone(),
+            ..files
+        })
+        .err()
+        .map(|e| e.to_string());
+        assert_eq!(
+            error,
+            Some(format!(
+                "server.tls.key: {}: cannot read a private key: no items found",
+                empty.display()
+            ))
         );
     }
 
