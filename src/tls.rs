@@ -34,27 +34,37 @@ fn certs(
     field: &'static str,
     path: &std::path::Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |message: String| TlsError::new(field, path, message);
+    pem_certs(path).map_err(|message| TlsError::new(field, path, message))
+}
+
+/// The certificates in the PEM file at `path`, at least one (also for `[upstream] ca`); the
+/// error says what is wrong with the file, without its path.
+pub fn pem_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(format!("cannot read certificates: {e}")))?
+        .map_err(|e| format!("cannot read certificates: {e}"))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(format!("bad PEM: {e}")))?;
+        .map_err(|e| format!("bad PEM: {e}"))?;
     if certs.is_empty() {
-        return Err(err("no certificate in it".into()));
+        return Err(if is_der(path) {
+            "no certificate in it: it is DER, and hookgate reads PEM (`openssl x509 -inform der -in FILE -out FILE.pem`)".into()
+        } else {
+            "no certificate in it".into()
+        });
     }
     Ok(certs)
 }
 
 /// The first private key in the PEM file at `path` (PKCS#8, PKCS#1 or SEC1). An encrypted
-/// one is named as such: the PEM reader skips it and would say only "no items found".
+/// or DER one is named as such: the PEM reader skips the first and cannot read the second,
+/// and would say only "no items found" or a base64 error.
 fn private_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| {
-        let encrypted = matches!(e, rustls_pki_types::pem::Error::NoItemsFound)
-            && std::fs::read(path).is_ok_and(|pem| {
-                pem.windows(ENCRYPTED_KEY.len()).any(|w| w == ENCRYPTED_KEY)
-            });
-        let message = if encrypted {
+        let pem = std::fs::read(path).unwrap_or_default();
+        let holds = |label: &[u8]| pem.windows(label.len()).any(|w| w == label);
+        let message = if holds(ENCRYPTED_KEY) || holds(ENCRYPTED_TRADITIONAL_KEY) {
             "the private key is encrypted; hookgate reads an unencrypted one (`openssl pkey -in KEY -out PLAIN`, kept as private as the secrets)".to_string()
+        } else if is_der(path) {
+            "cannot read a private key: it is DER, and hookgate reads PEM (`openssl pkey -inform der -in KEY -out KEY.pem`)".to_string()
         } else {
             format!("cannot read a private key: {e}")
         };
@@ -62,8 +72,32 @@ fn private_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, TlsErro
     })
 }
 
-/// The PEM label of a PKCS#8 key encrypted with a passphrase.
+/// Whether the file at `path` is one whole DER value (an ASN.1 SEQUENCE whose length is the
+/// file's): a certificate or key exported in binary (Windows' `.cer`, Java's tools) rather
+/// than PEM. By hand, from the header alone: only the hint in an error message hangs on it.
+fn is_der(path: &std::path::Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    let (header, content) = match bytes.get(..2) {
+        Some([0x30, n]) if *n < 0x80 => (2, usize::from(*n)),
+        Some([0x30, n @ 0x81..=0x83]) => {
+            let width = usize::from(n - 0x80);
+            let Some(length) = bytes.get(2..2 + width) else {
+                return false;
+            };
+            let content = length.iter().fold(0, |a, &b| (a << 8) | usize::from(b));
+            (2 + width, content)
+        }
+        _ => return false,
+    };
+    header + content == bytes.len()
+}
+
+/// A PKCS#8 key encrypted with a passphrase: its PEM label.
 const ENCRYPTED_KEY: &[u8] = b"-----BEGIN ENCRYPTED PRIVATE KEY-----";
+/// A PKCS#1 or SEC1 key encrypted the OpenSSL way: the header inside its PEM block.
+const ENCRYPTED_TRADITIONAL_KEY: &[u8] = b"Proc-Type: 4,ENCRYPTED";
 
 /// The crypto provider of every TLS config, server and upstream client: *ring*, a lean build
 /// (aws-lc-rs, rustls' default, compiles the whole AWS-LC C library: a long build on 2
@@ -326,6 +360,28 @@ k/AH8QZOv7G/DTIsHGA=
             let prefix = format!("server.tls.key: {}: {expected}", key.display());
             assert!(error.starts_with(&prefix), "{name}: {error}");
         }
+        // The OpenSSL way of encrypting a PKCS#1 key (`openssl genrsa -aes256 -traditional`),
+        // which the PEM reader cannot even decode.
+        let traditional = dir.path().join("traditional.key");
+        std::fs::write(
+            &traditional,
+            "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,052C7F2EF743948ED0D920B8B4D160C4\n\nMIIB\n-----END RSA PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        let error = server_config(&TlsFiles {
+            key: traditional.clone(),
+            ..files.clone()
+        })
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            error.starts_with(&format!(
+                "server.tls.key: {}: the private key is encrypted",
+                traditional.display()
+            )),
+            "{error}"
+        );
         // A file with no key at all still says that.
         let empty = dir.path().join("empty.key");
         std::fs::write(&empty, "").expect("write");
@@ -341,6 +397,59 @@ k/AH8QZOv7G/DTIsHGA=
                 "server.tls.key: {}: cannot read a private key: no items found",
                 empty.display()
             ))
+        );
+    }
+
+    /// A certificate or key in DER, not PEM, is named as DER, with the command that converts
+    /// it; a file that only begins like DER is not.
+    #[test]
+    fn a_der_certificate_or_key_is_named_as_der() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let (pem_cert, pem_key) = (dir.path().join("c.crt"), dir.path().join("c.key"));
+        std::fs::write(&pem_cert, cert.pem()).expect("write");
+        std::fs::write(&pem_key, key.serialize_pem()).expect("write");
+        let (der_cert, der_key) = (dir.path().join("c.cer"), dir.path().join("c.der"));
+        std::fs::write(&der_cert, cert.der()).expect("write");
+        std::fs::write(&der_key, key.serialize_der()).expect("write");
+        let error = |cert: &std::path::Path, key: &std::path::Path| {
+            server_config(&TlsFiles {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+                client_ca: None,
+            })
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+        };
+        assert_eq!(
+            error(&der_cert, &pem_key),
+            format!(
+                "server.tls.cert: {}: no certificate in it: it is DER, and hookgate reads PEM (`openssl x509 -inform der -in FILE -out FILE.pem`)",
+                der_cert.display()
+            )
+        );
+        assert_eq!(
+            error(&pem_cert, &der_key),
+            format!(
+                "server.tls.key: {}: cannot read a private key: it is DER, and hookgate reads PEM (`openssl pkey -inform der -in KEY -out KEY.pem`)",
+                der_key.display()
+            )
+        );
+        assert!(is_der(&der_cert) && is_der(&der_key));
+        // The same bytes one short, or one over, are not one DER value; nor is text.
+        let cut = dir.path().join("cut");
+        std::fs::write(&cut, &cert.der()[..cert.der().len() - 1]).expect("write");
+        let long = dir.path().join("long");
+        std::fs::write(&long, [cert.der().as_ref(), b"\n"].concat()).expect("write");
+        assert!(!is_der(&cut) && !is_der(&long) && !is_der(&pem_cert));
+        assert_eq!(
+            error(&cut, &pem_key),
+            format!("server.tls.cert: {}: no certificate in it", cut.display())
         );
     }
 

@@ -22,7 +22,6 @@ use http::StatusCode;
 use http::header::{HeaderName, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
 use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use sha2::Sha256;
 use tokio::sync::Semaphore;
 
@@ -202,16 +201,7 @@ fn ca_certs(ca: Option<&Path>) -> Result<Vec<CertificateDer<'static>>, ClientSet
     let Some(path) = ca else {
         return Ok(Vec::new());
     };
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| ClientSetupError(format!("{}: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(ClientSetupError(format!(
-            "{}: no certificate in it",
-            path.display()
-        )));
-    }
-    Ok(certs)
+    crate::tls::pem_certs(path).map_err(|e| ClientSetupError(format!("{}: {e}", path.display())))
 }
 
 /// Root certificates: the public web roots, plus the operator's private CA if any (which
