@@ -72,6 +72,65 @@ fn private_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, TlsErro
     })
 }
 
+/// The chain with its key, whose first certificate must be one rustls can read, and the
+/// key's.
+fn certified_key(
+    files: &TlsFiles,
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<dyn rustls::sign::SigningKey>,
+) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    let fits = |cert: &CertificateDer<'static>| {
+        rustls::sign::CertifiedKey::new(vec![cert.clone()], Arc::clone(&key)).keys_match()
+    };
+    // `certs` gave at least one.
+    let leaf = chain
+        .first()
+        .map_or(Err(rustls::Error::NoCertificatesPresented), fits);
+    match leaf {
+        // A key that cannot tell its public half: rustls takes it as it is, so do we.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(rustls::sign::CertifiedKey::new(chain, key))
+        }
+        Err(rustls::Error::InconsistentKeys(_)) => {
+            Err(match chain.iter().skip(1).position(|c| fits(c).is_ok()) {
+                Some(i) => TlsError::new(
+                    "cert",
+                    &files.cert,
+                    format!(
+                        "the key ({}) fits certificate {} of it, not the first: the server's own certificate comes first, then the ones that signed it",
+                        files.key.display(),
+                        i + 2
+                    ),
+                ),
+                None => TlsError::new(
+                    "key",
+                    &files.key,
+                    format!("does not fit the certificate ({})", files.cert.display()),
+                ),
+            })
+        }
+        Err(e) => {
+            let message = if chain
+                .first()
+                .and_then(|leaf| version(leaf))
+                .is_some_and(|v| v != x509_cert::certificate::Version::V3)
+            {
+                "the first certificate is not X.509 v3 (`openssl x509 -req` without extensions makes v1), which rustls does not take: make it with a subjectAltName, which makes it v3".to_string()
+            } else {
+                format!("the first certificate cannot be used: {e}")
+            };
+            Err(TlsError::new("cert", &files.cert, message))
+        }
+    }
+}
+
+/// A DER certificate's X.509 version, if it parses.
+fn version(der: &[u8]) -> Option<x509_cert::certificate::Version> {
+    use x509_cert::der::Decode;
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    Some(cert.tbs_certificate().version())
+}
+
 /// Whether the file at `path` is one whole DER value (an ASN.1 SEQUENCE whose length is the
 /// file's): a certificate or key exported in binary (Windows' `.cer`, Java's tools) rather
 /// than PEM. By hand, from the header alone: only the hint in an error message hangs on it.
@@ -166,11 +225,12 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerTls, TlsError> {
         .and_then(|(_, not_after)| SystemTime::UNIX_EPOCH.checked_add(not_after));
     let key = private_key(&files.key)?;
     let provider = provider();
-    // Loaded here once on its own so that a key *ring* cannot sign with is named as such:
-    // `with_single_cert` says "does not fit the certificate" for both.
-    provider
+    // Loaded here, not by `with_single_cert`, so that a key *ring* cannot sign with, a
+    // certificate rustls cannot read and a key that fits another certificate are each named
+    // as such: its error says "does not fit the certificate" for all of them.
+    let signing_key = provider
         .key_provider
-        .load_private_key(key.clone_key())
+        .load_private_key(key)
         .map_err(|e| {
             TlsError::new(
                 "key",
@@ -180,6 +240,7 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerTls, TlsError> {
                 ),
             )
         })?;
+    let certified = certified_key(files, chain, signing_key)?;
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::new("cert", &files.cert, e.to_string()))?;
@@ -197,16 +258,8 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerTls, TlsError> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
-        TlsError::new(
-            "key",
-            &files.key,
-            format!(
-                "does not fit the certificate ({}): {e}",
-                files.cert.display()
-            ),
-        )
-    })?;
+    let mut config =
+        builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     // In the server's order of preference. http/1.0 too: rustls refuses the handshake of a
     // client that names only protocols not listed here (`curl --http1.0` names http/1.0),
     // and hyper's HTTP/1 serves 1.0 as it does in plaintext.
@@ -275,13 +328,13 @@ mod tests {
             key: dir.path().join("other.key"),
             ..files.clone()
         });
-        assert!(
-            mismatched.starts_with(&format!(
-                "server.tls.key: {}: does not fit the certificate ({}): ",
+        assert_eq!(
+            mismatched,
+            format!(
+                "server.tls.key: {}: does not fit the certificate ({})",
                 p("other.key"),
                 p("c.crt")
-            )),
-            "{mismatched}"
+            )
         );
         let key_as_cert = error(TlsFiles {
             cert: files.key.clone(),
@@ -450,6 +503,74 @@ k/AH8QZOv7G/DTIsHGA=
         assert_eq!(
             error(&cut, &pem_key),
             format!("server.tls.cert: {}: no certificate in it", cut.display())
+        );
+    }
+
+    /// A throwaway self-signed X.509 v1 certificate and its key, made for this test by
+    /// `openssl x509 -req` without extensions.
+    const V1_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBFTCBvQIUbhUqlBdBn7Mo/IMaAGwSGJPsqJMwCgYIKoZIzj0EAwIwDTELMAkG
+A1UEAwwCdjEwIBcNMjYxMjA2MjAwNjM3WhgPMjEyNjExMTIyMDA2MzdaMA0xCzAJ
+BgNVBAMMAnYxMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEAostruueetspYsSg
+FhF+LgY3olaAIVcOlc1rB4R8G9P4008CsqwNzYjtHF5Tg8I2mAH/mx8w3TTJdQMJ
+3ClysTAKBggqhkjOPQQDAgNHADBEAiBS5CdK2OE+uYY5xWGwum/t/HzsC+d3NeKo
+qr6+g60ouAIgGWYlpWoSqJMV4zQHNfNmH9CkMI+su5U7WZbfl5TpSbw=
+-----END CERTIFICATE-----
+";
+    const V1_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg3bZjPBQ1OTOxWVpK
+16l+t0nJPo/13bYMigDhZIxVAQKhRANCAAQCiy2u65562ylixKAWEX4uBjeiVoAh
+Vw6VzWsHhHwb0/jTTwKyrA3NiO0cXlODwjaYAf+bHzDdNMl1AwncKXKx
+-----END PRIVATE KEY-----
+";
+
+    /// A chain written leaf last, and a certificate rustls cannot read, are named as what
+    /// they are, not as a key that "does not fit".
+    #[test]
+    fn a_chain_out_of_order_or_a_v1_certificate_says_so() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(
+            ca_params,
+            rcgen::KeyPair::generate().expect("key"),
+        )
+        .expect("ca");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("leaf");
+        let p = |name: &str| dir.path().join(name);
+        std::fs::write(p("leaf.key"), key.serialize_pem()).expect("write");
+        std::fs::write(p("right.crt"), [leaf.pem(), ca.pem()].concat()).expect("write");
+        std::fs::write(p("wrong.crt"), [ca.pem(), leaf.pem()].concat()).expect("write");
+        std::fs::write(p("v1.crt"), V1_CERT).expect("write");
+        std::fs::write(p("v1.key"), V1_KEY).expect("write");
+        let load = |cert: &str, key: &str| {
+            server_config(&TlsFiles {
+                cert: p(cert),
+                key: p(key),
+                client_ca: None,
+            })
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(load("right.crt", "leaf.key"), Ok(()));
+        assert_eq!(
+            load("wrong.crt", "leaf.key"),
+            Err(format!(
+                "server.tls.cert: {}: the key ({}) fits certificate 2 of it, not the first: the server's own certificate comes first, then the ones that signed it",
+                p("wrong.crt").display(),
+                p("leaf.key").display()
+            ))
+        );
+        assert_eq!(
+            load("v1.crt", "v1.key"),
+            Err(format!(
+                "server.tls.cert: {}: the first certificate is not X.509 v3 (`openssl x509 -req` without extensions makes v1), which rustls does not take: make it with a subjectAltName, which makes it v3",
+                p("v1.crt").display()
+            ))
         );
     }
 
