@@ -490,6 +490,45 @@ fn log_request(
     );
 }
 
+/// A request hyper answered itself and never handed over (HTTP/1.1: a head it could not
+/// parse, or one over 64 KiB): counted and logged as a refusal under no source, like a
+/// path of no source, so that a sender whose requests are malformed (a broken client, a
+/// proxy that mangles heads) shows in the log and the metrics, not only in its own 400s.
+/// Its method, path and request id were never read; its duration is 0.
+pub fn unparsed_request(metrics: &Metrics, conn: Conn, status: u16, error: &hyper::Error) {
+    metrics.unmatched.request(conn.worker, status);
+    tracing::info!(
+        target: "hookgate::request",
+        source = "",
+        platform = "",
+        status,
+        duration_ms = 0.0,
+        event_id = "",
+        event_type = "",
+        request_id = "",
+        client = %conn.peer.ip(),
+        method = "",
+        path = "",
+        reason = "bad_head",
+        detail = format!("the request head does not parse as HTTP/1.1 ({error}); answered {status} by hyper").as_str(),
+        "request"
+    );
+}
+
+/// The status hyper answered a connection's HTTP/1.1 request with, when it ended with
+/// `error` (`Some` for a head it could not parse: 400, or 431 past its size). hyper's error
+/// kinds are private: a too-large URI (414) is told from a too-large head by its message.
+pub fn unparsed_status(error: &hyper::Error) -> Option<u16> {
+    if !error.is_parse() || error.is_parse_version_h2() {
+        return None;
+    }
+    Some(match error.is_parse_too_large() {
+        true if error.to_string().contains("URI") => 414,
+        true => 431,
+        false => 400,
+    })
+}
+
 /// What a refusal's log line adds to its reason where the operator's fix is not in it:
 /// where a proof was looked for (so that a 401 on every delivery can be told apart; never
 /// what it was compared with), or the source a 404's path is a near miss of (a sender

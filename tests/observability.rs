@@ -828,3 +828,88 @@ async fn an_empty_rust_log_logs_at_info() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A request head hyper cannot parse is answered by hyper itself and never reaches the
+/// pipeline: it is still logged (reason `bad_head`, hyper's words in the detail) and
+/// counted under no source, like a path of no source. Before, a sender whose heads were
+/// malformed saw its 400s while hookgate's log and metrics showed nothing at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_hyper_refuses_is_logged_and_counted() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let dir = temp_dir("unparsed-head");
+    let admin_port = free_port();
+    let config = with_server(
+        &one_source(&upstream.url("/"), "protocol", "/p", &[SECRET], ""),
+        "log_format = \"json\"",
+    )
+    .replace(
+        "[upstream]",
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[upstream]"),
+    );
+    let p = spawn_process(&dir, &config, &[]);
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let long = format!(
+        "POST /p HTTP/1.1\r\nhost: a\r\nx-long: {}\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let heads: [(&[u8], &str, &str); 4] = [
+        (
+            b"POST /p HTTP/1.1\r\nhost: a\r\nno colon here\r\n\r\n",
+            "400",
+            "invalid HTTP header parsed",
+        ),
+        (
+            b"POST /p HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello",
+            "400",
+            "invalid content-length parsed",
+        ),
+        (
+            b"POST /p HTTP/9.9\r\nhost: a\r\n\r\n",
+            "400",
+            "invalid HTTP version parsed",
+        ),
+        (long.as_bytes(), "431", "message head is too large"),
+    ];
+    for (head, status, _) in &heads {
+        let answer = raw_exchange(p.addr, head, Duration::from_secs(5)).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{answer}"
+        );
+    }
+    // Counted as they happen; the log lines are checked after the exit, when all are out.
+    let (m, text) = scrape_admin(admin).await;
+    let requests = |status: &str| {
+        get(
+            &m,
+            "hookgate_requests_total",
+            &[("source", ""), ("status", status)],
+        )
+    };
+    assert_eq!(requests("400"), Some(3.0), "{text}");
+    assert_eq!(requests("431"), Some(1.0), "{text}");
+    let mut p = p;
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    let log = p.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["target"] == "hookgate::request")
+        .collect();
+    assert_eq!(lines.len(), heads.len(), "{log}");
+    // Each worker writes its own lines: matched by their detail, not their order.
+    for (_, status, words) in &heads {
+        let detail = format!(
+            "the request head does not parse as HTTP/1.1 ({words}); answered {status} by hyper"
+        );
+        let line = lines
+            .iter()
+            .find(|l| l["detail"] == detail.as_str())
+            .unwrap_or_else(|| panic!("no line with {detail:?}:\n{log}"));
+        assert_eq!(line["status"].to_string(), *status, "{line}");
+        assert_eq!(line["reason"], "bad_head", "{line}");
+        assert_eq!(line["source"], "", "{line}");
+        assert_eq!(line["client"], "127.0.0.1", "{line}");
+    }
+}

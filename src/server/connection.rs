@@ -515,7 +515,14 @@ where
         }
     };
     if let Err(e) = result {
-        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+        match pipeline::unparsed_status(&e).filter(|_| protocol == Protocol::Http1) {
+            Some(status) => {
+                pipeline::unparsed_request(&state.context.metrics, conn, status, &e);
+            }
+            None => {
+                tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error")
+            }
+        }
     }
 }
 
