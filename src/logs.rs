@@ -28,6 +28,52 @@ use std::sync::{LazyLock, OnceLock};
 use prometheus_client::metrics::counter::Counter;
 use tracing_subscriber::fmt::MakeWriter;
 
+/// At most one log line per period for something that can happen many times a second (a
+/// failing accept, failed TLS handshakes): the first occurrence gets a line, then the first
+/// after each period, with how many it stands for. Shared by threads, so lock-free.
+pub struct Throttle {
+    every_ms: u64,
+    base: std::time::Instant,
+    /// Milliseconds after `base` before which no line is due.
+    next_ms: AtomicU64,
+    /// Occurrences since the last line that got none.
+    skipped: AtomicU64,
+}
+
+impl Throttle {
+    pub fn new(every: std::time::Duration) -> Throttle {
+        Throttle {
+            every_ms: every.as_millis() as u64,
+            base: std::time::Instant::now(),
+            next_ms: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        }
+    }
+
+    /// An occurrence at `now`: `Some(skipped)` when it gets a line, with how many occurred
+    /// since the last line without one.
+    pub fn due(&self, now: std::time::Instant) -> Option<u64> {
+        let at = now.saturating_duration_since(self.base).as_millis() as u64;
+        let next = self.next_ms.load(Ordering::Relaxed);
+        // One thread takes the line; the others count themselves skipped.
+        if at < next
+            || self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    at + self.every_ms,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.skipped.swap(0, Ordering::Relaxed))
+    }
+}
+
 /// Most a batch holds: Linux's `PIPE_BUF`, the most one `write` to a pipe keeps whole
 /// (some 15 request lines).
 const BATCH: usize = 4096;

@@ -321,6 +321,10 @@ async fn read_proxy_header(
     }
 }
 
+/// Failed handshakes get a log line at most this often (process-wide).
+static TLS_FAILURES_LOGGED: std::sync::LazyLock<crate::logs::Throttle> =
+    std::sync::LazyLock::new(|| crate::logs::Throttle::new(Duration::from_secs(10)));
+
 /// The TLS handshake (within the head deadline), then the protocol ALPN agreed.
 async fn serve_tls(acceptor: &TlsAcceptor, io: HeadDeadline<TcpStream>, serving: Serving<'_>) {
     match acceptor.accept(io).await {
@@ -330,10 +334,25 @@ async fn serve_tls(acceptor: &TlsAcceptor, io: HeadDeadline<TcpStream>, serving:
         }
         Err(e) => {
             // A peer that closes before a handshake (a TCP health probe) is not a failure.
-            if e.kind() != io::ErrorKind::UnexpectedEof {
-                serving.state.context.metrics.tls_handshake_failures.inc();
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                tracing::debug!(peer = %serving.conn.peer, error = %e, "TLS handshake failed");
+                return;
             }
-            tracing::debug!(peer = %serving.conn.peer, error = %e, "TLS handshake failed");
+            serving.state.context.metrics.tls_handshake_failures.inc();
+            // Logged, at most once per 10 s: the reason (no client certificate, one from
+            // another CA, plain HTTP on the TLS port) is what an operator needs when a
+            // sender cannot connect, and scanners must not fill the log.
+            match TLS_FAILURES_LOGGED.due(std::time::Instant::now()) {
+                Some(skipped) => tracing::info!(
+                    peer = %serving.conn.peer,
+                    error = %e,
+                    since_last_line = skipped,
+                    "TLS handshake failed (one line per 10 s at most; hookgate_tls_handshake_failures_total counts them all)"
+                ),
+                None => {
+                    tracing::debug!(peer = %serving.conn.peer, error = %e, "TLS handshake failed")
+                }
+            }
         }
     }
 }

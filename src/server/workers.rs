@@ -176,26 +176,22 @@ const ACCEPT_ERROR_EVERY: Duration = Duration::from_secs(10);
 /// A worker's failed accepts, for the log. Out of file descriptors (`EMFILE`), accept fails
 /// again at every retry, 20 times a second per worker, for as long as the connections last:
 /// one line for the first, then one per `ACCEPT_ERROR_EVERY` with how many it stands for.
-#[derive(Default)]
-struct AcceptErrors {
-    last_line: Option<Instant>,
-    unlogged: u64,
-}
+struct AcceptErrors(crate::logs::Throttle);
 
 impl AcceptErrors {
+    fn new() -> AcceptErrors {
+        AcceptErrors(crate::logs::Throttle::new(ACCEPT_ERROR_EVERY))
+    }
+
     /// Counts a failed accept at `now`; whether it wrote a line.
     fn failed(&mut self, error: &io::Error, now: Instant) -> bool {
-        if self
-            .last_line
-            .is_some_and(|at| now.saturating_duration_since(at) < ACCEPT_ERROR_EVERY)
-        {
-            self.unlogged += 1;
+        let Some(unlogged) = self.0.due(now) else {
             return false;
-        }
+        };
         let out_of_descriptors = matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
         tracing::warn!(
             error = %error,
-            since_last_line = self.unlogged,
+            since_last_line = unlogged,
             "accept failed; new connections wait in the listen backlog until it passes{}",
             if out_of_descriptors {
                 " (raise the open-files limit, or lower max_connections)"
@@ -203,8 +199,6 @@ impl AcceptErrors {
                 ""
             }
         );
-        self.last_line = Some(now);
-        self.unlogged = 0;
         true
     }
 }
@@ -228,7 +222,7 @@ async fn accept_loop(
         }
     };
     let mut draining = spawner.draining.clone();
-    let mut accept_errors = AcceptErrors::default();
+    let mut accept_errors = AcceptErrors::new();
     loop {
         // Past max_connections, new connections wait in the backlog.
         let permit = tokio::select! {
@@ -266,7 +260,7 @@ mod tests {
     /// its retries.
     #[test]
     fn accept_errors_are_logged_once_per_ten_seconds() {
-        let mut errors = AcceptErrors::default();
+        let mut errors = AcceptErrors::new();
         let e = io::Error::from_raw_os_error(libc::EMFILE);
         let t0 = Instant::now();
         let logged: Vec<bool> = (0..=400u64)
@@ -275,7 +269,11 @@ mod tests {
         // At 0, 10 and 20 s of 50 ms retries.
         let at: Vec<usize> = (0..logged.len()).filter(|&i| logged[i]).collect();
         assert_eq!(at, [0, 200, 400]);
-        assert_eq!(errors.unlogged, 0);
+        // The next line stands for the 199 retries since the last.
+        for i in 401..600u64 {
+            assert!(!errors.failed(&e, t0 + Duration::from_millis(50 * i)));
+        }
+        assert_eq!(errors.0.due(t0 + Duration::from_secs(30)), Some(199));
     }
 
     /// Who serves each connection of a sequence accepted by `takers`.
