@@ -343,4 +343,28 @@ mod tests {
             "an empty batch writes nothing"
         );
     }
+
+    /// Of threads that all hit a throttle at once, one gets the line; the next line is due
+    /// a period later and stands for the others.
+    #[test]
+    fn a_throttle_gives_one_line_per_period_across_threads() {
+        let throttle = Throttle::new(std::time::Duration::from_secs(10));
+        let now = std::time::Instant::now();
+        let lines: u64 = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| (0..1000).filter(|_| throttle.due(now).is_some()).count() as u64)
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("thread")).sum()
+        });
+        assert_eq!(lines, 1);
+        let later = now + std::time::Duration::from_millis(9_999);
+        assert_eq!(throttle.due(later), None);
+        assert_eq!(
+            throttle.due(now + std::time::Duration::from_secs(11)),
+            // The 7,999 at once that got no line, and the one at 9.999 s.
+            Some(8_000)
+        );
+    }
 }

@@ -231,24 +231,17 @@ pub(super) async fn serve_connection(
     }
 }
 
-/// When a PROXY header failure was last logged at warn level, for the whole process.
-static PROXY_HEADER_WARNED: std::sync::Mutex<Option<std::time::Instant>> =
-    std::sync::Mutex::new(None);
-
-/// How often a PROXY header failure is logged at warn level at most.
-const PROXY_HEADER_WARN_EVERY: Duration = Duration::from_secs(60);
+/// PROXY header failures get a warn line at most once a minute (process-wide).
+static PROXY_HEADER_WARNED: std::sync::LazyLock<crate::logs::Throttle> =
+    std::sync::LazyLock::new(|| crate::logs::Throttle::new(Duration::from_secs(60)));
 
 /// Logs a PROXY header failure at warn level, at most once a minute: a balancer that was
 /// not set to send the header makes every delivery fail this way, and an operator looks at
 /// the log first (every one is counted in the metric, and logged at debug level).
 fn warn_of_proxy_header_failure(peer: SocketAddr, error: &io::Error, now: std::time::Instant) {
-    let mut last = PROXY_HEADER_WARNED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if last.is_some_and(|at| now.saturating_duration_since(at) < PROXY_HEADER_WARN_EVERY) {
+    if PROXY_HEADER_WARNED.due(now).is_none() {
         return;
     }
-    *last = Some(now);
     tracing::warn!(
         %peer,
         error = %error,
