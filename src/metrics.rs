@@ -301,6 +301,9 @@ pub struct Metrics {
     /// Connections from a `proxy_protocol_from` peer closed because they did not open
     /// with a valid PROXY header (a balancer not set to send one, or not a balancer).
     pub proxy_header_failures: Counter,
+    /// HTTP/1.1 connections cut off because the first request head, begun, was not whole
+    /// within `header_timeout_s` (a slow or stalled sender, or a slowloris).
+    pub header_timeouts: Counter,
     config_reloads: Family<ReloadResult, Counter>,
     config_last_reload_successful: Gauge,
     /// Unix seconds (to the millisecond) of the start, then of each reload that succeeded:
@@ -342,6 +345,7 @@ impl Metrics {
         let max_connections = Gauge::default();
         let tls_handshake_failures = Counter::default();
         let proxy_header_failures = Counter::default();
+        let header_timeouts = Counter::default();
         let config_reloads = Family::<ReloadResult, Counter>::default();
         for result in ["success", "failure"] {
             let _ = config_reloads.get_or_create_owned(&ReloadResult { result });
@@ -445,6 +449,11 @@ impl Metrics {
             tls_handshake_failures.clone(),
         );
         registry.register(
+            "header_timeouts",
+            "HTTP/1.1 connections cut off because a request head begun was not whole within header_timeout_s",
+            header_timeouts.clone(),
+        );
+        registry.register(
             "proxy_protocol_failures",
             "Connections from a proxy_protocol_from peer closed for a missing or malformed PROXY header",
             proxy_header_failures.clone(),
@@ -485,6 +494,7 @@ impl Metrics {
             max_connections,
             tls_handshake_failures,
             proxy_header_failures,
+            header_timeouts,
             config_reloads,
             config_last_reload_successful,
             config_last_reload_success_timestamp,

@@ -829,25 +829,40 @@ async fn an_empty_rust_log_logs_at_info() {
     }
 }
 
-/// A request head hyper cannot parse is answered by hyper itself and never reaches the
-/// pipeline: it is still logged (reason `bad_head`, hyper's words in the detail) and
-/// counted under no source, like a path of no source. Before, a sender whose heads were
-/// malformed saw its 400s while hookgate's log and metrics showed nothing at all.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_head_hyper_refuses_is_logged_and_counted() {
+/// A `hookgate run` process with one protocol source at `/p` and `server_line` under
+/// `[server]`, and its admin listener's address.
+async fn process_with_admin(
+    tag: &str,
+    server_line: &str,
+) -> (Upstream, TempDir, Process, SocketAddr) {
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
-    let dir = temp_dir("unparsed-head");
+    let dir = temp_dir(tag);
     let admin_port = free_port();
     let config = with_server(
         &one_source(&upstream.url("/"), "protocol", "/p", &[SECRET], ""),
-        "log_format = \"json\"",
+        server_line,
     )
     .replace(
         "[upstream]",
         &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[upstream]"),
     );
     let p = spawn_process(&dir, &config, &[]);
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    (
+        upstream,
+        dir,
+        p,
+        SocketAddr::from(([127, 0, 0, 1], admin_port)),
+    )
+}
+
+/// A request head hyper cannot parse is answered by hyper itself and never reaches the
+/// pipeline: it is still logged (reason `bad_head`, hyper's words in the detail) and
+/// counted under no source, like a path of no source. Before, a sender whose heads were
+/// malformed saw its 400s while hookgate's log and metrics showed nothing at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_hyper_refuses_is_logged_and_counted() {
+    let (_upstream, _dir, p, admin) =
+        process_with_admin("unparsed-head", "log_format = \"json\"").await;
     let long = format!(
         "POST /p HTTP/1.1\r\nhost: a\r\nx-long: {}\r\n\r\n",
         "a".repeat(70_000)
@@ -912,4 +927,60 @@ async fn a_head_hyper_refuses_is_logged_and_counted() {
         assert_eq!(line["source"], "", "{line}");
         assert_eq!(line["client"], "127.0.0.1", "{line}");
     }
+}
+
+/// A connection cut off at `header_timeout_s` with a head begun and not whole is counted and
+/// logged (once per 10 s at most): a sender stalled half-way through its head, or a
+/// slowloris, left no trace before. One that sent nothing, and a kept-alive one idle after
+/// its answer, are closed at the same deadline and are not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_cut_off_at_header_timeout_is_counted_and_logged() {
+    use tokio::io::AsyncReadExt;
+    let (_upstream, _dir, p, admin) =
+        process_with_admin("head-timeout", "header_timeout_s = 1").await;
+    let (mut silent, mut idle) = (
+        tokio::net::TcpStream::connect(p.addr)
+            .await
+            .expect("connect"),
+        tokio::net::TcpStream::connect(p.addr)
+            .await
+            .expect("connect"),
+    );
+    assert_eq!(deliver(p.addr, "/p", "h-1", SECRET).await, 200);
+    let body = body("h-2");
+    let head = format!(
+        "POST /p HTTP/1.1\r\nhost: a\r\nx-protocol-signature: {}\r\ncontent-length: {}\r\n\r\n",
+        hmac_hex(SECRET, body.as_bytes()),
+        body.len()
+    );
+    use tokio::io::AsyncWriteExt;
+    idle.write_all(format!("{head}{body}").as_bytes())
+        .await
+        .expect("write");
+    let mut stalled = connect_and_write(p.addr, b"POST /p HTTP/1.1\r\nhost: a\r\nx-sig").await;
+    // All three are closed at the deadline; only the stalled head had no answer coming.
+    let mut rest = Vec::new();
+    for (name, conn) in [
+        ("silent", &mut silent),
+        ("idle", &mut idle),
+        ("stalled", &mut stalled),
+    ] {
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "{name}: not closed");
+    }
+    let (m, text) = scrape_admin(admin).await;
+    assert_eq!(
+        get(&m, "hookgate_header_timeouts_total", &[]),
+        Some(1.0),
+        "{text}"
+    );
+    let mut p = p;
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    let log = p.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("a request head begun was not whole"))
+        .count();
+    assert_eq!(lines, 1, "{log}");
 }

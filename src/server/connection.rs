@@ -314,6 +314,17 @@ async fn read_proxy_header(
     }
 }
 
+/// Connections cut off for a slow head get a log line at most this often (process-wide).
+static HEAD_TIMEOUTS_LOGGED: std::sync::LazyLock<crate::logs::Throttle> =
+    std::sync::LazyLock::new(|| crate::logs::Throttle::new(Duration::from_secs(10)));
+
+/// Whether hyper's connection ended on the head deadline (`HeadDeadline`'s `TimedOut`).
+fn head_timed_out(error: &hyper::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|cause| cause.downcast_ref::<io::Error>())
+        .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
+}
+
 /// Failed handshakes get a log line at most this often (process-wide).
 static TLS_FAILURES_LOGGED: std::sync::LazyLock<crate::logs::Throttle> =
     std::sync::LazyLock::new(|| crate::logs::Throttle::new(Duration::from_secs(10)));
@@ -526,15 +537,31 @@ where
             Box::pin(driven).await
         }
     };
-    if let Err(e) = result {
-        match pipeline::unparsed_status(&e).filter(|_| protocol == Protocol::Http1) {
-            Some(status) => {
-                pipeline::unparsed_request(&state.context.metrics, conn, status, &e);
-            }
+    let Err(e) = result else {
+        return;
+    };
+    let metrics = &state.context.metrics;
+    if protocol != Protocol::Http1 {
+        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    } else if let Some(status) = pipeline::unparsed_status(&e) {
+        pipeline::unparsed_request(metrics, conn, status, &e);
+    } else if head_timed_out(&e) {
+        // Its first bytes came (the protocol was told by them), the rest of the head did
+        // not: a sender stalled or far too slow, or a slowloris. No answer can be framed;
+        // counted, and logged at most once per 10 s.
+        metrics.header_timeouts.inc();
+        match HEAD_TIMEOUTS_LOGGED.due(std::time::Instant::now()) {
+            Some(skipped) => tracing::info!(
+                peer = %conn.peer,
+                since_last_line = skipped,
+                "a request head begun was not whole within header_timeout_s; connection closed (one line per 10 s at most; hookgate_header_timeouts_total counts them all)"
+            ),
             None => {
-                tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error")
+                tracing::debug!(peer = %conn.peer, "request head not whole within header_timeout_s")
             }
         }
+    } else {
+        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
     }
 }
 
