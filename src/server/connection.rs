@@ -318,11 +318,18 @@ async fn read_proxy_header(
 static HEAD_TIMEOUTS_LOGGED: std::sync::LazyLock<crate::logs::Throttle> =
     std::sync::LazyLock::new(|| crate::logs::Throttle::new(Duration::from_secs(10)));
 
-/// Whether hyper's connection ended on the head deadline (`HeadDeadline`'s `TimedOut`).
+/// What `HeadDeadline`'s reads fail with past the deadline: its own type, so that it is
+/// told from a socket's `ETIMEDOUT` (a peer gone, TCP giving up its retransmissions).
+#[derive(Debug, thiserror::Error)]
+#[error("request head not received within header_timeout_s")]
+struct HeadTimeout;
+
+/// Whether hyper's connection ended on the head deadline.
 fn head_timed_out(error: &hyper::Error) -> bool {
     std::error::Error::source(error)
         .and_then(|cause| cause.downcast_ref::<io::Error>())
-        .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
+        .and_then(|e| e.get_ref())
+        .is_some_and(|inner| inner.is::<HeadTimeout>())
 }
 
 /// Failed handshakes get a log line at most this often (process-wide).
@@ -758,10 +765,7 @@ impl<IO: AsyncRead> AsyncRead for HeadDeadline<IO> {
         let this = self.project();
         let head_pending = this.activity.head_pending.load(Ordering::Relaxed);
         if head_pending && this.deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "request head not received within header_timeout_s",
-            )));
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, HeadTimeout)));
         }
         if !this.unread.is_empty() {
             let n = this.unread.len().min(buf.remaining());
