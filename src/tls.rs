@@ -124,6 +124,88 @@ fn certified_key(
     }
 }
 
+/// Whether `now` is within the certificate's validity; `Err` says which end it is past.
+pub fn valid_at(
+    cert: &CertificateDer<'_>,
+    now: rustls_pki_types::UnixTime,
+) -> Result<(), rustls::CertificateError> {
+    let (not_before, not_after) = validity(cert).ok_or(rustls::CertificateError::BadEncoding)?;
+    let now = now.as_secs();
+    if now < not_before.as_secs() {
+        Err(rustls::CertificateError::NotValidYet)
+    } else if now > not_after.as_secs() {
+        Err(rustls::CertificateError::Expired)
+    } else {
+        Ok(())
+    }
+}
+
+/// The client-certificate check with `client_ca`: webpki, and one case more, as for the
+/// upstream (`upstream::pinned`). A partner's self-signed certificate made by `openssl req
+/// -x509` carries `basicConstraints CA:TRUE`; an operator naturally names it as the
+/// `client_ca`, and OpenSSL (nginx's `ssl_client_certificate`) accepts the client that
+/// presents it, but webpki refuses a CA certificate as a client's (`CaUsedAsEndEntity`), so
+/// its handshake failed. Here a client certificate that is byte for byte one of the
+/// `client_ca` file's is accepted while it is valid. Everything else is webpki's.
+#[derive(Debug)]
+struct PinnedOrWebPkiClient {
+    webpki: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    /// The certificates of `client_ca`.
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for PinnedOrWebPkiClient {
+    fn offer_client_auth(&self) -> bool {
+        self.webpki.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.webpki.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.webpki.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self
+            .webpki
+            .verify_client_cert(end_entity, intermediates, now);
+        if verified.is_ok() || !self.pinned.iter().any(|p| p == end_entity) {
+            return verified;
+        }
+        valid_at(end_entity, now).map_err(rustls::Error::InvalidCertificate)?;
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
 /// A DER certificate's X.509 version, if it parses.
 fn version(der: &[u8]) -> Option<x509_cert::certificate::Version> {
     use x509_cert::der::Decode;
@@ -249,13 +331,14 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerTls, TlsError> {
         Some(ca_path) => {
             let mut roots = rustls::RootCertStore::empty();
             let ca_err = |e: String| TlsError::new("client_ca", ca_path, e);
-            for c in certs("client_ca", ca_path)? {
-                roots.add(c).map_err(|e| ca_err(e.to_string()))?;
+            let pinned = certs("client_ca", ca_path)?;
+            for c in &pinned {
+                roots.add(c.clone()).map_err(|e| ca_err(e.to_string()))?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| ca_err(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
+            builder.with_client_cert_verifier(Arc::new(PinnedOrWebPkiClient { webpki, pinned }))
         }
     };
     let mut config =

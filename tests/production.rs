@@ -508,7 +508,16 @@ async fn deliver_without_client_certificate(
     addr: SocketAddr,
     pki: &Pki,
 ) -> std::io::Result<http::Response<hyper::body::Incoming>> {
-    let tls = tls_connect(addr, &connector(pki, &[b"http/1.1"], false)).await?;
+    deliver_over(addr, &connector(pki, &[b"http/1.1"], false)).await
+}
+
+/// A delivery over HTTP/1.1 on a TLS connection made by `connector`; an error where the
+/// handshake fails (with TLS 1.3, a refused client certificate shows on first use).
+async fn deliver_over(
+    addr: SocketAddr,
+    connector: &TlsConnector,
+) -> std::io::Result<http::Response<hyper::body::Incoming>> {
+    let tls = tls_connect(addr, connector).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(std::io::Error::other)?;
@@ -555,6 +564,64 @@ async fn a_failed_handshake_is_logged_with_its_reason_at_most_once_per_ten_secon
         "{log}"
     );
     assert!(upstream.requests().is_empty());
+}
+
+/// A partner's self-signed certificate (as `openssl req -x509` makes it: `CA:TRUE`) named
+/// as `client_ca` lets that partner in, as nginx's `ssl_client_certificate` does; webpki
+/// alone refuses it (`CaUsedAsEndEntity`). Another self-signed certificate of the same
+/// name, with another key, stays out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_takes_a_partners_self_signed_certificate_named_as_client_ca() {
+    let dir = temp_dir("mtls-pinned");
+    let pki = make_pki(&dir);
+    let self_signed = |stem: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "partner");
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).expect("write");
+        std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).expect("write");
+        Pki {
+            ca: pki.ca.clone(),
+            client_cert: dir.join(format!("{stem}.crt")),
+            client_key: dir.join(format!("{stem}.key")),
+            dir: pki.dir.clone(),
+        }
+    };
+    let (partner, impostor) = (self_signed("partner"), self_signed("impostor"));
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let config = protocol_source(
+        &upstream.url("/"),
+        SECRET,
+        "",
+        "tls = { cert = \"server.crt\", key = \"server.key\", client_ca = \"partner.crt\" }",
+    );
+    let gw =
+        spawn_gateway_in_context(&config, &pki.dir, hookgate::pipeline::Context::default()).await;
+    let a = h1_delivery(
+        tls_connect(gw.addr, &connector(&partner, &[b"http/1.1"], true))
+            .await
+            .expect("handshake"),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(upstream.requests().len(), 1);
+    assert!(
+        deliver_over(gw.addr, &connector(&impostor, &[b"http/1.1"], true))
+            .await
+            .is_err(),
+        "the impostor was served"
+    );
+    assert!(
+        deliver_without_client_certificate(gw.addr, &pki)
+            .await
+            .is_err(),
+        "a client without a certificate was served"
+    );
+    assert_eq!(upstream.requests().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

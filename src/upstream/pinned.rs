@@ -13,27 +13,13 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
-use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 
 #[derive(Debug)]
 pub struct PinnedOrWebPki {
     pub webpki: Arc<WebPkiServerVerifier>,
     /// The certificates of `[upstream] ca`.
     pub pinned: Vec<CertificateDer<'static>>,
-}
-
-/// Whether `now` is within the certificate's validity; `Err` says which end it is past.
-fn valid_at(cert: &CertificateDer<'_>, now: UnixTime) -> Result<(), CertificateError> {
-    let (not_before, not_after) =
-        crate::tls::validity(cert).ok_or(CertificateError::BadEncoding)?;
-    let now = now.as_secs();
-    if now < not_before.as_secs() {
-        Err(CertificateError::NotValidYet)
-    } else if now > not_after.as_secs() {
-        Err(CertificateError::Expired)
-    } else {
-        Ok(())
-    }
 }
 
 impl ServerCertVerifier for PinnedOrWebPki {
@@ -56,7 +42,7 @@ impl ServerCertVerifier for PinnedOrWebPki {
             return verified;
         }
         rustls::client::verify_server_name(&ParsedCertificate::try_from(end_entity)?, server_name)?;
-        valid_at(end_entity, now).map_err(rustls::Error::InvalidCertificate)?;
+        crate::tls::valid_at(end_entity, now).map_err(rustls::Error::InvalidCertificate)?;
         Ok(ServerCertVerified::assertion())
     }
 
