@@ -220,6 +220,7 @@ pub fn discard(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn chunked_is_counted_across_lines_and_any_other_coding_is_none() {
@@ -230,7 +231,6 @@ mod tests {
         assert_eq!(chunked_count([&b"gzip, chunked"[..]]), None);
         assert_eq!(chunked_count([&b"chunked"[..], b"identity"]), None);
     }
-    use super::*;
 
     /// A coding list names only the one coding hookgate takes, whatever the case, spaces,
     /// empty items or repeats; any other coding anywhere in it does not pass.

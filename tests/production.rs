@@ -512,7 +512,8 @@ async fn deliver_without_client_certificate(
 }
 
 /// A delivery over HTTP/1.1 on a TLS connection made by `connector`; an error where the
-/// handshake fails (with TLS 1.3, a refused client certificate shows on first use).
+/// handshake fails (with TLS 1.3, a refused client certificate shows on first use, as the
+/// connection's error: the request's own says only that the connection was not ready).
 async fn deliver_over(
     addr: SocketAddr,
     connector: &TlsConnector,
@@ -521,11 +522,25 @@ async fn deliver_over(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(std::io::Error::other)?;
-    tokio::spawn(conn);
-    sender
+    let connection = tokio::spawn(conn);
+    match sender
         .send_request(signed_request("/hooks/p", http::Version::HTTP_11))
         .await
-        .map_err(std::io::Error::other)
+    {
+        Ok(answer) => Ok(answer),
+        Err(e) => Err(match connection.await {
+            Ok(Err(cause)) => std::io::Error::other(cause),
+            _ => std::io::Error::other(e),
+        }),
+    }
+}
+
+/// The alert a server's refusal of the client's certificate ended `result` with.
+fn refused_alert(result: std::io::Result<http::Response<hyper::body::Incoming>>) -> String {
+    match result {
+        Ok(answer) => panic!("served: {}", answer.status()),
+        Err(e) => format!("{e:?}"),
+    }
 }
 
 /// A failed handshake is logged with rustls' reason (what an operator needs when a sender
@@ -543,13 +558,13 @@ async fn a_failed_handshake_is_logged_with_its_reason_at_most_once_per_ten_secon
             .expect("connect"),
     );
     for _ in 0..3 {
+        let refused = refused_alert(deliver_without_client_certificate(p.addr, &pki).await);
         assert!(
-            deliver_without_client_certificate(p.addr, &pki)
-                .await
-                .is_err()
+            refused.contains("AlertReceived(CertificateRequired)"),
+            "{refused}"
         );
     }
-    wait_for_line(&p, "TLS handshake failed").await;
+    p.wait_for_line("TLS handshake failed").await;
     // The other two (and any line the probe would have had) come within the 10 s.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = p.log();
@@ -609,17 +624,16 @@ async fn mtls_takes_a_partners_self_signed_certificate_named_as_client_ca() {
     .await;
     assert_eq!(a.status, 200);
     assert_eq!(upstream.requests().len(), 1);
+    let impostor =
+        refused_alert(deliver_over(gw.addr, &connector(&impostor, &[b"http/1.1"], true)).await);
     assert!(
-        deliver_over(gw.addr, &connector(&impostor, &[b"http/1.1"], true))
-            .await
-            .is_err(),
-        "the impostor was served"
+        impostor.contains("AlertReceived(CertificateUnknown)"),
+        "{impostor}"
     );
+    let no_certificate = refused_alert(deliver_without_client_certificate(gw.addr, &pki).await);
     assert!(
-        deliver_without_client_certificate(gw.addr, &pki)
-            .await
-            .is_err(),
-        "a client without a certificate was served"
+        no_certificate.contains("AlertReceived(CertificateRequired)"),
+        "{no_certificate}"
     );
     assert_eq!(upstream.requests().len(), 1);
 }
@@ -640,11 +654,10 @@ async fn mtls_refuses_a_client_without_a_certificate_and_serves_one_with() {
             .expect("connect"),
     );
 
+    let no_certificate = refused_alert(deliver_without_client_certificate(gw.addr, &pki).await);
     assert!(
-        deliver_without_client_certificate(gw.addr, &pki)
-            .await
-            .is_err(),
-        "a client without a certificate was served"
+        no_certificate.contains("AlertReceived(CertificateRequired)"),
+        "{no_certificate}"
     );
     assert!(upstream.requests().is_empty());
     // Counted once the gateway's side of the handshake has ended.
@@ -1103,14 +1116,6 @@ async fn serving_a_secret_file(tag: &str, server: &str) -> (Upstream, TempDir, P
 }
 
 /// Waits up to 5 s for a log line holding `text`.
-async fn wait_for_line(p: &Process, text: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while lines_with(p, text) == 0 {
-        assert!(Instant::now() < deadline, "no {text:?} in:\n{}", p.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Polls `deliver` until it gives `want`, for up to 5 s.
 async fn eventually<F, Fut>(p: &Process, what: &str, want: u16, mut deliver: F)
 where
@@ -1132,10 +1137,6 @@ where
     }
 }
 
-fn lines_with(p: &Process, text: &str) -> usize {
-    p.log().lines().filter(|l| l.contains(text)).count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_rotates_secrets_and_keeps_the_old_config_when_the_new_one_is_invalid() {
     let (_upstream, dir, mut p) = serving_a_secret_file("sighup", "").await;
@@ -1154,7 +1155,7 @@ async fn sighup_rotates_secrets_and_keeps_the_old_config_when_the_new_one_is_inv
     // An invalid config: logged in one line, the old one stays.
     std::fs::write(dir.join("hookgate.toml"), "[server]\nlisten = 5\n").expect("write");
     p.signal("HUP");
-    wait_for_line(&p, "reload refused").await;
+    p.wait_for_line("reload refused").await;
     assert_eq!(deliver_with(p.addr, "new-secret", "5").await, 200);
     let refused: Vec<String> = p
         .log()
@@ -1194,7 +1195,7 @@ async fn reload_poll_picks_up_changed_files_without_a_signal() {
     std::os::unix::fs::symlink("..data/p.secret", dir.join("p.secret.link")).expect("link");
     std::fs::rename(dir.join("p.secret.link"), dir.join("p.secret")).expect("rename");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(lines_with(&p, "config reloaded"), 0, "{}", p.log());
+    assert_eq!(p.lines_with("config reloaded"), 0, "{}", p.log());
     assert_eq!(deliver_with(addr, "old-secret", "1b").await, 200);
 
     version("..v2", "new-secret\n");
@@ -1203,11 +1204,11 @@ async fn reload_poll_picks_up_changed_files_without_a_signal() {
     })
     .await;
     assert_eq!(deliver_with(addr, "old-secret", "3").await, 401);
-    assert_eq!(lines_with(&p, "config reloaded (a file changed)"), 1);
+    assert_eq!(p.lines_with("config reloaded (a file changed)"), 1);
 
     // Unchanged files: no more reloads.
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    assert_eq!(lines_with(&p, "config reloaded"), 1, "{}", p.log());
+    assert_eq!(p.lines_with("config reloaded"), 1, "{}", p.log());
 
     let serving = std::fs::read_to_string(dir.join("hookgate.toml")).expect("read");
     let with_q = format!(
@@ -1216,10 +1217,10 @@ async fn reload_poll_picks_up_changed_files_without_a_signal() {
     );
     std::fs::write(dir.join("hookgate.toml"), with_q).expect("write");
     let deliver_q = || deliver_to(addr, "/hooks/q", "q-secret", "q1");
-    wait_for_line(&p, "reload refused").await;
+    p.wait_for_line("reload refused").await;
     // Tried again at every poll, told once.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(lines_with(&p, "reload refused"), 1, "{}", p.log());
+    assert_eq!(p.lines_with("reload refused"), 1, "{}", p.log());
     assert!(p.log().contains("q.secret"), "{}", p.log());
     assert_eq!(deliver_q().await, 404, "the old config serves");
     assert_eq!(deliver_with(addr, "new-secret", "4").await, 200);
@@ -1227,7 +1228,7 @@ async fn reload_poll_picks_up_changed_files_without_a_signal() {
     std::fs::write(dir.join("q.secret"), "q-secret").expect("write");
     eventually(&p, "the new source", 200, deliver_q).await;
     assert_eq!(deliver_with(addr, "new-secret", "5").await, 200);
-    assert_eq!(lines_with(&p, "config reloaded (a file changed)"), 2);
+    assert_eq!(p.lines_with("config reloaded (a file changed)"), 2);
     assert!(
         !p.log().contains("-secret"),
         "a secret in the log:\n{}",
@@ -1613,10 +1614,10 @@ async fn running_out_of_descriptors_is_logged_once_and_passes() {
     rlimit::prlimit(pid, rlimit::Resource::NOFILE, Some((48, 48)), None).expect("prlimit");
 
     let held = open_connections(p.addr, 80).await;
-    wait_for_line(&p, "accept failed").await;
+    p.wait_for_line("accept failed").await;
     // 1.5 s more of failing accepts: 30 more retries per worker.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let lines = lines_with(&p, "accept failed");
+    let lines = p.lines_with("accept failed");
     assert!((1..=2).contains(&lines), "{lines} lines:\n{}", p.log());
     assert!(
         p.log().contains("raise the open-files limit"),
@@ -1650,10 +1651,11 @@ async fn a_missing_proxy_header_is_logged_once_a_minute() {
         let a = raw_exchange(p.addr, request.as_bytes(), Duration::from_secs(5)).await;
         assert!(a.is_empty(), "{a}");
     }
-    wait_for_line(&p, "did not open with a valid PROXY header").await;
+    p.wait_for_line("did not open with a valid PROXY header")
+        .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
-        lines_with(&p, "did not open with a valid PROXY header"),
+        p.lines_with("did not open with a valid PROXY header"),
         1,
         "{}",
         p.log()

@@ -527,6 +527,24 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// How many of its log lines so far contain `text`.
+    pub fn lines_with(&self, text: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(text)).count()
+    }
+
+    /// Waits up to 5 s for a log line containing `text`.
+    pub async fn wait_for_line(&self, text: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.lines_with(text) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {text:?} in:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// The exit code, if it exits within `within`.
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let deadline = std::time::Instant::now() + within;
