@@ -1,6 +1,5 @@
 //! The command line (SPEC §2): `run`, `check` and `sign`.
 
-use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,8 +48,15 @@ pub enum Command {
 
 /// Startup failures exit 2 with one line.
 fn fail(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("hookgate: {message}");
+    print_line(std::io::stderr(), format_args!("hookgate: {message}"));
     ExitCode::from(2)
+}
+
+/// Writes a line, ignoring a closed stdout or stderr (`hookgate check | head -1`, a log
+/// reader that exited): `println!` and `eprintln!` panic there, and a failed start would
+/// exit 101 instead of 2.
+fn print_line(mut to: impl std::io::Write, line: std::fmt::Arguments) {
+    let _ = writeln!(to, "{line}");
 }
 
 pub fn main() -> ExitCode {
@@ -198,14 +204,14 @@ fn check(config: Config) -> ExitCode {
     match server::prepare(config) {
         Ok(prepared) => {
             for w in prepared.warnings() {
-                eprintln!("hookgate: {w}");
+                print_line(std::io::stderr(), format_args!("hookgate: {w}"));
             }
         }
         Err(e) => return fail(e),
     }
-    println!("{listen}");
+    print_line(std::io::stdout(), format_args!("{listen}"));
     for l in lines {
-        println!("{l}");
+        print_line(std::io::stdout(), format_args!("{l}"));
     }
     ExitCode::SUCCESS
 }
@@ -422,7 +428,7 @@ fn sign(config: &Config, name: &str, body: Option<&std::path::Path>) -> ExitCode
     };
     match sign_command(config, source, &body) {
         Ok(cmd) => {
-            let _ = writeln!(std::io::stdout(), "{cmd}");
+            print_line(std::io::stdout(), format_args!("{cmd}"));
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),

@@ -221,7 +221,14 @@ impl Write for Stderr {
                 batch.push(line, &mut NonBlocking);
                 return Ok(line.len());
             }
-            io::stderr().write(line)
+            // Never an error: tracing-subscriber reports a failed write with `eprintln!`,
+            // which panics when stderr is gone (a log reader that exited: EPIPE), and a
+            // reload or SIGTERM logged from this thread then ended the process (exit 101).
+            if io::stderr().write_all(line).is_err() {
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+                DROPPED_TOTAL.inc();
+            }
+            Ok(line.len())
         })
     }
 

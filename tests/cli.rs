@@ -12,6 +12,42 @@ use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hookgate");
 
+/// A `hookgate run` killed if the test fails, so that none is left behind (blocked on its
+/// pipe, holding its port).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `hookgate run` at `INFO` on a config listening on `port`, once it accepts connections.
+fn run_on(
+    config: &str,
+    port: u16,
+    stdout: std::process::Stdio,
+    stderr: std::process::Stdio,
+) -> (Running, std::net::SocketAddr) {
+    let running = Running(
+        Command::new(BIN)
+            .args(["run", "--config", config])
+            .env("RUST_LOG", "info")
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn"),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "no listener");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (running, addr)
+}
+
 fn hookgate(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(BIN)
         .args(args)
@@ -438,30 +474,13 @@ async fn a_log_pipe_nobody_reads_does_not_stop_deliveries() {
         &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[upstream]"),
     );
     let path = write_config(&dir, &text);
-    /// Killed if the test fails, so that no hookgate is left blocked on its pipe.
-    struct Running(std::process::Child);
-    impl Drop for Running {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut gateway = Running(
-        Command::new(BIN)
-            .args(["run", "--config", &path])
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn"),
+    let (mut gateway, addr) = run_on(
+        &path,
+        port,
+        std::process::Stdio::null(),
+        std::process::Stdio::piped(),
     );
     let child = &mut gateway.0;
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "no listener");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let body = r#"{"id":"1","type":"message.created","payload":{}}"#;
     let sig = hmac_hex(SECRET, body.as_bytes());
     // Some 250 request lines fill the pipe; 1,500 deliveries go well past it.
@@ -527,5 +546,114 @@ async fn a_log_pipe_nobody_reads_does_not_stop_deliveries() {
     assert!(
         written + dropped >= 1501,
         "{written} request lines written and {dropped} counted as dropped, of 1,501"
+    );
+}
+
+/// A log reader that is gone (stderr a pipe with no reader: EPIPE on every write) must not
+/// end hookgate. Before, the first line written from outside a worker (the reload's, the
+/// shutdown's) failed, tracing-subscriber said so with `eprintln!`, which panicked: a
+/// SIGHUP or SIGTERM ended the process with 101, and a failed start exited 101, not 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_reader_that_is_gone_does_not_end_hookgate() {
+    const SECRET: &str = "gone-log-secret";
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let dir = temp_dir("cli-gone-log");
+    let port = free_port();
+    let config = |path: &str| {
+        one_source(
+            &upstream.url("/"),
+            "protocol",
+            path,
+            &[SECRET],
+            "dedupe_window_s = 0",
+        )
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+    };
+    let path = write_config(&dir, &config("/p"));
+    // Both ends of a pipe; the reader is closed before hookgate writes a line.
+    let stderr_of = || {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        writer
+    };
+    let (mut gateway, addr) = run_on(&path, port, stderr_of().into(), stderr_of().into());
+    let body = r#"{"id":"1","type":"message.created","payload":{}}"#;
+    let sig = hmac_hex(SECRET, body.as_bytes());
+    let deliver = |path: &'static str| {
+        let sig = sig.clone();
+        async move {
+            send(
+                addr,
+                "POST",
+                path,
+                &[("x-protocol-signature", sig.as_str())],
+                Bytes::from(body),
+            )
+            .await
+        }
+    };
+    assert_eq!(deliver("/p").await.status, 200);
+    // A reload that moves the source: it logs from the main thread.
+    std::fs::write(&path, config("/q")).expect("rewrite");
+    let pid = gateway.0.id().to_string();
+    let kill = |sig: &str| {
+        Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+    };
+    assert!(kill("-HUP").success());
+    let mut moved = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            gateway
+                .0
+                .try_wait()
+                .expect("try_wait")
+                .and_then(|s| s.code()),
+            None,
+            "hookgate ended on the reload"
+        );
+        if deliver("/q").await.status == 200 {
+            moved = true;
+            break;
+        }
+    }
+    assert!(moved, "the reload did not take the new path");
+    assert_eq!(deliver("/p").await.status, 404);
+    assert_eq!(upstream.requests().len(), 2);
+    assert!(kill("-TERM").success());
+    let status = gateway.0.wait().expect("exit");
+    assert_eq!(status.code(), Some(0), "SIGTERM with no log reader");
+
+    // The CLI's own lines: a failed start still exits 2, `check | head -0` still 0.
+    let bad = write_config(&dir, "[server]\nlisten = 1\n");
+    let code = |args: &[&str], out: std::io::PipeWriter, err: std::io::PipeWriter| {
+        Command::new(BIN)
+            .args(args)
+            .stdout(out)
+            .stderr(err)
+            .status()
+            .expect("run")
+            .code()
+    };
+    assert_eq!(
+        code(&["check", "--config", &bad], stderr_of(), stderr_of()),
+        Some(2)
+    );
+    std::fs::write(dir.join("good.toml"), config("/p")).expect("write");
+    let good = dir.join("good.toml").display().to_string();
+    assert_eq!(
+        code(&["check", "--config", &good], stderr_of(), stderr_of()),
+        Some(0)
+    );
+    assert_eq!(
+        code(
+            &["sign", "--config", &good, "--source", "protocol"],
+            stderr_of(),
+            stderr_of()
+        ),
+        Some(0)
     );
 }
