@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::config::{Config, ForwardMode, LogFormat, Source};
+use crate::config::{Config, LogFormat, Source};
 use crate::json::Object;
 use crate::platforms::Platform;
 use crate::reload::Reloader;
@@ -113,53 +113,6 @@ fn log_filter(rust_log: Option<&str>) -> (tracing_subscriber::EnvFilter, Option<
     }
 }
 
-/// One line per route, with the settings in effect: several default by platform (dedupe,
-/// a barertc source's timeout), so the config file alone does not show them.
-fn routes(config: &Config) -> Vec<String> {
-    config
-        .sources
-        .iter()
-        .map(|s| {
-            let verify = if s.verifier.is_none() {
-                "none"
-            } else {
-                "platform proof"
-            };
-            let forward = match (s.forward, s.include_raw) {
-                (ForwardMode::Raw, _) => "raw",
-                (ForwardMode::Event, true) => "event with raw",
-                (ForwardMode::Event, false) => "event without raw",
-            };
-            let dedupe = if s.dedupe_window.is_zero() {
-                "off".to_string()
-            } else {
-                format!(
-                    "{} s ({} ids)",
-                    s.dedupe_window.as_secs(),
-                    s.dedupe_capacity
-                )
-            };
-            let mut extra = String::new();
-            if let Some(r) = s.rate_limit {
-                extra += &format!(", rate_limit {}/s burst {}", r.per_second, r.burst);
-            }
-            if let Some(nets) = &s.allow_cidrs {
-                let nets: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
-                extra += &format!(", allow_cidrs [{}]", nets.join(", "));
-            }
-            format!(
-                "POST {} -> source {:?} (platform {}, verify {verify}, forward {forward}, \
-                 dedupe {dedupe}, timeout {} ms{extra}) -> {}",
-                s.path,
-                s.name,
-                s.platform.as_str(),
-                s.timeout.as_millis(),
-                s.upstream
-            )
-        })
-        .collect()
-}
-
 /// Raises the open-files soft limit to the hard one, as Go's runtime does at start: each
 /// connection takes a descriptor and each delivery in flight another for its upstream
 /// exchange, and the soft limit is often 1024, far below `max_connections`. Returns a
@@ -189,7 +142,7 @@ fn open_files_warning(limit: u64, max_connections: usize) -> Option<String> {
 }
 
 fn check(config: Config) -> ExitCode {
-    let lines = routes(&config);
+    let lines = config.route_lines();
     let scheme = if config.server.tls.is_some() {
         "https"
     } else {
@@ -221,7 +174,7 @@ fn run(config: Config) -> ExitCode {
     // Before the listeners exist; its warning only once they do (a start that fails says
     // one line, its reason).
     let open_files = raise_open_files_limit(config.server.max_connections);
-    let lines = routes(&config);
+    let lines = config.route_lines();
     let prepared = match server::prepare(config) {
         Ok(p) => p,
         Err(e) => return fail(e),

@@ -410,9 +410,58 @@ pub struct Source {
     pub source_header: HeaderValue,
 }
 
+impl Source {
+    /// The route in one line, with the settings in effect (`check`, the startup log, a
+    /// reload's changes): several default by platform (dedupe, a barertc source's
+    /// timeout), so the config file alone does not show them.
+    pub fn route_line(&self) -> String {
+        let verify = if self.verifier.is_none() {
+            "none"
+        } else {
+            "platform proof"
+        };
+        let forward = match (self.forward, self.include_raw) {
+            (ForwardMode::Raw, _) => "raw",
+            (ForwardMode::Event, true) => "event with raw",
+            (ForwardMode::Event, false) => "event without raw",
+        };
+        let dedupe = if self.dedupe_window.is_zero() {
+            "off".to_string()
+        } else {
+            format!(
+                "{} s ({} ids)",
+                self.dedupe_window.as_secs(),
+                self.dedupe_capacity
+            )
+        };
+        let mut extra = String::new();
+        if let Some(r) = self.rate_limit {
+            extra += &format!(", rate_limit {}/s burst {}", r.per_second, r.burst);
+        }
+        if let Some(nets) = &self.allow_cidrs {
+            let nets: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
+            extra += &format!(", allow_cidrs [{}]", nets.join(", "));
+        }
+        format!(
+            "POST {} -> source {:?} (platform {}, verify {verify}, forward {forward}, \
+             dedupe {dedupe}, timeout {} ms{extra}) -> {}",
+            self.path,
+            self.name,
+            self.platform.as_str(),
+            self.timeout.as_millis(),
+            self.upstream
+        )
+    }
+}
+
 // ------------------------------------------------------------------ loading
 
 impl Config {
+    /// One line per route ([`Source::route_line`]).
+    pub fn route_lines(&self) -> Vec<String> {
+        self.sources.iter().map(|s| s.route_line()).collect()
+    }
+
     /// Reads and validates the config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {

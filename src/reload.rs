@@ -17,6 +17,7 @@ use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
+use crate::config::Config;
 use crate::server::Server;
 
 /// What started a reload, for the log.
@@ -74,6 +75,9 @@ impl<'a> Reloader<'a> {
                         reloaded.later.join(", ")
                     );
                 }
+                for change in reloaded.changes {
+                    tracing::info!("{change}");
+                }
                 for w in reloaded.warnings {
                     tracing::warn!("{w}");
                 }
@@ -90,6 +94,40 @@ impl<'a> Reloader<'a> {
             }
         }
     }
+}
+
+/// What a reload changed in the routes, a line each for the log: a source added, removed
+/// or with other settings (its new route line), or with other secrets (how many, never
+/// what), so an operator sees that a new source or a rotated secret was taken up.
+pub fn route_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut lines = Vec::new();
+    for source in &new.sources {
+        let line = source.route_line();
+        match old.sources.iter().find(|o| o.name == source.name) {
+            None => lines.push(format!("route added: {line}")),
+            Some(was) => {
+                if was.route_line() != line {
+                    lines.push(format!("route changed: {line}"));
+                }
+                if !was.verifier.same_secrets(&source.verifier) {
+                    lines.push(format!(
+                        "source {:?}: secrets changed ({} now)",
+                        source.name,
+                        source.verifier.secret_count()
+                    ));
+                }
+            }
+        }
+    }
+    for was in &old.sources {
+        if !new.sources.iter().any(|s| s.name == was.name) {
+            lines.push(format!(
+                "route removed: POST {} -> source {:?}",
+                was.path, was.name
+            ));
+        }
+    }
+    lines
 }
 
 /// SHA-256 over each file's path and contents (or that it cannot be read, and why). The
@@ -118,6 +156,66 @@ fn fingerprint(files: &[PathBuf]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(sources: &str) -> Config {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[upstream]\nurl = \"http://127.0.0.1:3000/\"\n{sources}"
+        );
+        Config::from_toml_str(&text, std::path::Path::new("/etc/hookgate/hookgate.toml"))
+            .expect("valid")
+    }
+
+    fn source(name: &str, path: &str, secrets: &str, more: &str) -> String {
+        format!(
+            "[[source]]\nname = \"{name}\"\nplatform = \"spika\"\npath = \"{path}\"\nsecrets = [{secrets}]\n{more}\n"
+        )
+    }
+
+    #[test]
+    fn a_reload_names_the_routes_and_secrets_it_changed() {
+        let old = config(
+            &(source("same", "/a", "\"s1\"", "")
+                + &source("moved", "/b", "\"s2\"", "")
+                + &source("rotated", "/c", "\"s3\"", "")
+                + &source("gone", "/d", "\"s4\"", "")),
+        );
+        let new = config(
+            &(source("same", "/a", "\"s1\"", "")
+                + &source("moved", "/b2", "\"s2\"", "timeout_ms = 500")
+                + &source("rotated", "/c", "\"s3-new\", \"s3\"", "")
+                + &source("added", "/e", "\"s5\"", "")),
+        );
+        let lines = route_changes(&old, &new);
+        assert_eq!(
+            lines,
+            [
+                "route changed: POST /b2 -> source \"moved\" (platform spika, verify platform \
+                 proof, forward event with raw, dedupe 300 s (100000 ids), timeout 500 ms) -> \
+                 http://127.0.0.1:3000/",
+                "source \"rotated\": secrets changed (2 now)",
+                "route added: POST /e -> source \"added\" (platform spika, verify platform proof, \
+                 forward event with raw, dedupe 300 s (100000 ids), timeout 10000 ms) -> \
+                 http://127.0.0.1:3000/",
+                "route removed: POST /d -> source \"gone\"",
+            ]
+        );
+        assert!(
+            lines.iter().all(|l| !l.contains("s3")),
+            "no secret: {lines:?}"
+        );
+        assert!(route_changes(&new, &new).is_empty());
+        // Only the order of the secrets changed: a change too (the first is what `sign` uses).
+        let reordered = config(
+            &(source("same", "/a", "\"s1\"", "")
+                + &source("moved", "/b2", "\"s2\"", "timeout_ms = 500")
+                + &source("rotated", "/c", "\"s3\", \"s3-new\"", "")
+                + &source("added", "/e", "\"s5\"", "")),
+        );
+        assert_eq!(
+            route_changes(&new, &reordered),
+            ["source \"rotated\": secrets changed (2 now)"]
+        );
+    }
 
     #[test]
     fn the_fingerprint_follows_contents_and_paths() {

@@ -77,6 +77,8 @@ pub struct Reloaded {
     pub later: Vec<&'static str>,
     /// The new config's warnings (`Prepared::warnings`).
     pub warnings: Vec<String>,
+    /// What changed in the routes (`reload::route_changes`).
+    pub changes: Vec<String>,
 }
 
 pub fn prepare(config: Config) -> Result<Prepared, StartError> {
@@ -278,6 +280,7 @@ impl Server {
         let prepared = prepare_with(config, self.state.context.clone(), Some(&old))?;
         let warnings = prepared.warnings();
         let (o, n) = (&old.config, &prepared.gateway.config);
+        let changes = crate::reload::route_changes(o, n);
         let mut at_next_start = Vec::new();
         if o.server.listen != n.server.listen {
             at_next_start.push("server.listen");
@@ -312,6 +315,7 @@ impl Server {
         Ok(Reloaded {
             later: at_next_start,
             warnings,
+            changes,
         })
     }
 

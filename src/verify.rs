@@ -192,6 +192,22 @@ impl Verifier {
         self.kind.as_ref().map(|(scheme, _)| scheme)
     }
 
+    /// How many secrets it holds (a reload's log line says it; never what they are).
+    pub fn secret_count(&self) -> usize {
+        self.secrets.len()
+    }
+
+    /// Whether `other` holds the same secrets in the same order: for a reload's log line,
+    /// on the operator's files, so not in constant time.
+    pub fn same_secrets(&self, other: &Verifier) -> bool {
+        self.secrets.len() == other.secrets.len()
+            && self
+                .secrets
+                .iter()
+                .zip(&other.secrets)
+                .all(|(a, b)| a.expose() == b.expose())
+    }
+
     /// The first configured secret (what `sign` uses).
     pub fn first_secret(&self) -> Option<&Secret> {
         self.secrets.first()

@@ -1151,6 +1151,13 @@ async fn sighup_rotates_secrets_and_keeps_the_old_config_when_the_new_one_is_inv
     .await;
     assert_eq!(deliver_with(p.addr, "old-secret", "4").await, 401);
     assert!(p.log().contains("config reloaded"), "{}", p.log());
+    // The log says the rotation was taken up (how many secrets, never what).
+    assert_eq!(
+        p.lines_with(r#"source "protocol": secrets changed (1 now)"#),
+        1,
+        "{}",
+        p.log()
+    );
 
     // An invalid config: logged in one line, the old one stays.
     std::fs::write(dir.join("hookgate.toml"), "[server]\nlisten = 5\n").expect("write");
