@@ -108,6 +108,11 @@ pub fn route_changes(old: &Config, new: &Config) -> Vec<String> {
             Some(was) => {
                 if was.route_line() != line {
                     lines.push(format!("route changed: {line}"));
+                } else if was.upstream.uri != source.upstream.uri {
+                    // The line shows the upstream URL's query values as `…` (they may be keys).
+                    lines.push(format!(
+                        "route changed: {line} (the upstream URL's query changed)"
+                    ));
                 }
                 if !was.verifier.same_secrets(&source.verifier) {
                     lines.push(format!(
@@ -214,6 +219,22 @@ mod tests {
         assert_eq!(
             route_changes(&new, &reordered),
             ["source \"rotated\": secrets changed (2 now)"]
+        );
+        // An upstream key in the URL's query is not shown, but its change is.
+        let keyed = |key: &str| {
+            config(&source(
+                "same",
+                "/a",
+                "\"s1\"",
+                &format!("upstream = \"http://127.0.0.1:3000/?key={key}\""),
+            ))
+        };
+        let lines = route_changes(&keyed("old-key"), &keyed("new-key"));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0]
+                .ends_with("-> http://127.0.0.1:3000/?key=… (the upstream URL's query changed)"),
+            "{lines:?}"
         );
     }
 
