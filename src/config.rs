@@ -827,12 +827,19 @@ impl Builder {
             if src.name.is_empty() {
                 return Err(self.err(at("name"), "must not be empty"));
             }
-            let source_header = HeaderValue::from_str(&src.name).map_err(|_| {
-                self.err(
-                    at("name"),
-                    "must be printable ASCII (it is sent in a header)",
-                )
-            })?;
+            // `HeaderValue` itself takes bytes past 0x7f (and tabs): a UTF-8 name would reach
+            // the app as bytes its HTTP library reads as Latin-1 (`prÃ¶tocol`), not as the
+            // event's `source` says.
+            let printable = |b: &u8| (b' '..=b'~').contains(b);
+            let source_header = HeaderValue::from_str(&src.name)
+                .ok()
+                .filter(|_| src.name.as_bytes().iter().all(printable))
+                .ok_or_else(|| {
+                    self.err(
+                        at("name"),
+                        "must be printable ASCII (it is sent in a header)",
+                    )
+                })?;
             if !names.insert(src.name.clone()) {
                 return Err(self.err(at("name"), format!("duplicate source name {:?}", src.name)));
             }
@@ -1677,6 +1684,23 @@ secrets = ["file:a.secret"]
         let e = Config::from_toml_str(&text, &dir.join("hookgate.toml"))
             .expect_err("empty secret refused");
         assert!(e.to_string().contains("empty"), "{e}");
+    }
+
+    /// The name goes into `x-hookgate-source` as it is: what a header carries as text.
+    #[test]
+    fn a_source_name_is_printable_ascii() {
+        for name in ["prötocol", "a\\tb", "a\\u007fb", "a\\nb"] {
+            let e = err(&MINIMAL.replace("name = \"p\"", &format!("name = \"{name}\"")));
+            assert!(
+                e.ends_with("source[0].name: must be printable ASCII (it is sent in a header)"),
+                "{name}: {e}"
+            );
+        }
+        for name in ["with space", "x,y", "a~b{}", "!"] {
+            let c = parse(&MINIMAL.replace("name = \"p\"", &format!("name = \"{name}\"")))
+                .expect("valid");
+            assert_eq!(c.sources[0].source_header.as_bytes(), name.as_bytes());
+        }
     }
 
     #[test]
