@@ -973,13 +973,27 @@ impl Builder {
     fn signing_key(&self, reference: &str) -> Result<Secret, ConfigError> {
         let field = "upstream.signing_secret";
         let secret = self.secret(field, reference)?;
-        let text = std::str::from_utf8(secret.expose())
+        let bytes = secret.expose();
+        // An `env:` value with a trailing newline (`echo` into a Secret) is the usual cause.
+        let hint = if bytes.first().is_some_and(u8::is_ascii_whitespace)
+            || bytes.last().is_some_and(u8::is_ascii_whitespace)
+        {
+            " (it starts or ends with whitespace: a trailing newline?)"
+        } else {
+            ""
+        };
+        let text = std::str::from_utf8(bytes)
             .ok()
             .and_then(|s| s.strip_prefix("whsec_"))
-            .ok_or_else(|| self.err(field, "must be whsec_ followed by base64"))?;
+            .ok_or_else(|| self.err(field, format!("must be whsec_ followed by base64{hint}")))?;
         let key = base64::engine::general_purpose::STANDARD
             .decode(text)
-            .map_err(|_| self.err(field, "the part after whsec_ is not standard base64"))?;
+            .map_err(|_| {
+                self.err(
+                    field,
+                    format!("the part after whsec_ is not standard base64{hint}"),
+                )
+            })?;
         if key.len() < 24 {
             return Err(self.err(field, "the key must be at least 24 bytes"));
         }
@@ -1781,6 +1795,21 @@ secrets = ["file:a.secret"]
         let text =
             format!("[upstream]\nurl=\"http://a/\"\nsigning_secret=\"whsec_{unpadded}x\"\n{src}");
         assert!(err(&text).contains("upstream.signing_secret"));
+        // Whitespace at an end, as an env: value's newline brings, is named.
+        for spaced in [format!("whsec_{good}\\n"), format!(" whsec_{good}")] {
+            let text = format!("[upstream]\nurl=\"http://a/\"\nsigning_secret=\"{spaced}\"\n{src}");
+            assert!(
+                err(&text).ends_with("(it starts or ends with whitespace: a trailing newline?)"),
+                "{}",
+                err(&text)
+            );
+        }
+        assert!(
+            !err(&format!(
+                "[upstream]\nurl=\"http://a/\"\nsigning_secret=\"x\"\n{src}"
+            ))
+            .contains("whitespace")
+        );
     }
 
     #[test]
