@@ -135,6 +135,70 @@ pub fn route_changes(old: &Config, new: &Config) -> Vec<String> {
     lines
 }
 
+/// The settings outside the routes that a reload changed and that take effect at once, in
+/// one line (the ones that wait for the next start have a line of their own).
+pub fn setting_changes(old: &Config, new: &Config) -> Option<String> {
+    let (o, n) = (&old.server, &new.server);
+    let (ou, nu) = (&old.upstream, &new.upstream);
+    let key =
+        |u: &crate::config::UpstreamSettings| u.signing_key.as_ref().map(|k| k.expose().to_vec());
+    let settings = [
+        (
+            "server.max_body_bytes",
+            o.max_body_bytes != n.max_body_bytes,
+        ),
+        (
+            "server.tls (files)",
+            o.tls.is_some() && n.tls.is_some() && o.tls != n.tls,
+        ),
+        (
+            "server.shutdown_grace_s",
+            o.shutdown_grace != n.shutdown_grace,
+        ),
+        (
+            "server.shutdown_delay_s",
+            o.shutdown_delay != n.shutdown_delay,
+        ),
+        (
+            "server.trusted_proxies",
+            o.trusted_proxies != n.trusted_proxies,
+        ),
+        (
+            "server.client_rate_limit",
+            o.client_rate_limit != n.client_rate_limit,
+        ),
+        (
+            "server.header_timeout_s",
+            o.header_timeout != n.header_timeout,
+        ),
+        ("server.body_timeout_s", o.body_timeout != n.body_timeout),
+        (
+            "server.max_buffered_bytes",
+            o.max_buffered_bytes != n.max_buffered_bytes,
+        ),
+        (
+            "server.keepalive_timeout_s",
+            o.keepalive_timeout != n.keepalive_timeout,
+        ),
+        (
+            "server.proxy_protocol_from",
+            o.proxy_protocol_from != n.proxy_protocol_from,
+        ),
+        (
+            "upstream.connect_retry_ms",
+            ou.connect_retry != nu.connect_retry,
+        ),
+        ("upstream.ca", ou.ca != nu.ca),
+        ("upstream.signing_secret", key(ou) != key(nu)),
+    ];
+    let changed: Vec<&str> = settings
+        .iter()
+        .filter(|(_, differs)| *differs)
+        .map(|(name, _)| *name)
+        .collect();
+    (!changed.is_empty()).then(|| format!("settings changed: {}", changed.join(", ")))
+}
+
 /// SHA-256 over each file's path and contents (or that it cannot be read, and why). The
 /// contents are secrets too: they stay in this function's memory, and only the hash leaves.
 fn fingerprint(files: &[PathBuf]) -> [u8; 32] {
@@ -209,6 +273,7 @@ mod tests {
             "no secret: {lines:?}"
         );
         assert!(route_changes(&new, &new).is_empty());
+        assert_eq!(setting_changes(&old, &new), None, "only routes changed");
         // Only the order of the secrets changed: a change too (the first is what `sign` uses).
         let reordered = config(
             &(source("same", "/a", "\"s1\"", "")
@@ -235,6 +300,39 @@ mod tests {
             lines[0]
                 .ends_with("-> http://127.0.0.1:3000/?key=… (the upstream URL's query changed)"),
             "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn a_reload_names_the_settings_it_changed_that_apply_at_once() {
+        let routes = source("same", "/a", "\"s1\"", "");
+        let with = |server: &str, upstream: &str| {
+            let text = format!(
+                "[server]\nlisten = \"127.0.0.1:8080\"\n{server}\n[upstream]\n\
+                 url = \"http://127.0.0.1:3000/\"\n{upstream}\n{routes}"
+            );
+            Config::from_toml_str(&text, std::path::Path::new("/etc/hookgate/hookgate.toml"))
+                .expect("valid")
+        };
+        let key = |byte: u8| {
+            use base64::Engine as _;
+            let key = base64::engine::general_purpose::STANDARD.encode([byte; 24]);
+            format!("signing_secret = \"whsec_{key}\"")
+        };
+        let old = with("", &key(1));
+        assert_eq!(setting_changes(&old, &with("", &key(1))), None);
+        let new = with(
+            "client_rate_limit = { per_second = 5, burst = 10 }\nbody_timeout_s = 5\n\
+             trusted_proxies = [\"10.0.0.0/8\"]\nmax_connections = 5",
+            &key(2),
+        );
+        // max_connections waits for the next start: the reload's other line names it.
+        assert_eq!(
+            setting_changes(&old, &new).as_deref(),
+            Some(
+                "settings changed: server.trusted_proxies, server.client_rate_limit, \
+                 server.body_timeout_s, upstream.signing_secret"
+            )
         );
     }
 

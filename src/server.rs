@@ -280,7 +280,8 @@ impl Server {
         let prepared = prepare_with(config, self.state.context.clone(), Some(&old))?;
         let warnings = prepared.warnings();
         let (o, n) = (&old.config, &prepared.gateway.config);
-        let changes = crate::reload::route_changes(o, n);
+        let mut changes = crate::reload::route_changes(o, n);
+        changes.extend(crate::reload::setting_changes(o, n));
         let mut at_next_start = Vec::new();
         if o.server.listen != n.server.listen {
             at_next_start.push("server.listen");
