@@ -135,68 +135,92 @@ pub fn route_changes(old: &Config, new: &Config) -> Vec<String> {
     lines
 }
 
-/// The settings outside the routes that a reload changed and that take effect at once, in
-/// one line (the ones that wait for the next start have a line of their own).
-pub fn setting_changes(old: &Config, new: &Config) -> Option<String> {
+/// When a changed setting outside the routes takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Takes {
+    Now,
+    /// At the next start: the listeners, their TLS and the logger are made once.
+    NextStart,
+}
+
+/// One setting a reload compares: its name in the config, when a change takes effect, and
+/// whether it changed.
+fn setting<T: PartialEq>(
+    name: &'static str,
+    takes: Takes,
+    old: &T,
+    new: &T,
+) -> (&'static str, Takes, bool) {
+    (name, takes, old != new)
+}
+
+/// The settings outside the routes that a reload changed, split by when they take effect:
+/// every such setting is in this one table, so none is left out of the log.
+pub fn setting_changes(old: &Config, new: &Config) -> SettingChanges {
+    use Takes::{NextStart, Now};
     let (o, n) = (&old.server, &new.server);
     let (ou, nu) = (&old.upstream, &new.upstream);
     let key =
         |u: &crate::config::UpstreamSettings| u.signing_key.as_ref().map(|k| k.expose().to_vec());
-    let settings = [
-        (
-            "server.max_body_bytes",
-            o.max_body_bytes != n.max_body_bytes,
-        ),
+    let tls_on = (o.tls.is_some(), n.tls.is_some());
+    // A row per setting: its name, when a change takes effect, and its field in both.
+    macro_rules! server {
+        ($name:literal, $takes:expr, $field:ident) => {
+            setting($name, $takes, &o.$field, &n.$field)
+        };
+    }
+    let table = [
+        server!("server.listen", NextStart, listen),
+        setting("admin", NextStart, &old.admin, &new.admin),
+        setting("server.tls (on/off)", NextStart, &tls_on.0, &tls_on.1),
+        server!("server.max_connections", NextStart, max_connections),
+        server!("server.log_format", NextStart, log_format),
+        server!("server.reload_poll_s", NextStart, reload_poll),
+        // Files swapped with TLS kept on; turned on or off, the row above says so.
         (
             "server.tls (files)",
-            o.tls.is_some() && n.tls.is_some() && o.tls != n.tls,
+            Now,
+            tls_on == (true, true) && o.tls != n.tls,
         ),
-        (
-            "server.shutdown_grace_s",
-            o.shutdown_grace != n.shutdown_grace,
-        ),
-        (
-            "server.shutdown_delay_s",
-            o.shutdown_delay != n.shutdown_delay,
-        ),
-        (
-            "server.trusted_proxies",
-            o.trusted_proxies != n.trusted_proxies,
-        ),
-        (
-            "server.client_rate_limit",
-            o.client_rate_limit != n.client_rate_limit,
-        ),
-        (
-            "server.header_timeout_s",
-            o.header_timeout != n.header_timeout,
-        ),
-        ("server.body_timeout_s", o.body_timeout != n.body_timeout),
-        (
-            "server.max_buffered_bytes",
-            o.max_buffered_bytes != n.max_buffered_bytes,
-        ),
-        (
-            "server.keepalive_timeout_s",
-            o.keepalive_timeout != n.keepalive_timeout,
-        ),
-        (
-            "server.proxy_protocol_from",
-            o.proxy_protocol_from != n.proxy_protocol_from,
-        ),
-        (
+        server!("server.max_body_bytes", Now, max_body_bytes),
+        server!("server.shutdown_grace_s", Now, shutdown_grace),
+        server!("server.shutdown_delay_s", Now, shutdown_delay),
+        server!("server.trusted_proxies", Now, trusted_proxies),
+        server!("server.client_rate_limit", Now, client_rate_limit),
+        server!("server.header_timeout_s", Now, header_timeout),
+        server!("server.body_timeout_s", Now, body_timeout),
+        server!("server.max_buffered_bytes", Now, max_buffered_bytes),
+        server!("server.keepalive_timeout_s", Now, keepalive_timeout),
+        server!("server.proxy_protocol_from", Now, proxy_protocol_from),
+        setting(
             "upstream.connect_retry_ms",
-            ou.connect_retry != nu.connect_retry,
+            Now,
+            &ou.connect_retry,
+            &nu.connect_retry,
         ),
-        ("upstream.ca", ou.ca != nu.ca),
-        ("upstream.signing_secret", key(ou) != key(nu)),
+        setting("upstream.ca", Now, &ou.ca, &nu.ca),
+        setting("upstream.signing_secret", Now, &key(ou), &key(nu)),
     ];
-    let changed: Vec<&str> = settings
-        .iter()
-        .filter(|(_, differs)| *differs)
-        .map(|(name, _)| *name)
-        .collect();
-    (!changed.is_empty()).then(|| format!("settings changed: {}", changed.join(", ")))
+    let changed = |when: Takes| -> Vec<&'static str> {
+        table
+            .iter()
+            .filter(|(_, takes, differs)| *takes == when && *differs)
+            .map(|(name, _, _)| *name)
+            .collect()
+    };
+    let now = changed(Now);
+    SettingChanges {
+        now: (!now.is_empty()).then(|| format!("settings changed: {}", now.join(", "))),
+        at_next_start: changed(NextStart),
+    }
+}
+
+/// What `setting_changes` found.
+pub struct SettingChanges {
+    /// The line naming the settings that took effect at once, if any changed.
+    pub now: Option<String>,
+    /// The changed settings that take effect at the next start.
+    pub at_next_start: Vec<&'static str>,
 }
 
 /// SHA-256 over each file's path and contents (or that it cannot be read, and why). The
@@ -273,7 +297,9 @@ mod tests {
             "no secret: {lines:?}"
         );
         assert!(route_changes(&new, &new).is_empty());
-        assert_eq!(setting_changes(&old, &new), None, "only routes changed");
+        let settings = setting_changes(&old, &new);
+        assert_eq!(settings.now, None, "only routes changed");
+        assert!(settings.at_next_start.is_empty());
         // Only the order of the secrets changed: a change too (the first is what `sign` uses).
         let reordered = config(
             &(source("same", "/a", "\"s1\"", "")
@@ -304,7 +330,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reload_names_the_settings_it_changed_that_apply_at_once() {
+    fn a_reload_names_the_settings_it_changed_now_and_at_the_next_start() {
         let routes = source("same", "/a", "\"s1\"", "");
         let with = |server: &str, upstream: &str| {
             let text = format!(
@@ -320,20 +346,46 @@ mod tests {
             format!("signing_secret = \"whsec_{key}\"")
         };
         let old = with("", &key(1));
-        assert_eq!(setting_changes(&old, &with("", &key(1))), None);
+        assert_eq!(setting_changes(&old, &with("", &key(1))).now, None);
         let new = with(
             "client_rate_limit = { per_second = 5, burst = 10 }\nbody_timeout_s = 5\n\
              trusted_proxies = [\"10.0.0.0/8\"]\nmax_connections = 5",
             &key(2),
         );
         // max_connections waits for the next start: the reload's other line names it.
+        let settings = setting_changes(&old, &new);
         assert_eq!(
-            setting_changes(&old, &new).as_deref(),
+            settings.now.as_deref(),
             Some(
                 "settings changed: server.trusted_proxies, server.client_rate_limit, \
                  server.body_timeout_s, upstream.signing_secret"
             )
         );
+        assert_eq!(settings.at_next_start, ["server.max_connections"]);
+        // The ones a reload cannot apply, in the warning's order.
+        let restart = with("log_format = \"json\"\nreload_poll_s = 5", &key(1));
+        let moved = Config::from_toml_str(
+            &format!(
+                "[server]\nlisten = \"127.0.0.1:8081\"\nlog_format = \"json\"\n\
+                 reload_poll_s = 5\n[admin]\nlisten = \"127.0.0.1:9091\"\n[upstream]\n\
+                 url = \"http://127.0.0.1:3000/\"\n{}\n{routes}",
+                key(1)
+            ),
+            std::path::Path::new("/etc/hookgate/hookgate.toml"),
+        )
+        .expect("valid");
+        let settings = setting_changes(&old, &moved);
+        assert_eq!(
+            settings.at_next_start,
+            [
+                "server.listen",
+                "admin",
+                "server.log_format",
+                "server.reload_poll_s"
+            ]
+        );
+        assert_eq!(settings.now, None);
+        assert_eq!(setting_changes(&old, &restart).now, None);
     }
 
     #[test]

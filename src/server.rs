@@ -77,7 +77,8 @@ pub struct Reloaded {
     pub later: Vec<&'static str>,
     /// The new config's warnings (`Prepared::warnings`).
     pub warnings: Vec<String>,
-    /// What changed in the routes (`reload::route_changes`).
+    /// What changed in the routes, and the settings that took effect at once
+    /// (`reload::route_changes`, `reload::setting_changes`).
     pub changes: Vec<String>,
 }
 
@@ -280,27 +281,9 @@ impl Server {
         let prepared = prepare_with(config, self.state.context.clone(), Some(&old))?;
         let warnings = prepared.warnings();
         let (o, n) = (&old.config, &prepared.gateway.config);
+        let settings = crate::reload::setting_changes(o, n);
         let mut changes = crate::reload::route_changes(o, n);
-        changes.extend(crate::reload::setting_changes(o, n));
-        let mut at_next_start = Vec::new();
-        if o.server.listen != n.server.listen {
-            at_next_start.push("server.listen");
-        }
-        if o.admin != n.admin {
-            at_next_start.push("admin");
-        }
-        if o.server.tls.is_some() != n.server.tls.is_some() {
-            at_next_start.push("server.tls (on/off)");
-        }
-        if o.server.max_connections != n.server.max_connections {
-            at_next_start.push("server.max_connections");
-        }
-        if o.server.log_format != n.server.log_format {
-            at_next_start.push("server.log_format");
-        }
-        if o.server.reload_poll != n.server.reload_poll {
-            at_next_start.push("server.reload_poll_s");
-        }
+        changes.extend(settings.now);
         // TLS stays as it was when it is switched on or off; new certificates take effect.
         if o.server.tls.is_some() == n.server.tls.is_some() {
             self.state.tls.store(prepared.tls.map(Arc::new));
@@ -314,7 +297,7 @@ impl Server {
             worker.store(Arc::new(Arc::clone(&gateway)));
         }
         Ok(Reloaded {
-            later: at_next_start,
+            later: settings.at_next_start,
             warnings,
             changes,
         })

@@ -570,13 +570,13 @@ async fn a_log_reader_that_is_gone_does_not_end_hookgate() {
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
     };
     let path = write_config(&dir, &config("/p"));
-    // Both ends of a pipe; the reader is closed before hookgate writes a line.
-    let stderr_of = || {
+    // The writing end of a pipe whose reader is closed before hookgate writes a line.
+    let closed_pipe = || {
         let (reader, writer) = std::io::pipe().expect("pipe");
         drop(reader);
         writer
     };
-    let (mut gateway, addr) = run_on(&path, port, stderr_of().into(), stderr_of().into());
+    let (mut gateway, addr) = run_on(&path, port, closed_pipe().into(), closed_pipe().into());
     let body = r#"{"id":"1","type":"message.created","payload":{}}"#;
     let sig = hmac_hex(SECRET, body.as_bytes());
     let deliver = |path: &'static str| {
@@ -639,20 +639,20 @@ async fn a_log_reader_that_is_gone_does_not_end_hookgate() {
             .code()
     };
     assert_eq!(
-        code(&["check", "--config", &bad], stderr_of(), stderr_of()),
+        code(&["check", "--config", &bad], closed_pipe(), closed_pipe()),
         Some(2)
     );
     std::fs::write(dir.join("good.toml"), config("/p")).expect("write");
     let good = dir.join("good.toml").display().to_string();
     assert_eq!(
-        code(&["check", "--config", &good], stderr_of(), stderr_of()),
+        code(&["check", "--config", &good], closed_pipe(), closed_pipe()),
         Some(0)
     );
     assert_eq!(
         code(
             &["sign", "--config", &good, "--source", "protocol"],
-            stderr_of(),
-            stderr_of()
+            closed_pipe(),
+            closed_pipe()
         ),
         Some(0)
     );

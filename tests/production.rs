@@ -1115,7 +1115,6 @@ async fn serving_a_secret_file(tag: &str, server: &str) -> (Upstream, TempDir, P
     (upstream, dir, p)
 }
 
-/// Waits up to 5 s for a log line holding `text`.
 /// Polls `deliver` until it gives `want`, for up to 5 s.
 async fn eventually<F, Fut>(p: &Process, what: &str, want: u16, mut deliver: F)
 where
