@@ -18,6 +18,7 @@ use base64::Engine;
 use http::{HeaderValue, Uri};
 use ipnet::IpNet;
 use serde::Deserialize;
+use sha2::Digest;
 
 use crate::platforms::Platform;
 use crate::upstream::{Target, shown_url};
@@ -320,9 +321,39 @@ pub struct Config {
     pub sources: Vec<Arc<Source>>,
     /// Secrets that look mistaken (never their values: the field that holds them).
     secret_warnings: Vec<String>,
-    /// The config file and every file it names (`file:` secrets, certificates, CAs): what
-    /// `reload_poll_s` watches.
-    files: Vec<PathBuf>,
+    /// The config file and every file it names (`file:` secrets, certificates, CAs), with
+    /// what each held when this config was made from it: what `reload_poll_s` watches.
+    files: Vec<(PathBuf, FileState)>,
+}
+
+/// What a file held when the config was made from it: the SHA-256 of its bytes, or why it
+/// could not be read. `reload_poll_s` compares it with what the file holds now. It is taken
+/// from the very bytes the load read (certificates and CAs: read just before they are
+/// loaded), never by reading again after the load: a file that changed in between (a
+/// Secret the kubelet rotated as hookgate started) would then look unchanged, and the
+/// config made from its old bytes would serve until some other file changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileState {
+    Read([u8; 32]),
+    Unreadable(std::io::ErrorKind),
+}
+
+impl FileState {
+    fn of(read: &std::io::Result<Vec<u8>>) -> FileState {
+        match read {
+            Ok(bytes) => FileState::read(bytes),
+            Err(e) => FileState::Unreadable(e.kind()),
+        }
+    }
+
+    fn read(bytes: &[u8]) -> FileState {
+        FileState::Read(sha2::Sha256::digest(bytes).into())
+    }
+
+    /// What the file at `path` holds now.
+    pub fn now(path: &Path) -> FileState {
+        FileState::of(&std::fs::read(path))
+    }
 }
 
 /// `[server]`, validated.
@@ -481,7 +512,7 @@ impl Config {
         Builder {
             file,
             base,
-            files: RefCell::new(vec![path.to_path_buf()]),
+            files: RefCell::new(vec![(path.to_path_buf(), FileState::read(text.as_bytes()))]),
         }
         .build(file_config, path)
     }
@@ -541,8 +572,8 @@ fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
 struct Builder {
     file: String,
     base: PathBuf,
-    /// The files read or named so far (`Config::files`).
-    files: RefCell<Vec<PathBuf>>,
+    /// The files read so far, with what they held (`Config::files`).
+    files: RefCell<Vec<(PathBuf, FileState)>>,
 }
 
 /// Why a secret's value may be one no sender has (warned about, naming the field, never
@@ -601,8 +632,11 @@ impl Builder {
                 .into_encoded_bytes()
         } else if let Some(p) = reference.strip_prefix("file:") {
             let path = self.file_path(field, p)?;
-            self.files.borrow_mut().push(path.clone());
-            let mut bytes = std::fs::read(&path).map_err(|e| {
+            let read = std::fs::read(&path);
+            self.files
+                .borrow_mut()
+                .push((path.clone(), FileState::of(&read)));
+            let mut bytes = read.map_err(|e| {
                 self.err(
                     field,
                     format!("cannot read secret file {}: {e}", path.display()),
@@ -950,13 +984,17 @@ impl Builder {
             }));
         }
         let mut files = self.files.take();
+        // Read here, before the start or the reload loads them: should one change in
+        // between, the poll after sees it as changed and loads it again.
+        let mut named: Vec<&PathBuf> = upstream.ca.iter().collect();
         if let Some(tls) = &server.tls {
-            files.extend([tls.cert.clone(), tls.key.clone()]);
-            files.extend(tls.client_ca.clone());
+            named.extend([&tls.cert, &tls.key]);
+            named.extend(&tls.client_ca);
         }
-        files.extend(upstream.ca.clone());
-        files.sort();
-        files.dedup();
+        files.extend(named.into_iter().map(|p| (p.clone(), FileState::now(p))));
+        // Stable: of a file read twice (a secret file two sources name), the first read stays.
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        files.dedup_by(|a, b| a.0 == b.0);
         Ok(Config {
             path: path.to_path_buf(),
             server,
@@ -1003,8 +1041,16 @@ impl Builder {
 
 impl Config {
     /// The config file and every file it names (`file:` secrets, certificates, CAs).
-    pub fn files(&self) -> &[PathBuf] {
-        &self.files
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|(path, _)| path.as_path())
+    }
+
+    /// Whether a file of [`Config::files`] holds something else now than when this config
+    /// was made from it (`reload_poll_s`).
+    pub fn files_changed(&self) -> bool {
+        self.files
+            .iter()
+            .any(|(path, state)| FileState::now(path) != *state)
     }
 
     /// Warnings an operator must see at startup and in `check`.
@@ -1607,7 +1653,53 @@ secrets = ["file:a.secret"]
             d.join("up-ca.crt"),
         ];
         want.sort();
-        assert_eq!(c.files(), want);
+        assert_eq!(c.files().collect::<Vec<_>>(), want);
+    }
+
+    #[test]
+    fn a_file_that_changes_after_the_load_read_it_counts_as_changed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path();
+        std::fs::write(d.join("p.secret"), "old\n").expect("write");
+        std::fs::write(d.join("up-ca.crt"), "ca one").expect("write");
+        let text = r#"
+[upstream]
+url = "https://127.0.0.1:3000/"
+ca = "up-ca.crt"
+[[source]]
+name = "p"
+platform = "protocol"
+path = "/p"
+secrets = ["file:p.secret"]
+"#;
+        let path = d.join("hookgate.toml");
+        std::fs::write(&path, text).expect("write");
+        let c = Config::load(&path).expect("valid");
+        assert!(!c.files_changed(), "nothing changed yet");
+        // The kubelet rotates the Secret after the load read it: the config made from the
+        // old bytes must see the change, however soon after its load it first looks.
+        std::fs::write(d.join("p.secret"), "new\n").expect("write");
+        assert!(c.files_changed(), "a rotated secret file");
+        // Contents count, not times: the old bytes written back are no change.
+        std::fs::write(d.join("p.secret"), "old\n").expect("write");
+        assert!(!c.files_changed(), "the same bytes again");
+        std::fs::write(d.join("up-ca.crt"), "ca two").expect("write");
+        assert!(c.files_changed(), "a renewed CA");
+        // Swapped in by a rename, as the kubelet does (its `..data` symlink).
+        std::fs::write(d.join("next"), "ca one").expect("write");
+        std::fs::rename(d.join("next"), d.join("up-ca.crt")).expect("rename");
+        assert!(!c.files_changed(), "renamed in with the same bytes");
+        std::fs::write(d.join("next"), "ca three").expect("write");
+        std::fs::rename(d.join("next"), d.join("up-ca.crt")).expect("rename");
+        assert!(c.files_changed(), "renamed in with other bytes");
+        std::fs::write(d.join("up-ca.crt"), "ca one").expect("write");
+        std::fs::remove_file(d.join("p.secret")).expect("remove");
+        assert!(c.files_changed(), "a secret file gone");
+        std::fs::write(d.join("p.secret"), "old\n").expect("write");
+        std::fs::write(&path, format!("{text}\n")).expect("write");
+        assert!(c.files_changed(), "an edited config file");
+        std::fs::write(&path, text).expect("write");
+        assert!(!c.files_changed(), "all as loaded");
     }
 
     #[test]

@@ -5,17 +5,14 @@
 //! certificate cert-manager renewed) in place and sends no signal, and the distroless image
 //! has no `kill` for an operator to send one with. The files are read whole and hashed, not
 //! watched: Kubernetes swaps them in by renaming a symlink (`..data`), which inotify on the
-//! files themselves does not see, and a few small files every few seconds cost nothing.
+//! files themselves does not see, and a few small files every few seconds cost nothing. They
+//! are compared with what the serving config was made from ([`crate::config::FileState`]).
 //!
 //! A reload that fails is logged once. The files then still differ from the serving
 //! config's (as they were, they loaded), so each poll tries again, quietly, and logs only a
 //! different error: the config may name a file that is not there yet (a ConfigMap
 //! and a Secret are updated separately, in either order), and the reload goes through once
 //! it is.
-
-use std::path::PathBuf;
-
-use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::server::Server;
@@ -30,8 +27,6 @@ enum Trigger {
 /// The reload state of a running server.
 pub struct Reloader<'a> {
     server: &'a Server,
-    /// The fingerprint of the serving config's files, taken after it was loaded.
-    serving: [u8; 32],
     /// The error of the last reload, while reloads fail.
     failing: Option<String>,
 }
@@ -40,7 +35,6 @@ impl<'a> Reloader<'a> {
     pub fn new(server: &'a Server) -> Reloader<'a> {
         Reloader {
             server,
-            serving: fingerprint(server.gateway().config.files()),
             failing: None,
         }
     }
@@ -52,7 +46,7 @@ impl<'a> Reloader<'a> {
 
     /// A poll: reloads when a file differs from what the serving config was loaded from.
     pub fn on_poll(&mut self) {
-        if fingerprint(self.server.gateway().config.files()) != self.serving {
+        if self.server.gateway().config.files_changed() {
             self.reload(Trigger::FilesChanged);
         }
     }
@@ -62,7 +56,6 @@ impl<'a> Reloader<'a> {
             Ok(reloaded) => {
                 self.server.count_reload(true);
                 self.failing = None;
-                self.serving = fingerprint(self.server.gateway().config.files());
                 let why = match trigger {
                     Trigger::Signal => "",
                     Trigger::FilesChanged => " (a file changed)",
@@ -223,29 +216,6 @@ pub struct SettingChanges {
     pub at_next_start: Vec<&'static str>,
 }
 
-/// SHA-256 over each file's path and contents (or that it cannot be read, and why). The
-/// contents are secrets too: they stay in this function's memory, and only the hash leaves.
-fn fingerprint(files: &[PathBuf]) -> [u8; 32] {
-    let mut hash = Sha256::new();
-    for path in files {
-        let name = path.as_os_str().as_encoded_bytes();
-        hash.update((name.len() as u64).to_le_bytes());
-        hash.update(name);
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                hash.update([1]);
-                hash.update((bytes.len() as u64).to_le_bytes());
-                hash.update(&bytes);
-            }
-            Err(e) => {
-                hash.update([0]);
-                hash.update(e.kind().to_string().as_bytes());
-            }
-        }
-    }
-    hash.finalize().into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,41 +356,5 @@ mod tests {
         );
         assert_eq!(settings.now, None);
         assert_eq!(setting_changes(&old, &restart).now, None);
-    }
-
-    #[test]
-    fn the_fingerprint_follows_contents_and_paths() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        std::fs::write(&a, "one").expect("write");
-        std::fs::write(&b, "two").expect("write");
-        let files = vec![a.clone(), b.clone()];
-        let first = fingerprint(&files);
-        assert_eq!(fingerprint(&files), first, "the same files, the same print");
-
-        std::fs::write(&a, "One").expect("write");
-        let changed = fingerprint(&files);
-        assert_ne!(changed, first);
-
-        // Swapped in by a rename, as Kubernetes does: seen.
-        let c = dir.path().join("c");
-        std::fs::write(&c, "three").expect("write");
-        std::fs::rename(&c, &b).expect("rename");
-        assert_ne!(fingerprint(&files), changed);
-
-        // Contents moved from one file to the next are another print.
-        std::fs::write(&a, "onetwo").expect("write");
-        std::fs::write(&b, "").expect("write");
-        let joined = fingerprint(&files);
-        std::fs::write(&a, "one").expect("write");
-        std::fs::write(&b, "two").expect("write");
-        assert_ne!(fingerprint(&files), joined);
-        assert_eq!(fingerprint(&files), first);
-
-        // A file that goes away, and comes back.
-        std::fs::remove_file(&b).expect("remove");
-        assert_ne!(fingerprint(&files), first);
-        std::fs::write(&b, "two").expect("write");
-        assert_eq!(fingerprint(&files), first);
     }
 }
