@@ -551,7 +551,7 @@ impl Metrics {
         };
         SourceMetrics {
             name: name.to_string(),
-            statuses: (0..500).map(|_| OnceLock::new()).collect(),
+            statuses: std::array::from_fn(|_| OnceLock::new()),
             requests: self.requests.clone(),
             verification_failures: self.verification_failures.get_or_create_owned(&label),
             rate_limited_client: self.rate_limited.get_or_create_owned(&SourceScope {
@@ -583,11 +583,20 @@ impl Metrics {
     }
 }
 
+/// The statuses a source's answers mostly have, each with its counter at hand: hookgate's
+/// own (SPEC §4) and the ones apps answer most, 200 first. Any other is counted through the
+/// family's map (a lookup and a label). A slot for each of the 500 statuses took 12 KiB per
+/// source: 60 MB with 5,000 sources, twice that while a reload builds the next ones.
+const COMMON_STATUSES: [u16; 20] = [
+    200, 202, 204, 201, 401, 400, 404, 429, 502, 504, 403, 405, 408, 413, 415, 409, 410, 422, 500,
+    503,
+];
+
 /// One source's metric handles.
 pub struct SourceMetrics {
     name: String,
-    /// Status 100..599 → its counter, looked up in the family once.
-    statuses: Box<[OnceLock<ShardedCounter>]>,
+    /// A status of [`COMMON_STATUSES`] → its counter, looked up in the family once.
+    statuses: [OnceLock<ShardedCounter>; COMMON_STATUSES.len()],
     requests: Family<SourceStatus, ShardedCounter>,
     pub verification_failures: Counter,
     pub rate_limited_client: Counter,
@@ -603,7 +612,7 @@ impl SourceMetrics {
     fn placeholder() -> SourceMetrics {
         SourceMetrics {
             name: String::new(),
-            statuses: Box::new([]),
+            statuses: std::array::from_fn(|_| OnceLock::new()),
             requests: Family::default(),
             verification_failures: Counter::default(),
             rate_limited_client: Counter::default(),
@@ -617,19 +626,19 @@ impl SourceMetrics {
 
     /// A request answered with `status`, counted in `worker`'s shard.
     pub fn request(&self, worker: usize, status: u16) {
-        let Some(slot) = status
-            .checked_sub(100)
-            .and_then(|i| self.statuses.get(usize::from(i)))
-        else {
+        if !(100..600).contains(&status) {
             return;
-        };
-        slot.get_or_init(|| {
+        }
+        let counter = || {
             self.requests.get_or_create_owned(&SourceStatus {
                 source: self.name.clone(),
                 status,
             })
-        })
-        .inc(worker);
+        };
+        match COMMON_STATUSES.iter().position(|&s| s == status) {
+            Some(i) => self.statuses[i].get_or_init(counter).inc(worker),
+            None => counter().inc(worker),
+        }
     }
 
     pub fn upstream_error(&self, kind: &str) {
@@ -653,6 +662,12 @@ mod tests {
         s.request(1, 200);
         s.request(9, 200);
         s.request(1, 401);
+        // Statuses without a slot of their own are counted too, and nothing outside 100..599.
+        s.request(0, 418);
+        s.request(1, 418);
+        s.request(0, 207);
+        s.request(0, 99);
+        s.request(0, 600);
         s.verification_failures.inc();
         s.upstream_duration.observe(0, Duration::from_millis(3));
         s.upstream_duration.observe(1, Duration::from_millis(300));
@@ -665,6 +680,8 @@ mod tests {
         for line in [
             "hookgate_requests_total{source=\"p\",status=\"200\"} 3",
             "hookgate_requests_total{source=\"p\",status=\"401\"} 1",
+            "hookgate_requests_total{source=\"p\",status=\"418\"} 2",
+            "hookgate_requests_total{source=\"p\",status=\"207\"} 1",
             "hookgate_requests_total{source=\"\",status=\"404\"} 1",
             "hookgate_verification_failures_total{source=\"p\"} 1",
             "hookgate_upstream_duration_seconds_bucket{le=\"0.005\",source=\"p\"} 1",
@@ -677,5 +694,6 @@ mod tests {
             assert!(text.contains(line), "missing {line}\n{text}");
         }
         assert!(text.contains("hookgate_build_info{version=\""), "{text}");
+        assert!(!text.contains("status=\"99\"") && !text.contains("status=\"600\""));
     }
 }
