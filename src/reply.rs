@@ -153,6 +153,7 @@ mod tests {
             r#"{"reply":null}"#,
             r#"{"reply":{"text":"hi","other":1}}"#,
             r#"{"profile":[{"name":"a","value":"b","x":1}],"headline":null}"#,
+            r#"{"profile":null,"headline":"Hi"}"#,
             r#"{"error":"no"}"#,
         ];
         for b in yes {
