@@ -338,6 +338,44 @@ pub enum FileState {
     Unreadable(std::io::ErrorKind),
 }
 
+/// The most a file the config names may hold (a secret, a certificate, a CA bundle: Mozilla's
+/// whole one is 0.2 MiB), and the most the config itself may (some 150,000 sources).
+const MAX_NAMED_FILE_BYTES: u64 = 1 << 20;
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// Reads a file the config names (a secret, a certificate, a CA): a regular file (a symlink
+/// to one, as Kubernetes mounts them, is one) of at most 1 MiB. Anything else is an error,
+/// not a wait: `file:/dev/stdin` or a named pipe would hang the start (or a reload, and
+/// with it the signals) until something wrote to it, and `/dev/zero` was read until memory
+/// ran out. Checked before the file is opened: opening a pipe waits too.
+pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    read_at_most(path, MAX_NAMED_FILE_BYTES)
+}
+
+/// Reads at most `limit` bytes; a file over it is an error. The config file itself is read
+/// this way alone: it may be a pipe (`--config <(envsubst < hookgate.toml.in)`).
+fn read_at_most(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    // One byte past the limit tells a file over it.
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("larger than {} MiB", limit >> 20),
+        ));
+    }
+    Ok(bytes)
+}
+
 impl FileState {
     fn of(read: &std::io::Result<Vec<u8>>) -> FileState {
         match read {
@@ -352,7 +390,7 @@ impl FileState {
 
     /// What the file at `path` holds now.
     pub fn now(path: &Path) -> FileState {
-        FileState::of(&std::fs::read(path))
+        FileState::of(&read_file(path))
     }
 }
 
@@ -495,11 +533,15 @@ impl Config {
 
     /// Reads and validates the config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let error = |message: String| ConfigError {
             file: path.display().to_string(),
             field: "(file)".into(),
-            message: format!("cannot read: {e}"),
-        })?;
+            message,
+        };
+        let bytes =
+            read_at_most(path, MAX_CONFIG_BYTES).map_err(|e| error(format!("cannot read: {e}")))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| error("cannot read: stream did not contain valid UTF-8".into()))?;
         Config::from_toml_str(&text, path)
     }
 
@@ -632,7 +674,7 @@ impl Builder {
                 .into_encoded_bytes()
         } else if let Some(p) = reference.strip_prefix("file:") {
             let path = self.file_path(field, p)?;
-            let read = std::fs::read(&path);
+            let read = read_file(&path);
             self.files
                 .borrow_mut()
                 .push((path.clone(), FileState::of(&read)));
@@ -1700,6 +1742,43 @@ secrets = ["file:p.secret"]
         assert!(c.files_changed(), "an edited config file");
         std::fs::write(&path, text).expect("write");
         assert!(!c.files_changed(), "all as loaded");
+    }
+
+    #[test]
+    fn a_named_file_that_is_no_regular_file_or_too_large_is_refused_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path().to_path_buf();
+        let fifo = d.join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+        std::fs::write(d.join("big"), vec![b'k'; (1 << 20) + 1]).expect("write");
+        std::fs::write(d.join("fits"), vec![b'k'; 1 << 20]).expect("write");
+        let load = |secret: &str| {
+            let text = MINIMAL.replace("[\"literal-secret\"]", &format!("[\"file:{secret}\"]"));
+            let path = d.join("hookgate.toml");
+            // On a thread: a load that waits for a writer on the pipe would never return.
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(Config::from_toml_str(&text, &path).map(|_| ()));
+            });
+            rx.recv_timeout(Duration::from_secs(5))
+                .expect("the load returns at once")
+                .map_err(|e| e.to_string())
+        };
+        let f = fifo.display();
+        assert_eq!(
+            load("fifo"),
+            Err(format!(
+                "{}: source[0].secrets[0]: cannot read secret file {f}: not a regular file",
+                d.join("hookgate.toml").display()
+            ))
+        );
+        assert!(load("big").is_err_and(|e| e.ends_with("big: larger than 1 MiB")));
+        assert_eq!(load("fits"), Ok(()));
+        assert!(load(".").is_err_and(|e| e.ends_with(": not a regular file")));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::TlsFiles;
+use crate::config::{TlsFiles, read_file};
 
 /// A certificate or key that cannot be used: names the field (`cert`, `key`, `client_ca`)
 /// and the file.
@@ -40,12 +40,12 @@ fn certs(
 /// The certificates in the PEM file at `path`, at least one (also for `[upstream] ca`); the
 /// error says what is wrong with the file, without its path.
 pub fn pem_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read certificates: {e}"))?
+    let bytes = read_file(path).map_err(|e| format!("cannot read certificates: {e}"))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("bad PEM: {e}"))?;
     if certs.is_empty() {
-        return Err(if is_der(path) {
+        return Err(if is_der(&bytes) {
             "no certificate in it: it is DER, and hookgate reads PEM (`openssl x509 -inform der -in FILE -out FILE.pem`)".into()
         } else {
             "no certificate in it".into()
@@ -58,12 +58,13 @@ pub fn pem_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>,
 /// or DER one is named as such: the PEM reader skips the first and cannot read the second,
 /// and would say only "no items found" or a base64 error.
 fn private_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| {
-        let pem = std::fs::read(path).unwrap_or_default();
+    let pem = read_file(path)
+        .map_err(|e| TlsError::new("key", path, format!("cannot read a private key: {e}")))?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
         let holds = |label: &[u8]| pem.windows(label.len()).any(|w| w == label);
         let message = if holds(ENCRYPTED_KEY) || holds(ENCRYPTED_TRADITIONAL_KEY) {
             "the private key is encrypted; hookgate reads an unencrypted one (`openssl pkey -in KEY -out PLAIN`, kept as private as the secrets)".to_string()
-        } else if is_der(path) {
+        } else if is_der(&pem) {
             "cannot read a private key: it is DER, and hookgate reads PEM (`openssl pkey -inform der -in KEY -out KEY.pem`)".to_string()
         } else {
             format!("cannot read a private key: {e}")
@@ -213,13 +214,10 @@ fn version(der: &[u8]) -> Option<x509_cert::certificate::Version> {
     Some(cert.tbs_certificate().version())
 }
 
-/// Whether the file at `path` is one whole DER value (an ASN.1 SEQUENCE whose length is the
+/// Whether a file's `bytes` are one whole DER value (an ASN.1 SEQUENCE whose length is the
 /// file's): a certificate or key exported in binary (Windows' `.cer`, Java's tools) rather
 /// than PEM. By hand, from the header alone: only the hint in an error message hangs on it.
-fn is_der(path: &std::path::Path) -> bool {
-    let Ok(bytes) = std::fs::read(path) else {
-        return false;
-    };
+fn is_der(bytes: &[u8]) -> bool {
     let (header, content) = match bytes.get(..2) {
         Some([0x30, n]) if *n < 0x80 => (2, usize::from(*n)),
         Some([0x30, n @ 0x81..=0x83]) => {
@@ -576,13 +574,14 @@ k/AH8QZOv7G/DTIsHGA=
                 der_key.display()
             )
         );
-        assert!(is_der(&der_cert) && is_der(&der_key));
+        let der = |p: &std::path::Path| is_der(&std::fs::read(p).expect("read"));
+        assert!(der(&der_cert) && der(&der_key));
         // The same bytes one short, or one over, are not one DER value; nor is text.
         let cut = dir.path().join("cut");
         std::fs::write(&cut, &cert.der()[..cert.der().len() - 1]).expect("write");
         let long = dir.path().join("long");
         std::fs::write(&long, [cert.der().as_ref(), b"\n"].concat()).expect("write");
-        assert!(!is_der(&cut) && !is_der(&long) && !is_der(&pem_cert));
+        assert!(!der(&cut) && !der(&long) && !der(&pem_cert));
         assert_eq!(
             error(&cut, &pem_key),
             format!("server.tls.cert: {}: no certificate in it", cut.display())
