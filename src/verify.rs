@@ -443,10 +443,24 @@ mod tests {
             check(&v, &[("x-tok", "a+b/c")], Some("token=wrong"), b"{}"),
             Ok(())
         );
+        // Right in both places (a sender that sends both): verified, not cancelled out.
+        assert_eq!(
+            check(&v, &[("x-tok", "a+b/c")], Some("token=a+b/c"), b"{}"),
+            Ok(())
+        );
         assert_eq!(
             check(&v, &[], Some("token=a%20b/c"), b"{}"),
             Err(VerifyError::Mismatch)
         );
+        // A secret listed twice (a rotation that repeats the old one): still verifies.
+        let twice = Verifier::new(
+            Scheme::QueryOrHeaderToken {
+                param: "token",
+                header: HeaderName::from_static("x-tok"),
+            },
+            secrets(&["a+b/c", "other", "a+b/c"]),
+        );
+        assert_eq!(check(&twice, &[], Some("token=a+b/c"), b"{}"), Ok(()));
         assert_eq!(
             check(&v, &[], Some("tok=a+b/c"), b"{}"),
             Err(VerifyError::Missing)
