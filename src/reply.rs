@@ -179,6 +179,26 @@ mod tests {
     }
 
     #[test]
+    fn a_funtek_reply_keeps_its_kind_and_an_empty_one_is_text() {
+        let funtek = |body: String| {
+            let a = translate(Platform::Funtek, StatusCode::OK, None, Bytes::from(body));
+            String::from_utf8(a.body.to_vec()).expect("UTF-8")
+        };
+        assert_eq!(
+            funtek(r#"{"reply":{"text":"pic","kind":"image"}}"#.into()),
+            r#"{"senderID":null,"toBotState":null,"data":{"message":"pic","messageType":"image"}}"#
+        );
+        for kind in [r#","kind":"""#, r#","kind":null"#, ""] {
+            let body = format!(r#"{{"reply":{{"text":"hi"{kind}}}}}"#);
+            assert_eq!(
+                funtek(body.clone()),
+                r#"{"senderID":null,"toBotState":null,"data":{"message":"hi","messageType":"text"}}"#,
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
     fn non_2xx_and_unlisted_platforms_are_unchanged() {
         let body = Bytes::from_static(br#"{"reply":{"text":"x"}}"#);
         let a = translate(
