@@ -246,6 +246,25 @@ mod tests {
     }
 
     #[test]
+    fn housekeeping_forgets_expired_ids_while_no_delivery_comes() {
+        let clock = LimitClock::fake();
+        let d = Dedupe::new(Duration::from_secs(60), clock.clone());
+        d.remember(d.key(b"a"));
+        d.remember(d.key(b"b"));
+        assert_eq!(d.len(), 2);
+        assert!(!d.is_empty());
+        clock.advance(Duration::from_secs(59));
+        d.housekeeping();
+        assert_eq!(d.len(), 2, "not yet expired");
+        clock.advance(Duration::from_secs(1));
+        d.housekeeping();
+        assert!(
+            d.is_empty(),
+            "expired, with no seen() or remember() to drop them"
+        );
+    }
+
+    #[test]
     fn capacity_forgets_the_oldest_first() {
         let clock = LimitClock::fake();
         let d = Dedupe::with_capacity(Duration::from_secs(60), clock, 1000);

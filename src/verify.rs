@@ -486,7 +486,10 @@ mod tests {
     fn debug_prints_no_secret() {
         let v = Verifier::new(H, secrets(&["hunter2"]));
         assert!(!format!("{v:?}").contains("hunter2"));
-        assert!(format!("{v:?}").ends_with(", 1 secrets <redacted>)"), "{v:?}");
+        assert!(
+            format!("{v:?}").ends_with(", 1 secrets <redacted>)"),
+            "{v:?}"
+        );
         let s = Secret::new(b"hunter2".to_vec());
         assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
     }
