@@ -330,6 +330,9 @@ mod tests {
             let _ = l.check(ip);
         }
         assert!(l.len() <= 1_600, "table grew to {}", l.len());
+        // And it holds what it was sized for, not a few per shard.
+        assert!(l.len() > 1_500, "table holds only {}", l.len());
+        assert!(!l.is_empty());
         // Every address past the table's room pushed one out (each of the 16 shards evicts
         // once its own 100 are full, so the table may hold a few under 1,600).
         let held = l.len() as u64;
@@ -340,5 +343,6 @@ mod tests {
         clock.advance(Duration::from_secs(5));
         l.housekeeping();
         assert_eq!(l.len(), 0);
+        assert!(l.is_empty());
     }
 }
