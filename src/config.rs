@@ -335,6 +335,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileState {
     Read([u8; 32]),
+    /// A config file that is a pipe: it cannot be read again to tell a change (SIGHUP
+    /// still reloads it).
+    NotRegular,
     Unreadable(std::io::ErrorKind),
 }
 
@@ -388,9 +391,13 @@ impl FileState {
         FileState::Read(sha2::Sha256::digest(bytes).into())
     }
 
-    /// What the file at `path` holds now.
+    /// What the file at `path` holds now (a pipe is not opened: that could wait).
     pub fn now(path: &Path) -> FileState {
-        FileState::of(&read_file(path))
+        match std::fs::metadata(path) {
+            Err(e) => FileState::Unreadable(e.kind()),
+            Ok(m) if !m.is_file() => FileState::NotRegular,
+            Ok(_) => FileState::of(&read_at_most(path, MAX_CONFIG_BYTES)),
+        }
     }
 }
 
@@ -542,7 +549,15 @@ impl Config {
             read_at_most(path, MAX_CONFIG_BYTES).map_err(|e| error(format!("cannot read: {e}")))?;
         let text = String::from_utf8(bytes)
             .map_err(|_| error("cannot read: stream did not contain valid UTF-8".into()))?;
-        Config::from_toml_str(&text, path)
+        let mut config = Config::from_toml_str(&text, path)?;
+        if FileState::now(path) == FileState::NotRegular {
+            for (file, state) in &mut config.files {
+                if file == path {
+                    *state = FileState::NotRegular;
+                }
+            }
+        }
+        Ok(config)
     }
 
     /// Validates config text; `path` names the file in errors and anchors relative paths.
@@ -1742,6 +1757,26 @@ secrets = ["file:p.secret"]
         assert!(c.files_changed(), "an edited config file");
         std::fs::write(&path, text).expect("write");
         assert!(!c.files_changed(), "all as loaded");
+        // A config over the 1 MiB of a named file (some 9,000 sources) is no change either:
+        // each poll would reload it.
+        let long = format!("{text}#{}\n", "x".repeat(1 << 20));
+        std::fs::write(&path, &long).expect("write");
+        let c = Config::load(&path).expect("valid");
+        assert!(!c.files_changed(), "a long config, as loaded");
+        // Nor is a config that is a pipe, which cannot be read again.
+        let fifo = d.join("fifo.toml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::write(fifo, text).expect("write the pipe"))
+        };
+        let c = Config::load(&fifo).expect("valid");
+        writer.join().expect("writer");
+        assert!(!c.files_changed(), "a pipe, not read again");
     }
 
     #[test]
