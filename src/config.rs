@@ -1713,6 +1713,15 @@ secrets = ["file:a.secret"]
         assert_eq!(c.files().collect::<Vec<_>>(), want);
     }
 
+    /// A named pipe at `path` (what `file:` or `--config` may be pointed at by mistake).
+    fn mkfifo(path: &Path) {
+        let made = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+    }
+
     #[test]
     fn a_file_that_changes_after_the_load_read_it_counts_as_changed() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -1765,11 +1774,7 @@ secrets = ["file:p.secret"]
         assert!(!c.files_changed(), "a long config, as loaded");
         // Nor is a config that is a pipe, which cannot be read again.
         let fifo = d.join("fifo.toml");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .expect("mkfifo runs");
-        assert!(made.success());
+        mkfifo(&fifo);
         let writer = {
             let fifo = fifo.clone();
             std::thread::spawn(move || std::fs::write(fifo, text).expect("write the pipe"))
@@ -1784,11 +1789,7 @@ secrets = ["file:p.secret"]
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path().to_path_buf();
         let fifo = d.join("fifo");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .expect("mkfifo runs");
-        assert!(made.success());
+        mkfifo(&fifo);
         std::fs::write(d.join("big"), vec![b'k'; (1 << 20) + 1]).expect("write");
         std::fs::write(d.join("fits"), vec![b'k'; 1 << 20]).expect("write");
         let load = |secret: &str| {
