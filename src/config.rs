@@ -332,7 +332,7 @@ pub struct Config {
 /// loaded), never by reading again after the load: a file that changed in between (a
 /// Secret the kubelet rotated as hookgate started) would then look unchanged, and the
 /// config made from its old bytes would serve until some other file changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum FileState {
     Read([u8; 32]),
     /// A config file that is a pipe: it cannot be read again to tell a change (SIGHUP
@@ -377,6 +377,17 @@ fn read_at_most(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
         ));
     }
     Ok(bytes)
+}
+
+/// Without the digest: of a secret file, it is a hash of the secret.
+impl fmt::Debug for FileState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileState::Read(_) => f.write_str("Read(<sha256>)"),
+            FileState::NotRegular => f.write_str("NotRegular"),
+            FileState::Unreadable(kind) => write!(f, "Unreadable({kind:?})"),
+        }
+    }
 }
 
 impl FileState {
@@ -1742,6 +1753,12 @@ secrets = ["file:p.secret"]
         std::fs::write(&path, text).expect("write");
         let c = Config::load(&path).expect("valid");
         assert!(!c.files_changed(), "nothing changed yet");
+        // What the config holds of a secret file is a hash of the secret: never printed.
+        let shown = format!("{c:?}");
+        assert!(
+            shown.contains("Read(<sha256>)") && !shown.contains("Read(["),
+            "{shown}"
+        );
         // The kubelet rotates the Secret after the load read it: the config made from the
         // old bytes must see the change, however soon after its load it first looks.
         std::fs::write(d.join("p.secret"), "new\n").expect("write");
