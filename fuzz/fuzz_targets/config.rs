@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     }
     assert!(s.reload_poll.is_none_or(|d| !d.is_zero()), "0 is off");
     assert!(
-        config.files().iter().any(|f| f == path),
+        config.files().any(|f| f == path),
         "the config file is watched"
     );
     for source in &config.sources {
