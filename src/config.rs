@@ -335,9 +335,6 @@ pub struct Config {
 #[derive(Clone, PartialEq, Eq)]
 pub enum FileState {
     Read([u8; 32]),
-    /// A config file that is a pipe: it cannot be read again to tell a change (SIGHUP
-    /// still reloads it).
-    NotRegular,
     Unreadable(std::io::ErrorKind),
 }
 
@@ -350,15 +347,21 @@ const MAX_CONFIG_BYTES: u64 = 16 << 20;
 /// to one, as Kubernetes mounts them, is one) of at most 1 MiB. Anything else is an error,
 /// not a wait: `file:/dev/stdin` or a named pipe would hang the start (or a reload, and
 /// with it the signals) until something wrote to it, and `/dev/zero` was read until memory
-/// ran out. Checked before the file is opened: opening a pipe waits too.
+/// ran out.
 pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    read_regular(path, MAX_NAMED_FILE_BYTES)
+}
+
+/// A regular file of at most `limit` bytes. Checked before the file is opened: opening a
+/// pipe waits too.
+fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     if !std::fs::metadata(path)?.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "not a regular file",
         ));
     }
-    read_at_most(path, MAX_NAMED_FILE_BYTES)
+    read_at_most(path, limit)
 }
 
 /// Reads at most `limit` bytes; a file over it is an error. The config file itself is read
@@ -384,7 +387,6 @@ impl fmt::Debug for FileState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FileState::Read(_) => f.write_str("Read(<sha256>)"),
-            FileState::NotRegular => f.write_str("NotRegular"),
             FileState::Unreadable(kind) => write!(f, "Unreadable({kind:?})"),
         }
     }
@@ -402,13 +404,10 @@ impl FileState {
         FileState::Read(sha2::Sha256::digest(bytes).into())
     }
 
-    /// What the file at `path` holds now (a pipe is not opened: that could wait).
+    /// What the file at `path` holds now, up to the config's own bound (a named file's
+    /// smaller one is the load's to enforce); a pipe is not opened.
     pub fn now(path: &Path) -> FileState {
-        match std::fs::metadata(path) {
-            Err(e) => FileState::Unreadable(e.kind()),
-            Ok(m) if !m.is_file() => FileState::NotRegular,
-            Ok(_) => FileState::of(&read_at_most(path, MAX_CONFIG_BYTES)),
-        }
+        FileState::of(&read_regular(path, MAX_CONFIG_BYTES))
     }
 }
 
@@ -558,21 +557,23 @@ impl Config {
         };
         let bytes =
             read_at_most(path, MAX_CONFIG_BYTES).map_err(|e| error(format!("cannot read: {e}")))?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| error("cannot read: stream did not contain valid UTF-8".into()))?;
-        let mut config = Config::from_toml_str(&text, path)?;
-        if FileState::now(path) == FileState::NotRegular {
-            for (file, state) in &mut config.files {
-                if file == path {
-                    *state = FileState::NotRegular;
-                }
-            }
-        }
-        Ok(config)
+        // A config that is a pipe cannot be read again to tell a change: it is recorded as
+        // a poll finds it, so polls leave it alone (SIGHUP still reloads it).
+        let state = match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => FileState::read(&bytes),
+            _ => FileState::now(path),
+        };
+        let text = String::from_utf8(bytes).map_err(|e| error(format!("cannot read: {e}")))?;
+        Config::from_toml(&text, path, state)
     }
 
     /// Validates config text; `path` names the file in errors and anchors relative paths.
     pub fn from_toml_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::from_toml(text, path, FileState::read(text.as_bytes()))
+    }
+
+    /// `from_toml_str`, with what the config file held as its reload poll will see it.
+    fn from_toml(text: &str, path: &Path, state: FileState) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         let file_config: FileConfig =
             toml::from_str(text).map_err(|e| toml_error(&file, text, &e))?;
@@ -580,7 +581,7 @@ impl Config {
         Builder {
             file,
             base,
-            files: RefCell::new(vec![(path.to_path_buf(), FileState::read(text.as_bytes()))]),
+            files: RefCell::new(vec![(path.to_path_buf(), state)]),
         }
         .build(file_config, path)
     }
@@ -1815,7 +1816,9 @@ secrets = ["file:p.secret"]
             // On a thread: a load that waits for a writer on the pipe would never return.
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
-                let _ = tx.send(Config::from_toml_str(&text, &path).map(|_| ()));
+                // Whether the source's secret is the whole file, 1 MiB of `k`.
+                let whole = |c: Config| c.sources[0].verifier.secret_equals(0, &[b'k'; 1 << 20]);
+                let _ = tx.send(Config::from_toml_str(&text, &path).map(whole));
             });
             rx.recv_timeout(Duration::from_secs(5))
                 .expect("the load returns at once")
@@ -1830,7 +1833,7 @@ secrets = ["file:p.secret"]
             ))
         );
         assert!(load("big").is_err_and(|e| e.ends_with("big: larger than 1 MiB")));
-        assert_eq!(load("fits"), Ok(()));
+        assert_eq!(load("fits"), Ok(true), "exactly 1 MiB is read whole");
         assert!(load(".").is_err_and(|e| e.ends_with(": not a regular file")));
     }
 
