@@ -32,27 +32,27 @@ pub struct Event<'a> {
     pub raw: Option<RawObject<'a, 'a>>,
 }
 
-#[derive(Serialize, Debug, PartialEq)]
+#[derive(Serialize, Debug)]
 pub struct Room<'a> {
     pub id: Cow<'a, str>,
     pub name: Option<Text<'a>>,
 }
 
-#[derive(Serialize, Debug, PartialEq)]
+#[derive(Serialize, Debug)]
 pub struct User<'a> {
     pub id: Cow<'a, str>,
     pub name: Option<Text<'a>>,
     pub is_bot: Option<bool>,
 }
 
-#[derive(Serialize, Debug, PartialEq)]
+#[derive(Serialize, Debug)]
 pub struct Message<'a> {
     pub id: Option<Cow<'a, str>>,
     pub text: Option<Text<'a>>,
     pub kind: Option<Text<'a>>,
 }
 
-#[derive(Serialize, Debug, PartialEq)]
+#[derive(Serialize, Debug)]
 pub struct Report<'a> {
     pub reason: Option<Text<'a>>,
     pub comment: Option<Text<'a>>,

@@ -307,17 +307,6 @@ pub enum Text<'a> {
     Decoded(Cow<'a, str>),
 }
 
-impl PartialEq for Text<'_> {
-    /// Equal when they write the same JSON text.
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (Text::Literal(a), Text::Literal(b)) => a.0 == b.0,
-            (Text::Decoded(a), Text::Decoded(b)) => a == b,
-            _ => false,
-        }
-    }
-}
-
 impl<'a> Text<'a> {
     pub fn from_static(s: &'static str) -> Text<'a> {
         Text::Decoded(Cow::Borrowed(s))
@@ -848,6 +837,64 @@ mod tests {
         assert_eq!(o.unix_millis("h"), None);
     }
 
+    /// Objects are equal by their entries, in order, keys decoded and value texts as they
+    /// are: what the tests holding `parse` to serde_json's reading rest on.
+    #[test]
+    fn objects_are_equal_entry_for_entry() {
+        let same = r#"{"a":1,"b\u0041":[2]}"#;
+        assert_eq!(obj(same), obj(same));
+        assert_eq!(obj(same), obj(r#"{"a":1,"bA":[2]}"#));
+        assert_eq!(
+            obj(same).object_value(Json(r#"{"x":1}"#)),
+            Object::from_raw(Json(r#"{"x":1}"#))
+        );
+        for other in [
+            r#"{"a":1}"#,
+            r#"{"a":1,"bA":[2],"c":3}"#,
+            r#"{"bA":[2],"a":1}"#,
+            r#"{"a":1.0,"bA":[2]}"#,
+            r#"{"a":1,"bA":[ 2 ]}"#,
+            r#"{"a":1,"ba":[2]}"#,
+            r#"{}"#,
+        ] {
+            assert_ne!(obj(same), obj(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn strings_are_read_borrowed_unless_escaped() {
+        assert_eq!(as_str(Json(r#""""#)), Some(Cow::Borrowed("")));
+        assert_eq!(as_str(Json(r#""a b""#)), Some(Cow::Borrowed("a b")));
+        let decoded = as_str(Json(r#""\u0041\n""#));
+        assert!(
+            matches!(decoded, Some(Cow::Owned(ref s)) if s == "A\n"),
+            "{decoded:?}"
+        );
+        for not_a_string in ["1", "null", "[\"a\"]", "{}"] {
+            assert_eq!(as_str(Json(not_a_string)), None, "{not_a_string}");
+        }
+        // An id must not be empty, a string may be.
+        assert_eq!(as_id(Json(r#""""#)), None);
+        assert_eq!(as_id(Json("-12")).as_deref(), Some("-12"));
+    }
+
+    /// A value from another body (here the text right after this one's) is split from its
+    /// own text, not looked up on this body's tape.
+    #[test]
+    fn a_value_from_elsewhere_is_split_from_its_text() {
+        let both = r#"{"a":{"x":1}}{"b":{"y":2}}"#;
+        let first = obj(&both[..13]);
+        assert!(first.nested.is_some());
+        let second = obj(&both[13..]);
+        let y = second.get("b").expect("b");
+        let read = first.object_value(y).expect("an object");
+        assert_eq!(read.get("y").map(Json::get), Some("2"));
+        assert_eq!(
+            first.object("a").and_then(|a| a.get("x")).map(Json::get),
+            Some("1")
+        );
+    }
+
     #[test]
     fn last_repeated_key_counts_and_raw_keeps_order_and_literals() {
         let o = obj(r#"{"b":1,"a":1.50,"b":2e0,"secret":"s","c":{"x" : 1}}"#);
@@ -970,6 +1017,18 @@ mod tests {
             assert_eq!(spare(), 0);
             drop(chunks);
             assert_eq!(spare(), 2, "both written chunks given back");
+            // The list is bounded in length, and a buffer grown past 16 KiB (an event of a
+            // long body) is freed, so a burst of large deliveries leaves no memory behind.
+            while SPARE.with(|s| s.borrow_mut().pop()).is_some() {}
+            drop(Recycled(Vec::with_capacity(Recycled::MAX_CAPACITY + 1)));
+            assert_eq!(spare(), 0, "over 16 KiB: freed");
+            drop(Recycled(Vec::with_capacity(Recycled::MAX_CAPACITY)));
+            assert_eq!(spare(), 1, "16 KiB: kept");
+            for _ in 0..2 * Recycled::MAX_SPARE {
+                drop(Recycled(b"used".to_vec()));
+            }
+            assert_eq!(spare(), Recycled::MAX_SPARE);
+            assert!(Recycled::take().is_empty(), "given back cleared");
         })
         .join()
         .expect("thread");
@@ -997,9 +1056,9 @@ mod tests {
             serde_json::to_string(&o.text("b")).expect("ser"),
             r#""café""#
         );
-        assert_eq!(o.text("c"), None);
+        assert!(o.text("c").is_none());
         // A lone surrogate does not decode: it is not a usable string.
-        assert_eq!(o.text("d"), None);
+        assert!(o.text("d").is_none());
     }
 
     #[test]
