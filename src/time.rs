@@ -375,4 +375,130 @@ mod tests {
             assert_eq!(days_from_civil(y, m, d), days);
         }
     }
+
+    /// Every day of 0001–9999 is a valid date, the day after the one before it, and
+    /// converts back to itself.
+    #[test]
+    fn every_day_follows_the_one_before() {
+        let first = days_from_civil(1, 1, 1);
+        let last = days_from_civil(9999, 12, 31);
+        assert_eq!((first, last), (-719_162, 2_932_896));
+        let mut prev = (0, 12, 31);
+        for days in first..=last {
+            let (y, m, d) = civil_from_days(days);
+            let next = if prev.2 < days_in_month(prev.0, prev.1) {
+                (prev.0, prev.1, prev.2 + 1)
+            } else if prev.1 < 12 {
+                (prev.0, prev.1 + 1, 1)
+            } else {
+                (prev.0 + 1, 1, 1)
+            };
+            assert_eq!((y, m, d), next, "day {days}");
+            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+            prev = (y, m, d);
+        }
+        // 146,097 days in 400 years: 97 leap years each.
+        let feb29 = (1..=400).filter(|y| days_in_month(*y, 2) == 29).count();
+        assert_eq!(feb29, 97);
+    }
+
+    #[test]
+    fn the_range_is_0001_to_9999() {
+        assert_eq!(Millis::new(MIN_MS), Some(Millis(MIN_MS)));
+        assert_eq!(Millis::new(MIN_MS - 1), None);
+        assert_eq!(Millis::new(MAX_MS), Some(Millis(MAX_MS)));
+        assert_eq!(Millis::new(MAX_MS + 1), None);
+        assert_eq!(Millis(MAX_MS).as_i64(), MAX_MS);
+        // This test was written in 2026; a clock before that is a broken clock.
+        assert!(Millis::now().as_i64() > 1_767_225_600_000);
+        assert_eq!(
+            serde_json::to_string(&Millis(1_000)).ok().as_deref(),
+            Some("\"1970-01-01T00:00:01.000Z\"")
+        );
+    }
+
+    /// Each of the zone names Go's RFC 1123 writes, and the dates, clocks and offsets at
+    /// the edges of what is valid.
+    #[test]
+    fn zones_calendars_clocks_and_offsets_at_their_edges() {
+        let at = |zone: &str| p(&format!("Wed, 02 Jul 2025 12:00:00 {zone}"));
+        for (zone, utc) in [
+            ("GMT", "2025-07-02T12:00"),
+            ("UT", "2025-07-02T12:00"),
+            ("UTC", "2025-07-02T12:00"),
+            ("EST", "2025-07-02T17:00"),
+            ("EDT", "2025-07-02T16:00"),
+            ("CST", "2025-07-02T18:00"),
+            ("CDT", "2025-07-02T17:00"),
+            ("MST", "2025-07-02T19:00"),
+            ("MDT", "2025-07-02T18:00"),
+            ("PST", "2025-07-02T20:00"),
+            ("PDT", "2025-07-02T19:00"),
+            ("-0000", "2025-07-02T12:00"),
+            ("+2359", "2025-07-01T12:01"),
+            ("-2359", "2025-07-03T11:59"),
+        ] {
+            assert_eq!(at(zone), Some(format!("{utc}:00.000Z")), "{zone}");
+        }
+        for zone in ["+2400", "+0060", "0000", "+000", "+00000", "gmt", "Z"] {
+            assert_eq!(at(zone), None, "{zone}");
+        }
+        let cases = [
+            ("2024-02-29T00:00:00Z", Some("2024-02-29T00:00:00.000Z")),
+            ("2000-02-29T00:00:00Z", Some("2000-02-29T00:00:00.000Z")),
+            ("2023-02-29T00:00:00Z", None),
+            ("1900-02-29T00:00:00Z", None),
+            ("2023-02-28T23:59:59Z", Some("2023-02-28T23:59:59.000Z")),
+            ("2024-04-31T00:00:00Z", None),
+            ("2024-12-31T00:00:00Z", Some("2024-12-31T00:00:00.000Z")),
+            ("2024-13-01T00:00:00Z", None),
+            ("2024-00-10T00:00:00Z", None),
+            ("2024-01-00T00:00:00Z", None),
+            ("0000-01-01T00:00:00Z", None),
+            ("2024-01-01T24:00:00Z", None),
+            ("2024-01-01T23:60:00Z", None),
+            ("2024-01-01T23:59:60Z", None),
+            (
+                "2024-01-01T23:59:59+23:59",
+                Some("2024-01-01T00:00:59.000Z"),
+            ),
+            ("2024-01-01T23:59:59+24:00", None),
+            ("2024-01-01T23:59:59+01:60", None),
+            ("2024-01-01T23:59:59+0100", None),
+            ("2024-01-01T23:59:59.Z", None),
+            (
+                "2024-01-01T23:59:59.1234567899Z",
+                Some("2024-01-01T23:59:59.123Z"),
+            ),
+            ("2024-01-01T23:59:59.05Z", Some("2024-01-01T23:59:59.050Z")),
+            ("2024/01/01T23:59:59Z", None),
+            ("2024-01/01T23:59:59Z", None),
+            ("2024/01-01T23:59:59Z", None),
+            ("2024-01-01 23:59:59Z", None),
+            ("x", None),
+            ("2024-", None),
+            ("2024-01-01T23:59:59ZZ", None),
+            ("2024-01-01T23:59:59:00Z", None),
+            ("0000000000", Some("1970-01-01T00:00:00.000Z")),
+            ("0000000000000", Some("1970-01-01T00:00:00.000Z")),
+            ("9999999999", Some("2286-11-20T17:46:39.000Z")),
+            ("00000000000", None),
+            ("000000000000", None),
+            ("99999999999999", None),
+            ("Wed Jul 02 2025 13:53:22 GMT-0400 (Eastern", None),
+            ("Wed Jul 02 2025 13:53:22 -0400", None),
+            ("Wed Jul 2 2025 13:53:22 GMT-0400", None),
+            ("Wed, 2 Jul 2025 13:53:22 GMT", None),
+            ("Xyz, 02 Jul 2025 13:53:22 GMT", None),
+            ("Wed, 02 Jul 2025 13:53:22", None),
+            ("Wed, 02 Jul 2025 13:53 GMT", None),
+            (
+                "Sun, 31 Dec 9999 23:59:59 GMT",
+                Some("9999-12-31T23:59:59.000Z"),
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(p(input).as_deref(), want, "{input}");
+        }
+    }
 }
