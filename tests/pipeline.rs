@@ -141,9 +141,12 @@ async fn each_refusal_row_of_the_table() {
         (404, serde_json::json!({"error":"not_found"}))
     );
     assert!(a.header("x-request-id").is_some_and(|id| id.len() == 32));
+    // Only a 429 says when to come back.
+    assert_eq!(a.header("retry-after"), None);
 
     let a = send(gw.addr, "GET", "/hooks/p", &[], Bytes::new()).await;
     assert_eq!((a.status, a.header("allow")), (405, Some("POST")));
+    assert_eq!(a.header("retry-after"), None);
     assert_eq!(a.json(), serde_json::json!({"error":"method_not_allowed"}));
 
     let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(300));
@@ -947,7 +950,7 @@ async fn chunked_in_pieces(gw: &Gateway, head: &str, pieces: &[&str]) -> String 
 #[tokio::test]
 async fn a_body_in_pieces_is_verified_whole_up_to_exactly_the_limit() {
     let limit = format!("max_body_bytes = {}", BODY.len());
-    let (upstream, gw) = protocol_gateway("", &limit).await;
+    let (upstream, gw) = protocol_gateway("dedupe_window_s = 0", &limit).await;
     let head = format!(
         "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {}\r\n",
         signature()
@@ -969,6 +972,20 @@ async fn a_body_in_pieces_is_verified_whole_up_to_exactly_the_limit() {
     let out = chunked_in_pieces(&gw, &head, &[a, b]).await;
     assert!(out.starts_with("HTTP/1.1 413"), "{out}");
     assert_eq!(upstream.requests().len(), 1);
+
+    // Its length declared: exactly the limit is read, one byte more refused from the head.
+    assert_eq!(deliver(&gw).await.status, 200);
+    assert_eq!(upstream.requests().len(), 2);
+    let signed = hmac_hex(SECRET, longer.as_bytes());
+    let refused = post(
+        &gw,
+        "/hooks/p",
+        &[("x-protocol-signature", &signed)],
+        &longer,
+    )
+    .await;
+    assert_eq!(refused.status, 413);
+    assert_eq!(upstream.requests().len(), 2);
 }
 
 #[tokio::test]
@@ -1479,7 +1496,7 @@ async fn a_refusal_before_the_body_keeps_the_connection_for_the_next_request() {
         .expect("connect");
     s.set_nodelay(true).expect("nodelay");
     let mut buf = Vec::new();
-    let big = vec![b'a'; 90_000];
+    let big = vec![b'a'; 100_000];
     for (head, body, status) in [
         (
             "POST /nope HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n",
@@ -1488,8 +1505,13 @@ async fn a_refusal_before_the_body_keeps_the_connection_for_the_next_request() {
         ),
         (
             "PUT /hooks/p HTTP/1.1\r\nhost: x\r\ncontent-length: 90000\r\n\r\n",
-            &big[..],
+            &big[..90_000],
             "405",
+        ),
+        (
+            "POST /nope HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n",
+            &big[..],
+            "404",
         ),
         (
             "POST /hooks/fenced HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
@@ -1514,6 +1536,18 @@ async fn a_refusal_before_the_body_keeps_the_connection_for_the_next_request() {
     assert!(answer.starts_with("http/1.1 200"), "{answer}");
     assert_eq!(upstream.requests().len(), 1);
 
+    // An HTTP/1.0 sender that keeps its connection alive: the same.
+    let mut s10 = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let head = "POST /nope HTTP/1.0\r\nconnection: keep-alive\r\ncontent-length: 100\r\n\r\n";
+    let answer = answered_before_the_body(&mut s10, &mut buf, head, &big[..100]).await;
+    assert!(answer.starts_with("http/1.0 404"), "{answer}");
+    assert!(answer.contains("connection: keep-alive"), "{answer}");
+    let head = "GET /healthz HTTP/1.0\r\nconnection: keep-alive\r\n\r\n";
+    let answer = answered_before_the_body(&mut s10, &mut buf, head, b"").await;
+    assert!(answer.starts_with("http/1.0 200"), "{answer}");
+
     // Over max_body_bytes by its declared length: not read, and said so.
     let head = "POST /nope HTTP/1.1\r\nhost: x\r\ncontent-length: 100001\r\n\r\n";
     let answer = answered_before_the_body(&mut s, &mut buf, head, b"").await;
@@ -1537,12 +1571,13 @@ async fn a_refusal_before_the_body_keeps_the_connection_for_the_next_request() {
     assert!(matches!(closed, Ok(Ok(0))), "{closed:?} {rest:?}");
 
     // A streamed body is read and dropped up to max_body_bytes only, not for as long as
-    // its sender sends (body_timeout_s is 10 s here).
+    // its sender sends (body_timeout_s is 10 s here). Chunks of 30,000, so that the bytes
+    // read do not reach exactly 100,000 at a chunk's end (a piece never spans two).
     let mut s = tokio::net::TcpStream::connect(gw.addr)
         .await
         .expect("connect");
     let head = "POST /nope HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
-    let chunk = format!("{:x}\r\n{}\r\n", 50_000, "a".repeat(50_000));
+    let chunk = format!("{:x}\r\n{}\r\n", 30_000, "a".repeat(30_000));
     let answer = answered_before_the_body(&mut s, &mut buf, head, chunk.as_bytes()).await;
     assert!(answer.starts_with("http/1.1 404"), "{answer}");
     let started = Instant::now();
