@@ -888,6 +888,55 @@ mod tests {
         assert_eq!(sorted(old), ("closing", old.len()));
         assert_eq!(sorted(b"HTTP/1.1 101 Switching\r\n\r\n"), ("closing", 26));
         assert_eq!(sorted(b"garbage\r\n\r\n"), ("closing", 11));
+        // A head that would go on past MAX_HEAD is not waited for.
+        let endless = [&b"HTTP/1.1 200 OK\r\nx: "[..], &[b'a'; MAX_HEAD]].concat();
+        assert_eq!(sorted(&endless), ("closing", endless.len()));
+        assert_eq!(sorted(&endless[..MAX_HEAD]), ("partial", MAX_HEAD));
+    }
+
+    /// A write that fails on a connection's first exchange may have failed because the app
+    /// answered and went (a 413 by the request's length): its answer is read, and the
+    /// connection is not used again. On a kept-alive connection a failed write is taken for
+    /// an idle close, whatever is in the buffer: nothing answered, so the pool sends the
+    /// request again on another connection.
+    #[tokio::test]
+    async fn a_failed_write_reads_an_answer_only_on_a_first_exchange() {
+        let refused = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n";
+        let body = BODY.map(Bytes::from_static);
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        server.write_all(refused).await.expect("write");
+        drop(server);
+        let mut first = Connection::new(client);
+        let answered = first.exchange(REQUEST_HEAD, &body, 1000).await;
+        assert_eq!(
+            seen(&answered.expect("the app's answer")),
+            (413, &b""[..], false)
+        );
+
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let (answered_first, then) = tokio::sync::oneshot::channel::<()>();
+        let upstream = tokio::spawn(async move {
+            let mut request = vec![0; REQUEST_HEAD.len() + 7];
+            server.read_exact(&mut request).await.expect("request");
+            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+            server.write_all(ok).await.expect("write");
+            // Once the first answer is read: an answer nobody asked for, and gone.
+            then.await.expect("the first exchange ended");
+            server.write_all(refused).await.expect("write");
+        });
+        let mut kept = Connection::new(client);
+        let answered = kept.exchange(REQUEST_HEAD, &body, 1000).await;
+        assert_eq!(seen(&answered.expect("an answer")), (200, &b""[..], true));
+        answered_first.send(()).expect("upstream");
+        upstream.await.expect("upstream");
+        assert_eq!(kept.exchanges(), 1);
+        let again = kept.exchange(REQUEST_HEAD, &body, 1000).await;
+        assert!(
+            matches!(again, Err(ref e) if e.nothing_answered()),
+            "{:?}",
+            again.map(|e| e.answer)
+        );
+        assert_eq!(kept.exchanges(), 2);
     }
 
     #[tokio::test]
