@@ -1126,11 +1126,71 @@ mod tests {
             error(&[unsized_], 10).await,
             ExchangeError::TooLarge
         ));
+        let (result, _, _) = exchange(&[unsized_], true, 11).await;
+        assert_eq!(&result.expect("answer").answer.body[..], b"0123456789a");
         let gz =
             b"HTTP/1.1 200 OK\r\ncontent-encoding: identity, gzip\r\ncontent-length: 0\r\n\r\n";
         assert!(matches!(error(&[gz], 10).await, ExchangeError::Encoding));
         let plain = b"HTTP/1.1 200 OK\r\ncontent-encoding: Identity\r\ncontent-length: 0\r\n\r\n";
         assert_eq!(answer(&[plain], false).await.answer.status, 200);
+    }
+
+    /// The head, a chunk's size line and the trailer section are each bounded to the byte,
+    /// and one that goes on past its bound is refused as it arrives, not read on until the
+    /// upstream stops (memory grows with what is read).
+    #[tokio::test]
+    async fn heads_chunk_size_lines_and_trailers_are_bounded_to_the_byte() {
+        let refused_for = |e: ExchangeError, what: &str| {
+            assert!(
+                matches!(&e, ExchangeError::Invalid(m) if m.contains(what)),
+                "{e:?}, not {what:?}"
+            );
+        };
+        // A head of exactly 64 KiB, its blank line included, is read; one byte more is not.
+        let head_of = |len: usize| {
+            let start = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-pad: ";
+            format!("{start}{}\r\n\r\n", "p".repeat(len - start.len() - 4))
+        };
+        let exact = head_of(MAX_HEAD);
+        assert_eq!(answer(&[exact.as_bytes()], false).await.answer.status, 200);
+        let over = head_of(MAX_HEAD + 1);
+        refused_for(error(&[over.as_bytes()], 10).await, "head over 64 KiB");
+        // After an interim answer, so that the buffer's length is not a power of two when it
+        // passes 64 KiB (the reads fill the room the buffer grew to).
+        let endless = format!(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nx-pad: {}",
+            "p".repeat(MAX_HEAD + 5000)
+        );
+        refused_for(error(&[endless.as_bytes()], 10).await, "head over 64 KiB");
+
+        // A chunk size line of MAX_CHUNK_LINE bytes (its extension and CRLF included).
+        let chunked = |line: &str, rest: &str| {
+            format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{line}{rest}")
+        };
+        let size_line = |len: usize| format!("2;x={}\r\n", "e".repeat(len - 6));
+        let exact = chunked(&size_line(MAX_CHUNK_LINE), "ok\r\n0\r\n\r\n");
+        assert_eq!(
+            &answer(&[exact.as_bytes()], false).await.answer.body[..],
+            b"ok"
+        );
+        let over = chunked(&size_line(MAX_CHUNK_LINE + 1), "ok\r\n0\r\n\r\n");
+        refused_for(
+            error(&[over.as_bytes()], 10).await,
+            "chunk size line too long",
+        );
+        let endless = chunked(&format!("2;x={}", "e".repeat(3 * MAX_CHUNK_LINE)), "");
+        refused_for(
+            error(&[endless.as_bytes()], 10).await,
+            "chunk size line too long",
+        );
+
+        // A trailer section that does not end within MAX_CHUNK_LINE bytes.
+        let trailers = format!("x-t: {}\r\n", "t".repeat(3 * MAX_CHUNK_LINE));
+        let endless = chunked("2\r\nok\r\n0\r\n", &trailers);
+        refused_for(
+            error(&[endless.as_bytes()], 10).await,
+            "trailer section too long",
+        );
     }
 
     #[tokio::test]
