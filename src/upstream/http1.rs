@@ -1135,6 +1135,35 @@ mod tests {
         assert_eq!(answer(&[plain], false).await.answer.status, 200);
     }
 
+    /// An app that answers early and keeps the connection is read while the request goes
+    /// out (it may read on); one that then sends body without end and reads nothing is read
+    /// only to the most an answer may be (head and `limit`), not for as long as it sends.
+    #[tokio::test]
+    async fn an_early_answer_is_read_only_as_far_as_an_answer_may_go() {
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        let app = tokio::spawn(async move {
+            let head = b"HTTP/1.1 200 OK\r\ncontent-length: 10000000\r\n\r\n";
+            server.write_all(head).await.expect("write");
+            // Never reads; writes until it is no longer read.
+            let piece = vec![b'x'; 64 * 1024];
+            loop {
+                if server.write_all(&piece).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut connection = Connection::new(client);
+        let body = [Bytes::from(vec![b'b'; 512 * 1024])];
+        let result = tokio::time::timeout(
+            Duration::from_secs(5),
+            connection.exchange(REQUEST_HEAD, &body, 1000),
+        )
+        .await
+        .expect("the exchange ends");
+        assert!(matches!(result, Err(ExchangeError::TooLarge)), "{result:?}");
+        app.abort();
+    }
+
     /// The head, a chunk's size line and the trailer section are each bounded to the byte,
     /// and one that goes on past its bound is refused as it arrives, not read on until the
     /// upstream stops (memory grows with what is read).
