@@ -1164,6 +1164,29 @@ mod tests {
         app.abort();
     }
 
+    /// An app that stops sending (a half-close) and reads no more of the request ends the
+    /// write at once: nothing was answered. (Taken for bytes, the end would be read again
+    /// and again without a pause, a worker spinning until the delivery's deadline.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_app_that_half_closes_without_reading_ends_the_write() {
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        server.shutdown().await.expect("half-close");
+        let exchange = tokio::spawn(async move {
+            let mut connection = Connection::new(client);
+            let body = [Bytes::from(vec![b'b'; 512 * 1024])];
+            connection.exchange(REQUEST_HEAD, &body, 1000).await
+        });
+        let result = tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .expect("the exchange ends")
+            .expect("exchange");
+        assert!(
+            matches!(result, Err(ref e) if e.nothing_answered()),
+            "{result:?}"
+        );
+        drop(server);
+    }
+
     /// The head, a chunk's size line and the trailer section are each bounded to the byte,
     /// and one that goes on past its bound is refused as it arrives, not read on until the
     /// upstream stops (memory grows with what is read).
