@@ -584,9 +584,10 @@ impl Metrics {
 }
 
 /// The statuses a source's answers mostly have, each with its counter at hand: hookgate's
-/// own (SPEC §4, and 414 and 431 for a head hyper refuses) and the ones apps answer most, 200 first. Any other is counted through the
-/// family's map (a lookup and a label). A slot for each of the 500 statuses took 12 KiB per
-/// source: 60 MB with 5,000 sources, twice that while a reload builds the next ones.
+/// own (SPEC §4, and 414 and 431 for a head hyper refuses) and the ones apps answer most,
+/// 200 first. Any other is counted through the family's map (a lookup and a label). A slot
+/// for each of the 500 statuses took 12 KiB per source: 60 MB with 5,000 sources, twice
+/// that while a reload builds the next ones.
 const COMMON_STATUSES: [u16; 22] = [
     200, 202, 204, 201, 401, 400, 404, 429, 502, 504, 403, 405, 408, 413, 415, 414, 431, 409, 410,
     422, 500, 503,

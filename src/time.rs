@@ -297,6 +297,13 @@ mod tests {
         parse_barertc_timestamp(s).map(Millis::to_rfc3339)
     }
 
+    /// Each input read as the instant given (RFC 3339, milliseconds), or refused.
+    fn reads_as(cases: &[(&str, Option<&str>)]) {
+        for (input, want) in cases {
+            assert_eq!(p(input).as_deref(), *want, "{input}");
+        }
+    }
+
     #[test]
     fn formats_with_milliseconds() {
         assert_eq!(Millis(0).to_rfc3339(), "1970-01-01T00:00:00.000Z");
@@ -363,9 +370,7 @@ mod tests {
             ("", None),
             ("not a time", None),
         ];
-        for (input, want) in cases {
-            assert_eq!(p(input).as_deref(), want, "{input}");
-        }
+        reads_as(&cases);
     }
 
     #[test]
@@ -497,8 +502,6 @@ mod tests {
                 Some("9999-12-31T23:59:59.000Z"),
             ),
         ];
-        for (input, want) in cases {
-            assert_eq!(p(input).as_deref(), want, "{input}");
-        }
+        reads_as(&cases);
     }
 }

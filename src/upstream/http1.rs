@@ -1135,10 +1135,25 @@ mod tests {
         assert_eq!(answer(&[plain], false).await.answer.status, 200);
     }
 
+    /// Sends a 512 KiB request on `client` to an app that reads none of it, on a task of its
+    /// own, so that a write loop that never yields fails the 5 s deadline instead of
+    /// hanging the test (a current-thread runtime's timer would never fire).
+    async fn send_unread(client: DuplexStream) -> Result<Exchanged, ExchangeError> {
+        let exchange = tokio::spawn(async move {
+            let body = [Bytes::from(vec![b'b'; 512 * 1024])];
+            let mut connection = Connection::new(client);
+            connection.exchange(REQUEST_HEAD, &body, 1000).await
+        });
+        tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .expect("the exchange ends")
+            .expect("exchange")
+    }
+
     /// An app that answers early and keeps the connection is read while the request goes
     /// out (it may read on); one that then sends body without end and reads nothing is read
     /// only to the most an answer may be (head and `limit`), not for as long as it sends.
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_early_answer_is_read_only_as_far_as_an_answer_may_go() {
         let (client, mut server) = tokio::io::duplex(64 * 1024);
         let app = tokio::spawn(async move {
@@ -1146,20 +1161,9 @@ mod tests {
             server.write_all(head).await.expect("write");
             // Never reads; writes until it is no longer read.
             let piece = vec![b'x'; 64 * 1024];
-            loop {
-                if server.write_all(&piece).await.is_err() {
-                    return;
-                }
-            }
+            while server.write_all(&piece).await.is_ok() {}
         });
-        let mut connection = Connection::new(client);
-        let body = [Bytes::from(vec![b'b'; 512 * 1024])];
-        let result = tokio::time::timeout(
-            Duration::from_secs(5),
-            connection.exchange(REQUEST_HEAD, &body, 1000),
-        )
-        .await
-        .expect("the exchange ends");
+        let result = send_unread(client).await;
         assert!(matches!(result, Err(ExchangeError::TooLarge)), "{result:?}");
         app.abort();
     }
@@ -1171,15 +1175,7 @@ mod tests {
     async fn an_app_that_half_closes_without_reading_ends_the_write() {
         let (client, mut server) = tokio::io::duplex(64 * 1024);
         server.shutdown().await.expect("half-close");
-        let exchange = tokio::spawn(async move {
-            let mut connection = Connection::new(client);
-            let body = [Bytes::from(vec![b'b'; 512 * 1024])];
-            connection.exchange(REQUEST_HEAD, &body, 1000).await
-        });
-        let result = tokio::time::timeout(Duration::from_secs(5), exchange)
-            .await
-            .expect("the exchange ends")
-            .expect("exchange");
+        let result = send_unread(client).await;
         assert!(
             matches!(result, Err(ref e) if e.nothing_answered()),
             "{result:?}"
