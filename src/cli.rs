@@ -182,6 +182,9 @@ fn run(config: Config) -> ExitCode {
     for w in prepared.warnings() {
         tracing::warn!("{w}");
     }
+    // One per core as the container's CPU limit counts them, or HOOKGATE_WORKERS: logged,
+    // since neither shows anywhere else.
+    let workers = prepared.workers();
     // The main runtime only answers the admin listener, handles signals and keeps house: the
     // server's worker threads accept and serve the connections.
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -202,6 +205,7 @@ fn run(config: Config) -> ExitCode {
             admin = %server
                 .admin_addr
                 .map_or_else(|| "off".to_string(), |a| a.to_string()),
+            workers,
             "hookgate listening"
         );
         for l in lines {

@@ -234,6 +234,11 @@ impl Gateway {
         &self.upstreams[worker % self.upstreams.len()]
     }
 
+    /// `worker`'s own share of `max_buffered_bytes`.
+    fn budget(&self, worker: usize) -> &body::Budget {
+        &self.budgets[worker % self.budgets.len()]
+    }
+
     /// How many client addresses the client limiter remembers (for tests and metrics).
     pub fn client_table_len(&self) -> usize {
         self.client_limiter.as_ref().map_or(0, |l| l.len())
@@ -569,6 +574,8 @@ pub fn unparsed_request(metrics: &Metrics, conn: Conn, status: u16, error: &hype
 /// The status hyper answered a connection's HTTP/1.1 request with, when it ended with
 /// `error` (`Some` for a head it could not parse: 400, or 431 past its size). hyper's error
 /// kinds are private: a too-large URI (414) is told from a too-large head by its message.
+/// (No 414 comes today: hyper's URI bound, 65,534 bytes, is past what a 64 KiB head holds,
+/// so a long URI is a 431; the arm follows hyper should it lower that bound.)
 pub fn unparsed_status(error: &hyper::Error) -> Option<u16> {
     if !error.is_parse() || error.is_parse_version_h2() {
         return None;
@@ -794,7 +801,7 @@ async fn deliver<'g>(
         body,
         server.max_body_bytes,
         started + server.body_timeout,
-        &gateway.budgets[conn.worker % gateway.budgets.len()],
+        gateway.budget(conn.worker),
     );
     // Held until the delivery is answered: the forwarded event shares the body's bytes.
     let (body, _held) = unless_gone(read, gone, sized).await?;
@@ -1174,6 +1181,36 @@ mod tests {
         Gateway::new(config, context, previous).expect("gateway")
     }
 
+    /// The timer's housekeeping reaches both tables: a client whose bucket is full again
+    /// and an id past its window are forgotten, not kept until the next request touches them.
+    #[test]
+    fn housekeeping_forgets_full_buckets_and_expired_ids() {
+        let context = Context {
+            clock: LimitClock::fake(),
+            workers: 1,
+            ..Context::default()
+        };
+        let gw = gateway_in(
+            "client_rate_limit = { per_second = 1, burst = 1 }",
+            None,
+            &context,
+        );
+        let client = std::net::IpAddr::from([192, 0, 2, 1]);
+        let limiter = gw.client_limiter.as_ref().expect("a client limiter");
+        assert_eq!(limiter.check(client), Ok(()));
+        let dedupe = gw.routes["/p"].dedupe.as_ref().expect("dedupe is on");
+        dedupe.remember(dedupe.key(b"id-1"));
+        gw.housekeeping();
+        assert_eq!(
+            (gw.client_table_len(), dedupe.len()),
+            (1, 1),
+            "still in use"
+        );
+        context.clock.advance(std::time::Duration::from_secs(301));
+        gw.housekeeping();
+        assert_eq!((gw.client_table_len(), dedupe.len()), (0, 0));
+    }
+
     /// The upstream names' addresses are one cache for every worker, kept by a reload: a
     /// failed lookup falls back on what any worker looked up before, however recent the
     /// gateway.
@@ -1210,6 +1247,10 @@ mod tests {
         assert_eq!(a.budgets[0].size(), 2_000_000);
         let b = gateway("max_buffered_bytes = 4000000", Some(&a));
         assert!(Arc::ptr_eq(&a.budgets, &b.budgets), "unchanged: kept");
+        // Each worker reads against its own share, not all against one.
+        for worker in 0..2 {
+            assert!(std::ptr::eq(a.budget(worker), &a.budgets[worker]));
+        }
         let c = gateway("max_buffered_bytes = 1500000", Some(&b));
         assert!(!Arc::ptr_eq(&b.budgets, &c.budgets), "changed: new");
         assert_eq!(

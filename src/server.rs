@@ -68,6 +68,11 @@ impl Prepared {
         }
         warnings
     }
+
+    /// How many worker threads will serve connections.
+    pub fn workers(&self) -> usize {
+        self.context.workers.max(1)
+    }
 }
 
 /// What a reload did besides swapping the config in.
@@ -198,8 +203,8 @@ impl Server {
                 .map(|t| t.cert.as_path()),
             prepared.tls_not_after,
         );
+        let workers = prepared.workers();
         let gateway = Arc::new(prepared.gateway);
-        let workers = prepared.context.workers.max(1);
         let state = Arc::new(State {
             worker_gateways: (0..workers)
                 .map(|_| ArcSwap::from_pointee(Arc::clone(&gateway)))

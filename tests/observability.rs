@@ -170,7 +170,8 @@ async fn metrics_count_exactly_what_happened() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_lines_carry_the_fields_and_no_secret() {
-    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    // An app that takes 150 ms, so that a line's duration is known to be at least that.
+    let upstream = spawn_upstream(Reply::json(200, "{}").after(Duration::from_millis(150))).await;
     let dir = temp_dir("json-logs");
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nlog_format = \"json\"\n[upstream]\nurl = {:?}\n\n\
@@ -178,7 +179,11 @@ async fn json_log_lines_carry_the_fields_and_no_secret() {
          [[source]]\nname = \"f\"\nplatform = \"funtek\"\npath = \"/f\"\nsecrets = [{SECRET:?}]\n",
         upstream.url("/")
     );
-    let mut p = spawn_process(&dir, &config, &[("RUST_LOG", "debug")]);
+    let mut p = spawn_process(
+        &dir,
+        &config,
+        &[("RUST_LOG", "debug"), ("HOOKGATE_WORKERS", "3")],
+    );
     let addr = p.addr;
     assert_eq!(deliver(addr, "/p", "ok-1", SECRET).await, 200);
     assert_eq!(deliver(addr, "/p", "bad", "wrong").await, 401);
@@ -262,6 +267,9 @@ async fn json_log_lines_carry_the_fields_and_no_secret() {
     }
     assert_eq!(ok["status"], 200);
     assert_eq!(ok["reason"], "");
+    // In milliseconds: the app's 150 and hookgate's own part, well under 10 s.
+    let took = ok["duration_ms"].as_f64().expect("a number");
+    assert!((150.0..10_000.0).contains(&took), "{ok}");
     assert_eq!(duplicate["status"], 200);
     assert_eq!(duplicate["reason"], "duplicate");
     assert_eq!(ok["source"], "p");
@@ -293,6 +301,7 @@ async fn json_log_lines_carry_the_fields_and_no_secret() {
         .expect(&text);
     assert_eq!(listening["version"], env!("CARGO_PKG_VERSION"), "{text}");
     assert_eq!(listening["admin"], "off", "{text}");
+    assert_eq!(listening["workers"], 3, "HOOKGATE_WORKERS: {text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,6 +344,14 @@ async fn a_full_dedupe_table_is_warned_about_once_a_minute() {
             .is_some_and(|m| m.contains("raise dedupe_capacity")),
         "{warning}"
     );
+    // Without HOOKGATE_WORKERS, one worker per core the process may use.
+    let listening = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "hookgate listening")
+        .expect(&text);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(listening["workers"], cores, "{text}");
 }
 
 /// An app that redirects (`/webhooks` to `/webhooks/`, or http to https) never sees a
