@@ -1288,6 +1288,7 @@ secrets = ["literal-secret"]
         assert_eq!(c.server.max_body_bytes, 1_048_576);
         assert_eq!(c.server.header_timeout, Duration::from_secs(10));
         assert_eq!(c.server.keepalive_timeout, Duration::from_secs(10));
+        assert_eq!(c.upstream.connect_retry, Duration::from_secs(3));
         assert_eq!(c.server.body_timeout, Duration::from_secs(30));
         assert_eq!(c.server.max_connections, 10_000);
         assert_eq!(c.server.max_buffered_bytes, 64 << 20);
@@ -1455,6 +1456,8 @@ secrets = ["literal-secret"]
         assert_eq!(c.server.max_buffered_bytes, 100_000_000, "default follows");
         let c = parse(&with("max_buffered_bytes = 2000000")).expect("valid");
         assert_eq!(c.server.max_buffered_bytes, 2_000_000);
+        let c = parse(&with("max_buffered_bytes = 1048576")).expect("exactly one body");
+        assert_eq!(c.server.max_buffered_bytes, 1_048_576);
         let e = err(&with("max_buffered_bytes = 1000"));
         assert!(
             e.contains("server.max_buffered_bytes")
@@ -1670,6 +1673,9 @@ secrets = ["literal-secret"]
         .expect("a year is allowed");
         assert_eq!(c.server.header_timeout, Duration::from_secs(year));
         assert_eq!(c.server.shutdown_delay, Duration::ZERO);
+        let c = parse(&upstream(&format!("timeout_ms = {}", year * 1000)))
+            .expect("a year of milliseconds is allowed");
+        assert_eq!(c.sources[0].timeout, Duration::from_secs(year));
         let c = parse(&in_source("dedupe_window_s = 0")).expect("dedupe off");
         assert_eq!(c.sources[0].dedupe_window, Duration::ZERO);
         assert_eq!(c.server.reload_poll, None, "off by default");
@@ -1861,6 +1867,24 @@ secrets = ["file:p.secret"]
         assert!(!e.contains('\n'), "{e}");
     }
 
+    /// A line that breaks TOML is named by its table and key, or by its table alone when
+    /// it names no key.
+    #[test]
+    fn a_toml_error_names_the_line_and_its_table() {
+        for (head, field) in [
+            ("[server]\n= 5", "line 2: [server]: "),
+            ("[server]\nlisten 5", "line 2: [server]: "),
+            ("[server]\nlisten = 5 5", "line 2: server.listen: "),
+            ("listen = 5 5", "line 1: listen: "),
+            ("= 5", "line 1: "),
+        ] {
+            let e = err(&format!("{head}\n{MINIMAL}"));
+            let named = e.strip_prefix("/etc/hookgate/test.toml: ").unwrap_or(&e);
+            assert!(named.starts_with(field), "{head:?}: {e}");
+            assert!(!named[field.len()..].starts_with(':'), "{head:?}: {e}");
+        }
+    }
+
     #[test]
     fn wrong_type_names_the_field() {
         let e = err(&format!("[server]\nmax_body_bytes = \"big\"\n{MINIMAL}"));
@@ -2016,8 +2040,13 @@ secrets = ["file:p.secret"]
             c.upstream.signing_key.as_ref().map(|k| k.expose().len()),
             Some(24)
         );
-        // Debug output of the config never prints the key.
+        // Debug output of the config never prints the key, and says there is one.
         assert!(!format!("{c:?}").contains(&good));
+        let upstream = format!("{:?}", c.upstream);
+        assert!(
+            upstream.contains(r#"signing_key: Some("<redacted>")"#) && !upstream.contains("7, 7"),
+            "{upstream}"
+        );
         let unpadded = good.trim_end_matches('=');
         let text =
             format!("[upstream]\nurl=\"http://a/\"\nsigning_secret=\"whsec_{unpadded}x\"\n{src}");

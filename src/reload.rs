@@ -348,5 +348,26 @@ mod tests {
             ]
         );
         assert_eq!(settings.now, None);
+        // TLS turned on waits for the next start (its files are not a change of their own);
+        // its files swapped with TLS kept on are taken up now.
+        let tls = |cert: &str| {
+            with(
+                &format!("tls = {{ cert = \"{cert}\", key = \"k.pem\" }}"),
+                &key(1),
+            )
+        };
+        let settings = setting_changes(&old, &tls("a.pem"));
+        assert_eq!(settings.at_next_start, ["server.tls (on/off)"]);
+        assert_eq!(settings.now, None);
+        let settings = setting_changes(&tls("a.pem"), &tls("b.pem"));
+        assert!(
+            settings.at_next_start.is_empty(),
+            "{:?}",
+            settings.at_next_start
+        );
+        assert_eq!(
+            settings.now.as_deref(),
+            Some("settings changed: server.tls (files)")
+        );
     }
 }
