@@ -629,6 +629,12 @@ Vw6VzWsHhHwb0/jTTwKyrA3NiO0cXlODwjaYAf+bHzDdNMl1AwncKXKx
         std::fs::write(p("wrong.crt"), [ca.pem(), leaf.pem()].concat()).expect("write");
         std::fs::write(p("v1.crt"), V1_CERT).expect("write");
         std::fs::write(p("v1.key"), V1_KEY).expect("write");
+        // A PEM block whose bytes are no certificate at all (of no version).
+        std::fs::write(
+            p("junk.crt"),
+            "-----BEGIN CERTIFICATE-----\nMAMBAgM=\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
         let load = |cert: &str, key: &str| {
             server_config(&TlsFiles {
                 cert: p(cert),
@@ -654,6 +660,108 @@ Vw6VzWsHhHwb0/jTTwKyrA3NiO0cXlODwjaYAf+bHzDdNMl1AwncKXKx
                 p("v1.crt").display()
             ))
         );
+        let junk = load("junk.crt", "leaf.key").expect_err("refused");
+        assert!(
+            junk.starts_with(&format!(
+                "server.tls.cert: {}: the first certificate cannot be used: ",
+                p("junk.crt").display()
+            )),
+            "{junk}"
+        );
+    }
+
+    /// What a client is told when asked for its certificate: the subjects of the
+    /// `client_ca` file's certificates, so that a client holding several (a partner's
+    /// gateway) can pick the one they signed.
+    #[test]
+    fn a_client_is_asked_for_a_certificate_by_the_client_cas_names() {
+        #[derive(Debug, Default)]
+        struct Asked(std::sync::Mutex<Vec<Vec<u8>>>);
+        impl rustls::client::ResolvesClientCert for Asked {
+            fn resolve(
+                &self,
+                hints: &[&[u8]],
+                _: &[rustls::SignatureScheme],
+            ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+                if let Ok(mut asked) = self.0.lock() {
+                    *asked = hints.iter().map(|h| h.to_vec()).collect();
+                }
+                None
+            }
+            fn has_certs(&self) -> bool {
+                true
+            }
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut files = cert_until(dir.path(), (2100, 1, 1));
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "partner client CA");
+        let ca = ca_params
+            .self_signed(&rcgen::KeyPair::generate().expect("key"))
+            .expect("ca");
+        std::fs::write(dir.path().join("ca.crt"), ca.pem()).expect("write");
+        files.client_ca = Some(dir.path().join("ca.crt"));
+        let server_tls = server_config(&files).expect("server config");
+
+        let mut roots = rustls::RootCertStore::empty();
+        for c in pem_certs(&files.cert).expect("certs") {
+            roots.add(c).expect("root");
+        }
+        let asked = Arc::new(Asked::default());
+        let client_config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_client_cert_resolver(Arc::clone(&asked) as _);
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let mut client =
+            rustls::ClientConnection::new(Arc::new(client_config), name).expect("client");
+        let mut server = rustls::ServerConnection::new(server_tls.config).expect("server");
+        // The handshake in memory, until the client has read the certificate request (it
+        // then sends none, and the server refuses it: not what this test is about).
+        for _ in 0..4 {
+            let mut wire = Vec::new();
+            client.write_tls(&mut wire).expect("client writes");
+            server.read_tls(&mut wire.as_slice()).expect("server reads");
+            let _ = server.process_new_packets();
+            wire.clear();
+            server.write_tls(&mut wire).expect("server writes");
+            client.read_tls(&mut wire.as_slice()).expect("client reads");
+            let _ = client.process_new_packets();
+        }
+        let asked = asked.0.lock().map(|a| a.clone()).unwrap_or_default();
+        let [subject] = &asked[..] else {
+            panic!("one name expected: {asked:?}");
+        };
+        let cn = b"partner client CA";
+        assert!(subject.windows(cn.len()).any(|w| w == cn), "{subject:?}");
+    }
+
+    /// A certificate is good from its first second to its last (RFC 5280 §4.1.2.5: both
+    /// ends inclusive), and before or after them says which end it is past.
+    #[test]
+    fn a_certificate_is_valid_from_its_first_second_to_its_last() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).expect("params");
+        params.not_before = rcgen::date_time_ymd(2030, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2031, 1, 1);
+        let cert = params.self_signed(&key).expect("cert");
+        let (first, last) = (1_893_456_000, 1_924_992_000);
+        let at = |secs: u64| {
+            valid_at(
+                cert.der(),
+                rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(secs)),
+            )
+        };
+        use rustls::CertificateError::{Expired, NotValidYet};
+        assert_eq!(at(first - 86_400), Err(NotValidYet));
+        assert_eq!(at(first - 1), Err(NotValidYet));
+        assert_eq!(at(first), Ok(()));
+        assert_eq!(at(last), Ok(()));
+        assert_eq!(at(last + 1), Err(Expired));
     }
 
     #[test]
@@ -673,5 +781,28 @@ Vw6VzWsHhHwb0/jTTwKyrA3NiO0cXlODwjaYAf+bHzDdNMl1AwncKXKx
             "{soon}"
         );
         assert_eq!(expiry_warning(path, at, at - 15 * day), None);
+        // 14 days to the second is not yet "within 14 days".
+        assert_eq!(expiry_warning(path, at, at - 14 * day), None);
+        let edge = expiry_warning(path, at, at - 14 * day + Duration::from_secs(1));
+        assert!(edge.is_some_and(|w| w.contains("in 335 hours")));
+    }
+
+    /// DER is told by its header's length, in each form: short (under 0x80), long (0x81 to
+    /// 0x83 length bytes), and not 0x80 (BER's "indefinite", which DER has not).
+    #[test]
+    fn a_der_value_is_told_by_its_length_in_every_form() {
+        let sized = |header: &[u8], content: usize| {
+            let mut bytes = header.to_vec();
+            bytes.resize(header.len() + content, 0);
+            bytes
+        };
+        assert!(is_der(&sized(&[0x30, 0x00], 0)));
+        assert!(is_der(&sized(&[0x30, 0x7f], 0x7f)));
+        assert!(!is_der(&sized(&[0x30, 0x03], 2)), "one short");
+        assert!(!is_der(&sized(&[0x30, 0x80], 0x80)), "no length");
+        assert!(is_der(&sized(&[0x30, 0x81, 0x80], 0x80)));
+        assert!(is_der(&sized(&[0x30, 0x82, 0x01, 0x00], 0x100)));
+        assert!(!is_der(&[0x30, 0x82, 0x01]), "the length cut short");
+        assert!(!is_der(&sized(&[0x31, 0x00], 0)), "a SET, not a SEQUENCE");
     }
 }

@@ -587,7 +587,24 @@ mod tests {
     fn ids_in_headers_are_percent_encoded() {
         assert_eq!(encode_id("abc-123_~!"), "abc-123_~!");
         assert_eq!(encode_id("a b%c"), "a%20b%25c");
+        // An id of `%` alone is encoded too: read back, it must not be taken for an escape.
+        assert_eq!(encode_id("%"), "%25");
+        assert_eq!(encode_id("%%"), "%25%25");
         assert_eq!(encode_id("é\u{7f}\n"), "%C3%A9%7F%0A");
+    }
+
+    /// A write that failed is logged with what caused it (hyper's and rustls' top-level
+    /// messages say little): each cause after a colon.
+    #[test]
+    fn an_error_is_logged_with_its_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("writing the request")]
+        struct Outer(#[source] std::io::Error);
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by the app");
+        assert_eq!(
+            error_chain(&Outer(reset)),
+            "writing the request: reset by the app"
+        );
     }
 
     #[test]
