@@ -56,6 +56,13 @@ impl Default for Context {
     }
 }
 
+impl Context {
+    /// How many worker threads serve connections: `workers`, and at least one.
+    pub fn worker_count(&self) -> usize {
+        self.workers.max(1)
+    }
+}
+
 /// One worker per core (`HOOKGATE_WORKERS` overrides it; `main` has refused a bad one).
 fn default_workers() -> usize {
     workers_from_env()
@@ -117,7 +124,7 @@ impl Gateway {
         previous: Option<&Gateway>,
     ) -> Result<Gateway, upstream::ClientSetupError> {
         let clock = &context.clock;
-        let workers = context.workers.max(1);
+        let workers = context.worker_count();
         let setup = UpstreamSetup {
             ca: config.upstream.ca.as_deref(),
             signing_key: config.upstream.signing_key.as_ref(),

@@ -71,7 +71,7 @@ impl Prepared {
 
     /// How many worker threads will serve connections.
     pub fn workers(&self) -> usize {
-        self.context.workers.max(1)
+        self.context.worker_count()
     }
 }
 

@@ -749,6 +749,7 @@ Vw6VzWsHhHwb0/jTTwKyrA3NiO0cXlODwjaYAf+bHzDdNMl1AwncKXKx
         params.not_before = rcgen::date_time_ymd(2030, 1, 1);
         params.not_after = rcgen::date_time_ymd(2031, 1, 1);
         let cert = params.self_signed(&key).expect("cert");
+        // 2030-01-01 and 2031-01-01 at 00:00 UTC, in Unix seconds.
         let (first, last) = (1_893_456_000, 1_924_992_000);
         let at = |secs: u64| {
             valid_at(
