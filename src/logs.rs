@@ -377,6 +377,62 @@ mod tests {
         );
     }
 
+    /// A non-blocking pipe: takes at most `chunk` bytes a call up to `room` in all, then
+    /// would block; the first `interrupts` calls are interrupted by a signal.
+    struct Pipe {
+        room: usize,
+        chunk: usize,
+        interrupts: usize,
+        taken: Vec<u8>,
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            if self.interrupts > 0 {
+                self.interrupts -= 1;
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let n = bytes.len().min(self.room).min(self.chunk);
+            if n == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.room -= n;
+            self.taken.extend_from_slice(&bytes[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A write goes on through short writes and signals, and stops where the pipe is full:
+    /// the lines not taken, the one cut short among them, are what is counted dropped.
+    #[test]
+    fn a_write_stops_where_the_pipe_is_full_and_its_lines_are_counted() {
+        let lines: Vec<u8> = (0..10).flat_map(|n| line(n, 100)).collect();
+        let mut pipe = Pipe {
+            room: 450,
+            chunk: 64,
+            interrupts: 2,
+            taken: Vec::new(),
+        };
+        let rest = write_until_full(&mut pipe, &lines);
+        assert_eq!(pipe.taken, &lines[..450]);
+        assert_eq!(rest, &lines[450..]);
+        // Lines 4 (cut after 50 bytes) to 9.
+        assert_eq!(lines_in(rest), 6);
+        assert_eq!(lines_in(&lines[..450]), 4);
+        let mut roomy = Pipe {
+            room: usize::MAX,
+            chunk: 64,
+            interrupts: 1,
+            taken: Vec::new(),
+        };
+        assert_eq!(write_until_full(&mut roomy, &lines), b"");
+        assert_eq!(roomy.taken, lines);
+        assert_eq!(lines_in(b""), 0);
+    }
+
     /// Of threads that all hit a throttle at once, one gets the line; the next line is due
     /// a period later and stands for the others.
     #[test]
