@@ -359,6 +359,19 @@ mod tests {
         }
     }
 
+    /// Lines that fill a batch to the byte go in one write: `PIPE_BUF` is kept whole.
+    #[test]
+    fn lines_that_fill_a_batch_exactly_are_one_write() {
+        let mut batch = Batch::new();
+        let mut out = Writes::default();
+        let (a, b) = (line(1, 1000), line(2, BATCH - 1000));
+        batch.push(&a, &mut out);
+        batch.push(&b, &mut out);
+        assert!(out.0.is_empty(), "written before the batch was full");
+        batch.flush(&mut out);
+        assert_eq!(out.0, vec![[a, b].concat()]);
+    }
+
     #[test]
     fn a_long_line_is_written_alone_after_what_was_gathered() {
         let mut batch = Batch::new();

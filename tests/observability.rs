@@ -221,6 +221,8 @@ async fn json_log_lines_carry_the_fields_and_no_secret() {
 
     let text = p.log();
     assert!(!text.contains(SECRET), "a secret in the log:\n{text}");
+    // Its reader kept up: nothing was dropped, and no warning says otherwise.
+    assert!(!text.contains("log lines dropped"), "{text}");
     let lines: Vec<serde_json::Value> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
