@@ -1488,3 +1488,28 @@ async fn http2_streams_that_need_more_than_the_budget_together_finish_in_turn() 
     assert_eq!(upstream.requests().len(), 16);
     assert!(metrics.body_budget_waits.get() >= 1, "some waited");
 }
+
+/// A connection reset before its first byte is let go at once, not held until
+/// `header_timeout_s`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_reset_before_its_first_byte_is_let_go_at_once() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "")
+        .replace("[server]\n", "[server]\nheader_timeout_s = 60\n");
+    let (gw, metrics) = spawn_gateway_with_metrics(&config, "reset-first", None).await;
+    let wait_for_open = |want: i64| {
+        let metrics = &metrics;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while metrics.open_connections.get() != want {
+                assert!(Instant::now() < deadline, "open connections not {want}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let s = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+    wait_for_open(1).await;
+    s.set_zero_linger().expect("linger");
+    drop(s);
+    wait_for_open(0).await;
+}

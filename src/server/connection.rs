@@ -418,6 +418,13 @@ impl Activity {
             self.base + Duration::from_millis(self.idle_since_ms.load(Ordering::SeqCst)) + timeout
         })
     }
+
+    /// When `drive` next looks whether the connection is idle: at its idle deadline, or
+    /// with a request open, `timeout` from now (no sooner can it be idle that long).
+    fn next_idle_check(&self, timeout: Duration) -> Instant {
+        self.idle_deadline(timeout)
+            .unwrap_or_else(|| Instant::now() + timeout)
+    }
 }
 
 /// Counts a request as open until it is dropped (finished or cancelled).
@@ -639,8 +646,7 @@ async fn drive<C: GracefulConnection>(
         // A connection with no request open for keepalive_timeout_s (header_timeout_s unless
         // set) is closed: HTTP/2 with a GOAWAY, HTTP/1.1 between two requests (its next head
         // counts from the last answer).
-        let idle_at = activity.idle_deadline(keepalive);
-        let wake_at = idle_at.unwrap_or_else(|| Instant::now() + keepalive);
+        let wake_at = activity.next_idle_check(keepalive);
         tokio::select! {
             // The connection first: it is what wakes this task nearly every time.
             biased;
@@ -829,6 +835,35 @@ mod tests {
         let mut all = Vec::new();
         io.read_to_end(&mut all).await.expect("read");
         assert_eq!(all, b"leftover-socket");
+    }
+
+    /// With a request open the idle check waits a whole keep-alive (were it due at once,
+    /// `drive` would spin for as long as the request lasts); once none is, it is due a
+    /// keep-alive after the last one ended.
+    #[tokio::test]
+    async fn the_idle_check_waits_for_the_last_request_and_a_keepalive() {
+        let keepalive = Duration::from_secs(5);
+        let activity = Activity::new();
+        let open = OpenRequest::new(&activity);
+        let before = Instant::now();
+        assert_eq!(activity.idle_deadline(keepalive), None);
+        let check = activity.next_idle_check(keepalive);
+        assert!(
+            check >= before + keepalive && check <= Instant::now() + keepalive,
+            "{:?} from now",
+            check - before
+        );
+        drop(open);
+        let ended = Instant::now();
+        let check = activity.next_idle_check(keepalive);
+        // Kept to the millisecond (`idle_since_ms`), and this thread may be preempted.
+        assert!(
+            check + Duration::from_millis(100) >= ended + keepalive
+                && check <= Instant::now() + keepalive,
+            "{:?} from the end",
+            check - ended
+        );
+        assert_eq!(activity.idle_deadline(keepalive), Some(check));
     }
 
     #[test]
