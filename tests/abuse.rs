@@ -1507,7 +1507,9 @@ async fn a_connection_reset_before_its_first_byte_is_let_go_at_once() {
             }
         }
     };
-    let s = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+    let s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
     wait_for_open(1).await;
     s.set_zero_linger().expect("linger");
     drop(s);
