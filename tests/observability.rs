@@ -587,22 +587,29 @@ async fn scrape_admin(admin: SocketAddr) -> (Samples, String) {
     (scrape(&text), text)
 }
 
-/// Scrapes until `hookgate_open_connections` is `want` (connections are counted by the
-/// worker serving them, a moment after the client's connect or close).
-async fn wait_for_open_connections(admin: SocketAddr, want: f64) -> (Samples, String) {
+/// Scrapes until `done` holds of the samples, or for 5 s: the last scrape either way (what
+/// a worker counts after it has answered may come a moment after the answer).
+async fn scrape_until(admin: SocketAddr, done: impl Fn(&Samples) -> bool) -> (Samples, String) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let (m, text) = scrape_admin(admin).await;
-        let open = get(&m, "hookgate_open_connections", &[]);
-        if open == Some(want) {
+        if done(&m) || tokio::time::Instant::now() >= deadline {
             return (m, text);
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "open connections {open:?}, not {want}\n{text}"
-        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Scrapes until `hookgate_open_connections` is `want` (connections are counted by the
+/// worker serving them, a moment after the client's connect or close).
+async fn wait_for_open_connections(admin: SocketAddr, want: f64) -> (Samples, String) {
+    let (m, text) = scrape_until(admin, |m| {
+        get(m, "hookgate_open_connections", &[]) == Some(want)
+    })
+    .await;
+    let open = get(&m, "hookgate_open_connections", &[]);
+    assert_eq!(open, Some(want), "open connections\n{text}");
+    (m, text)
 }
 
 /// (`config_last_reload_successful`, reloads that succeeded, reloads that failed).
@@ -774,8 +781,10 @@ async fn process_metrics_describe_the_serving_process() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let open = get(&m, "process_open_fds", &[]).expect("open fds");
+    // Less one: the first scrape's own connection, counted in `before`, may be closed by now
+    // (seen under load: 29 -> 68).
     assert!(
-        open >= before + 40.0,
+        open >= before + 39.0,
         "{before} -> {open} with 40 more connections"
     );
     let outside = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -901,17 +910,21 @@ async fn a_head_hyper_refuses_is_logged_and_counted() {
             "{answer}"
         );
     }
-    // Counted as they happen; the log lines are checked after the exit, when all are out.
-    let (m, text) = scrape_admin(admin).await;
-    let requests = |status: &str| {
+    // Counted as each connection ends, a moment after its answer (under load, after the
+    // client has read it); the log lines are checked after the exit, when all are out.
+    let requests = |m: &Samples, status: &str| {
         get(
-            &m,
+            m,
             "hookgate_requests_total",
             &[("source", ""), ("status", status)],
         )
     };
-    assert_eq!(requests("400"), Some(3.0), "{text}");
-    assert_eq!(requests("431"), Some(1.0), "{text}");
+    let (m, text) = scrape_until(admin, |m| {
+        requests(m, "400") == Some(3.0) && requests(m, "431") == Some(1.0)
+    })
+    .await;
+    assert_eq!(requests(&m, "400"), Some(3.0), "{text}");
+    assert_eq!(requests(&m, "431"), Some(1.0), "{text}");
     let mut p = p;
     p.signal("TERM");
     assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
