@@ -1850,3 +1850,18 @@ async fn an_http2_body_its_sender_cut_off_is_not_forwarded() {
     let ids = upstream.event_ids();
     assert_eq!(ids, ["evt-whole"]);
 }
+
+/// A server dropped without a drain (an embedder's, a test's) stops: its workers end and
+/// close the listener, so its port refuses connections rather than serving on unowned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_server_stops_serving() {
+    let (_upstream, gw) = protocol_gateway("", "").await;
+    assert_eq!(deliver(&gw).await.status, 200);
+    let addr = gw.addr;
+    drop(gw);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "{addr} still accepts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
