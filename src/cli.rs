@@ -456,6 +456,11 @@ mod tests {
             local_url_host("10.1.2.3:1".parse().expect("a")),
             "10.1.2.3:1"
         );
+        // A listener on one IPv6 address is reached there, not at ::1.
+        assert_eq!(
+            local_url_host("[fd00::5]:443".parse().expect("a")),
+            "[fd00::5]:443"
+        );
     }
 
     #[test]
