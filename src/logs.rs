@@ -203,7 +203,7 @@ pub fn flush() {
                 count_dropped: false,
             });
             if !TAKEN.with(|t| t.get()) {
-                // The warning was dropped in turn (and counted): its count goes on to the next.
+                // The warning was dropped in turn (not counted): its count goes on to the next.
                 DROPPED.fetch_add(dropped, Ordering::Relaxed);
             }
         }
