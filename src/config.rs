@@ -2040,7 +2040,8 @@ secrets = ["file:p.secret"]
             c.upstream.signing_key.as_ref().map(|k| k.expose().len()),
             Some(24)
         );
-        // Debug output of the config never prints the key, and says there is one.
+        // Debug output of the config never prints the key (its bytes, all 7s, would show as
+        // "7, 7, …"), and says there is one.
         assert!(!format!("{c:?}").contains(&good));
         let upstream = format!("{:?}", c.upstream);
         assert!(

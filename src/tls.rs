@@ -368,6 +368,16 @@ mod tests {
 
     /// A self-signed certificate for 127.0.0.1 valid until the given day, and its key, as
     /// PEM files in `dir`.
+    /// A CA certificate's parameters, its subject named `common_name`.
+    fn ca_params(common_name: &str) -> rcgen::CertificateParams {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params
+    }
+
     fn cert_until(dir: &std::path::Path, (y, m, d): (i32, u8, u8)) -> TlsFiles {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).expect("params");
@@ -611,10 +621,8 @@ Vw6VzWsHhHwb0/jTTwKyrA3NiO0cXlODwjaYAf+bHzDdNMl1AwncKXKx
     #[test]
     fn a_chain_out_of_order_or_a_v1_certificate_says_so() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca = rcgen::CertifiedIssuer::self_signed(
-            ca_params,
+            ca_params("test CA"),
             rcgen::KeyPair::generate().expect("key"),
         )
         .expect("ca");
@@ -694,12 +702,7 @@ Vw6VzWsHhHwb0/jTTwKyrA3NiO0cXlODwjaYAf+bHzDdNMl1AwncKXKx
         }
         let dir = tempfile::tempdir().expect("temp dir");
         let mut files = cert_until(dir.path(), (2100, 1, 1));
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "partner client CA");
-        let ca = ca_params
+        let ca = ca_params("partner client CA")
             .self_signed(&rcgen::KeyPair::generate().expect("key"))
             .expect("ca");
         std::fs::write(dir.path().join("ca.crt"), ca.pem()).expect("write");

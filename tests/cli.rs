@@ -501,13 +501,11 @@ async fn a_log_pipe_nobody_reads_does_not_stop_deliveries() {
     }
     // The metric says so without the log: the pipe holds some 250 of the 1,500 lines.
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
-    let scraped = send(admin, "GET", "/metrics", &[], Bytes::new()).await;
-    let metric = get(
-        &scrape(std::str::from_utf8(&scraped.body).expect("utf-8")),
-        "hookgate_log_lines_dropped_total",
-        &[],
-    )
-    .unwrap_or(0.0);
+    let dropped_total = async || {
+        let (m, _) = scrape_admin(admin).await;
+        get(&m, "hookgate_log_lines_dropped_total", &[]).unwrap_or(0.0)
+    };
+    let metric = dropped_total().await;
     assert!(
         metric >= 1000.0,
         "hookgate_log_lines_dropped_total {metric}"
@@ -519,15 +517,10 @@ async fn a_log_pipe_nobody_reads_does_not_stop_deliveries() {
         let _ = stderr.read_to_string(&mut text);
         text
     });
-    // No delivery after: a worker with no line of its own to write still tries the warning.
+    // Time for the reader to empty the pipe, so nothing is dropped after this scrape. No
+    // delivery after it: a worker with no line of its own to write still tries the warning.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let scraped = send(admin, "GET", "/metrics", &[], Bytes::new()).await;
-    let metric = get(
-        &scrape(std::str::from_utf8(&scraped.body).expect("utf-8")),
-        "hookgate_log_lines_dropped_total",
-        &[],
-    )
-    .unwrap_or(0.0) as u64;
+    let metric = dropped_total().await as u64;
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

@@ -579,14 +579,6 @@ async fn text_log_lines_quote_what_the_sender_chose() {
     assert_eq!(value(odd_line, "path"), "/p\u{e9}", "{text}");
 }
 
-/// The admin listener's scrape, parsed, and its text.
-async fn scrape_admin(admin: SocketAddr) -> (Samples, String) {
-    let a = send(admin, "GET", "/metrics", &[], Bytes::new()).await;
-    assert_eq!(a.status, 200);
-    let text = String::from_utf8(a.body.to_vec()).expect("utf-8");
-    (scrape(&text), text)
-}
-
 /// Scrapes until `done` holds of the samples, or for 5 s: the last scrape either way (what
 /// a worker counts after it has answered may come a moment after the answer).
 async fn scrape_until(admin: SocketAddr, done: impl Fn(&Samples) -> bool) -> (Samples, String) {
@@ -763,11 +755,7 @@ async fn process_metrics_describe_the_serving_process() {
     let p = spawn_process(&dir, &config, &[]);
     let pid = p.child.id();
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
-    let metrics = async || {
-        let a = send(admin, "GET", "/metrics", &[], Bytes::new()).await;
-        assert_eq!(a.status, 200);
-        scrape(std::str::from_utf8(&a.body).expect("utf-8"))
-    };
+    let metrics = async || scrape_admin(admin).await.0;
     let before = get(&metrics().await, "process_open_fds", &[]).expect("open fds");
     let held = open_connections(p.addr, 40).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -662,6 +662,14 @@ pub async fn spawn_gateway_with_metrics(
     (gw, metrics)
 }
 
+/// The admin listener's scrape, parsed, and its text.
+pub async fn scrape_admin(admin: SocketAddr) -> (Samples, String) {
+    let a = send(admin, "GET", "/metrics", &[], Bytes::new()).await;
+    assert_eq!(a.status, 200);
+    let text = String::from_utf8(a.body.to_vec()).expect("utf-8");
+    (scrape(&text), text)
+}
+
 /// (metric name, sorted labels) → value.
 pub type Samples = HashMap<(String, Vec<(String, String)>), f64>;
 
