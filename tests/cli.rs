@@ -31,7 +31,7 @@ fn run_on(
     stderr: std::process::Stdio,
 ) -> (Running, std::net::SocketAddr) {
     let running = Running(
-        Command::new(BIN)
+        ends_with_the_test(&mut Command::new(BIN))
             .args(["run", "--config", config])
             .env("RUST_LOG", "info")
             .stdout(stdout)
@@ -650,4 +650,29 @@ async fn a_log_reader_that_is_gone_does_not_end_hookgate() {
         ),
         Some(0)
     );
+}
+
+/// A test run killed from outside (cargo-mutants' timeout) must not leave its gateways
+/// running: each is started to die with the thread that started it.
+#[test]
+fn a_gateway_a_test_started_ends_with_the_tests_thread() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = temp_dir("cli-death-signal");
+    let config = "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9/\"\n\n\
+                  [[source]]\nname = \"p\"\nplatform = \"protocol\"\npath = \"/p\"\nsecrets = [\"s\"]\n";
+    let starter = std::thread::spawn(move || spawn_process(&dir, config, &[]));
+    let mut gw = starter.join().expect("the starting thread");
+    // The thread is gone; its gateway is killed by the kernel, not by `Process`'s `Drop`.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = gw.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway outlived its thread"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
 }

@@ -558,6 +558,31 @@ impl Process {
     }
 }
 
+/// `command`, set to be killed when the thread that starts it ends, so that a test run
+/// killed from outside (cargo-mutants' timeout, a ^C) leaves no `hookgate run` behind
+/// spinning a core: `Process`'s `Drop` runs only when the test ends normally. The signal
+/// follows the starting *thread*, which here is the test's own, that lives as long as the
+/// child is wanted.
+#[allow(unsafe_code)] // `pre_exec` is unsafe; nothing in the product's code needs this.
+pub fn ends_with_the_test(command: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: `prctl`, `getppid` and `_exit` are async-signal-safe and touch no memory of
+    // the parent's.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have ended before the signal was asked for.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Runs the binary on `config` written to `dir/hookgate.toml`, with a `:0` listen port
 /// replaced by a free one; everything it prints goes to `dir/out.log` (a full pipe would
 /// block a process that logs a lot). Returns once it accepts connections.
@@ -570,14 +595,16 @@ pub fn spawn_process(dir: &Path, config: &str, env: &[(&str, &str)]) -> Process 
     std::fs::write(&path, config).expect("write config");
     let log = dir.join("out.log");
     let out = std::fs::File::create(&log).expect("log file");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
-        .args(["run", "--config", &path.display().to_string()])
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::from(out.try_clone().expect("clone")))
-        .stderr(std::process::Stdio::from(out))
-        .spawn()
-        .expect("spawn hookgate");
+    let child = ends_with_the_test(&mut std::process::Command::new(env!(
+        "CARGO_BIN_EXE_hookgate"
+    )))
+    .args(["run", "--config", &path.display().to_string()])
+    .env("RUST_LOG", "info")
+    .envs(env.iter().copied())
+    .stdout(std::process::Stdio::from(out.try_clone().expect("clone")))
+    .stderr(std::process::Stdio::from(out))
+    .spawn()
+    .expect("spawn hookgate");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(addr).is_err() {
