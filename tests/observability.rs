@@ -1001,3 +1001,147 @@ async fn a_head_cut_off_at_header_timeout_is_counted_and_logged() {
         "{log}"
     );
 }
+
+/// Every refusal's request line names the reason the README's "Logs" lists for it, with the
+/// status the sender got: the log is where an operator learns why a delivery was refused
+/// (SPEC §8), since the sender's body says only the status's code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_refusal_is_logged_with_its_reason() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let dir = temp_dir("refusal-reasons");
+    // The loopback peer is a trusted proxy, so that each request names its own client in
+    // `X-Forwarded-For` and only the two meant to share one meet `client_rate_limit`.
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nlog_format = \"json\"\nmax_body_bytes = 4096\n\
+         body_timeout_s = 1\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
+         client_rate_limit = {{ per_second = 1, burst = 1 }}\n[upstream]\nurl = {:?}\n\n\
+         [[source]]\nname = \"p\"\nplatform = \"protocol\"\npath = \"/p\"\nsecrets = [{SECRET:?}]\n\
+         dedupe_window_s = 0\nrate_limit = {{ per_second = 1, burst = 1 }}\n\n\
+         [[source]]\nname = \"walled\"\nplatform = \"protocol\"\npath = \"/walled\"\n\
+         secrets = [{SECRET:?}]\nallow_cidrs = [\"203.0.113.0/24\"]\n",
+        upstream.url("/")
+    );
+    let mut p = spawn_process(&dir, &config, &[]);
+    let good = body("r-1");
+    let signature = hmac_hex(SECRET, good.as_bytes());
+    let signed = format!("x-protocol-signature: {signature}\r\n");
+    let forged = format!(
+        "x-protocol-signature: {}\r\n",
+        hmac_hex("wrong", good.as_bytes())
+    );
+    let not_json = "[]";
+    let signed_not_json = format!(
+        "x-protocol-signature: {}\r\n",
+        hmac_hex(SECRET, not_json.as_bytes())
+    );
+    let too_large = "x".repeat(5000);
+    let gzip = "content-encoding: gzip\r\n";
+    let malformed = "x-protocol-signature: zz\r\n";
+    // (request id, client, the request's head lines after its first, body, status, reason).
+    // Both rate limits allow one a second: the three that meet them come one after another.
+    let cases: [(&str, &str, &str, &str, u16, &str); 12] = [
+        ("method", "192.0.2.1", "", "", 405, "method"),
+        ("no-route", "192.0.2.2", "", "", 404, "no_route"),
+        ("cidr", "192.0.2.3", "", "", 403, "cidr"),
+        ("client-1", "192.0.2.4", &signed, &good, 200, ""),
+        (
+            "client-2",
+            "192.0.2.4",
+            &signed,
+            &good,
+            429,
+            "rate_limited_client",
+        ),
+        (
+            "source-limit",
+            "192.0.2.5",
+            &signed,
+            &good,
+            429,
+            "rate_limited_source",
+        ),
+        ("too-large", "192.0.2.6", "", &too_large, 413, "too_large"),
+        (
+            "encoding",
+            "192.0.2.7",
+            gzip,
+            &good,
+            415,
+            "content_encoding",
+        ),
+        ("missing", "192.0.2.8", "", &good, 401, "missing_proof"),
+        (
+            "malformed",
+            "192.0.2.9",
+            malformed,
+            &good,
+            401,
+            "malformed_proof",
+        ),
+        ("forged", "192.0.2.10", &forged, &good, 401, "bad_signature"),
+        (
+            "not-json",
+            "192.0.2.11",
+            &signed_not_json,
+            not_json,
+            400,
+            "not_platform_json",
+        ),
+    ];
+    for (id, client, headers, body, status, _) in &cases {
+        let (method, path) = match *id {
+            "method" => ("GET", "/p"),
+            "no-route" => ("POST", "/nowhere"),
+            "cidr" => ("POST", "/walled"),
+            _ => ("POST", "/p"),
+        };
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-request-id: {id}\r\n\
+             x-forwarded-for: {client}\r\n{headers}content-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = raw_exchange(p.addr, request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{id}: {answer}"
+        );
+    }
+    // A body that stops coming (408), and one whose sender leaves half-way (logged as 400).
+    let head = |id: &str, client: &str| {
+        format!(
+            "POST /p HTTP/1.1\r\nhost: x\r\nx-request-id: {id}\r\nx-forwarded-for: {client}\r\n\
+             x-protocol-signature: {signature}\r\ncontent-length: 100\r\n\r\n0123456789"
+        )
+    };
+    let answer = raw_exchange(
+        p.addr,
+        head("stalled", "192.0.2.20").as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    drop(connect_and_write(p.addr, head("gone", "192.0.2.21").as_bytes()).await);
+    p.wait_for_line("\"request_id\":\"gone\"").await;
+
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    let text = p.log();
+    let line = |id: &str| {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["target"] == "hookgate::request" && l["request_id"] == id)
+            .unwrap_or_else(|| panic!("no request line of {id}:\n{text}"))
+    };
+    let expected = cases
+        .iter()
+        .map(|(id, _, _, _, status, reason)| (*id, *status, *reason))
+        .chain([("stalled", 408, "body_timeout"), ("gone", 400, "bad_body")]);
+    for (id, status, reason) in expected {
+        let l = line(id);
+        assert_eq!(
+            (&l["status"], &l["reason"]),
+            (&status.into(), &reason.into()),
+            "{id}: {l}"
+        );
+    }
+}
