@@ -76,6 +76,16 @@ fn make_pki(dir: &Path) -> Pki {
 
 /// A TLS client trusting the test CA, offering `alpn`, optionally with a client certificate.
 fn connector(pki: &Pki, alpn: &[&[u8]], with_client_cert: bool) -> TlsConnector {
+    connector_speaking(pki, alpn, with_client_cert, rustls::DEFAULT_VERSIONS)
+}
+
+/// `connector`, speaking only `versions`.
+fn connector_speaking(
+    pki: &Pki,
+    alpn: &[&[u8]],
+    with_client_cert: bool,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(&pki.ca)
         .expect("ca")
@@ -84,7 +94,7 @@ fn connector(pki: &Pki, alpn: &[&[u8]], with_client_cert: bool) -> TlsConnector 
         roots.add(c).expect("root");
     }
     let builder = rustls::ClientConfig::builder_with_provider(hookgate::tls::provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .expect("versions")
         .with_root_certificates(roots);
     let mut config = if with_client_cert {
@@ -682,6 +692,106 @@ async fn mtls_refuses_a_client_without_a_certificate_and_serves_one_with() {
     );
 }
 
+/// Senders that speak only TLS 1.2 (older HTTP stacks) are served, client certificates
+/// included: the certificate's signature is checked the TLS 1.2 way, and a sender without
+/// one is refused in the handshake itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_2_senders_are_served_and_their_client_certificates_checked() {
+    let dir = temp_dir("mtls-tls12");
+    let pki = make_pki(&dir);
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let gw = spawn_gateway_in(&tls_config(&upstream.url("/"), true), &pki.dir).await;
+    let tls12 = &[&rustls::version::TLS12];
+
+    let refused = tls_connect(
+        gw.addr,
+        &connector_speaking(&pki, &[b"http/1.1"], false, tls12),
+    )
+    .await
+    .map(|_| ());
+    let refused = format!("{:?}", refused.expect_err("served without a certificate"));
+    assert!(
+        refused.contains("AlertReceived(CertificateRequired)"),
+        "{refused}"
+    );
+    assert!(upstream.requests().is_empty());
+
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let tls = tls_connect(gw.addr, &connector_speaking(&pki, &[alpn], true, tls12))
+            .await
+            .expect("handshake");
+        assert_eq!(
+            tls.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+        let a = if alpn == b"h2" {
+            h2_delivery(tls, "https://127.0.0.1/hooks/p").await
+        } else {
+            h1_delivery(tls).await
+        };
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(alpn));
+    }
+    // The same event twice: the second, verified too, is answered by dedupe.
+    assert_eq!(upstream.requests().len(), 1);
+}
+
+/// An HTTPS app that speaks only TLS 1.2, behind its own self-signed certificate named as
+/// `ca` (the pinned path, whose signature check for TLS 1.2 is its own): delivered; and one
+/// whose certificate is not the named one is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_app_speaking_only_tls_1_2_is_reached() {
+    let dir = temp_dir("tls12-app");
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).expect("cert");
+    std::fs::write(dir.join("server.crt"), cert.pem()).expect("write");
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write");
+    let pki = Pki {
+        ca: dir.join("server.crt"),
+        client_cert: dir.join("-"),
+        client_key: dir.join("-"),
+        dir: dir.to_path_buf(),
+    };
+    let (app, seen, connections) =
+        spawn_tls_upstream_speaking(&pki, &[&rustls::version::TLS12]).await;
+    let config = |app: SocketAddr| {
+        one_source(
+            &format!("https://127.0.0.1:{}/app", app.port()),
+            "protocol",
+            "/hooks/p",
+            &[SECRET],
+            "",
+        )
+        .replace(
+            "timeout_ms = 5000\n",
+            "timeout_ms = 5000\nca = \"server.crt\"\n",
+        )
+    };
+    let gw = spawn_gateway_in(&config(app), &dir).await;
+    assert_eq!(deliver_body(gw.addr).await.status, 200);
+    assert_eq!(seen.lock().expect("lock").len(), 1);
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Another self-signed certificate for the same name, not the one named: refused.
+    let other = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let stranger = params.self_signed(&other).expect("cert");
+    let strange_dir = temp_dir("tls12-app-stranger");
+    std::fs::write(strange_dir.join("server.crt"), stranger.pem()).expect("write");
+    std::fs::write(strange_dir.join("server.key"), other.serialize_pem()).expect("write");
+    let strange = Pki {
+        dir: strange_dir.to_path_buf(),
+        ..pki
+    };
+    let (app, seen, _) = spawn_tls_upstream_speaking(&strange, &[&rustls::version::TLS12]).await;
+    let gw = spawn_gateway_in(&config(app), &dir).await;
+    assert_eq!(deliver_body(gw.addr).await.status, 502);
+    assert!(seen.lock().expect("lock").is_empty());
+}
+
 /// An HTTPS upstream with the test PKI's server certificate; records bodies and counts
 /// its TLS connections.
 async fn spawn_tls_upstream(
@@ -691,8 +801,20 @@ async fn spawn_tls_upstream(
     Arc<std::sync::Mutex<Vec<Bytes>>>,
     Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    spawn_tls_upstream_speaking(pki, rustls::DEFAULT_VERSIONS).await
+}
+
+/// `spawn_tls_upstream`, speaking only `versions`.
+async fn spawn_tls_upstream_speaking(
+    pki: &Pki,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> (
+    SocketAddr,
+    Arc<std::sync::Mutex<Vec<Bytes>>>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
     use http_body_util::BodyExt;
-    let acceptor = app_tls_acceptor(pki);
+    let acceptor = app_tls_acceptor_speaking(pki, versions);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -773,13 +895,21 @@ async fn early_refusing_tls_app(pki: &Pki) -> SocketAddr {
 
 /// The TLS side of an HTTPS app: the test PKI's server certificate, HTTP/2 or HTTP/1.1.
 fn app_tls_acceptor(pki: &Pki) -> tokio_rustls::TlsAcceptor {
+    app_tls_acceptor_speaking(pki, rustls::DEFAULT_VERSIONS)
+}
+
+/// `app_tls_acceptor`, speaking only `versions`.
+fn app_tls_acceptor_speaking(
+    pki: &Pki,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> tokio_rustls::TlsAcceptor {
     let chain: Vec<_> = CertificateDer::pem_file_iter(pki.dir.join("server.crt"))
         .expect("c")
         .flatten()
         .collect();
     let key = PrivateKeyDer::from_pem_file(pki.dir.join("server.key")).expect("k");
     let mut config = rustls::ServerConfig::builder_with_provider(hookgate::tls::provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .expect("v")
         .with_no_client_auth()
         .with_single_cert(chain, key)
