@@ -75,6 +75,33 @@ fn make_pki(dir: &Path) -> Pki {
 }
 
 /// A TLS client trusting the test CA, offering `alpn`, optionally with a client certificate.
+/// A self-signed CA:TRUE certificate made from `params`, written with a new key as
+/// `dir/{stem}.crt` and `dir/{stem}.key`: what a partner or an app without a CA uses.
+fn write_self_signed(dir: &Path, stem: &str, mut params: CertificateParams) {
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("cert");
+    std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).expect("write");
+    std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).expect("write");
+}
+
+/// An HTTPS app's own self-signed certificate for `names`, valid from 2020 until `until`,
+/// in `dir` as `server.crt` (also what hookgate's `ca` names) and `server.key`.
+fn self_signed_app(dir: &Path, names: &[&str], until: (i32, u8, u8)) -> Pki {
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("params");
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+    write_self_signed(dir, "server", params);
+    Pki {
+        ca: dir.join("server.crt"),
+        client_cert: dir.join("-"),
+        client_key: dir.join("-"),
+        dir: dir.to_path_buf(),
+    }
+}
+
 fn connector(pki: &Pki, alpn: &[&[u8]], with_client_cert: bool) -> TlsConnector {
     connector_speaking(pki, alpn, with_client_cert, rustls::DEFAULT_VERSIONS)
 }
@@ -601,14 +628,10 @@ async fn mtls_takes_a_partners_self_signed_certificate_named_as_client_ca() {
     let pki = make_pki(&dir);
     let self_signed = |stem: &str| {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
             .distinguished_name
             .push(DnType::CommonName, "partner");
-        let key = KeyPair::generate().expect("key");
-        let cert = params.self_signed(&key).expect("cert");
-        std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).expect("write");
-        std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).expect("write");
+        write_self_signed(&dir, stem, params);
         Pki {
             ca: pki.ca.clone(),
             client_cert: dir.join(format!("{stem}.crt")),
@@ -742,52 +765,19 @@ async fn tls_1_2_senders_are_served_and_their_client_certificates_checked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_app_speaking_only_tls_1_2_is_reached() {
     let dir = temp_dir("tls12-app");
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let cert = params.self_signed(&key).expect("cert");
-    std::fs::write(dir.join("server.crt"), cert.pem()).expect("write");
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write");
-    let pki = Pki {
-        ca: dir.join("server.crt"),
-        client_cert: dir.join("-"),
-        client_key: dir.join("-"),
-        dir: dir.to_path_buf(),
-    };
+    let pki = self_signed_app(&dir, &["127.0.0.1"], (4000, 1, 1));
     let (app, seen, connections) =
         spawn_tls_upstream_speaking(&pki, &[&rustls::version::TLS12]).await;
-    let config = |app: SocketAddr| {
-        one_source(
-            &format!("https://127.0.0.1:{}/app", app.port()),
-            "protocol",
-            "/hooks/p",
-            &[SECRET],
-            "",
-        )
-        .replace(
-            "timeout_ms = 5000\n",
-            "timeout_ms = 5000\nca = \"server.crt\"\n",
-        )
-    };
-    let gw = spawn_gateway_in(&config(app), &dir).await;
+    let gw = spawn_gateway_in(&https_upstream_config_trusting(app, "server.crt"), &dir).await;
     assert_eq!(deliver_body(gw.addr).await.status, 200);
     assert_eq!(seen.lock().expect("lock").len(), 1);
     assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
 
     // Another self-signed certificate for the same name, not the one named: refused.
-    let other = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let stranger = params.self_signed(&other).expect("cert");
     let strange_dir = temp_dir("tls12-app-stranger");
-    std::fs::write(strange_dir.join("server.crt"), stranger.pem()).expect("write");
-    std::fs::write(strange_dir.join("server.key"), other.serialize_pem()).expect("write");
-    let strange = Pki {
-        dir: strange_dir.to_path_buf(),
-        ..pki
-    };
+    let strange = self_signed_app(&strange_dir, &["127.0.0.1"], (4000, 1, 1));
     let (app, seen, _) = spawn_tls_upstream_speaking(&strange, &[&rustls::version::TLS12]).await;
-    let gw = spawn_gateway_in(&config(app), &dir).await;
+    let gw = spawn_gateway_in(&https_upstream_config_trusting(app, "server.crt"), &dir).await;
     assert_eq!(deliver_body(gw.addr).await.status, 502);
     assert!(seen.lock().expect("lock").is_empty());
 }
@@ -862,6 +852,11 @@ async fn spawn_tls_upstream_speaking(
 /// A protocol source (no dedupe) in front of the HTTPS app at `app`, trusted through the
 /// test PKI's `ca.crt`.
 fn https_upstream_config(app: SocketAddr) -> String {
+    https_upstream_config_trusting(app, "ca.crt")
+}
+
+/// A protocol source (no dedupe) in front of the HTTPS app at `app`, trusted through `ca`.
+fn https_upstream_config_trusting(app: SocketAddr, ca: &str) -> String {
     one_source(
         &format!("https://127.0.0.1:{}/app", app.port()),
         "protocol",
@@ -871,7 +866,7 @@ fn https_upstream_config(app: SocketAddr) -> String {
     )
     .replace(
         "timeout_ms = 5000\n",
-        "timeout_ms = 5000\nca = \"ca.crt\"\n",
+        &format!("timeout_ms = 5000\nca = {ca:?}\n"),
     )
 }
 
@@ -968,39 +963,15 @@ async fn deliver_body(addr: SocketAddr) -> Answer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_upstream_with_its_own_self_signed_certificate_as_ca() {
-    // A self-signed CA:TRUE certificate for `names`, valid until `until`, in its own folder.
-    let app = |tag: &str, names: &[&str], until: (i32, u8, u8)| {
-        let dir = temp_dir(tag);
-        let key = KeyPair::generate().expect("key");
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
-        let cert = params.self_signed(&key).expect("cert");
-        std::fs::write(dir.join("server.crt"), cert.pem()).expect("write");
-        std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write");
-        dir
-    };
     for (names, until, want) in [
         (&["127.0.0.1"][..], (4000, 1, 1), 200),
         (&["app.example"][..], (4000, 1, 1), 502),
         (&["127.0.0.1"][..], (2021, 1, 1), 502),
     ] {
-        let dir = app("tls-self-signed", names, until);
-        let pki = Pki {
-            ca: dir.join("server.crt"),
-            client_cert: dir.join("-"),
-            client_key: dir.join("-"),
-            dir: dir.to_path_buf(),
-        };
+        let dir = temp_dir("tls-self-signed");
+        let pki = self_signed_app(&dir, names, until);
         let (up, seen, _) = spawn_tls_upstream(&pki).await;
-        let url = format!("https://127.0.0.1:{}/app", up.port());
-        let config = one_source(&url, "protocol", "/hooks/p", &[SECRET], "").replace(
-            "timeout_ms = 5000\n",
-            "timeout_ms = 5000\nca = \"server.crt\"\n",
-        );
+        let config = https_upstream_config_trusting(up, "server.crt");
         let gw = spawn_gateway_in(&config, &dir).await;
         let a = deliver_body(gw.addr).await;
         assert_eq!(a.status, want, "{names:?} until {until:?}");
