@@ -660,7 +660,8 @@ fn a_gateway_a_test_started_ends_with_the_tests_thread() {
     let dir = temp_dir("cli-death-signal");
     let config = "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9/\"\n\n\
                   [[source]]\nname = \"p\"\nplatform = \"protocol\"\npath = \"/p\"\nsecrets = [\"s\"]\n";
-    let starter = std::thread::spawn(move || spawn_process(&dir, config, &[]));
+    let folder = dir.to_path_buf();
+    let starter = std::thread::spawn(move || spawn_process(&folder, config, &[]));
     let mut gw = starter.join().expect("the starting thread");
     // The thread is gone; its gateway is killed by the kernel, not by `Process`'s `Drop`.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
