@@ -909,6 +909,16 @@ fn admit_head<'g>(
     parts: &http::request::Parts,
     outcome: &mut Outcome<'g>,
 ) -> Result<(&'g Route, admit::Client), Refusal> {
+    // First, so that every refusal's log line names the client (SPEC §5: the address
+    // `X-Forwarded-For` gives through trusted proxies), not a balancer in front of it.
+    let scheme = if conn.tls { "https" } else { "http" };
+    let client = admit::client(
+        conn.peer.ip(),
+        &parts.headers,
+        &gateway.config.server.trusted_proxies,
+        scheme,
+    );
+    outcome.client = Some(client.addr);
     host_header(parts.version, &parts.headers)?;
     let path = parts.uri.path();
     // On a miss, the path in another spelling of a route's: raw UTF-8, lower-case escapes.
@@ -929,14 +939,6 @@ fn admit_head<'g>(
     if parts.method != Method::POST {
         return Err(Refusal::Method);
     }
-    let scheme = if conn.tls { "https" } else { "http" };
-    let client = admit::client(
-        conn.peer.ip(),
-        &parts.headers,
-        &gateway.config.server.trusted_proxies,
-        scheme,
-    );
-    outcome.client = Some(client.addr);
     if !admit::allowed(client.addr, route.source.allow_cidrs.as_deref()) {
         return Err(Refusal::Forbidden);
     }

@@ -1037,9 +1037,18 @@ async fn each_refusal_is_logged_with_its_reason() {
     let too_large = "x".repeat(5000);
     let gzip = "content-encoding: gzip\r\n";
     let malformed = "x-protocol-signature: zz\r\n";
-    // (request id, client, the request's head lines after its first, body, status, reason).
+    // (request id, client, the request's head lines after its first, body, status, reason;
+    // each line also names the client, the first ones too, refused before any other check).
     // Both rate limits allow one a second: the three that meet them come one after another.
-    let cases: [(&str, &str, &str, &str, u16, &str); 12] = [
+    let cases: [(&str, &str, &str, &str, u16, &str); 13] = [
+        (
+            "two-hosts",
+            "192.0.2.12",
+            "host: y\r\n",
+            "",
+            400,
+            "bad_head",
+        ),
         ("method", "192.0.2.1", "", "", 405, "method"),
         ("no-route", "192.0.2.2", "", "", 404, "no_route"),
         ("cidr", "192.0.2.3", "", "", 403, "cidr"),
@@ -1134,13 +1143,16 @@ async fn each_refusal_is_logged_with_its_reason() {
     };
     let expected = cases
         .iter()
-        .map(|(id, _, _, _, status, reason)| (*id, *status, *reason))
-        .chain([("stalled", 408, "body_timeout"), ("gone", 400, "bad_body")]);
-    for (id, status, reason) in expected {
+        .map(|(id, client, _, _, status, reason)| (*id, *client, *status, *reason))
+        .chain([
+            ("stalled", "192.0.2.20", 408, "body_timeout"),
+            ("gone", "192.0.2.21", 400, "bad_body"),
+        ]);
+    for (id, client, status, reason) in expected {
         let l = line(id);
         assert_eq!(
-            (&l["status"], &l["reason"]),
-            (&status.into(), &reason.into()),
+            (&l["status"], &l["reason"], &l["client"]),
+            (&status.into(), &reason.into(), &client.into()),
             "{id}: {l}"
         );
     }
