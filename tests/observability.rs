@@ -1010,9 +1010,11 @@ async fn each_refusal_is_logged_with_its_reason() {
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
     let dir = temp_dir("refusal-reasons");
     // The loopback peer is a trusted proxy, so that each request names its own client in
-    // `X-Forwarded-For` and only the two meant to share one meet `client_rate_limit`.
+    // `X-Forwarded-For` and only the two meant to share one meet `client_rate_limit`. The
+    // listener is dual-stack (`[::]`, as pods often bind), where an IPv4 peer is
+    // `::ffff:127.0.0.1` to the socket: every line must still write it `127.0.0.1`.
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nlog_format = \"json\"\nmax_body_bytes = 4096\n\
+        "[server]\nlisten = \"[::]:0\"\nlog_format = \"json\"\nmax_body_bytes = 4096\n\
          body_timeout_s = 1\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
          client_rate_limit = {{ per_second = 1, burst = 1 }}\n[upstream]\nurl = {:?}\n\n\
          [[source]]\nname = \"p\"\nplatform = \"protocol\"\npath = \"/p\"\nsecrets = [{SECRET:?}]\n\
@@ -1131,6 +1133,11 @@ async fn each_refusal_is_logged_with_its_reason() {
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
     drop(connect_and_write(p.addr, head("gone", "192.0.2.21").as_bytes()).await);
     p.wait_for_line("\"request_id\":\"gone\"").await;
+    // A head hyper cannot parse: no header was read, so the client is the peer.
+    let unparsed = b"POST /p HTTP/1.1\r\nhost: a\r\nno colon here\r\n\r\n";
+    let answer = raw_exchange(p.addr, unparsed, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    p.wait_for_line("invalid HTTP header parsed").await;
 
     p.signal("TERM");
     assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
@@ -1148,7 +1155,8 @@ async fn each_refusal_is_logged_with_its_reason() {
             ("stalled", "192.0.2.20", 408, "body_timeout"),
             ("gone", "192.0.2.21", 400, "bad_body"),
         ]);
-    for (id, client, status, reason) in expected {
+    // The unparsed head's line has no request id.
+    for (id, client, status, reason) in expected.chain([("", "127.0.0.1", 400, "bad_head")]) {
         let l = line(id);
         assert_eq!(
             (&l["status"], &l["reason"], &l["client"]),

@@ -204,6 +204,9 @@ pub(super) async fn serve_connection(
     } else {
         (peer, false)
     };
+    // An IPv4 sender on a dual-stack (`[::]`) listener in its IPv4 form, as SPEC §5 writes
+    // it, in every log line and check from here on.
+    let peer = SocketAddr::new(crate::admit::canonical(peer.ip()), peer.port());
     let tls = state.tls.load_full();
     let serving = Serving {
         conn: Conn {

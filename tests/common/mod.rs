@@ -590,7 +590,8 @@ pub fn spawn_process(dir: &Path, config: &str, env: &[(&str, &str)]) -> Process 
     let port = free_port();
     let config = config
         .replace("127.0.0.1:0\"", &format!("127.0.0.1:{port}\""))
-        .replace("0.0.0.0:0\"", &format!("0.0.0.0:{port}\""));
+        .replace("0.0.0.0:0\"", &format!("0.0.0.0:{port}\""))
+        .replace("[::]:0\"", &format!("[::]:{port}\""));
     let path = dir.join("hookgate.toml");
     std::fs::write(&path, config).expect("write config");
     let log = dir.join("out.log");
