@@ -1116,6 +1116,13 @@ async fn each_refusal_is_logged_with_its_reason() {
             answer.starts_with(&format!("HTTP/1.1 {status} ")),
             "{id}: {answer}"
         );
+        // Every answer carries the sender's request id (SPEC §4), a refusal's too.
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains(&format!("\r\nx-request-id: {id}\r\n")),
+            "{id}: {answer}"
+        );
     }
     // A body that stops coming (408), and one whose sender leaves half-way (logged as 400).
     let head = |id: &str, client: &str| {
@@ -1131,6 +1138,12 @@ async fn each_refusal_is_logged_with_its_reason() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nx-request-id: stalled\r\n"),
+        "{answer}"
+    );
     drop(connect_and_write(p.addr, head("gone", "192.0.2.21").as_bytes()).await);
     p.wait_for_line("\"request_id\":\"gone\"").await;
     // A head hyper cannot parse: no header was read, so the client is the peer.
