@@ -29,6 +29,11 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A socket address with its IP in `canonical` form.
+pub fn canonical_addr(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical(addr.ip()), addr.port())
+}
+
 /// An `X-Forwarded-For` entry as an address: a port or brackets are dropped.
 fn parse_entry(entry: &str) -> Option<IpAddr> {
     let e = entry.trim();

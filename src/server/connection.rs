@@ -179,6 +179,9 @@ pub(super) async fn serve_connection(
     mut draining: watch::Receiver<bool>,
     place: OwnedSemaphorePermit,
 ) {
+    // An IPv4 sender on a dual-stack (`[::]`) listener in its IPv4 form, as SPEC §5 writes
+    // it, in every log line and check from here on.
+    let peer = crate::admit::canonical_addr(peer);
     // One deadline from accept over the TLS handshake, the protocol detection and the first
     // request head (hyper has no header timer here; later heads: the idle check in serve_http).
     let activity = Activity::new();
@@ -204,9 +207,8 @@ pub(super) async fn serve_connection(
     } else {
         (peer, false)
     };
-    // An IPv4 sender on a dual-stack (`[::]`) listener in its IPv4 form, as SPEC §5 writes
-    // it, in every log line and check from here on.
-    let peer = SocketAddr::new(crate::admit::canonical(peer.ip()), peer.port());
+    // The PROXY header's client, like the socket's peer above, in its IPv4 form.
+    let peer = crate::admit::canonical_addr(peer);
     let tls = state.tls.load_full();
     let serving = Serving {
         conn: Conn {
