@@ -366,8 +366,6 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerTls, TlsError> {
 mod tests {
     use super::*;
 
-    /// A self-signed certificate for 127.0.0.1 valid until the given day, and its key, as
-    /// PEM files in `dir`.
     /// A CA certificate's parameters, its subject named `common_name`.
     fn ca_params(common_name: &str) -> rcgen::CertificateParams {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -378,6 +376,8 @@ mod tests {
         params
     }
 
+    /// A self-signed certificate for 127.0.0.1 valid until the given day, and its key, as
+    /// PEM files in `dir`.
     fn cert_until(dir: &std::path::Path, (y, m, d): (i32, u8, u8)) -> TlsFiles {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).expect("params");

@@ -658,22 +658,15 @@ async fn a_log_reader_that_is_gone_does_not_end_hookgate() {
 fn a_gateway_a_test_started_ends_with_the_tests_thread() {
     use std::os::unix::process::ExitStatusExt;
     let dir = temp_dir("cli-death-signal");
-    let config = "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9/\"\n\n\
-                  [[source]]\nname = \"p\"\nplatform = \"protocol\"\npath = \"/p\"\nsecrets = [\"s\"]\n";
+    let config = one_source("http://127.0.0.1:9/", "protocol", "/p", &["s"], "");
     let folder = dir.to_path_buf();
-    let starter = std::thread::spawn(move || spawn_process(&folder, config, &[]));
+    let starter = std::thread::spawn(move || spawn_process(&folder, &config, &[]));
     let mut gw = starter.join().expect("the starting thread");
     // The thread is gone; its gateway is killed by the kernel, not by `Process`'s `Drop`.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = gw.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the gateway outlived its thread"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    let status = gw.wait_status(Duration::from_secs(5));
+    assert_eq!(
+        status.map(|s| s.signal()),
+        Some(Some(libc::SIGKILL)),
+        "the gateway outlived its thread: {status:?}"
+    );
 }

@@ -396,6 +396,14 @@ async fn an_app_that_redirects_is_named_in_the_log_line() {
     );
 }
 
+/// The first JSON request line in `log` whose `field` is `value`.
+fn request_line(log: &str, field: &str, value: &str) -> serde_json::Value {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["target"] == "hookgate::request" && l[field] == value)
+        .unwrap_or_else(|| panic!("no request line with {field} {value}:\n{log}"))
+}
+
 /// The `reason` and `detail` of the first JSON request line in `log` whose `field` is
 /// `value`.
 fn reason_and_detail(
@@ -403,11 +411,8 @@ fn reason_and_detail(
     field: &str,
     value: &str,
 ) -> (serde_json::Value, serde_json::Value) {
-    log.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|l| l["target"] == "hookgate::request" && l[field] == value)
-        .map(|l| (l["reason"].clone(), l["detail"].clone()))
-        .unwrap_or_else(|| panic!("no request line with {field} {value}:\n{log}"))
+    let line = request_line(log, field, value);
+    (line["reason"].clone(), line["detail"].clone())
 }
 
 /// A 404 at a source's path but for a trailing `/` or letter case names that source in its
@@ -1155,12 +1160,6 @@ async fn each_refusal_is_logged_with_its_reason() {
     p.signal("TERM");
     assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
     let text = p.log();
-    let line = |id: &str| {
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|l| l["target"] == "hookgate::request" && l["request_id"] == id)
-            .unwrap_or_else(|| panic!("no request line of {id}:\n{text}"))
-    };
     let expected = cases
         .iter()
         .map(|(id, client, _, _, status, reason)| (*id, *client, *status, *reason))
@@ -1170,7 +1169,7 @@ async fn each_refusal_is_logged_with_its_reason() {
         ]);
     // The unparsed head's line has no request id.
     for (id, client, status, reason) in expected.chain([("", "127.0.0.1", 400, "bad_head")]) {
-        let l = line(id);
+        let l = request_line(&text, "request_id", id);
         assert_eq!(
             (&l["status"], &l["reason"], &l["client"]),
             (&status.into(), &reason.into(), &client.into()),

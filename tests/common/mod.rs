@@ -547,10 +547,15 @@ impl Process {
 
     /// The exit code, if it exits within `within`.
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        self.wait_status(within).and_then(|s| s.code())
+    }
+
+    /// How it ended (an exit code or a signal), if it ends within `within`.
+    pub fn wait_status(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + within;
         while std::time::Instant::now() < deadline {
             if let Some(s) = self.child.try_wait().expect("wait") {
-                return s.code();
+                return Some(s);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
