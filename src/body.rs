@@ -82,6 +82,12 @@ pub enum ReadError {
     Failed(#[from] hyper::Error),
 }
 
+/// The most buffer a body (or the app's answer) is given ahead of its bytes. Its declared
+/// length is the sender's word: reserved whole at once, a length of terabytes (allowed by a
+/// `max_body_bytes` that large) fails the allocation, which aborts the process. Past this
+/// the buffer grows as the bytes arrive, which only bytes really sent can make it do.
+pub const RESERVE_AHEAD: usize = 16 << 20;
+
 /// The most of a body hyper reads at once over HTTP/1.1: how far it grows a connection's
 /// read buffer (its `max_buf_size`; a read fills the spare room, which can be a little more).
 pub const PIECE: usize = 64 * 1024;
@@ -130,7 +136,10 @@ pub async fn read_whole<'b>(
             Some(j) => j.extend_from_slice(&data),
             None if first.is_empty() => first = data,
             None => {
-                let capacity = declared.unwrap_or(read + data.len()).min(limit);
+                let capacity = declared
+                    .unwrap_or(read + data.len())
+                    .min(limit)
+                    .min(RESERVE_AHEAD.max(read + data.len()));
                 let mut j = BytesMut::with_capacity(capacity);
                 j.extend_from_slice(&first);
                 j.extend_from_slice(&data);

@@ -1515,3 +1515,64 @@ async fn a_connection_reset_before_its_first_byte_is_let_go_at_once() {
     drop(s);
     wait_for_open(0).await;
 }
+
+/// A declared length is the sender's word (and the app's): with a `max_body_bytes` in the
+/// petabytes, a request or an answer that declares 512 TiB must not have hookgate reserve
+/// that at once. It did: the allocation failed and the process aborted, for an unsigned
+/// request from anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_length_of_terabytes_declared_is_not_reserved_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const DECLARED: u64 = 1 << 49;
+    // The app declares as much, as a length and then as a chunk's size, and closes after
+    // two bytes.
+    let answers = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = raw_app(move |mut s| {
+        let answers = answers.clone();
+        async move {
+            if read_head_into(&mut s, &mut Vec::new()).await {
+                let framing = match answers.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                    0 => format!("content-length: {DECLARED}\r\n\r\n"),
+                    _ => format!("transfer-encoding: chunked\r\n\r\n{DECLARED:x}\r\n"),
+                };
+                let answer = format!("HTTP/1.1 200 OK\r\n{framing}{{}}");
+                let _ = s.write_all(answer.as_bytes()).await;
+            }
+        }
+    })
+    .await;
+    let dir = temp_dir("terabytes");
+    let config = protocol_source(
+        &format!("http://{app}/"),
+        SECRET,
+        "",
+        "max_body_bytes = 1125899906842624\nbody_timeout_s = 1",
+    );
+    let mut gw = spawn_process(&dir, &config, &[]);
+
+    // A request declaring it, sent in two pieces (the second one makes the buffer).
+    let head = format!("POST /hooks/p HTTP/1.1\r\nhost: x\r\ncontent-length: {DECLARED}\r\n\r\n");
+    let mut s = connect_and_write(gw.addr, head.as_bytes()).await;
+    for _ in 0..2 {
+        s.write_all(&[b' '; 70_000]).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408 "),
+        "{answer:?}\n{}",
+        gw.log()
+    );
+
+    // Deliveries whose answers declare it: the app's short answers are 502s.
+    for id in ["length", "chunk"] {
+        let a = signed_delivery(gw.addr, "/hooks/p", SECRET, body(id)).await;
+        assert_eq!(a.status, 502, "{id}: {}", gw.log());
+    }
+
+    assert_eq!(gw.wait_status(Duration::from_millis(100)), None);
+    let health = send(gw.addr, "GET", "/healthz", &[], Bytes::new()).await;
+    assert_eq!(health.status, 200);
+}

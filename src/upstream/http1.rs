@@ -379,7 +379,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     async fn read_exactly(&mut self, n: usize) -> Result<Bytes, ExchangeError> {
         if self.buf.len() < n {
-            self.buf.reserve(n - self.buf.len());
+            self.buf
+                .reserve((n - self.buf.len()).min(crate::body::RESERVE_AHEAD));
         }
         while self.buf.len() < n {
             self.fill_or_fail("body").await?;
@@ -435,7 +436,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 .ok_or(ExchangeError::TooLarge)?;
             let with_crlf = size + 2;
             if self.buf.len() < with_crlf {
-                self.buf.reserve(with_crlf - self.buf.len());
+                self.buf
+                    .reserve((with_crlf - self.buf.len()).min(crate::body::RESERVE_AHEAD));
             }
             while self.buf.len() < with_crlf {
                 self.fill_or_fail("body").await?;
