@@ -128,9 +128,13 @@ fn raise_open_files_limit(max_connections: usize) -> Option<String> {
 }
 
 /// Two descriptors per connection (the client's, its upstream's) and a few dozen for the
-/// listeners, the runtimes and the log.
+/// listeners, the runtimes and the log. Saturating: the config takes any `max_connections`
+/// TOML can write (i64::MAX made `2 ×` overflow: a panic in a debug build, no warning in
+/// a release one).
 fn open_files_warning(limit: u64, max_connections: usize) -> Option<String> {
-    let needed = 2 * max_connections as u64 + 64;
+    let needed = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(64);
     (limit < needed).then(|| {
         format!(
             "warning: the open-files limit is {limit}, below the {needed} that \
@@ -405,6 +409,8 @@ mod tests {
         );
         assert_eq!(open_files_warning(20_064, 10_000), None);
         assert_eq!(open_files_warning(1_048_576, 10_000), None);
+        let w = open_files_warning(1_048_576, i64::MAX as usize).expect("a warning");
+        assert!(w.contains(&format!("below the {}", u64::MAX)), "{w}");
     }
 
     #[test]
