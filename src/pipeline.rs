@@ -557,10 +557,64 @@ impl RequestLine<'_> {
 /// proxy that mangles heads) shows in the log and the metrics, not only in its own 400s.
 /// Its method, path and request id were never read; its duration is 0.
 pub fn unparsed_request(metrics: &Metrics, conn: Conn, status: u16, error: &hyper::Error) {
-    metrics.unmatched.request(conn.worker, status);
     let detail = format!(
         "the request head does not parse as HTTP/1.1 ({error}); answered {status} by hyper"
     );
+    refused_before_parsing(metrics, conn, status, ("", "", ""), &detail);
+}
+
+/// Plain HTTP on the TLS listener (a sender's URL written `http://` where hookgate serves
+/// `https://`): counted and logged as a head refused under no source, with the method,
+/// path and `x-request-id` of the head in `first` (the connection's first bytes) when they
+/// hold it whole. Returns the 400 to write back in plain HTTP, as nginx answers it.
+pub fn plain_http_on_tls(metrics: &Metrics, conn: Conn, first: &[u8]) -> Vec<u8> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut head = httparse::Request::new(&mut headers);
+    let whole = matches!(head.parse(first), Ok(httparse::Status::Complete(_)));
+    let request_id = head
+        .headers
+        .iter()
+        .filter(|_| whole)
+        .find(|h| h.name.eq_ignore_ascii_case(upstream::X_REQUEST_ID.as_str()))
+        .and_then(|h| HeaderValue::from_bytes(h.value).ok())
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(new_request_id);
+    // As for a request handled: the path without its query (funtek's token is in it).
+    let path = head.path.map_or("", |p| p.split('?').next().unwrap_or(p));
+    refused_before_parsing(
+        metrics,
+        conn,
+        400,
+        (
+            head.method.unwrap_or(""),
+            path,
+            &String::from_utf8_lossy(request_id.as_bytes()),
+        ),
+        "plain HTTP on the TLS listener: the sender's URL must be https://; answered 400 in plain HTTP",
+    );
+    let body = error_body(StatusCode::BAD_REQUEST, "bad_request", false);
+    let mut answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\nx-request-id: ",
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(request_id.as_bytes());
+    answer.extend_from_slice(b"\r\n\r\n");
+    answer.extend_from_slice(&body);
+    answer
+}
+
+/// The log line and count of a request refused before the pipeline had it: under no
+/// source, its duration 0, its reason `bad_head`.
+fn refused_before_parsing(
+    metrics: &Metrics,
+    conn: Conn,
+    status: u16,
+    (method, path, request_id): (&str, &str, &str),
+    detail: &str,
+) {
+    metrics.unmatched.request(conn.worker, status);
     RequestLine {
         source: "",
         platform: "",
@@ -568,12 +622,12 @@ pub fn unparsed_request(metrics: &Metrics, conn: Conn, status: u16, error: &hype
         duration_ms: 0.0,
         event_id: "",
         event_type: "",
-        request_id: "",
+        request_id: &clipped(request_id),
         client: conn.peer.ip(),
-        method: "",
-        path: "",
+        method: &clipped(method),
+        path: &clipped(path),
         reason: Refusal::BadHead("").reason(),
-        detail: &detail,
+        detail,
     }
     .write();
 }

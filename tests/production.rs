@@ -520,25 +520,6 @@ async fn the_certificate_expiry_is_a_metric_and_warned_about_when_near() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plain_http_on_the_tls_port_gets_no_answer() {
-    let dir = temp_dir("tls-plain");
-    let pki = make_pki(&dir);
-    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
-    let gw = spawn_gateway_in(&tls_config(&upstream.url("/"), false), &pki.dir).await;
-    // Plain HTTP on the TLS port gets no HTTP answer.
-    let out = raw_exchange(
-        gw.addr,
-        b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n",
-        Duration::from_secs(2),
-    )
-    .await;
-    assert!(
-        !out.starts_with("HTTP/"),
-        "an HTTP answer on the TLS port: {out}"
-    );
-}
-
 /// A delivery over TLS without a client certificate: refused at the handshake (TLS 1.3
 /// reports it on first use).
 async fn deliver_without_client_certificate(
@@ -713,6 +694,116 @@ async fn mtls_refuses_a_client_without_a_certificate_and_serves_one_with() {
         1,
         "the TCP probe was counted"
     );
+}
+
+/// Plain HTTP sent to the TLS listener (a sender's URL written `http://`) is answered 400
+/// in plain HTTP, as nginx answers it, and counted as a request refused under no source,
+/// not as a TLS handshake failure; a sender still writing a body gets the answer whole
+/// (its bytes are read, so the close is no reset); TLS is served on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_on_the_tls_listener_gets_a_400_in_plain_http() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = temp_dir("plain-on-tls");
+    let pki = make_pki(&dir);
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let context = hookgate::pipeline::Context::default();
+    let metrics = std::sync::Arc::clone(&context.metrics);
+    let gw =
+        spawn_gateway_in_context(&tls_config(&upstream.url("/"), false), &pki.dir, context).await;
+
+    let bodies = [BODY.to_string(), format!("{BODY}{}", " ".repeat(900_000))];
+    for (body, id) in bodies.iter().zip(["plain-1", ""]) {
+        let request = signed_post("/hooks/p", SECRET, body).replacen(
+            "\r\n",
+            &format!("\r\nx-request-id: {id}\r\n"),
+            1,
+        );
+        // A small send buffer, so that the body is still being written when the answer
+        // comes (in the kernel's default one it would all be sent at once).
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_send_buffer_size(4096).expect("SO_SNDBUF");
+        let mut s = socket.connect(gw.addr).await.expect("connect");
+        s.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        let read = read.map(|r| r.map_err(|e| e.kind()));
+        assert_eq!(
+            read,
+            Ok(Ok(answer.len())),
+            "{} bytes: {answer:?}",
+            body.len()
+        );
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n")
+                && answer.contains("\r\nconnection: close\r\n")
+                && answer.contains("\r\ncontent-length: 23\r\n")
+                && answer.ends_with("\r\n\r\n{\"error\":\"bad_request\"}"),
+            "{answer:?}"
+        );
+        // The sender's request id, else (an empty one is none) a new one.
+        let answered_id = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .expect("an x-request-id");
+        if id.is_empty() {
+            assert!(answered_id.len() == 32 && answered_id.bytes().all(|b| b.is_ascii_hexdigit()));
+        } else {
+            assert_eq!(answered_id, id);
+        }
+    }
+    assert!(upstream.requests().is_empty());
+    let m = scrape(&metrics.encode());
+    let refused = [("source", ""), ("status", "400")];
+    assert_eq!(get(&m, "hookgate_requests_total", &refused), Some(2.0));
+    assert_eq!(
+        get(&m, "hookgate_tls_handshake_failures_total", &[]),
+        Some(0.0)
+    );
+
+    let a = h1_delivery(
+        tls_connect(gw.addr, &connector(&pki, &[b"http/1.1"], false))
+            .await
+            .expect("handshake"),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+
+    // The log line of a `hookgate run`: the head's method, path (its query, which may hold
+    // funtek's token, left out) and request id, and why.
+    let config = with_server(
+        &tls_config(&upstream.url("/"), false),
+        "log_format = \"json\"",
+    );
+    let p = spawn_process(&pki.dir, &config, &[]);
+    let request = "POST /hooks/p?token=sekrit HTTP/1.1\r\nhost: x\r\nx-request-id: plain-2\r\n\
+                   content-length: 2\r\n\r\n{}";
+    let answer = raw_exchange(p.addr, request.as_bytes(), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer:?}");
+    p.wait_for_line("plain-2").await;
+    let line = p
+        .log()
+        .lines()
+        .find(|l| l.contains("plain-2"))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+        .expect("the line");
+    let field = |name: &str| line[name].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        [
+            field("reason"),
+            field("method"),
+            field("path"),
+            field("client")
+        ],
+        ["bad_head", "POST", "/hooks/p", "127.0.0.1"],
+        "{line}"
+    );
+    assert_eq!(line["status"], 400, "{line}");
+    assert!(
+        field("detail").starts_with("plain HTTP on the TLS listener"),
+        "{line}"
+    );
+    assert!(!p.log().contains("sekrit"));
 }
 
 /// Senders that speak only TLS 1.2 (older HTTP stacks) are served, client certificates

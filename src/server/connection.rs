@@ -341,8 +341,12 @@ fn head_timed_out(error: &hyper::Error) -> bool {
 static TLS_FAILURES_LOGGED: std::sync::LazyLock<crate::logs::Throttle> =
     std::sync::LazyLock::new(|| crate::logs::Throttle::new(Duration::from_secs(10)));
 
-/// The TLS handshake (within the head deadline), then the protocol ALPN agreed.
+/// The TLS handshake (within the head deadline), then the protocol ALPN agreed; plain
+/// HTTP instead gets a 400 in plain HTTP.
 async fn serve_tls(acceptor: &TlsAcceptor, io: HeadDeadline<TcpStream>, serving: Serving<'_>) {
+    if plain_http(&io.unread) {
+        return answer_plain_http(io, &serving).await;
+    }
     match acceptor.accept(io).await {
         Ok(tls) => {
             let protocol = Protocol::by_alpn(tls.get_ref().1.alpn_protocol());
@@ -370,6 +374,43 @@ async fn serve_tls(acceptor: &TlsAcceptor, io: HeadDeadline<TcpStream>, serving:
                 }
             }
         }
+    }
+}
+
+/// Whether a TLS connection's first bytes are a request line's method and its space,
+/// where a TLS record begins with its type (0x16 for a handshake).
+fn plain_http(first: &[u8]) -> bool {
+    let method = first.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    method > 0 && first.get(method) == Some(&b' ')
+}
+
+/// The most of a plain-HTTP sender's bytes read and dropped after its 400, so that the
+/// close is a FIN the sender reads the answer before, not a reset that can discard it.
+const PLAIN_HTTP_DRAINED: usize = 1 << 20;
+
+/// Answers plain HTTP on the TLS listener with a 400 in plain HTTP (`plain_http_on_tls`:
+/// a TLS alert would show the sender a protocol error, curl's "Received HTTP/0.9 when not
+/// allowed"), then reads what the sender still sends (up to `PLAIN_HTTP_DRAINED`, within
+/// the head deadline, which still runs) until it closes.
+async fn answer_plain_http(mut io: HeadDeadline<TcpStream>, serving: &Serving<'_>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer =
+        pipeline::plain_http_on_tls(&serving.state.context.metrics, serving.conn, &io.unread);
+    let answered = async {
+        io.write_all(&answer).await?;
+        io.shutdown().await?;
+        let mut drained = 0;
+        let mut buf = [0u8; 8 * 1024];
+        while drained < PLAIN_HTTP_DRAINED {
+            match io.read(&mut buf).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        io::Result::Ok(())
+    };
+    if let Err(e) = answered.await {
+        tracing::debug!(peer = %serving.conn.peer, error = %e, "plain HTTP on the TLS listener: no clean close");
     }
 }
 
