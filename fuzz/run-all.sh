@@ -46,10 +46,15 @@ for seed in [b'PROXY TCP4 203.0.113.7 10.0.0.5 51234 443\r\nPOST / HTTP/1.1\r\n'
              v2 + b'\x21\x11\x00\x14' + bytes([203, 0, 113, 7, 10, 0, 0, 5, 0, 1, 1, 187]) + b'\x20\x00\x05\x01\x00\x00\x00\x00',
              v2 + b'\x20\x00\x00\x00\x16\x03\x01']:
     open('corpus/proxy_header/' + hashlib.sha1(seed).hexdigest(), 'wb').write(seed)
+# Plain HTTP on the TLS listener: a whole head with a request id, one cut short.
+os.makedirs('corpus/plain_http', exist_ok=True)
+for seed in [b'POST /hooks/p?token=x HTTP/1.1\r\nhost: x\r\nx-request-id: abc\r\ncontent-length: 2\r\n\r\n{}',
+             b'GET / HTTP/1.1\r\nX-Request-Id: \xff\t\r\nhost']:
+    open('corpus/plain_http/' + hashlib.sha1(seed).hexdigest(), 'wb').write(seed)
 os.makedirs('corpus/config', exist_ok=True)
 open('corpus/config/example', 'wb').write(open('../config/hookgate.toml', 'rb').read())
 PY
-targets=${TARGETS:-"json_object normalize_protocol normalize_spika normalize_barertc normalize_funtek reply config upstream_answer forwarded proxy_header"}
+targets=${TARGETS:-"json_object normalize_protocol normalize_spika normalize_barertc normalize_funtek reply config upstream_answer forwarded proxy_header plain_http"}
 for t in $targets; do cargo fuzz build --release "$t" 2>&1 | tail -1; done
 for t in $targets; do
   echo "== $t (${SECONDS_EACH}s)"
