@@ -555,11 +555,23 @@ impl RequestLine<'_> {
 /// parse, or one over 64 KiB): counted and logged as a refusal under no source, like a
 /// path of no source, so that a sender whose requests are malformed (a broken client, a
 /// proxy that mangles heads) shows in the log and the metrics, not only in its own 400s.
-/// Its method, path and request id were never read; its duration is 0.
-pub fn unparsed_request(metrics: &Metrics, conn: Conn, status: u16, error: &hyper::Error) {
-    let detail = format!(
-        "the request head does not parse as HTTP/1.1 ({error}); answered {status} by hyper"
-    );
+/// Its method, path and request id were never read; its duration is 0. `tls_hello`: the
+/// bytes were a TLS handshake (the sender's URL is `https://` where plain HTTP is served).
+pub fn unparsed_request(
+    metrics: &Metrics,
+    conn: Conn,
+    status: u16,
+    error: &hyper::Error,
+    tls_hello: bool,
+) {
+    let detail = if tls_hello {
+        format!(
+            "a TLS handshake on the plain-HTTP listener: the sender's URL must be http://, or \
+             set [server] tls; answered {status} by hyper"
+        )
+    } else {
+        format!("the request head does not parse as HTTP/1.1 ({error}); answered {status} by hyper")
+    };
     refused_before_parsing(metrics, conn, status, ("", "", ""), &detail);
 }
 

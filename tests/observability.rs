@@ -878,23 +878,40 @@ async fn a_head_hyper_refuses_is_logged_and_counted() {
         "POST /p HTTP/1.1\r\nhost: a\r\nx-long: {}\r\n\r\n",
         "a".repeat(70_000)
     );
-    let heads: [(&[u8], &str, &str); 4] = [
+    let hyper_said = |words: &str, status: &str| {
+        format!("the request head does not parse as HTTP/1.1 ({words}); answered {status} by hyper")
+    };
+    // The start of a TLS ClientHello (a record of type handshake, TLS 1.0 framing).
+    let hello = [0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00];
+    let heads: [(&[u8], &str, String); 5] = [
         (
             b"POST /p HTTP/1.1\r\nhost: a\r\nno colon here\r\n\r\n",
             "400",
-            "invalid HTTP header parsed",
+            hyper_said("invalid HTTP header parsed", "400"),
         ),
         (
             b"POST /p HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello",
             "400",
-            "invalid content-length parsed",
+            hyper_said("invalid content-length parsed", "400"),
         ),
         (
             b"POST /p HTTP/9.9\r\nhost: a\r\n\r\n",
             "400",
-            "invalid HTTP version parsed",
+            hyper_said("invalid HTTP version parsed", "400"),
         ),
-        (long.as_bytes(), "431", "message head is too large"),
+        (
+            long.as_bytes(),
+            "431",
+            hyper_said("message head is too large", "431"),
+        ),
+        // A sender whose URL says https:// where plain HTTP is served.
+        (
+            &hello,
+            "400",
+            "a TLS handshake on the plain-HTTP listener: the sender's URL must be http://, or \
+             set [server] tls; answered 400 by hyper"
+                .to_string(),
+        ),
     ];
     for (head, status, _) in &heads {
         let answer = raw_exchange(p.addr, head, Duration::from_secs(5)).await;
@@ -913,10 +930,10 @@ async fn a_head_hyper_refuses_is_logged_and_counted() {
         )
     };
     let (m, text) = scrape_until(admin, |m| {
-        requests(m, "400") == Some(3.0) && requests(m, "431") == Some(1.0)
+        requests(m, "400") == Some(4.0) && requests(m, "431") == Some(1.0)
     })
     .await;
-    assert_eq!(requests(&m, "400"), Some(3.0), "{text}");
+    assert_eq!(requests(&m, "400"), Some(4.0), "{text}");
     assert_eq!(requests(&m, "431"), Some(1.0), "{text}");
     let mut p = p;
     p.signal("TERM");
@@ -929,10 +946,7 @@ async fn a_head_hyper_refuses_is_logged_and_counted() {
         .collect();
     assert_eq!(lines.len(), heads.len(), "{log}");
     // Each worker writes its own lines: matched by their detail, not their order.
-    for (_, status, words) in &heads {
-        let detail = format!(
-            "the request head does not parse as HTTP/1.1 ({words}); answered {status} by hyper"
-        );
+    for (_, status, detail) in &heads {
         let line = lines
             .iter()
             .find(|l| l["detail"] == detail.as_str())

@@ -210,6 +210,9 @@ pub(super) async fn serve_connection(
     // The PROXY header's client, like the socket's peer above, in its IPv4 form.
     let peer = crate::admit::canonical_addr(peer);
     let tls = state.tls.load_full();
+    // A TLS ClientHello where plain HTTP is served: hyper refuses it as a bad head, and its
+    // log line says why in words an operator knows (the sender's URL is `https://`).
+    let tls_hello = tls.is_none() && io.unread.starts_with(&[0x16, 0x03]);
     let serving = Serving {
         conn: Conn {
             peer,
@@ -222,6 +225,7 @@ pub(super) async fn serve_connection(
         body_timeout,
         draining,
         place,
+        tls_hello,
     };
     match tls {
         // Boxed: a TLS connection's state (rustls' own, the handshake's) would otherwise
@@ -426,6 +430,8 @@ struct Serving<'a> {
     /// The connection's place under `max_connections`: given back when the connection and
     /// the deliveries it started have all ended, so that a drain waits for both.
     place: OwnedSemaphorePermit,
+    /// It opened with a TLS handshake record, and plain HTTP is served.
+    tls_hello: bool,
 }
 
 /// What one connection's parts share: whether its first request head is still awaited (the
@@ -507,6 +513,7 @@ where
         mut draining,
         // Held until this returns; HTTP/2 shares it with its streams' deliveries.
         place,
+        tls_hello,
     } = serving;
     // The connection's own handle on the state: each request clones this one, whose count
     // only this connection's worker writes, rather than the `State`'s (see `worker_gateways`).
@@ -604,7 +611,7 @@ where
     if protocol != Protocol::Http1 {
         tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
     } else if let Some(status) = pipeline::unparsed_status(&e) {
-        pipeline::unparsed_request(metrics, conn, status, &e);
+        pipeline::unparsed_request(metrics, conn, status, &e, tls_hello);
     } else if head_timed_out(&e) {
         // Its first bytes came (the protocol was told by them), the rest of the head did
         // not: a sender stalled or far too slow, or a slowloris. No answer can be framed;
