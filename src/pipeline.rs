@@ -480,6 +480,12 @@ fn log_request(
             "upstream_redirect",
             Cow::Owned(redirect_detail(outcome.redirected_to.as_deref())),
         ),
+        // The app's own refusal or failure, relayed: its line would otherwise read like a
+        // delivery, and an app's 404 like hookgate's own.
+        None if status >= 400 => (
+            "upstream_status",
+            Cow::Owned(app_status_detail(status, outcome)),
+        ),
         None => ("", Cow::Borrowed("")),
     };
     // The sender's own text is logged as a string (quoted in text lines), so that it cannot
@@ -682,6 +688,23 @@ fn refusal_hint(refusal: &Refusal, outcome: &Outcome<'_>) -> Option<String> {
 
 /// What the log says of an app's redirect: where to, with its query's values left out (as
 /// in every URL hookgate logs) and clipped, since the app chose it.
+/// What a relayed 4xx or 5xx of the app's says; for a 404 or 405, where the delivery went
+/// (most often the source's upstream URL names a path the app does not serve).
+fn app_status_detail(status: u16, outcome: &Outcome<'_>) -> String {
+    let target = outcome
+        .source()
+        .filter(|_| status == 404 || status == 405)
+        .map(|s| s.upstream.uri.to_string());
+    match target {
+        Some(url) => format!(
+            "the app answered {status}, relayed: is {} a URL where it takes deliveries \
+             (the source's upstream URL)?",
+            shown_url(&url)
+        ),
+        None => format!("the app answered {status}, relayed"),
+    }
+}
+
 fn redirect_detail(location: Option<&HeaderValue>) -> String {
     let to = location.map_or(Cow::Borrowed("nowhere (no location)"), |l| {
         let text = String::from_utf8_lossy(l.as_bytes());

@@ -396,6 +396,59 @@ async fn an_app_that_redirects_is_named_in_the_log_line() {
     );
 }
 
+/// An app's own 4xx or 5xx is relayed, and its log line says it was the app's (`reason`
+/// `upstream_status`): its 404 otherwise read like hookgate's own, and a failure like a
+/// delivery. A 404 names the URL the delivery went to, its query's values left out.
+#[tokio::test]
+async fn an_apps_own_refusal_is_named_in_the_log_line() {
+    let upstream = spawn_upstream(Reply::json(404, r#"{"error":"no such page"}"#)).await;
+    let dir = temp_dir("app-status-log");
+    let config = with_server(
+        &one_source(
+            &upstream.url("/wrong/path?key=app-secret"),
+            "protocol",
+            "/p",
+            &[SECRET],
+            "",
+        ),
+        "log_format = \"json\"",
+    );
+    let mut p = spawn_process(&dir, &config, &[]);
+    let a = signed_delivery(p.addr, "/p", SECRET, body("s-404")).await;
+    assert_eq!(
+        (a.status, &a.body[..]),
+        (404, &br#"{"error":"no such page"}"#[..])
+    );
+    upstream.set_reply(Reply::json(503, ""));
+    let a = signed_delivery(p.addr, "/p", SECRET, body("s-503")).await;
+    assert_eq!(a.status, 503);
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    let text = p.log();
+    assert!(!text.contains("app-secret"), "{text}");
+    let line = request_line(&text, "event_id", "s-404");
+    assert_eq!(line["reason"], "upstream_status", "{line}");
+    assert_eq!(
+        line["detail"],
+        format!(
+            "the app answered 404, relayed: is {} a URL where it takes deliveries (the \
+             source's upstream URL)?",
+            upstream.url("/wrong/path?key=…")
+        ),
+        "{line}"
+    );
+    let line = request_line(&text, "event_id", "s-503");
+    assert_eq!(
+        (&line["status"], &line["reason"], &line["detail"]),
+        (
+            &serde_json::json!(503),
+            &serde_json::json!("upstream_status"),
+            &serde_json::json!("the app answered 503, relayed")
+        ),
+        "{line}"
+    );
+}
+
 /// The first JSON request line in `log` whose `field` is `value`.
 fn request_line(log: &str, field: &str, value: &str) -> serde_json::Value {
     log.lines()
