@@ -561,22 +561,20 @@ impl RequestLine<'_> {
 /// parse, or one over 64 KiB): counted and logged as a refusal under no source, like a
 /// path of no source, so that a sender whose requests are malformed (a broken client, a
 /// proxy that mangles heads) shows in the log and the metrics, not only in its own 400s.
-/// Its method, path and request id were never read; its duration is 0. `tls_hello`: the
-/// bytes were a TLS handshake (the sender's URL is `https://` where plain HTTP is served).
+/// Its method, path and request id were never read; its duration is 0. `misdirected`: what
+/// the bytes were instead, when they said (a TLS handshake, a PROXY header).
 pub fn unparsed_request(
     metrics: &Metrics,
     conn: Conn,
     status: u16,
     error: &hyper::Error,
-    tls_hello: bool,
+    misdirected: Option<&str>,
 ) {
-    let detail = if tls_hello {
-        format!(
-            "a TLS handshake on the plain-HTTP listener: the sender's URL must be http://, or \
-             set [server] tls; answered {status} by hyper"
-        )
-    } else {
-        format!("the request head does not parse as HTTP/1.1 ({error}); answered {status} by hyper")
+    let detail = match misdirected {
+        Some(what) => format!("{what}; answered {status} by hyper"),
+        None => format!(
+            "the request head does not parse as HTTP/1.1 ({error}); answered {status} by hyper"
+        ),
     };
     refused_before_parsing(metrics, conn, status, ("", "", ""), &detail);
 }

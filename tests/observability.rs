@@ -936,7 +936,11 @@ async fn a_head_hyper_refuses_is_logged_and_counted() {
     };
     // The start of a TLS ClientHello (a record of type handshake, TLS 1.0 framing).
     let hello = [0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00];
-    let heads: [(&[u8], &str, String); 5] = [
+    let unlisted = "a PROXY protocol header from a peer not in [server] proxy_protocol_from: \
+                    list the balancer's address there, or turn the protocol off at the \
+                    balancer; answered 400 by hyper";
+    let v2_local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00GET / HTTP/1.1\r\n\r\n";
+    let heads: [(&[u8], &str, String); 7] = [
         (
             b"POST /p HTTP/1.1\r\nhost: a\r\nno colon here\r\n\r\n",
             "400",
@@ -965,6 +969,13 @@ async fn a_head_hyper_refuses_is_logged_and_counted() {
              set [server] tls; answered 400 by hyper"
                 .to_string(),
         ),
+        // A balancer that sends the PROXY protocol, where proxy_protocol_from is not set.
+        (
+            b"PROXY TCP4 203.0.113.7 127.0.0.1 5000 80\r\nGET / HTTP/1.1\r\n\r\n",
+            "400",
+            unlisted.to_string(),
+        ),
+        (v2_local, "400", unlisted.to_string()),
     ];
     for (head, status, _) in &heads {
         let answer = raw_exchange(p.addr, head, Duration::from_secs(5)).await;
@@ -983,10 +994,10 @@ async fn a_head_hyper_refuses_is_logged_and_counted() {
         )
     };
     let (m, text) = scrape_until(admin, |m| {
-        requests(m, "400") == Some(4.0) && requests(m, "431") == Some(1.0)
+        requests(m, "400") == Some(6.0) && requests(m, "431") == Some(1.0)
     })
     .await;
-    assert_eq!(requests(&m, "400"), Some(4.0), "{text}");
+    assert_eq!(requests(&m, "400"), Some(6.0), "{text}");
     assert_eq!(requests(&m, "431"), Some(1.0), "{text}");
     let mut p = p;
     p.signal("TERM");
@@ -1000,6 +1011,13 @@ async fn a_head_hyper_refuses_is_logged_and_counted() {
     assert_eq!(lines.len(), heads.len(), "{log}");
     // Each worker writes its own lines: matched by their detail, not their order.
     for (_, status, detail) in &heads {
+        let with_detail = |d: &str| lines.iter().filter(|l| l["detail"] == d).count();
+        let expected = heads.iter().filter(|(_, _, d)| d == detail).count();
+        assert_eq!(
+            with_detail(detail),
+            expected,
+            "lines with {detail:?}:\n{log}"
+        );
         let line = lines
             .iter()
             .find(|l| l["detail"] == detail.as_str())

@@ -804,6 +804,26 @@ async fn plain_http_on_the_tls_listener_gets_a_400_in_plain_http() {
         "{line}"
     );
     assert!(!p.log().contains("sekrit"));
+
+    // A balancer's PROXY header where none is asked for (proxy_protocol_from unset) is not
+    // plain HTTP: no HTTP answer (rustls' alert), and the handshake's line says what it was.
+    let proxied =
+        b"PROXY TCP4 203.0.113.7 127.0.0.1 5000 443\r\n\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00";
+    let answer = raw_exchange(p.addr, proxied, Duration::from_secs(5)).await;
+    assert!(!answer.starts_with("HTTP/"), "{answer:?}");
+    p.wait_for_line("TLS handshake failed").await;
+    let log = p.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("TLS handshake failed"))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+        .expect("the line");
+    assert_eq!(
+        line["error"],
+        "a PROXY protocol header from a peer not in [server] proxy_protocol_from: list the \
+         balancer's address there, or turn the protocol off at the balancer",
+        "{line}"
+    );
 }
 
 /// Senders that speak only TLS 1.2 (older HTTP stacks) are served, client certificates

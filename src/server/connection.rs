@@ -210,9 +210,7 @@ pub(super) async fn serve_connection(
     // The PROXY header's client, like the socket's peer above, in its IPv4 form.
     let peer = crate::admit::canonical_addr(peer);
     let tls = state.tls.load_full();
-    // A TLS ClientHello where plain HTTP is served: hyper refuses it as a bad head, and its
-    // log line says why in words an operator knows (the sender's URL is `https://`).
-    let tls_hello = tls.is_none() && io.unread.starts_with(&[0x16, 0x03]);
+    let misdirected = misdirected(&io.unread, tls.is_some(), proxied);
     let serving = Serving {
         conn: Conn {
             peer,
@@ -225,7 +223,7 @@ pub(super) async fn serve_connection(
         body_timeout,
         draining,
         place,
-        tls_hello,
+        misdirected,
     };
     match tls {
         // Boxed: a TLS connection's state (rustls' own, the handshake's) would otherwise
@@ -348,7 +346,7 @@ static TLS_FAILURES_LOGGED: std::sync::LazyLock<crate::logs::Throttle> =
 /// The TLS handshake (within the head deadline), then the protocol ALPN agreed; plain
 /// HTTP instead gets a 400 in plain HTTP.
 async fn serve_tls(acceptor: &TlsAcceptor, io: HeadDeadline<TcpStream>, serving: Serving<'_>) {
-    if plain_http(&io.unread) {
+    if serving.misdirected.is_none() && plain_http(&io.unread) {
         return answer_plain_http(io, &serving).await;
     }
     match acceptor.accept(io).await {
@@ -364,17 +362,20 @@ async fn serve_tls(acceptor: &TlsAcceptor, io: HeadDeadline<TcpStream>, serving:
             }
             serving.state.context.metrics.tls_handshake_failures.inc();
             // Logged, at most once per 10 s: the reason (no client certificate, one from
-            // another CA, plain HTTP on the TLS port) is what an operator needs when a
+            // another CA, a PROXY header not asked for) is what an operator needs when a
             // sender cannot connect, and scanners must not fill the log.
+            let error = serving
+                .misdirected
+                .map_or_else(|| e.to_string(), str::to_string);
             match TLS_FAILURES_LOGGED.due(std::time::Instant::now()) {
                 Some(skipped) => tracing::info!(
                     peer = %serving.conn.peer,
-                    error = %e,
+                    error = %error,
                     since_last_line = skipped,
                     "TLS handshake failed (one line per 10 s at most; hookgate_tls_handshake_failures_total counts them all)"
                 ),
                 None => {
-                    tracing::debug!(peer = %serving.conn.peer, error = %e, "TLS handshake failed")
+                    tracing::debug!(peer = %serving.conn.peer, error = %error, "TLS handshake failed")
                 }
             }
         }
@@ -430,8 +431,28 @@ struct Serving<'a> {
     /// The connection's place under `max_connections`: given back when the connection and
     /// the deliveries it started have all ended, so that a drain waits for both.
     place: OwnedSemaphorePermit,
-    /// It opened with a TLS handshake record, and plain HTTP is served.
-    tls_hello: bool,
+    /// Why its first bytes are not what its listener serves, when they tell (`misdirected`).
+    misdirected: Option<&'static str>,
+}
+
+/// Why a connection's first bytes are not what its listener serves, when they say it, in an
+/// operator's words: hyper would log a PROXY header or a TLS handshake on the plain
+/// listener as an "invalid HTTP version/method parsed", rustls a PROXY header on the TLS
+/// one as "corrupt message of type InvalidContentType".
+fn misdirected(first: &[u8], tls: bool, proxied: bool) -> Option<&'static str> {
+    if !proxied && super::proxy_header::looks_like_header(first) {
+        Some(
+            "a PROXY protocol header from a peer not in [server] proxy_protocol_from: list \
+             the balancer's address there, or turn the protocol off at the balancer",
+        )
+    } else if !tls && first.starts_with(&[0x16, 0x03]) {
+        Some(
+            "a TLS handshake on the plain-HTTP listener: the sender's URL must be http://, \
+             or set [server] tls",
+        )
+    } else {
+        None
+    }
 }
 
 /// What one connection's parts share: whether its first request head is still awaited (the
@@ -513,7 +534,7 @@ where
         mut draining,
         // Held until this returns; HTTP/2 shares it with its streams' deliveries.
         place,
-        tls_hello,
+        misdirected,
     } = serving;
     // The connection's own handle on the state: each request clones this one, whose count
     // only this connection's worker writes, rather than the `State`'s (see `worker_gateways`).
@@ -611,7 +632,7 @@ where
     if protocol != Protocol::Http1 {
         tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
     } else if let Some(status) = pipeline::unparsed_status(&e) {
-        pipeline::unparsed_request(metrics, conn, status, &e, tls_hello);
+        pipeline::unparsed_request(metrics, conn, status, &e, misdirected);
     } else if head_timed_out(&e) {
         // Its first bytes came (the protocol was told by them), the rest of the head did
         // not: a sender stalled or far too slow, or a slowloris. No answer can be framed;

@@ -41,6 +41,12 @@ pub enum Parsed {
     Invalid(String),
 }
 
+/// Whether `buf` opens with a PROXY header's signature (of either version): from a peer
+/// not in `proxy_protocol_from`, a balancer that sends one where none is expected.
+pub fn looks_like_header(buf: &[u8]) -> bool {
+    buf.starts_with(v2::PROTOCOL_PREFIX) || buf.starts_with(b"PROXY ")
+}
+
 /// The longest version 1 header, `\r\n` included (the protocol's own bound).
 const MAX_V1: usize = 107;
 
