@@ -1497,6 +1497,8 @@ async fn a_refusal_before_the_body_keeps_the_connection_for_the_next_request() {
     s.set_nodelay(true).expect("nodelay");
     let mut buf = Vec::new();
     let big = vec![b'a'; 100_000];
+    let half = format!("{:x}\r\n{}\r\n", 50_000, "a".repeat(50_000));
+    let exactly_the_limit_chunked = format!("{half}{half}0\r\n\r\n");
     for (head, body, status) in [
         (
             "POST /nope HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n",
@@ -1517,6 +1519,12 @@ async fn a_refusal_before_the_body_keeps_the_connection_for_the_next_request() {
             "POST /hooks/fenced HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
             &b"5\r\nhello\r\n0\r\n\r\n"[..],
             "403",
+        ),
+        // Streamed, exactly max_body_bytes: read to its last chunk too.
+        (
+            "POST /nope HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
+            exactly_the_limit_chunked.as_bytes(),
+            "404",
         ),
     ] {
         let answer = answered_before_the_body(&mut s, &mut buf, head, body).await;
