@@ -684,8 +684,6 @@ fn refusal_hint(refusal: &Refusal, outcome: &Outcome<'_>) -> Option<String> {
     }
 }
 
-/// What the log says of an app's redirect: where to, with its query's values left out (as
-/// in every URL hookgate logs) and clipped, since the app chose it.
 /// What a relayed 4xx or 5xx of the app's says; for a 404 or 405, where the delivery went
 /// (most often the source's upstream URL names a path the app does not serve).
 fn app_status_detail(status: u16, outcome: &Outcome<'_>) -> String {
@@ -703,6 +701,8 @@ fn app_status_detail(status: u16, outcome: &Outcome<'_>) -> String {
     }
 }
 
+/// What the log says of an app's redirect: where to, with its query's values left out (as
+/// in every URL hookgate logs) and clipped, since the app chose it.
 fn redirect_detail(location: Option<&HeaderValue>) -> String {
     let to = location.map_or(Cow::Borrowed("nowhere (no location)"), |l| {
         let text = String::from_utf8_lossy(l.as_bytes());
