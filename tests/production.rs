@@ -699,7 +699,9 @@ async fn mtls_refuses_a_client_without_a_certificate_and_serves_one_with() {
 /// Plain HTTP sent to the TLS listener (a sender's URL written `http://`) is answered 400
 /// in plain HTTP, as nginx answers it, and counted as a request refused under no source,
 /// not as a TLS handshake failure; a sender still writing a body gets the answer whole
-/// (its bytes are read, so the close is no reset); TLS is served on.
+/// (its bytes are read, so the close is no reset); TLS is served on. The log line names
+/// the head's method, path and request id; and a balancer's PROXY header where none is
+/// asked for is not taken for plain HTTP, its failed handshake's line saying what it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_on_the_tls_listener_gets_a_400_in_plain_http() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
