@@ -296,7 +296,8 @@ pub struct Metrics {
     pub open_connections: ShardedGauge,
     max_connections: Gauge,
     /// TLS handshakes on the main listener that failed (no or a wrong client certificate,
-    /// plain HTTP on the TLS port, a client that gave up).
+    /// a PROXY header not asked for, a client that gave up; plain HTTP is answered 400 and
+    /// counted as a request instead).
     pub tls_handshake_failures: Counter,
     /// Connections from a `proxy_protocol_from` peer closed because they did not open
     /// with a valid PROXY header (a balancer not set to send one, or not a balancer).
