@@ -318,13 +318,7 @@ pub async fn handle(
     gone: Option<SenderGone>,
 ) -> Response<Body> {
     let started = Instant::now();
-    // An empty id is no id: nothing could be correlated by it.
-    let request_id = request
-        .headers()
-        .get(&upstream::X_REQUEST_ID)
-        .filter(|id| !id.is_empty())
-        .cloned()
-        .unwrap_or_else(new_request_id);
+    let request_id = request_id_or_new(request.headers().get(&upstream::X_REQUEST_ID));
     let version = request.version();
     // Only refused (405 on a source path, 404 elsewhere), but with no body, as any HEAD.
     let head = request.method() == Method::HEAD;
@@ -580,21 +574,22 @@ pub fn unparsed_request(
 }
 
 /// Plain HTTP on the TLS listener (a sender's URL written `http://` where hookgate serves
-/// `https://`): counted and logged as a head refused under no source, with the method,
-/// path and `x-request-id` of the head in `first` (the connection's first bytes) when they
-/// hold it whole. Returns the 400 to write back in plain HTTP, as nginx answers it.
-pub fn plain_http_on_tls(metrics: &Metrics, conn: Conn, first: &[u8]) -> Vec<u8> {
+/// `https://`): counted and logged (`detail`) as a head refused under no source, with the
+/// method, path and `x-request-id` of the head in `first` (the connection's first bytes)
+/// when they hold it whole. Returns the 400 to write back in plain HTTP, as nginx answers it.
+pub fn plain_http_on_tls(metrics: &Metrics, conn: Conn, first: &[u8], detail: &str) -> Vec<u8> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut head = httparse::Request::new(&mut headers);
     let whole = matches!(head.parse(first), Ok(httparse::Status::Complete(_)));
-    let request_id = head
-        .headers
-        .iter()
-        .filter(|_| whole)
-        .find(|h| h.name.eq_ignore_ascii_case(upstream::X_REQUEST_ID.as_str()))
-        .and_then(|h| HeaderValue::from_bytes(h.value).ok())
-        .filter(|id| !id.is_empty())
-        .unwrap_or_else(new_request_id);
+    let sent = whole
+        .then(|| {
+            head.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(upstream::X_REQUEST_ID.as_str()))
+                .and_then(|h| HeaderValue::from_bytes(h.value).ok())
+        })
+        .flatten();
+    let request_id = request_id_or_new(sent.as_ref());
     // As for a request handled: the path without its query (funtek's token is in it).
     let path = head.path.map_or("", |p| p.split('?').next().unwrap_or(p));
     refused_before_parsing(
@@ -606,7 +601,7 @@ pub fn plain_http_on_tls(metrics: &Metrics, conn: Conn, first: &[u8]) -> Vec<u8>
             path,
             &String::from_utf8_lossy(request_id.as_bytes()),
         ),
-        "plain HTTP on the TLS listener: the sender's URL must be https://; answered 400 in plain HTTP",
+        &format!("{detail}; answered 400 in plain HTTP"),
     );
     let body = error_body(StatusCode::BAD_REQUEST, "bad_request", false);
     let mut answer = format!(
@@ -732,6 +727,14 @@ fn clipped(text: &str) -> Cow<'_, str> {
         .find(|&i| text.is_char_boundary(i))
         .unwrap_or(0);
     format!("{}…({} bytes)", &text[..end], text.len()).into()
+}
+
+/// The sender's `x-request-id`, else a new one: an empty id is no id (nothing could be
+/// correlated by it).
+fn request_id_or_new(sent: Option<&HeaderValue>) -> HeaderValue {
+    sent.filter(|id| !id.is_empty())
+        .cloned()
+        .unwrap_or_else(new_request_id)
 }
 
 /// A fresh request id: 32 hex digits (not a secret, so a fast generator does).

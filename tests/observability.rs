@@ -309,18 +309,12 @@ async fn json_log_lines_carry_the_fields_and_no_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_dedupe_table_is_warned_about_once_a_minute() {
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
-    let dir = temp_dir("dedupe-full-log");
-    let config = with_server(
-        &one_source(
-            &upstream.url("/"),
-            "protocol",
-            "/p",
-            &[SECRET],
-            "dedupe_capacity = 1",
-        ),
-        "log_format = \"json\"",
+    let (_dir, mut p) = json_logging(
+        "dedupe-full-log",
+        &upstream.url("/"),
+        "/p",
+        "dedupe_capacity = 1",
     );
-    let mut p = spawn_process(&dir, &config, &[]);
     for id in ["1", "2", "3"] {
         assert_eq!(deliver(p.addr, "/p", id, SECRET).await, 200);
     }
@@ -328,9 +322,9 @@ async fn a_full_dedupe_table_is_warned_about_once_a_minute() {
     p.signal("TERM");
     assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
     let text = p.log();
-    let warnings: Vec<serde_json::Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    let lines = json_lines(&text);
+    let warnings: Vec<&serde_json::Value> = lines
+        .iter()
         .filter(|l| l["level"] == "WARN" && l["target"] == "hookgate::pipeline")
         .collect();
     // "1" and "2" were forgotten within their window; the second is only counted.
@@ -347,9 +341,8 @@ async fn a_full_dedupe_table_is_warned_about_once_a_minute() {
         "{warning}"
     );
     // Without HOOKGATE_WORKERS, one worker per core the process may use.
-    let listening = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    let listening = lines
+        .iter()
         .find(|l| l["message"] == "hookgate listening")
         .expect(&text);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -367,12 +360,7 @@ async fn an_app_that_redirects_is_named_in_the_log_line() {
         "https://app.example/webhooks/?key=app-secret".into(),
     )];
     let upstream = spawn_upstream(redirect).await;
-    let dir = temp_dir("redirect-log");
-    let config = with_server(
-        &one_source(&upstream.url("/"), "protocol", "/p", &[SECRET], ""),
-        "log_format = \"json\"",
-    );
-    let mut p = spawn_process(&dir, &config, &[]);
+    let (_dir, mut p) = json_logging("redirect-log", &upstream.url("/"), "/p", "");
     let a = signed_delivery(p.addr, "/p", SECRET, body("r-1")).await;
     assert_eq!(a.status, 308);
     assert_eq!(a.header("location"), None);
@@ -380,11 +368,7 @@ async fn an_app_that_redirects_is_named_in_the_log_line() {
     assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
     let text = p.log();
     assert!(!text.contains("app-secret"), "{text}");
-    let line = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|l| l["target"] == "hookgate::request")
-        .unwrap_or_else(|| panic!("no request line:\n{text}"));
+    let line = request_line(&text, "event_id", "r-1");
     assert_eq!(line["status"], 308, "{line}");
     assert_eq!(line["reason"], "upstream_redirect", "{line}");
     assert_eq!(
@@ -402,18 +386,8 @@ async fn an_app_that_redirects_is_named_in_the_log_line() {
 #[tokio::test]
 async fn an_apps_own_refusal_is_named_in_the_log_line() {
     let upstream = spawn_upstream(Reply::json(404, r#"{"error":"no such page"}"#)).await;
-    let dir = temp_dir("app-status-log");
-    let config = with_server(
-        &one_source(
-            &upstream.url("/wrong/path?key=app-secret"),
-            "protocol",
-            "/p",
-            &[SECRET],
-            "",
-        ),
-        "log_format = \"json\"",
-    );
-    let mut p = spawn_process(&dir, &config, &[]);
+    let app = upstream.url("/wrong/path?key=app-secret");
+    let (_dir, mut p) = json_logging("app-status-log", &app, "/p", "");
     let a = signed_delivery(p.addr, "/p", SECRET, body("s-404")).await;
     assert_eq!(
         (a.status, &a.body[..]),
@@ -451,10 +425,22 @@ async fn an_apps_own_refusal_is_named_in_the_log_line() {
 
 /// The first JSON request line in `log` whose `field` is `value`.
 fn request_line(log: &str, field: &str, value: &str) -> serde_json::Value {
-    log.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    json_lines(log)
+        .into_iter()
         .find(|l| l["target"] == "hookgate::request" && l[field] == value)
         .unwrap_or_else(|| panic!("no request line with {field} {value}:\n{log}"))
+}
+
+/// A `hookgate run` logging JSON, with one protocol source at `path` (and `source` lines in
+/// its table) in front of `upstream`; the folder it runs in goes with it.
+fn json_logging(tag: &str, upstream: &str, path: &str, source: &str) -> (TempDir, Process) {
+    let dir = temp_dir(tag);
+    let config = with_server(
+        &one_source(upstream, "protocol", path, &[SECRET], source),
+        "log_format = \"json\"",
+    );
+    let p = spawn_process(&dir, &config, &[]);
+    (dir, p)
 }
 
 /// The `reason` and `detail` of the first JSON request line in `log` whose `field` is
@@ -473,12 +459,7 @@ fn reason_and_detail(
 #[tokio::test]
 async fn a_404_near_a_source_path_names_the_source() {
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
-    let dir = temp_dir("near-route-log");
-    let config = with_server(
-        &one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], ""),
-        "log_format = \"json\"",
-    );
-    let mut p = spawn_process(&dir, &config, &[]);
+    let (_dir, mut p) = json_logging("near-route-log", &upstream.url("/"), "/hooks/p", "");
     for path in ["/hooks/p/", "/Hooks/P", "/hooks/q"] {
         assert_eq!(deliver(p.addr, path, "n-1", SECRET).await, 404, "{path}");
     }
@@ -1003,9 +984,8 @@ async fn a_head_hyper_refuses_is_logged_and_counted() {
     p.signal("TERM");
     assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
     let log = p.log();
-    let lines: Vec<serde_json::Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    let lines: Vec<serde_json::Value> = json_lines(&log)
+        .into_iter()
         .filter(|l| l["target"] == "hookgate::request")
         .collect();
     assert_eq!(lines.len(), heads.len(), "{log}");
@@ -1027,6 +1007,30 @@ async fn a_head_hyper_refuses_is_logged_and_counted() {
         assert_eq!(line["source"], "", "{line}");
         assert_eq!(line["client"], "127.0.0.1", "{line}");
     }
+}
+
+/// A client a balancer's PROXY header names IPv4-mapped (a dual-stack balancer) is written
+/// in its IPv4 form in the lines the connection writes itself, as the socket's peer is:
+/// here a head hyper refuses, whose line carries the client the header named.
+#[tokio::test]
+async fn a_proxy_headers_ipv4_mapped_client_is_logged_in_its_ipv4_form() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let dir = temp_dir("proxy-mapped-log");
+    let config = with_server(
+        &one_source(&upstream.url("/"), "protocol", "/p", &[SECRET], ""),
+        "log_format = \"json\"\nproxy_protocol_from = [\"127.0.0.0/8\"]",
+    )
+    .replace("127.0.0.1:0", "[::]:0");
+    let mut p = spawn_process(&dir, &config, &[]);
+    let head = b"PROXY TCP6 ::ffff:203.0.113.10 ::1 51235 8080\r\n\
+                 POST /p HTTP/1.1\r\nhost: a\r\nno colon here\r\n\r\n";
+    let answer = raw_exchange(p.addr, head, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    let line = request_line(&p.log(), "reason", "bad_head");
+    assert_eq!(line["client"], "203.0.113.10", "{line}");
+    assert_eq!(line["status"], 400, "{line}");
 }
 
 /// A connection cut off at `header_timeout_s` with a head begun and not whole is counted and

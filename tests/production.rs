@@ -348,6 +348,11 @@ async fn a_balancers_proxy_header_names_the_client_over_plaintext_and_tls() {
     let a = first_answer(gw.addr, &[&header[..], request.as_bytes()].concat()).await;
     assert!(a.starts_with("HTTP/1.1 200"), "{a}");
 
+    // A client the header names IPv4-mapped (a dual-stack balancer): in its IPv4 form.
+    let mapped = "PROXY TCP6 ::ffff:203.0.113.10 ::1 51235 8080\r\n";
+    let a = first_answer(gw.addr, format!("{mapped}{request}").as_bytes()).await;
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+
     // The balancer's own connection (LOCAL): served as from 127.0.0.1, outside allow_cidrs.
     let mut local = proxy_v2([0; 4], 0, CLIENT_TLS_TLV);
     local[12] = 0x20;
@@ -377,6 +382,7 @@ async fn a_balancers_proxy_header_names_the_client_over_plaintext_and_tls() {
             ("203.0.113.7", "http"),
             ("203.0.113.8", "http"),
             ("203.0.113.9", "https"),
+            ("203.0.113.10", "http"),
         ]
     );
 
@@ -405,7 +411,7 @@ async fn a_balancers_proxy_header_names_the_client_over_plaintext_and_tls() {
         assert!(out.is_empty(), "{bad:?}: {}", String::from_utf8_lossy(&out));
         assert_eq!(metrics.proxy_header_failures.get(), failures, "{bad:?}");
     }
-    assert_eq!(upstream.requests().len(), 5);
+    assert_eq!(upstream.requests().len(), 6);
 
     // Over TLS: the header comes before the handshake.
     let dir = temp_dir("proxy-tls");
@@ -783,11 +789,9 @@ async fn plain_http_on_the_tls_listener_gets_a_400_in_plain_http() {
     let answer = raw_exchange(p.addr, request.as_bytes(), Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer:?}");
     p.wait_for_line("plain-2").await;
-    let line = p
-        .log()
-        .lines()
-        .find(|l| l.contains("plain-2"))
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+    let line = json_lines(&p.log())
+        .into_iter()
+        .find(|l| l["request_id"] == "plain-2")
         .expect("the line");
     let field = |name: &str| line[name].as_str().unwrap_or_default().to_string();
     assert_eq!(
@@ -814,11 +818,13 @@ async fn plain_http_on_the_tls_listener_gets_a_400_in_plain_http() {
     let answer = raw_exchange(p.addr, proxied, Duration::from_secs(5)).await;
     assert!(!answer.starts_with("HTTP/"), "{answer:?}");
     p.wait_for_line("TLS handshake failed").await;
-    let log = p.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("TLS handshake failed"))
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+    let line = json_lines(&p.log())
+        .into_iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("TLS handshake failed"))
+        })
         .expect("the line");
     assert_eq!(
         line["error"],

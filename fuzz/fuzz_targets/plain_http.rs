@@ -14,7 +14,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
 
 fuzz_target!(|data: &[u8]| {
     let conn = Conn { peer: ([127, 0, 0, 1], 1).into(), tls: true, worker: 0 };
-    let answer = plain_http_on_tls(&METRICS, conn, data);
+    let answer = plain_http_on_tls(&METRICS, conn, data, "plain HTTP on the TLS listener");
     let mut headers = [httparse::EMPTY_HEADER; 8];
     let mut response = httparse::Response::new(&mut headers);
     let Ok(httparse::Status::Complete(len)) = response.parse(&answer) else {

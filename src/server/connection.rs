@@ -207,10 +207,8 @@ pub(super) async fn serve_connection(
     } else {
         (peer, false)
     };
-    // The PROXY header's client, like the socket's peer above, in its IPv4 form.
-    let peer = crate::admit::canonical_addr(peer);
     let tls = state.tls.load_full();
-    let misdirected = misdirected(&io.unread, tls.is_some(), proxied);
+    let misdirected = Misdirected::of(&io.unread, tls.is_some(), proxied);
     let serving = Serving {
         conn: Conn {
             peer,
@@ -311,7 +309,8 @@ async fn read_proxy_header(
         match parse(&buf) {
             Parsed::Header { len, client, tls } => {
                 io.put_back(buf.split_off(len).freeze());
-                return Ok(client.map(|c| (c, tls)));
+                // In its IPv4 form when IPv4-mapped, as the socket's peer is at accept.
+                return Ok(client.map(|c| (crate::admit::canonical_addr(c), tls)));
             }
             Parsed::Partial => {}
             Parsed::Invalid(reason) => {
@@ -346,7 +345,7 @@ static TLS_FAILURES_LOGGED: std::sync::LazyLock<crate::logs::Throttle> =
 /// The TLS handshake (within the head deadline), then the protocol ALPN agreed; plain
 /// HTTP instead gets a 400 in plain HTTP.
 async fn serve_tls(acceptor: &TlsAcceptor, io: HeadDeadline<TcpStream>, serving: Serving<'_>) {
-    if serving.misdirected.is_none() && plain_http(&io.unread) {
+    if serving.misdirected == Some(Misdirected::PlainHttp) {
         return answer_plain_http(io, &serving).await;
     }
     match acceptor.accept(io).await {
@@ -366,7 +365,7 @@ async fn serve_tls(acceptor: &TlsAcceptor, io: HeadDeadline<TcpStream>, serving:
             // sender cannot connect, and scanners must not fill the log.
             let error = serving
                 .misdirected
-                .map_or_else(|| e.to_string(), str::to_string);
+                .map_or_else(|| e.to_string(), |m| m.detail().to_string());
             match TLS_FAILURES_LOGGED.due(std::time::Instant::now()) {
                 Some(skipped) => tracing::info!(
                     peer = %serving.conn.peer,
@@ -382,13 +381,6 @@ async fn serve_tls(acceptor: &TlsAcceptor, io: HeadDeadline<TcpStream>, serving:
     }
 }
 
-/// Whether a TLS connection's first bytes are a request line's method and its space,
-/// where a TLS record begins with its type (0x16 for a handshake).
-fn plain_http(first: &[u8]) -> bool {
-    let method = first.iter().take_while(|b| b.is_ascii_uppercase()).count();
-    method > 0 && first.get(method) == Some(&b' ')
-}
-
 /// The most of a plain-HTTP sender's bytes read and dropped after its 400, so that the
 /// close is a FIN the sender reads the answer before, not a reset that can discard it.
 const PLAIN_HTTP_DRAINED: usize = 1 << 20;
@@ -399,8 +391,12 @@ const PLAIN_HTTP_DRAINED: usize = 1 << 20;
 /// the head deadline, which still runs) until it closes.
 async fn answer_plain_http(mut io: HeadDeadline<TcpStream>, serving: &Serving<'_>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let answer =
-        pipeline::plain_http_on_tls(&serving.state.context.metrics, serving.conn, &io.unread);
+    let answer = pipeline::plain_http_on_tls(
+        &serving.state.context.metrics,
+        serving.conn,
+        &io.unread,
+        Misdirected::PlainHttp.detail(),
+    );
     let answered = async {
         io.write_all(&answer).await?;
         io.shutdown().await?;
@@ -431,27 +427,59 @@ struct Serving<'a> {
     /// The connection's place under `max_connections`: given back when the connection and
     /// the deliveries it started have all ended, so that a drain waits for both.
     place: OwnedSemaphorePermit,
-    /// Why its first bytes are not what its listener serves, when they tell (`misdirected`).
-    misdirected: Option<&'static str>,
+    /// What its first bytes are instead of what its listener serves, when they tell.
+    misdirected: Option<Misdirected>,
 }
 
-/// Why a connection's first bytes are not what its listener serves, when they say it, in an
-/// operator's words: hyper would log a PROXY header or a TLS handshake on the plain
-/// listener as an "invalid HTTP version/method parsed", rustls a PROXY header on the TLS
-/// one as "corrupt message of type InvalidContentType".
-fn misdirected(first: &[u8], tls: bool, proxied: bool) -> Option<&'static str> {
-    if !proxied && super::proxy_header::looks_like_header(first) {
-        Some(
-            "a PROXY protocol header from a peer not in [server] proxy_protocol_from: list \
-             the balancer's address there, or turn the protocol off at the balancer",
-        )
-    } else if !tls && first.starts_with(&[0x16, 0x03]) {
-        Some(
-            "a TLS handshake on the plain-HTTP listener: the sender's URL must be http://, \
-             or set [server] tls",
-        )
-    } else {
-        None
+/// What a connection's first bytes are when they are not what its listener serves: told
+/// once, from the bytes read to tell the protocol, so that plain HTTP on the TLS listener
+/// is answered in plain HTTP and the others are logged in an operator's words (hyper would
+/// log a PROXY header or a TLS handshake on the plain listener as "invalid HTTP
+/// version/method parsed", rustls a PROXY header on the TLS one as "corrupt message of
+/// type InvalidContentType").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Misdirected {
+    /// A PROXY header from a peer not in `proxy_protocol_from`.
+    ProxyHeader,
+    /// A TLS handshake record on the plain-HTTP listener.
+    TlsHandshake,
+    /// A request line's method and its space on the TLS listener, where a TLS record
+    /// begins with its type (0x16 for a handshake).
+    PlainHttp,
+}
+
+impl Misdirected {
+    fn of(first: &[u8], tls: bool, proxied: bool) -> Option<Misdirected> {
+        let request_line = || {
+            let method = first.iter().take_while(|b| b.is_ascii_uppercase()).count();
+            method > 0 && first.get(method) == Some(&b' ')
+        };
+        if !proxied && super::proxy_header::looks_like_header(first) {
+            Some(Misdirected::ProxyHeader)
+        } else if !tls && first.starts_with(&[0x16, 0x03]) {
+            Some(Misdirected::TlsHandshake)
+        } else if tls && request_line() {
+            Some(Misdirected::PlainHttp)
+        } else {
+            None
+        }
+    }
+
+    /// What the log says of it.
+    fn detail(self) -> &'static str {
+        match self {
+            Misdirected::ProxyHeader => {
+                "a PROXY protocol header from a peer not in [server] proxy_protocol_from: list \
+                 the balancer's address there, or turn the protocol off at the balancer"
+            }
+            Misdirected::TlsHandshake => {
+                "a TLS handshake on the plain-HTTP listener: the sender's URL must be http://, \
+                 or set [server] tls"
+            }
+            Misdirected::PlainHttp => {
+                "plain HTTP on the TLS listener: the sender's URL must be https://"
+            }
+        }
     }
 }
 
@@ -632,7 +660,13 @@ where
     if protocol != Protocol::Http1 {
         tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
     } else if let Some(status) = pipeline::unparsed_status(&e) {
-        pipeline::unparsed_request(metrics, conn, status, &e, misdirected);
+        pipeline::unparsed_request(
+            metrics,
+            conn,
+            status,
+            &e,
+            misdirected.map(Misdirected::detail),
+        );
     } else if head_timed_out(&e) {
         // Its first bytes came (the protocol was told by them), the rest of the head did
         // not: a sender stalled or far too slow, or a slowloris. No answer can be framed;
@@ -938,6 +972,34 @@ mod tests {
             check - ended
         );
         assert_eq!(activity.idle_deadline(keepalive), Some(check));
+    }
+
+    #[test]
+    fn misdirected_first_bytes_are_told_by_their_listener() {
+        use Misdirected::*;
+        let hello = [0x16, 0x03, 0x01, 0x00, 0x05];
+        let proxy = b"PROXY TCP4 203.0.113.7 10.0.0.5 1 2\r\n";
+        // (first bytes, TLS listener, peer in proxy_protocol_from) -> what they are
+        let cases: [(&[u8], bool, bool, Option<Misdirected>); 9] = [
+            (b"POST /p HTTP/1.1\r\n", false, false, None),
+            (b"POST /p HTTP/1.1\r\n", true, false, Some(PlainHttp)),
+            (b"PRI * HTTP/2.0\r\n", true, false, Some(PlainHttp)),
+            (b"post /p", true, false, None),
+            (&hello, true, false, None),
+            (&hello, false, false, Some(TlsHandshake)),
+            // A PROXY header where none is asked for, on either listener: not plain HTTP.
+            (proxy, true, false, Some(ProxyHeader)),
+            (proxy, false, false, Some(ProxyHeader)),
+            // From a listed peer the header was read already: these are the client's bytes.
+            (&hello, true, true, None),
+        ];
+        for (first, tls, proxied, want) in cases {
+            assert_eq!(
+                Misdirected::of(first, tls, proxied),
+                want,
+                "{first:?} tls {tls}"
+            );
+        }
     }
 
     #[test]

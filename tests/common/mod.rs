@@ -498,6 +498,14 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Str
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The JSON lines of a log written with `log_format = "json"`, parsed (a line that is not
+/// JSON, as a panic's, is left out).
+pub fn json_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 /// A `hookgate run` process; killed on drop.
 pub struct Process {
     pub child: std::process::Child,
