@@ -102,7 +102,8 @@ impl<'a> Nested<'a> {
     }
 }
 
-/// A key that borrows from the input unless it holds escapes.
+/// A key that borrows from the input unless it holds escapes; a lone surrogate in it made
+/// U+FFFD, as `key_text` does.
 struct Key<'a>(Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for Key<'de> {
@@ -113,22 +114,34 @@ impl<'de> Deserialize<'de> for Key<'de> {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
+            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Key<'de>, E> {
+                std::str::from_utf8(v)
+                    .map(|v| Key(Cow::Borrowed(v)))
+                    .map_err(E::custom)
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v)))
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Key<'de>, E> {
+                let (text, _) =
+                    utf8_lossy_surrogates(v.to_vec()).ok_or_else(|| E::custom("not UTF-8"))?;
+                Ok(Key(Cow::Owned(text)))
             }
         }
-        d.deserialize_str(V)
+        // As bytes: serde_json then lets a lone surrogate through (as WTF-8), where as a
+        // `str` it refuses the whole body.
+        d.deserialize_bytes(V)
     }
 }
 
-/// serde_json's reading of an object, entry for entry what `Object::parse` gives: the
-/// oracle that `validate` is tested and fuzzed against.
+/// serde_json's reading of a body as an object, entry for entry what `Object::parse` gives:
+/// the oracle that `validate` is tested and fuzzed against. Two passes, because reading
+/// keys as bytes (to let a lone surrogate through) also lets control characters through:
+/// `IgnoredAny` holds the body to the grammar, `Object`'s `Deserialize` gives the entries.
+pub fn serde_reading(body: &[u8]) -> Option<Object<'_>> {
+    serde_json::from_slice::<de::IgnoredAny>(body).ok()?;
+    serde_json::from_slice::<Object>(body).ok()
+}
+
+/// Entry for entry what `Object::parse` gives, for a body the grammar was checked on
+/// (`serde_reading`).
 impl<'de> Deserialize<'de> for Object<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -216,11 +229,11 @@ fn value_end(b: &[u8], i: usize) -> Option<usize> {
 }
 
 /// A key's text from its checked literal (quotes included): borrowed between the quotes
-/// when it holds no escape, else decoded by serde_json, which refuses a lone surrogate in
-/// it as the app's parser would (`None` then).
+/// when it holds no escape, else decoded (a lone surrogate made U+FFFD: no key a platform
+/// names holds one, so it can only stop a key from matching, never make one match).
 fn key_text(literal: &str, escaped: bool) -> Option<Cow<'_, str>> {
     if escaped {
-        serde_json::from_str::<String>(literal).ok().map(Cow::Owned)
+        decode_lossy(literal).map(|(text, _)| Cow::Owned(text))
     } else {
         literal
             .get(1..literal.len().checked_sub(1)?)
@@ -283,24 +296,110 @@ fn has_escape(text: &str) -> bool {
     any_in_words(b, |w| has_byte(w, b'\\'), |c| c == b'\\')
 }
 
-/// A JSON string's text, borrowed when it holds no escapes.
+/// A JSON string's text, borrowed when it holds no escapes; a lone surrogate (`"\ud83d"`,
+/// what JavaScript writes for an emoji cut in half) made U+FFFD, as Go's encoding/json and
+/// browsers decode it: a message's text keeps its other characters, and a delivery is not
+/// refused over one (SPEC §7: "nothing verified is ever dropped").
 pub fn as_str(raw: Json<'_>) -> Option<Cow<'_, str>> {
+    decoded_str(raw).map(|(text, _)| text)
+}
+
+/// A JSON string's text only when it decodes exactly: for ids and secrets, where two
+/// strings made the same by U+FFFD must not count as one (a dedupe hit, a matching key).
+pub fn as_exact_str(raw: Json<'_>) -> Option<Cow<'_, str>> {
+    decoded_str(raw).and_then(|(text, replaced)| (!replaced).then_some(text))
+}
+
+/// A JSON string's text, and whether a lone surrogate in it was made U+FFFD.
+fn decoded_str(raw: Json<'_>) -> Option<(Cow<'_, str>, bool)> {
     let text = raw.0;
     if raw.first_byte() != b'"' || text.len() < 2 {
         return None;
     }
     let inner = &text[1..text.len() - 1];
     if !has_escape(inner) {
-        return Some(Cow::Borrowed(inner));
+        return Some((Cow::Borrowed(inner), false));
     }
-    serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+    decode_lossy(text).map(|(text, replaced)| (Cow::Owned(text), replaced))
+}
+
+/// A checked string literal (quotes included) decoded, each lone surrogate made U+FFFD; and
+/// whether there was one. serde_json decodes it (as bytes, where it writes a lone surrogate
+/// as WTF-8 instead of refusing it); it has no lossy mode of its own, hence the pass after.
+fn decode_lossy(literal: &str) -> Option<(String, bool)> {
+    struct Wtf8;
+    impl<'de> Visitor<'de> for Wtf8 {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(literal);
+    let bytes = de.deserialize_bytes(Wtf8).ok()?;
+    utf8_lossy_surrogates(bytes)
+}
+
+/// A value's text with each lone surrogate escape (`\ud83d` without its low half after it,
+/// or a low half alone) written `\ufffd` instead, as its strings decode (`as_str`); `None`
+/// when it holds none, the common case. `raw` keeps the body's literals, but an event must
+/// be read by every JSON parser, and strict ones (serde_json; I-JSON, RFC 7493) refuse a
+/// whole document over one lone surrogate. Both escapes are six bytes: nothing moves.
+fn without_lone_surrogates(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let unit = |at: usize| -> Option<u16> {
+        let hex = text.get(at..at + 4)?;
+        (b.get(at.checked_sub(2)?..at)? == b"\\u")
+            .then(|| u16::from_str_radix(hex, 16).ok())
+            .flatten()
+    };
+    let mut lone = Vec::new();
+    let mut i = 0;
+    // In valid JSON every backslash starts an escape inside a string.
+    while let Some(at) = b.get(i..).and_then(|rest| memchr::memchr(b'\\', rest)) {
+        i += at;
+        match unit(i + 2) {
+            Some(0xD800..=0xDBFF) if matches!(unit(i + 8), Some(0xDC00..=0xDFFF)) => i += 12,
+            Some(0xD800..=0xDFFF) => {
+                lone.push(i);
+                i += 6;
+            }
+            _ => i += 2,
+        }
+    }
+    if lone.is_empty() {
+        return None;
+    }
+    let mut repaired = text.to_owned();
+    for at in lone {
+        repaired.replace_range(at..at + 6, "\\ufffd");
+    }
+    Some(repaired)
+}
+
+/// WTF-8 made UTF-8: each surrogate's three bytes (`ED A0..BF 80..BF`) become U+FFFD's
+/// (`EF BF BD`, as many), so the text keeps its length and everything else in it.
+fn utf8_lossy_surrogates(mut bytes: Vec<u8>) -> Option<(String, bool)> {
+    let mut replaced = false;
+    let mut i = 0;
+    while let Some(at) = memchr::memchr(0xED, &bytes[i..]) {
+        i += at;
+        if bytes.get(i + 1).is_some_and(|&b| b >= 0xA0) && i + 2 < bytes.len() {
+            bytes[i..i + 3].copy_from_slice("\u{FFFD}".as_bytes());
+            replaced = true;
+        }
+        i += 1;
+    }
+    String::from_utf8(bytes).ok().map(|text| (text, replaced))
 }
 
 /// A string of the body on its way into the event. Without escapes it is written back as
 /// the body's own literal, byte for byte: a valid JSON string literal without a backslash
 /// holds no quote, backslash or control character, so it needs no escaping, and re-escaping
 /// (serde_json checks every byte) is the largest cost of writing an event with a long text.
-/// With escapes it is decoded and written anew (a lone surrogate must not pass through).
+/// With escapes it is decoded (a lone surrogate made U+FFFD) and written anew.
 #[derive(Debug, Clone)]
 pub enum Text<'a> {
     Literal(Json<'a>),
@@ -541,7 +640,7 @@ pub fn as_integer(raw: Json<'_>) -> Option<i128> {
 
 /// An id: a non-empty string, or an integer written in decimal.
 pub fn as_id(raw: Json<'_>) -> Option<Cow<'_, str>> {
-    if let Some(s) = as_str(raw) {
+    if let Some(s) = as_exact_str(raw) {
         return (!s.is_empty()).then_some(s);
     }
     as_integer(raw).map(|n| Cow::Owned(n.to_string()))
@@ -725,7 +824,10 @@ impl RawObject<'_, '_> {
                 Cow::Owned(k) => out.string(k),
             }
             out.raw(b":");
-            out.literal(value);
+            match without_lone_surrogates(value.0) {
+                None => out.literal(value),
+                Some(repaired) => out.raw(repaired.as_bytes()),
+            }
         });
         out.raw(b"}");
     }
@@ -737,7 +839,10 @@ impl Serialize for RawObject<'_, '_> {
         let mut result = Ok(());
         self.each(|k, value| {
             if result.is_ok() {
-                result = map.serialize_entry(k.as_ref(), &value);
+                result = match without_lone_surrogates(value.0) {
+                    None => map.serialize_entry(k.as_ref(), &value),
+                    Some(repaired) => map.serialize_entry(k.as_ref(), &Json(&repaired)),
+                };
             }
         });
         result?;
@@ -1058,8 +1163,63 @@ mod tests {
             r#""café""#
         );
         assert!(o.text("c").is_none());
-        // A lone surrogate does not decode: it is not a usable string.
-        assert!(o.text("d").is_none());
+        // A lone surrogate is made U+FFFD; the rest of the text stays.
+        assert_eq!(
+            serde_json::to_string(&o.text("d")).expect("ser"),
+            "\"\u{FFFD}\""
+        );
+    }
+
+    /// Lone surrogates made U+FFFD, one each, wherever they sit; pairs and the characters
+    /// whose UTF-8 starts with `ED` (U+D000–U+D7FF) kept; ids and `as_exact_str` refuse.
+    #[test]
+    fn lone_surrogates_become_replacement_characters_except_in_ids() {
+        let cases = [
+            (r#""hi \ud83d""#, "hi \u{FFFD}", true),
+            (r#""\ud83d\ude00 ok""#, "\u{1F600} ok", false),
+            (r#""\ude00\ud83d""#, "\u{FFFD}\u{FFFD}", true),
+            (r#""\ud83d\u0041\ud83d\n""#, "\u{FFFD}A\u{FFFD}\n", true),
+            (r#""\ud83d\ud83d\ude00""#, "\u{FFFD}\u{1F600}", true),
+            (
+                "\"\\ud7ff\\ue000 \u{D7FF}\\ud800\"",
+                "\u{D7FF}\u{E000} \u{D7FF}\u{FFFD}",
+                true,
+            ),
+            (r#""\ufffd\n""#, "\u{FFFD}\n", false),
+        ];
+        for (literal, text, replaced) in cases {
+            let raw = Json(literal);
+            assert_eq!(as_str(raw).as_deref(), Some(text), "{literal}");
+            let exact = as_exact_str(raw);
+            assert_eq!(exact.is_none(), replaced, "{literal}");
+            assert_eq!(as_id(raw).is_none(), replaced, "{literal}");
+            assert!(
+                matches!(as_text(raw), Some(Text::Decoded(t)) if t == text),
+                "{literal}"
+            );
+        }
+        // In `raw` each lone surrogate's escape is written `\ufffd` (pairs, escaped
+        // backslashes before a `u` and other escapes kept), so strict parsers read the event.
+        let body = r#"{"a":"\ud83d\ude00 \\ud800 \ud83d","\udc00k":{"n\ud800":["\u00e9\udfff\ud800\n"]},"b":"\\\ud800"}"#;
+        let want = r#"{"a":"\ud83d\ude00 \\ud800 \ufffd","@k":{"n\ufffd":["\u00e9\ufffd\ufffd\n"]},"b":"\\\ufffd"}"#
+            .replace('@', "\u{FFFD}");
+        let o = obj(body);
+        let mut out = Vec::new();
+        o.raw_without(None).write(&mut out);
+        assert_eq!(String::from_utf8_lossy(&out), want);
+        assert_eq!(
+            serde_json::to_string(&o.raw_without(None)).expect("ser"),
+            want
+        );
+        serde_json::from_slice::<serde_json::Value>(&out).expect("a strict parser reads it");
+        assert_eq!(
+            without_lone_surrogates(r#""\\ud800 \u0041 \ud83d\udc00""#),
+            None
+        );
+        // A key: it cannot match a key a platform names, and does not refuse the body.
+        let o = obj(r#"{"typ\ud800":"a","\ud800":"b","type":"c"}"#);
+        assert_eq!(o.string("type").as_deref(), Some("c"));
+        assert_eq!(o.string("\u{FFFD}").as_deref(), Some("b"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
-use crate::json::Object;
+use crate::json::{self, Object};
 
 /// A secret's bytes. `Debug` prints nothing of them.
 #[derive(Clone)]
@@ -246,7 +246,13 @@ impl Verifier {
             (Scheme::BodyKey { field }, Prepared::Digests(d)) => {
                 let object = Object::parse(&body).ok_or(VerifyError::NotJson)?;
                 // The key as the JSON decodes it: Go's encoder writes `&` as `\u0026`.
-                let key = object.string(field).ok_or(VerifyError::Missing)?;
+                let raw = object.get(field).ok_or(VerifyError::Missing)?;
+                // Exactly: a lone surrogate made U+FFFD would match a secret holding one.
+                let key = json::as_exact_str(raw).ok_or(if json::as_str(raw).is_some() {
+                    VerifyError::Malformed
+                } else {
+                    VerifyError::Missing
+                })?;
                 any_digest_matches(d, key.as_bytes())
             }
             (Scheme::QueryOrHeaderToken { param, header }, Prepared::Digests(d)) => {
@@ -421,6 +427,17 @@ mod tests {
             Err(VerifyError::Missing)
         );
         assert_eq!(check(&v, &[], None, b"APIKey=k"), Err(VerifyError::NotJson));
+        // A lone surrogate does not decode exactly: not the U+FFFD a secret could hold.
+        let v = Verifier::new(Scheme::BodyKey { field: "APIKey" }, secrets(&["k\u{FFFD}"]));
+        assert_eq!(
+            check(&v, &[], None, "{\"APIKey\":\"k\u{FFFD}\"}".as_bytes()),
+            Ok(())
+        );
+        assert_eq!(
+            check(&v, &[], None, br#"{"APIKey":"k\ud800"}"#),
+            Err(VerifyError::Malformed)
+        );
+        let v = Verifier::new(Scheme::BodyKey { field: "APIKey" }, secrets(&["k&<key>"]));
         // Where a key repeats, the last one counts.
         assert_eq!(
             check(&v, &[], None, br#"{"APIKey":"k&<key>","APIKey":"x"}"#),

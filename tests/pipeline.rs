@@ -387,6 +387,79 @@ async fn include_raw_false_leaves_raw_out() {
     assert_eq!(event["id"], "evt-1");
 }
 
+/// A lone surrogate (`\ud83d`: what JavaScript's `JSON.stringify` writes for an emoji
+/// cut in half) is a replacement character, as Go and browsers decode it: the text keeps
+/// its other characters, a delivery is not refused over one (SPEC §7: nothing verified is
+/// dropped), `raw` carries `\ufffd` so that strict parsers (serde_json here) read the
+/// event, ids that do not decode exactly are not used (two would become one), and an
+/// APIKey holding one matches no secret.
+#[tokio::test]
+async fn a_lone_surrogate_is_a_replacement_character_not_a_lost_text_or_delivery() {
+    let upstream = spawn_upstream(Reply::json(200, r#"{"reply":{"text":"ok \ud83d"}}"#)).await;
+    let source = |platform: &str| {
+        format!(
+            "[[source]]\nname = {platform:?}\nplatform = {platform:?}\npath = \"/{platform}\"\nsecrets = [\"k3y\"]\n"
+        )
+    };
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = {:?}\n{}{}{}{}",
+        upstream.url("/app"),
+        source("protocol"),
+        source("spika"),
+        source("funtek"),
+        source("barertc"),
+    );
+    let gw = spawn_gateway(&config).await;
+
+    let spika = r#"{"message":{"id":7,"roomId":1,"fromUserId":2,"body":{"text":"hi \ud83d"},"type":"text"},"fromUser":{"displayName":"A\udc00B"},"room":{"name":"r"}}"#;
+    let a = post(&gw, "/spika", &[("verification-signature", "k3y")], spika).await;
+    assert_eq!(a.status, 200);
+    let event = upstream.requests()[0].json();
+    assert_eq!(event["message"]["text"], "hi \u{FFFD}");
+    assert_eq!(event["actor"]["name"], "A\u{FFFD}B");
+    assert_eq!(event["raw"]["message"]["body"]["text"], "hi \u{FFFD}");
+    assert_eq!(event["raw"]["fromUser"]["displayName"], "A\u{FFFD}B");
+
+    // A type and a top-level key with one: forwarded, not 400; an id with one is not used.
+    let protocol = r#"{"id":"e\ud800","\udbff":1,"type":"message.cr\ud800eated","payload":{"id":"m","message":"x\ud83d\ude00\ud83d","conversation_id":"c\udc00"}}"#;
+    let sig = hmac_hex("k3y", protocol.as_bytes());
+    let a = post(
+        &gw,
+        "/protocol",
+        &[("x-protocol-signature", &sig)],
+        protocol,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let forwarded = &upstream.requests()[1];
+    let event = forwarded.json();
+    assert_eq!(event["type"], "protocol.message.cr_eated");
+    assert_eq!(event["platform_type"], "message.cr\u{FFFD}eated");
+    assert_eq!(event["message"]["text"], "x\u{1F600}\u{FFFD}");
+    assert_eq!(event["room"], serde_json::Value::Null);
+    let id = event["id"].as_str().expect("id");
+    assert_eq!(id.len(), 32, "the derived id, not {id:?}");
+    assert_eq!(forwarded.header("x-hookgate-event-id"), Some(id));
+    assert_eq!(event["raw"]["\u{FFFD}"], 1);
+    assert_eq!(event["raw"]["id"], "e\u{FFFD}");
+
+    // The app's reply text holding one reaches the bot as a replacement character.
+    let funtek = r#"{"appID":"a","roomID":"r","event":"MESSAGE","data":{"id":"i","message":"hey \udbff","sender":{"id":"u"}}}"#;
+    let a = post(&gw, "/funtek?token=k3y", &[], funtek).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["data"]["message"], "ok \u{FFFD}");
+    assert_eq!(
+        upstream.requests()[2].json()["message"]["text"],
+        "hey \u{FFFD}"
+    );
+
+    // An APIKey with one matches no secret (it does not decode exactly): 401.
+    let barertc = r#"{"Action":"profile","APIKey":"k3y\ud800","Username":"u"}"#;
+    let a = post(&gw, "/barertc", &[], barertc).await;
+    assert_eq!(a.status, 401);
+    assert_eq!(upstream.requests().len(), 3);
+}
+
 /// The protocol of a plaintext connection is told by its first bytes, however they are
 /// split: HTTP/2's preface in two writes is HTTP/2 (the server's SETTINGS frame comes back,
 /// not an HTTP/1 400), and an HTTP/1 request written a few bytes at a time, its first byte

@@ -2,7 +2,7 @@
 //! and entry for entry the same object (keys decoded, value texts as borrowed); and every
 //! nested object read from the pass's tape the same as split from its own text.
 #![no_main]
-use hookgate::json::Object;
+use hookgate::json::{Object, serde_reading};
 use libfuzzer_sys::fuzz_target;
 
 /// `object(k)` and `object_value` (the tape) against `from_raw` (the text) for every key
@@ -26,7 +26,7 @@ fn nested_as_split(object: &Object<'_>, depth: usize) {
 
 fuzz_target!(|data: &[u8]| {
     let ours = Object::parse(data);
-    let serde = serde_json::from_slice::<Object>(data).ok();
+    let serde = serde_reading(data);
     assert_eq!(ours, serde, "{:?}", String::from_utf8_lossy(data));
     if let Some(object) = ours {
         nested_as_split(&object, 10);
