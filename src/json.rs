@@ -132,10 +132,12 @@ impl<'de> Deserialize<'de> for Key<'de> {
 }
 
 /// serde_json's reading of a body as an object, entry for entry what `Object::parse` gives:
-/// the oracle that `validate` is tested and fuzzed against. Two passes, because reading
-/// keys as bytes (to let a lone surrogate through) also lets control characters through:
-/// `IgnoredAny` holds the body to the grammar, `Object`'s `Deserialize` gives the entries.
+/// the oracle that `validate` is tested and fuzzed against. Reading keys as bytes (to let a
+/// lone surrogate through) also lets control characters and bytes that are not UTF-8 (a
+/// surrogate written raw, `ED A0 80`, among them) through, so the body is held to UTF-8 and,
+/// by `IgnoredAny`, to the grammar first; `Object`'s `Deserialize` then gives the entries.
 pub fn serde_reading(body: &[u8]) -> Option<Object<'_>> {
+    std::str::from_utf8(body).ok()?;
     serde_json::from_slice::<de::IgnoredAny>(body).ok()?;
     serde_json::from_slice::<Object>(body).ok()
 }

@@ -468,6 +468,10 @@ mod tests {
             b"{\"\\n\x01\":1}",
             b"{\"\\n\xff\":1}",
             b"{\"a\":{\"\\n\x1f\":1}}",
+            // A surrogate written raw (not UTF-8) beside an escape (fuzzing found this one
+            // in the oracle, which reads keys as bytes).
+            b"{\"\\n\xed\xa0\x80\":1}",
+            b"{\"a\":\"\\n\xed\xa0\x80\"}",
             b"{\"a\":\"\xff\"}",
             b"{\"a\":1}x",
             b"{\"a\":1}}",
