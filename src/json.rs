@@ -76,6 +76,9 @@ struct Nested<'a> {
     /// The whole body, which the offsets are into.
     text: &'a str,
     entries: Vec<validate::NestedEntry>,
+    /// Whether a string in a value of the body holds an escape (kept here, not in every
+    /// `Object`, whose size the normalizers' many lookups pay for).
+    escapes: bool,
 }
 
 impl<'a> Nested<'a> {
@@ -667,11 +670,18 @@ impl<'a> Object<'a> {
     /// Parses a body that must be a JSON object (any other JSON, or no JSON: `None`).
     pub fn parse(body: &'a [u8]) -> Option<Object<'a>> {
         let (entries, tape, text) = validate::object_entries(body)?;
+        let escapes = tape.escapes;
         // Without a nested entry (a flat body, or only `{}` inside) there is nothing to keep.
         let nested = tape
             .into_complete()
             .filter(|entries| !entries.is_empty())
-            .map(|entries| Arc::new(Nested { text, entries }));
+            .map(|entries| {
+                Arc::new(Nested {
+                    text,
+                    entries,
+                    escapes,
+                })
+            });
         Some(Object { entries, nested })
     }
 
@@ -806,11 +816,18 @@ impl RawObject<'_, '_> {
         }
     }
 
+    /// Whether a value may hold a lone surrogate's escape (`without_lone_surrogates`): not
+    /// where `parse` saw no escape in the body's values (most bodies: no second pass).
+    fn may_hold_surrogates(&self) -> bool {
+        self.object.nested.as_ref().is_none_or(|n| n.escapes)
+    }
+
     /// Writes the object: keys as they were (escaped anew only where the body escaped
     /// them), values byte for byte.
     pub fn write<O: JsonOut>(&self, out: &mut O) {
         out.raw(b"{");
         let mut first = true;
+        let look = self.may_hold_surrogates();
         self.each(|k, value| {
             if !first {
                 out.raw(b",");
@@ -826,7 +843,7 @@ impl RawObject<'_, '_> {
                 Cow::Owned(k) => out.string(k),
             }
             out.raw(b":");
-            match without_lone_surrogates(value.0) {
+            match look.then(|| without_lone_surrogates(value.0)).flatten() {
                 None => out.literal(value),
                 Some(repaired) => out.raw(repaired.as_bytes()),
             }
@@ -839,9 +856,10 @@ impl Serialize for RawObject<'_, '_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(None)?;
         let mut result = Ok(());
+        let look = self.may_hold_surrogates();
         self.each(|k, value| {
             if result.is_ok() {
-                result = match without_lone_surrogates(value.0) {
+                result = match look.then(|| without_lone_surrogates(value.0)).flatten() {
                     None => map.serialize_entry(k.as_ref(), &value),
                     Some(repaired) => map.serialize_entry(k.as_ref(), &Json(&repaired)),
                 };
@@ -1218,6 +1236,16 @@ mod tests {
             without_lone_surrogates(r#""\\ud800 \u0041 \ud83d\udc00""#),
             None
         );
+        // Where `parse` saw no escape in the body's values, `raw` is not looked through;
+        // a nested key's escape counts.
+        let flat = |body| obj(body).nested.is_some_and(|n| !n.escapes);
+        assert!(flat(r#"{"\ud800":"plain","b":{"c":"d"}}"#));
+        assert!(!flat(r#"{"a":"\ud800","b":{"c":"d"}}"#));
+        assert!(!flat(r#"{"a":[{"\udc00":1}]}"#));
+        let o = obj(r#"{"a":[{"\udc00":1}]}"#);
+        let mut out = Vec::new();
+        o.raw_without(None).write(&mut out);
+        assert_eq!(out, br#"{"a":[{"\ufffd":1}]}"#);
         // A key: it cannot match a key a platform names, and does not refuse the body.
         let o = obj(r#"{"typ\ud800":"a","\ud800":"b","type":"c"}"#);
         assert_eq!(o.string("type").as_deref(), Some("c"));

@@ -50,6 +50,8 @@ pub(super) struct Tape {
     /// The entry being read in each open object, by depth (1 is a top-level value).
     pending: [NestedEntry; Tape::MAX_DEPTH],
     complete: bool,
+    /// A string in a value (nested keys included) holds an escape.
+    pub escapes: bool,
 }
 
 impl Tape {
@@ -64,6 +66,7 @@ impl Tape {
             pending: [NestedEntry::default(); Tape::MAX_DEPTH],
             // Offsets are kept as u32.
             complete: u32::try_from(body_len).is_ok(),
+            escapes: false,
         }
     }
 
@@ -153,6 +156,7 @@ fn key(text: &str, i: usize) -> Option<(Cow<'_, str>, usize)> {
 /// skips it, so a lone surrogate passes there) and put on the tape: where its value starts.
 fn nested_key(b: &[u8], i: usize, depth: usize, tape: &mut Tape) -> Option<usize> {
     let (end, escaped) = string_end(b, i)?;
+    tape.escapes |= escaped;
     let value = after_colon(b, end)?;
     tape.key(depth, i, end, escaped, value);
     Some(value)
@@ -257,7 +261,11 @@ fn value_end(b: &[u8], mut i: usize, tape: &mut Tape) -> Option<usize> {
     loop {
         // At the start of a value.
         i = match *b.get(i)? {
-            b'"' => string_end(b, i)?.0,
+            b'"' => {
+                let (end, escaped) = string_end(b, i)?;
+                tape.escapes |= escaped;
+                end
+            }
             open_bracket @ (b'{' | b'[') => {
                 // `}` and `]` are two past `{` and `[` in ASCII.
                 let close = open_bracket + 2;
