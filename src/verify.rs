@@ -248,10 +248,14 @@ impl Verifier {
                 // The key as the JSON decodes it: Go's encoder writes `&` as `\u0026`.
                 let raw = object.get(field).ok_or(VerifyError::Missing)?;
                 // Exactly: a lone surrogate made U+FFFD would match a secret holding one.
-                let key = json::as_exact_str(raw).ok_or(if json::as_str(raw).is_some() {
-                    VerifyError::Malformed
-                } else {
-                    VerifyError::Missing
+                // `ok_or_else`: the refusal's reason is worked out only for a refusal (with
+                // `ok_or`, every delivery decoded its key a second time to pick it).
+                let key = json::as_exact_str(raw).ok_or_else(|| {
+                    if json::as_str(raw).is_some() {
+                        VerifyError::Malformed
+                    } else {
+                        VerifyError::Missing
+                    }
                 })?;
                 any_digest_matches(d, key.as_bytes())
             }
