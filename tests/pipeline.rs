@@ -808,6 +808,11 @@ async fn standard_webhooks_signature_on_forwarded_requests() {
             r.header("content-length"),
             Some(r.body.len().to_string().as_str())
         );
+        // And as an app would check it: with the Standard Webhooks library itself.
+        let verified = standardwebhooks::Webhook::new(&secret)
+            .expect("secret")
+            .verify(&r.body, &r.headers);
+        assert!(verified.is_ok(), "{verified:?}");
         let event = r.json();
         let sent: serde_json::Value = serde_json::from_str(body).expect("json");
         assert_eq!(event["raw"], sent);
@@ -815,6 +820,51 @@ async fn standard_webhooks_signature_on_forwarded_requests() {
             assert_eq!(event["message"]["text"], long_text.as_str());
         }
     }
+
+    // A forged event fails that check: the library is no rubber stamp.
+    let r = &upstream.requests()[0];
+    let mut altered = r.body.to_vec();
+    let last_but_one = altered.len() - 2;
+    altered[last_but_one] ^= 1;
+    let forged = standardwebhooks::Webhook::new(&secret)
+        .expect("secret")
+        .verify(&altered, &r.headers);
+    assert!(forged.is_err());
+}
+
+/// `forward = "raw"` signs the received bytes as forwarded, and the id is the one derived
+/// from them when the body has none of its own (SPEC §5 and §7).
+#[tokio::test]
+async fn standard_webhooks_signature_covers_a_raw_forward() {
+    let secret = format!(
+        "whsec_{}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 24])
+    );
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let config = one_source(
+        &upstream.url("/"),
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        "forward = \"raw\"",
+    )
+    .replace(
+        "timeout_ms = 5000\n",
+        &format!("timeout_ms = 5000\nsigning_secret = {secret:?}\n"),
+    );
+    let gw = spawn_gateway(&config).await;
+    let body = r#"{ "type" : "message.created", "payload": {"message": "h\u00e9 é"} }"#;
+    let a = post_signed(&gw, body).await;
+    assert_eq!(a.status, 200);
+    let r = &upstream.requests()[0];
+    assert_eq!(&r.body[..], body.as_bytes());
+    let id = r.header("webhook-id").expect("webhook-id");
+    assert_eq!(id.len(), 32, "the derived id: {id}");
+    assert_eq!(r.header("x-hookgate-event-id"), Some(id));
+    let verified = standardwebhooks::Webhook::new(&secret)
+        .expect("secret")
+        .verify(&r.body, &r.headers);
+    assert!(verified.is_ok(), "{verified:?}");
 }
 
 #[tokio::test]
