@@ -9,14 +9,14 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use http::{HeaderValue, Uri};
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use sha2::Digest;
 
@@ -736,14 +736,15 @@ impl Builder {
     }
 
     fn nets(&self, field: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
-        list.iter()
-            .enumerate()
-            .map(|(i, s)| {
-                s.parse::<IpNet>()
-                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| self.err(format!("{field}[{i}]"), format!("not a CIDR: {s:?}")))
-            })
-            .collect()
+        let mut nets = Vec::with_capacity(list.len());
+        for (i, s) in list.iter().enumerate() {
+            let net = s
+                .parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| self.err(format!("{field}[{i}]"), format!("not a CIDR: {s:?}")))?;
+            push_as_compared(&mut nets, net);
+        }
+        Ok(nets)
     }
 
     fn rate(&self, field: &str, r: FileRate) -> Result<RateLimit, ConfigError> {
@@ -1235,6 +1236,31 @@ impl Config {
             }
         }
         warnings
+    }
+}
+
+/// Pushes `net` in the form client addresses are compared with: those are compared in their
+/// IPv4 form when IPv4-mapped (SPEC §5), so a net of IPv4-mapped addresses
+/// (`::ffff:10.0.0.0/104`, how a dual-stack `[::]` listener shows IPv4 peers) is pushed as its
+/// IPv4 net (`10.0.0.0/8`), and a net that holds all of them (`::/0`) also as `0.0.0.0/0`.
+/// As written, neither would ever hold an IPv4 client, and every delivery would get 403.
+fn push_as_compared(nets: &mut Vec<IpNet>, net: IpNet) {
+    const MAPPED: Ipv6Net = Ipv6Net::new_assert(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96);
+    match net {
+        IpNet::V6(v6) if MAPPED.contains(&v6) => {
+            let v4 = v6.addr().to_ipv4_mapped().map(|addr| {
+                Ipv4Net::new(addr, v6.prefix_len() - MAPPED.prefix_len()).map(IpNet::V4)
+            });
+            nets.push(match v4 {
+                Some(Ok(v4)) => v4,
+                _ => net,
+            });
+        }
+        IpNet::V6(v6) if v6.contains(&MAPPED) => {
+            nets.push(net);
+            nets.push(IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::UNSPECIFIED, 0)));
+        }
+        _ => nets.push(net),
     }
 }
 
@@ -2265,6 +2291,45 @@ secrets = ["file:p.secret"]
                 .proxy_protocol_from
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn ipv4_mapped_nets_are_taken_in_their_ipv4_form() {
+        let nets = |list: &str| {
+            let c =
+                parse(&format!("[server]\ntrusted_proxies = {list}\n{MINIMAL}")).expect("valid");
+            c.server
+                .trusted_proxies
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            nets(r#"["::ffff:10.0.0.0/104", "::ffff:192.0.2.7", "::ffff:0:0/96"]"#),
+            ["10.0.0.0/8", "192.0.2.7/32", "0.0.0.0/0"]
+        );
+        // Nets that hold every mapped address hold every IPv4 one; others are as written.
+        assert_eq!(
+            nets(r#"["::/0", "::/80", "::/96", "::ffff:0:0/95", "2001:db8::/32", "::1"]"#),
+            [
+                "::/0",
+                "0.0.0.0/0",
+                "::/80",
+                "0.0.0.0/0",
+                "::/96",
+                "::ffff:0.0.0.0/95",
+                "0.0.0.0/0",
+                "2001:db8::/32",
+                "::1/128"
+            ]
+        );
+        // Host bits are warned about in the form the net is taken in.
+        let c = parse(&format!(
+            "[server]\ntrusted_proxies = [\"::ffff:10.1.2.3/104\"]\n{MINIMAL}"
+        ))
+        .expect("valid");
+        let w = c.warnings();
+        assert!(w.iter().any(|w| w.contains("10.1.2.3/8")), "{w:?}");
     }
 
     #[test]

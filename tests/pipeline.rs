@@ -308,24 +308,35 @@ async fn untrusted_peer_cannot_claim_an_address() {
     );
 }
 
+/// A listener on `[::]` with two protocol sources without dedupe: `/hooks/p` with
+/// `allow_cidrs = p_cidrs`, and `/hooks/{name}` with `allow_cidrs = cidrs`.
+fn dual_stack_sources(upstream: &Upstream, p_cidrs: &str, (name, cidrs): (&str, &str)) -> String {
+    let mut config = one_source(
+        &upstream.url("/"),
+        "protocol",
+        "/hooks/p",
+        &[SECRET],
+        &format!("dedupe_window_s = 0\nallow_cidrs = {p_cidrs}"),
+    )
+    .replace("listen = \"127.0.0.1:0\"", "listen = \"[::]:0\"");
+    config.push_str(&format!(
+        "\n[[source]]\nname = \"{name}\"\nplatform = \"protocol\"\npath = \"/hooks/{name}\"\n\
+         secrets = [\"{SECRET}\"]\ndedupe_window_s = 0\nallow_cidrs = {cidrs}\n"
+    ));
+    config
+}
+
 /// A listener on `[::]` (dual-stack, as Kubernetes pods often bind) sees an IPv4 sender as
 /// `::ffff:a.b.c.d`: it is written, allow-listed and rate-limited in its IPv4 form (SPEC §5),
 /// and an IPv6 sender as itself.
 #[tokio::test]
 async fn a_dual_stack_listener_sees_ipv4_senders_as_ipv4() {
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
-    let mut config = one_source(
-        &upstream.url("/"),
-        "protocol",
-        "/hooks/p",
-        &[SECRET],
-        "dedupe_window_s = 0\nallow_cidrs = [\"127.0.0.0/8\", \"::1/128\"]",
-    )
-    .replace("listen = \"127.0.0.1:0\"", "listen = \"[::]:0\"");
-    config.push_str(&format!(
-        "\n[[source]]\nname = \"v4only\"\nplatform = \"protocol\"\npath = \"/hooks/v4\"\n\
-         secrets = [\"{SECRET}\"]\ndedupe_window_s = 0\nallow_cidrs = [\"127.0.0.0/8\"]\n"
-    ));
+    let config = dual_stack_sources(
+        &upstream,
+        r#"["127.0.0.0/8", "::1/128"]"#,
+        ("v4", r#"["127.0.0.0/8"]"#),
+    );
     let config = with_server(&config, "client_rate_limit = { per_second = 1, burst = 1 }");
     let dir = temp_dir("dual");
     let gw = spawn_gateway_with(&config, &dir, hookgate::limit::LimitClock::fake()).await;
@@ -361,6 +372,57 @@ async fn a_dual_stack_listener_sees_ipv4_senders_as_ipv4() {
     let v4_again = send(v4, "POST", "/hooks/v4", &signed, BODY).await;
     assert_eq!(v4_again.status, 429, "admitted, then over its client limit");
     assert_eq!(upstream.requests().len(), 2);
+}
+
+/// On such a listener an operator may list IPv4 peers as they show there
+/// (`::ffff:10.0.0.0/104`), or write `::/0` for "everyone": those nets hold the IPv4 form
+/// of the addresses hookgate compares. Before, neither held any IPv4 sender: every
+/// delivery got 403, and a proxy listed so was not trusted.
+#[tokio::test]
+async fn ipv4_mapped_nets_in_the_config_hold_ipv4_senders() {
+    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
+    let config = dual_stack_sources(
+        &upstream,
+        r#"["::ffff:127.0.0.0/104", "::ffff:203.0.113.0/120"]"#,
+        ("all", r#"["::/0"]"#),
+    );
+    let config = with_server(&config, "trusted_proxies = [\"::ffff:127.0.0.1\"]");
+    let gw = spawn_gateway(&config).await;
+    let port = gw.addr.port();
+    let v4: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let v6: std::net::SocketAddr = (std::net::Ipv6Addr::LOCALHOST, port).into();
+    let sig = signature();
+    let signed = |xff: &'static str| {
+        let mut h = vec![("x-protocol-signature", sig.clone())];
+        if !xff.is_empty() {
+            h.push(("x-forwarded-for", xff.to_string()));
+        }
+        h
+    };
+    let post = |addr, path: &'static str, xff: &'static str| {
+        let headers = signed(xff);
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            send(addr, "POST", path, &headers, BODY).await.status
+        }
+    };
+
+    // The peer is trusted: the sender's address is the client, and the peer is appended.
+    assert_eq!(post(v4, "/hooks/p", "203.0.113.9").await, 200);
+    assert_eq!(
+        upstream.requests()[0].header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    // A client outside both nets, named by the trusted peer.
+    assert_eq!(post(v4, "/hooks/p", "198.51.100.1").await, 403);
+    assert_eq!(post(v4, "/hooks/p", "").await, 200);
+    // An IPv6 sender is in neither net, nor is it trusted.
+    assert_eq!(post(v6, "/hooks/p", "203.0.113.9").await, 403);
+    // `::/0` holds every sender, IPv4 ones included.
+    assert_eq!(post(v4, "/hooks/all", "198.51.100.1").await, 200);
+    assert_eq!(post(v6, "/hooks/all", "").await, 200);
+    assert_eq!(upstream.requests().len(), 4);
 }
 
 #[tokio::test]
