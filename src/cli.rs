@@ -375,9 +375,15 @@ pub fn sign_command(config: &Config, source: &Source, body: &str) -> Result<Stri
 
 fn sign(config: &Config, name: &str, body: Option<&std::path::Path>) -> ExitCode {
     let Some(source) = config.sources.iter().find(|s| s.name == name) else {
+        let names: Vec<String> = config
+            .sources
+            .iter()
+            .map(|s| format!("{:?}", s.name))
+            .collect();
         return fail(format!(
-            "{}: no source named {name:?}",
-            config.path.display()
+            "{}: no source named {name:?} (the config has {})",
+            config.path.display(),
+            names.join(", ")
         ));
     };
     let body = match body {

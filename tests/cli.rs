@@ -273,6 +273,13 @@ async fn sign_prints_a_curl_command_that_delivers() {
     let (code, cmd, err) = hookgate(&["sign", "--config", &path, "--source", "p", "--body", &nul]);
     assert_eq!((code, cmd.as_str()), (2, ""), "{err}");
     assert!(err.contains("NUL byte"), "{err}");
+    // A name the config does not have: the error names the ones it has.
+    let (code, cmd, err) = hookgate(&["sign", "--config", &path, "--source", "Protocol"]);
+    assert_eq!((code, cmd.as_str()), (2, ""), "{err}");
+    assert!(
+        err.contains(r#"no source named "Protocol" (the config has "p", "s", "b", "f")"#),
+        "{err}"
+    );
     drop(gw);
 }
 
