@@ -2332,6 +2332,38 @@ secrets = ["file:p.secret"]
         assert!(w.iter().any(|w| w.contains("10.1.2.3/8")), "{w:?}");
     }
 
+    proptest::proptest! {
+        /// Whatever the net, it holds an IPv4 address as taken exactly when it holds that
+        /// address's IPv4-mapped form as written, and any other address as written.
+        #[test]
+        fn a_net_as_compared_holds_what_it_holds_as_written(
+            net_bits in proptest::prelude::any::<u128>(),
+            // Mostly nets around the IPv4-mapped block's /96, where the forms part.
+            prefix in proptest::prop_oneof![80u8..=128, 0u8..=128],
+            mapped in proptest::prelude::any::<bool>(),
+            addr_bits in proptest::prelude::any::<u128>(),
+        ) {
+            // Half the nets start inside ::ffff:0:0/96, half anywhere.
+            let net_bits = if mapped { 0xffff_0000_0000 | (net_bits & 0xffff_ffff) } else { net_bits };
+            let net = IpNet::V6(Ipv6Net::new(Ipv6Addr::from(net_bits), prefix).expect("prefix"));
+            let mut taken = Vec::new();
+            push_as_compared(&mut taken, net);
+            let v4 = Ipv4Addr::from(addr_bits as u32);
+            proptest::prop_assert_eq!(
+                crate::admit::listed(IpAddr::V4(v4), &taken),
+                net.contains(&IpAddr::V6(v4.to_ipv6_mapped())),
+                "{} taken as {:?}", net, taken
+            );
+            let v6 = Ipv6Addr::from(addr_bits);
+            if v6.to_ipv4_mapped().is_none() {
+                proptest::prop_assert_eq!(
+                    crate::admit::listed(IpAddr::V6(v6), &taken),
+                    net.contains(&IpAddr::V6(v6))
+                );
+            }
+        }
+    }
+
     #[test]
     fn an_empty_allow_list_and_host_bits_past_a_prefix_are_warned_about() {
         let source =
