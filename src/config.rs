@@ -199,12 +199,19 @@ pub fn wire_form(path: &str) -> Cow<'_, str> {
 }
 
 /// Whether a connection to `target` lands on hookgate's own listener: an address the
-/// listener takes that is surely this host's (the listener's own, or loopback).
+/// listener takes that is surely this host's (the listener's own, or loopback). Linux
+/// connects an unspecified address (`0.0.0.0`, `[::]`) to loopback, and an IPv4-mapped one
+/// (`[::ffff:127.0.0.1]`) to its IPv4 address: those are where they land.
 fn is_own_listener(target: &Target, listen: SocketAddr) -> bool {
-    target
-        .known_addrs()
-        .into_iter()
-        .any(|a| takes(listen, a) && (a.ip() == listen.ip() || a.ip().is_loopback()))
+    target.known_addrs().into_iter().any(|a| {
+        let lands = match crate::admit::canonical(a.ip()) {
+            IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        let a = SocketAddr::new(lands, a.port());
+        takes(listen, a) && (a.ip() == listen.ip() || a.ip().is_loopback())
+    })
 }
 
 /// The longest any duration in the config may be: longer is surely a mistake, and a
@@ -2221,6 +2228,13 @@ secrets = ["file:p.secret"]
             ("[::]:8080", "http://127.0.0.1:8080/"),
             ("0.0.0.0:80", "http://127.0.0.1/"),
             ("10.0.0.5:8080", "http://10.0.0.5:8080/"),
+            // Where Linux connects an unspecified or IPv4-mapped address: loopback, IPv4.
+            ("0.0.0.0:8080", "http://0.0.0.0:8080/"),
+            ("127.0.0.1:8080", "http://0.0.0.0:8080/"),
+            ("[::]:8080", "http://[::]:8080/"),
+            ("[::]:8080", "http://0.0.0.0:8080/"),
+            ("127.0.0.1:8080", "http://[::ffff:127.0.0.1]:8080/"),
+            ("[::]:8080", "http://[::ffff:127.0.0.1]:8080/"),
         ] {
             let e = err(&with(listen, url));
             assert!(
@@ -2242,6 +2256,9 @@ secrets = ["file:p.secret"]
             ("[::1]:8080", "http://127.0.0.1:8080/"),
             ("0.0.0.0:8080", "http://[::1]:8080/"),
             ("127.0.0.1:0", "http://127.0.0.1:3000/"),
+            ("0.0.0.0:8080", "http://[::]:8080/"),
+            ("10.0.0.5:8080", "http://0.0.0.0:8080/"),
+            ("[::1]:8080", "http://[::ffff:127.0.0.1]:8080/"),
         ] {
             parse(&with(listen, url)).unwrap_or_else(|e| panic!("{listen} {url}: {e}"));
         }
