@@ -35,8 +35,8 @@ pub fn canonical_addr(addr: SocketAddr) -> SocketAddr {
 }
 
 /// An `X-Forwarded-For` entry as an address: a port or brackets are dropped.
-fn parse_entry(entry: &str) -> Option<IpAddr> {
-    let e = entry.trim();
+fn parse_entry(entry: &[u8]) -> Option<IpAddr> {
+    let e = std::str::from_utf8(entry).ok()?.trim();
     if let Ok(ip) = e.parse::<IpAddr>() {
         return Some(canonical(ip));
     }
@@ -106,21 +106,24 @@ pub fn client(
             forwarded_proto: HeaderValue::from_static(own_scheme),
         };
     }
-    // Every X-Forwarded-For line, read as one comma-separated list, as sent.
-    let sent: Vec<&str> = headers
+    // Every X-Forwarded-For line, read as one comma-separated list, as sent. As bytes: a
+    // line may hold bytes past ASCII (HTTP's obs-text), and skipping such a line would drop
+    // the address a trusted proxy appended to it, the client's.
+    let sent: Vec<&[u8]> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|e| !e.is_empty())
         .collect();
     let forwarded_for = if sent.is_empty() {
         peer_header
     } else {
-        // The sender's entries were header text already, so the list is one too.
-        let list = format!("{}, {}", sent.join(", "), peer);
-        HeaderValue::from_str(&list).unwrap_or(peer_header)
+        // The sender's entries were header values already, so the list is one too.
+        let mut list = sent.join(&b", "[..]);
+        list.extend_from_slice(b", ");
+        list.extend_from_slice(peer_header.as_bytes());
+        HeaderValue::from_bytes(&list).unwrap_or(peer_header)
     };
     // Walk from the right: the first hop that is not a trusted proxy is the client; an
     // entry that is not an address ends the walk, and the address to its right is the client.
@@ -227,6 +230,41 @@ mod tests {
         let c = client(ip("10.0.0.1"), &HeaderMap::new(), &t, "https");
         assert_eq!(c.addr, ip("10.0.0.1"));
         assert_eq!(c.forwarded_for, "10.0.0.1");
+    }
+
+    /// HTTP lets a header value hold bytes past ASCII (obs-text), and a sender can put some
+    /// in the `X-Forwarded-For` it gives a trusted proxy, which appends the address it saw
+    /// to that line. Before, such a line was skipped whole: the client was the proxy itself,
+    /// in the limits, `allow_cidrs` and the log, and its address was not forwarded.
+    #[test]
+    fn a_line_with_bytes_past_ascii_still_names_the_client() {
+        let t = nets(&["10.0.0.0/8"]);
+        let mut h = HeaderMap::new();
+        for line in [&b"caf\xc3\xa9, 198.51.100.7"[..], b"10.1.1.1", b"\xff"] {
+            h.append(
+                "x-forwarded-for",
+                HeaderValue::from_bytes(line).expect("obs-text is a header value"),
+            );
+        }
+        let c = client(ip("10.0.0.1"), &h, &t, "http");
+        // `\xff` is no address: the walk ends there, and the peer is the client.
+        assert_eq!(c.addr, ip("10.0.0.1"));
+        assert_eq!(
+            c.forwarded_for.as_bytes(),
+            b"caf\xc3\xa9, 198.51.100.7, 10.1.1.1, \xff, 10.0.0.1"
+        );
+        h.remove("x-forwarded-for");
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"1.2.3.4\xff, 198.51.100.7").expect("value"),
+        );
+        h.append("x-forwarded-for", HeaderValue::from_static("10.1.1.1"));
+        let c = client(ip("10.0.0.1"), &h, &t, "http");
+        assert_eq!(c.addr, ip("198.51.100.7"));
+        assert_eq!(
+            c.forwarded_for.as_bytes(),
+            b"1.2.3.4\xff, 198.51.100.7, 10.1.1.1, 10.0.0.1"
+        );
     }
 
     #[test]

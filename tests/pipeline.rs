@@ -297,6 +297,36 @@ async fn trusted_proxy_forwarded_for() {
     assert_eq!(a.status, 403);
 }
 
+/// A header value may hold bytes past ASCII (HTTP's obs-text); a sender can put some in
+/// the `X-Forwarded-For` it gives a proxy, which appends the address it saw to that same
+/// line. The client is still that address. Before, the whole line was skipped: the client
+/// was the proxy (here refused by `allow_cidrs`; elsewhere let in, limited and logged as
+/// the proxy, hiding the sender), and its address was not forwarded.
+#[tokio::test]
+async fn a_forwarded_for_line_with_bytes_past_ascii_still_names_the_client() {
+    let (upstream, gw) = protocol_gateway(
+        "allow_cidrs = [\"203.0.113.0/24\"]",
+        "trusted_proxies = [\"127.0.0.0/8\"]",
+    )
+    .await;
+    let mut request = format!(
+        "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {}\r\n\
+         content-length: {}\r\nconnection: close\r\nx-forwarded-for: ",
+        signature(),
+        BODY.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(b"caf\xc3\xa9 \xff, 203.0.113.7\r\n\r\n");
+    request.extend_from_slice(BODY.as_bytes());
+    let answer = raw_exchange(gw.addr, &request, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let r = &upstream.requests()[0];
+    assert_eq!(
+        r.headers.get("x-forwarded-for").map(|v| v.as_bytes()),
+        Some(&b"caf\xc3\xa9 \xff, 203.0.113.7, 127.0.0.1"[..])
+    );
+}
+
 #[tokio::test]
 async fn untrusted_peer_cannot_claim_an_address() {
     let (upstream, gw) = protocol_gateway("allow_cidrs = [\"127.0.0.1/32\"]", "").await;
