@@ -46,6 +46,10 @@ fn string_or_null(raw: Option<json::Json<'_>>) -> Result<Option<Cow<'_, str>>, (
 
 impl<'a> NormalizedReply<'a> {
     pub fn parse(body: &'a [u8]) -> Option<NormalizedReply<'a>> {
+        // A UTF-8 byte-order mark first is skipped, as RFC 8259 §8.1 lets a parser do: an app
+        // whose writer puts one there (.NET's `Encoding.UTF8`, PowerShell) would otherwise
+        // have its reply relayed untranslated, which the platform's bot cannot read.
+        let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
         let o = Object::parse(body)?;
         if o.is_empty() || !o.keys().all(|k| KEYS.contains(&k)) {
             return None;
@@ -195,6 +199,33 @@ mod tests {
                 r#"{"senderID":null,"toBotState":null,"data":{"message":"hi","messageType":"text"}}"#,
                 "{body}"
             );
+        }
+    }
+
+    #[test]
+    fn a_reply_after_a_byte_order_mark_is_translated() {
+        let reply = |body: &'static [u8], platform| {
+            let a = translate(platform, StatusCode::OK, None, Bytes::from_static(body));
+            String::from_utf8(a.body.to_vec()).expect("UTF-8")
+        };
+        assert_eq!(
+            reply(
+                b"\xEF\xBB\xBF{\"reply\":{\"text\":\"hi\"}}\r\n",
+                Platform::Funtek
+            ),
+            r#"{"senderID":null,"toBotState":null,"data":{"message":"hi","messageType":"text"}}"#
+        );
+        assert_eq!(
+            reply(b"\xEF\xBB\xBF{\"error\":\"no\"}", Platform::Barertc),
+            r#"{"StatusCode":200,"Data":{"OK":false,"Error":"no"}}"#
+        );
+        // One mark, first, and nothing else: two, or a UTF-16 one, is not JSON.
+        for body in [
+            &b"\xEF\xBB\xBF\xEF\xBB\xBF{\"error\":\"no\"}"[..],
+            b"\xFF\xFE{\"error\":\"no\"}",
+            b" \xEF\xBB\xBF{\"error\":\"no\"}",
+        ] {
+            assert!(NormalizedReply::parse(body).is_none(), "{body:?}");
         }
     }
 

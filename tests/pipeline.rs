@@ -552,6 +552,28 @@ async fn a_lone_surrogate_is_a_replacement_character_not_a_lost_text_or_delivery
     assert_eq!(upstream.requests().len(), 3);
 }
 
+/// An app whose JSON writer puts a UTF-8 byte-order mark first (.NET's `Encoding.UTF8`,
+/// PowerShell) still has its normalized reply translated: RFC 8259 §8.1 lets a parser skip
+/// one. Before, the reply reached the FUNTEK bot as the app wrote it, which it cannot read.
+#[tokio::test]
+async fn an_app_reply_after_a_byte_order_mark_is_translated() {
+    let upstream = spawn_upstream(Reply::json(
+        200,
+        "\u{FEFF}{\"reply\":{\"text\":\"Hi\",\"sender_id\":\"robot001\"},\"state\":\"active\"}\r\n",
+    ))
+    .await;
+    let config = one_source(&upstream.url("/app"), "funtek", "/hooks/f", &["k3y"], "");
+    let gw = spawn_gateway(&config).await;
+    let body = r#"{"appID":"a","roomID":"r","event":"MESSAGE","data":{"id":"i","message":"hey"}}"#;
+    let a = post(&gw, "/hooks/f?token=k3y", &[], body).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&a.body),
+        r#"{"senderID":"robot001","toBotState":"active","data":{"message":"Hi","messageType":"text"}}"#
+    );
+    assert_eq!(a.header("content-type"), Some("application/json"));
+}
+
 /// The protocol of a plaintext connection is told by its first bytes, however they are
 /// split: HTTP/2's preface in two writes is HTTP/2 (the server's SETTINGS frame comes back,
 /// not an HTTP/1 400), and an HTTP/1 request written a few bytes at a time, its first byte
