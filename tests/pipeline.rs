@@ -272,14 +272,19 @@ async fn allow_cidrs_refuses_other_clients() {
     assert!(upstream.requests().is_empty());
 }
 
-#[tokio::test]
-async fn trusted_proxy_forwarded_for() {
-    // The loopback peer is a trusted proxy: the sender's X-Forwarded-For is believed.
-    let (upstream, gw) = protocol_gateway(
+/// The loopback peer a trusted proxy, and only 203.0.113.0/24 allowed.
+async fn behind_trusted_proxy() -> (Upstream, Gateway) {
+    protocol_gateway(
         "allow_cidrs = [\"203.0.113.0/24\"]",
         "trusted_proxies = [\"127.0.0.0/8\"]",
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn trusted_proxy_forwarded_for() {
+    // The loopback peer is a trusted proxy: the sender's X-Forwarded-For is believed.
+    let (upstream, gw) = behind_trusted_proxy().await;
     let a = deliver_with(
         &gw,
         &[
@@ -304,11 +309,7 @@ async fn trusted_proxy_forwarded_for() {
 /// the proxy, hiding the sender), and its address was not forwarded.
 #[tokio::test]
 async fn a_forwarded_for_line_with_bytes_past_ascii_still_names_the_client() {
-    let (upstream, gw) = protocol_gateway(
-        "allow_cidrs = [\"203.0.113.0/24\"]",
-        "trusted_proxies = [\"127.0.0.0/8\"]",
-    )
-    .await;
+    let (upstream, gw) = behind_trusted_proxy().await;
     let mut request = format!(
         "POST /hooks/p HTTP/1.1\r\nhost: x\r\nx-protocol-signature: {}\r\n\
          content-length: {}\r\nconnection: close\r\nx-forwarded-for: ",
@@ -872,21 +873,40 @@ async fn barertc_errors_carry_the_profile_card_fields() {
     assert_eq!(a.status, 401);
 }
 
-#[tokio::test]
-async fn standard_webhooks_signature_on_forwarded_requests() {
+/// A protocol source at `/hooks/p` (with `extra` lines) whose forwarded requests are signed
+/// under `key`; and the `signing_secret` that names it.
+async fn signing_gateway(key: &[u8], extra: &str) -> (Upstream, Gateway, String) {
     use base64::Engine;
-    use hmac::{Hmac, KeyInit, Mac};
-    let key = [42u8; 32];
     let secret = format!(
         "whsec_{}",
         base64::engine::general_purpose::STANDARD.encode(key)
     );
     let upstream = spawn_upstream(Reply::json(200, "{}")).await;
-    let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], "").replace(
+    let config = one_source(&upstream.url("/"), "protocol", "/hooks/p", &[SECRET], extra).replace(
         "timeout_ms = 5000\n",
         &format!("timeout_ms = 5000\nsigning_secret = {secret:?}\n"),
     );
     let gw = spawn_gateway(&config).await;
+    (upstream, gw, secret)
+}
+
+/// What an app's check with the Standard Webhooks library itself says of `body`.
+fn standard_check(
+    secret: &str,
+    body: &[u8],
+    headers: &http::HeaderMap,
+) -> Result<(), standardwebhooks::WebhookError> {
+    standardwebhooks::Webhook::new(secret)
+        .expect("secret")
+        .verify(body, headers)
+}
+
+#[tokio::test]
+async fn standard_webhooks_signature_on_forwarded_requests() {
+    use base64::Engine;
+    use hmac::{Hmac, KeyInit, Mac};
+    let key = [42u8; 32];
+    let (upstream, gw, secret) = signing_gateway(&key, "").await;
     // A small event, and one whose 64 KiB text is sent as chunks shared with the delivery:
     // the signature covers the whole body either way.
     let long_text = "x".repeat(64 * 1024);
@@ -923,9 +943,7 @@ async fn standard_webhooks_signature_on_forwarded_requests() {
             Some(r.body.len().to_string().as_str())
         );
         // And as an app would check it: with the Standard Webhooks library itself.
-        let verified = standardwebhooks::Webhook::new(&secret)
-            .expect("secret")
-            .verify(&r.body, &r.headers);
+        let verified = standard_check(&secret, &r.body, &r.headers);
         assert!(verified.is_ok(), "{verified:?}");
         let event = r.json();
         let sent: serde_json::Value = serde_json::from_str(body).expect("json");
@@ -940,33 +958,14 @@ async fn standard_webhooks_signature_on_forwarded_requests() {
     let mut altered = r.body.to_vec();
     let last_but_one = altered.len() - 2;
     altered[last_but_one] ^= 1;
-    let forged = standardwebhooks::Webhook::new(&secret)
-        .expect("secret")
-        .verify(&altered, &r.headers);
-    assert!(forged.is_err());
+    assert!(standard_check(&secret, &altered, &r.headers).is_err());
 }
 
 /// `forward = "raw"` signs the received bytes as forwarded, and the id is the one derived
 /// from them when the body has none of its own (SPEC §5 and §7).
 #[tokio::test]
 async fn standard_webhooks_signature_covers_a_raw_forward() {
-    let secret = format!(
-        "whsec_{}",
-        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 24])
-    );
-    let upstream = spawn_upstream(Reply::json(200, "{}")).await;
-    let config = one_source(
-        &upstream.url("/"),
-        "protocol",
-        "/hooks/p",
-        &[SECRET],
-        "forward = \"raw\"",
-    )
-    .replace(
-        "timeout_ms = 5000\n",
-        &format!("timeout_ms = 5000\nsigning_secret = {secret:?}\n"),
-    );
-    let gw = spawn_gateway(&config).await;
+    let (upstream, gw, secret) = signing_gateway(&[7u8; 24], "forward = \"raw\"").await;
     let body = r#"{ "type" : "message.created", "payload": {"message": "h\u00e9 é"} }"#;
     let a = post_signed(&gw, body).await;
     assert_eq!(a.status, 200);
@@ -975,9 +974,7 @@ async fn standard_webhooks_signature_covers_a_raw_forward() {
     let id = r.header("webhook-id").expect("webhook-id");
     assert_eq!(id.len(), 32, "the derived id: {id}");
     assert_eq!(r.header("x-hookgate-event-id"), Some(id));
-    let verified = standardwebhooks::Webhook::new(&secret)
-        .expect("secret")
-        .verify(&r.body, &r.headers);
+    let verified = standard_check(&secret, &r.body, &r.headers);
     assert!(verified.is_ok(), "{verified:?}");
 }
 
