@@ -652,6 +652,11 @@ struct Builder {
     files: RefCell<Vec<(PathBuf, FileState)>>,
 }
 
+/// Under this many bytes, a barertc key is warned about: it is in the body, and the body's
+/// SHA-256 is the event id (SPEC §7), which the log and the app see. 16 random characters
+/// are out of reach of trying keys against an id; a word or a short code is not.
+const MIN_BODY_KEY_BYTES: usize = 16;
+
 /// Why a secret's value may be one no sender has (warned about, naming the field, never
 /// the value).
 fn secret_doubts(bytes: &[u8]) -> impl Iterator<Item = &'static str> {
@@ -994,6 +999,17 @@ impl Builder {
                         let secret = self.secret(&field, reference)?;
                         let doubts = secret_doubts(secret.expose());
                         secret_warnings.extend(doubts.map(|d| format!("warning: {field}: {d}")));
+                        if src.platform == Platform::Barertc
+                            && secret.expose().len() < MIN_BODY_KEY_BYTES
+                        {
+                            secret_warnings.push(format!(
+                                "warning: {field}: shorter than {MIN_BODY_KEY_BYTES} characters: \
+                                 BareRTC sends its key in the body, whose SHA-256 is the event id \
+                                 of a delivery (SPEC §7), written to the log and sent to the app, \
+                                 and a short key can be found from one id by trying keys offline \
+                                 (BareRTC's own default is a random UUID)"
+                            ));
+                        }
                         secrets.push(secret);
                     }
                     Verifier::new(src.platform.scheme(), secrets)
@@ -2107,6 +2123,7 @@ secrets = ["file:p.secret"]
         let barertc = |timeout: &str| {
             MINIMAL
                 .replace("platform = \"protocol\"", "platform = \"barertc\"")
+                .replace("\"literal-secret\"", "\"e635e463-7987-4788-94f3\"")
                 .replace("secrets = [", &format!("{timeout}secrets = ["))
         };
         assert!(parse(&barertc("")).expect("valid").warnings().is_empty());
@@ -2125,6 +2142,39 @@ secrets = ["file:p.secret"]
                  after 10 s: a slower answer, or the 504, reaches no one (the default is 8000)"
             ]
         );
+    }
+
+    /// A barertc key is in the body, and the body's SHA-256 is the event id the log and the
+    /// app see (SPEC §7): a short one could be found from an id by trying keys.
+    #[test]
+    fn a_short_barertc_key_is_warned_about_without_its_value() {
+        let with = |platform: &str, secrets: &str| {
+            MINIMAL
+                .replace(
+                    "platform = \"protocol\"",
+                    &format!("platform = {platform:?}"),
+                )
+                .replace(
+                    "secrets = [\"literal-secret\"]",
+                    &format!("secrets = {secrets}"),
+                )
+        };
+        let w = parse(&with("barertc", r#"["0123456789abcdef", "hunter2"]"#))
+            .expect("valid")
+            .warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("warning: source[0].secrets[1]: shorter than 16 characters"),
+            "{w:?}"
+        );
+        assert!(!w[0].contains("hunter2"), "{w:?}");
+        // Only barertc sends its key in the body.
+        for platform in ["protocol", "spika", "funtek"] {
+            let w = parse(&with(platform, r#"["hunter2"]"#))
+                .expect("valid")
+                .warnings();
+            assert!(w.is_empty(), "{platform}: {w:?}");
+        }
     }
 
     #[test]
