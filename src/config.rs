@@ -1271,13 +1271,12 @@ fn push_as_compared(nets: &mut Vec<IpNet>, net: IpNet) {
     const MAPPED: Ipv6Net = Ipv6Net::new_assert(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96);
     match net {
         IpNet::V6(v6) if MAPPED.contains(&v6) => {
-            let v4 = v6.addr().to_ipv4_mapped().map(|addr| {
-                Ipv4Net::new(addr, v6.prefix_len() - MAPPED.prefix_len()).map(IpNet::V4)
-            });
-            nets.push(match v4 {
-                Some(Ok(v4)) => v4,
-                _ => net,
-            });
+            // Inside the block, the address is mapped and the prefix 96–128: this is `Some`.
+            let v4 = v6
+                .addr()
+                .to_ipv4_mapped()
+                .and_then(|addr| Ipv4Net::new(addr, v6.prefix_len() - MAPPED.prefix_len()).ok());
+            nets.push(v4.map_or(net, IpNet::V4));
         }
         IpNet::V6(v6) if v6.contains(&MAPPED) => {
             nets.push(net);

@@ -423,18 +423,13 @@ async fn ipv4_mapped_nets_in_the_config_hold_ipv4_senders() {
     let v4: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let v6: std::net::SocketAddr = (std::net::Ipv6Addr::LOCALHOST, port).into();
     let sig = signature();
-    let signed = |xff: &'static str| {
-        let mut h = vec![("x-protocol-signature", sig.clone())];
-        if !xff.is_empty() {
-            h.push(("x-forwarded-for", xff.to_string()));
-        }
-        h
-    };
     let post = |addr, path: &'static str, xff: &'static str| {
-        let headers = signed(xff);
+        let sig = sig.clone();
         async move {
-            let headers: Vec<(&str, &str)> =
-                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let mut headers = vec![("x-protocol-signature", sig.as_str())];
+            if !xff.is_empty() {
+                headers.push(("x-forwarded-for", xff));
+            }
             send(addr, "POST", path, &headers, BODY).await.status
         }
     };
