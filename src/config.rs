@@ -2297,6 +2297,13 @@ secrets = ["file:p.secret"]
             with("0.0.0.0:8080", "http://app:3000/")
         );
         assert!(err(&text).contains("source[0].upstream"));
+        // A resolver connects `127.1` to 127.0.0.1: refused as an address not written as one
+        // (it had passed as a host name), saying where it would go.
+        let e = err(&with("127.0.0.1:8080", "http://127.1:8080/"));
+        assert!(
+            e.contains("upstream.url") && e.contains("is read by resolvers as 127.0.0.1"),
+            "{e}"
+        );
         for (listen, url) in [
             ("0.0.0.0:8080", "http://127.0.0.1:3000/"),
             ("0.0.0.0:8080", "http://app:8080/"),

@@ -87,6 +87,19 @@ impl Target {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
+        let ip = bare_host.parse::<IpAddr>().ok();
+        if ip.is_none() && is_numeric_host(&bare_host) {
+            return Err(match resolver_reading(&bare_host) {
+                Some(read) => format!(
+                    "host {bare_host} is read by resolvers as {read} (a number with a leading 0 \
+                     is octal, 0x hex, and fewer than four numbers fill the address from the \
+                     last): write the address as four decimal numbers without leading zeros"
+                ),
+                None => format!(
+                    "host {bare_host} is not an IP address (four decimal numbers from 0 to 255)"
+                ),
+            });
+        }
         // `Uri` takes any digits for a port, and `port_u16` gives none for one past 65535:
         // `:99999` would have connected to port 80.
         let scheme_port = if tls { 443 } else { 80 };
@@ -116,7 +129,7 @@ impl Target {
         let scheme = if tls { "https" } else { "http" };
         Ok(Target {
             key: format!("{scheme}://{host}:{port}").into(),
-            ip: bare_host.parse().ok(),
+            ip,
             host: bare_host,
             port,
             tls_name,
@@ -142,6 +155,65 @@ impl Target {
     pub fn head_prefix(&self) -> &[u8] {
         &self.head_prefix
     }
+}
+
+/// Whether a host that is not an IP address as written is made of numbers only, which a
+/// resolver takes as an IPv4 address by older rules instead of looking it up: the system
+/// resolver (glibc's `getaddrinfo`, through `inet_aton`) and the URL standard alike read
+/// `010.0.0.1` as 8.0.0.1 and `127.1` as 127.0.0.1. `check` would show one address and the
+/// deliveries go to another (and `127.1` would slip past the own-listener check), so such a
+/// host is refused unless written as four decimal numbers. One trailing dot is ignored.
+fn is_numeric_host(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.split('.').all(|label| {
+            match label
+                .strip_prefix("0x")
+                .or_else(|| label.strip_prefix("0X"))
+            {
+                Some(hex) => hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                None => !label.is_empty() && label.bytes().all(|b| b.is_ascii_digit()),
+            }
+        })
+}
+
+/// The address `inet_aton` reads a numeric host as (`None` where it reads none): one to four
+/// numbers, each decimal, octal after a leading `0` or hex after `0x`; all but the last are a
+/// byte each, and the last fills the bytes left. Hand-written: `inet_aton` is not in Rust's
+/// std, and the `url` crate (which has the URL standard's like reading) would bring its IDNA
+/// tables for a dozen lines used only to word an error.
+fn resolver_reading(host: &str) -> Option<Ipv4Addr> {
+    let numbers = host
+        .split('.')
+        .map(|label| {
+            let (digits, radix) = match label
+                .strip_prefix("0x")
+                .or_else(|| label.strip_prefix("0X"))
+            {
+                Some(hex) => (hex, 16),
+                None if label.len() > 1 && label.starts_with('0') => (&label[1..], 8),
+                None => (label, 10),
+            };
+            // `from_str_radix` would take a sign, and "" as no number at all is right here.
+            if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            u32::from_str_radix(digits, radix).ok()
+        })
+        .collect::<Option<Vec<u32>>>()?;
+    let (last, bytes) = numbers.split_last()?;
+    if bytes.len() > 3 || bytes.iter().any(|&b| b > 255) {
+        return None;
+    }
+    let last_bits = 32 - 8 * bytes.len() as u32;
+    if last_bits < 32 && last >> last_bits != 0 {
+        return None;
+    }
+    let high = bytes
+        .iter()
+        .enumerate()
+        .fold(0u32, |addr, (i, &b)| addr | b << (24 - 8 * i as u32));
+    Some(Ipv4Addr::from(high | last))
 }
 
 /// The URL as `check`, the logs and config errors show it: a `user:password@` as `…@` and
@@ -568,6 +640,67 @@ mod tests {
 
     fn target(url: &str) -> Result<Target, String> {
         Target::from_uri(url.parse().map_err(|_| "not a URI".to_string())?)
+    }
+
+    #[test]
+    fn a_host_of_numbers_is_an_address_as_written_or_refused() {
+        // The error for a host, which must say what it says of it.
+        let refused = |host: &str, says: &str| {
+            let e = target(&format!("http://{host}:3000/")).expect_err(host);
+            assert!(e.contains(&format!("host {host} {says}")), "{e}");
+        };
+        // What glibc's getaddrinfo connects to for each (checked with Python's
+        // `socket.getaddrinfo(host, 80, AF_INET, 0, 0, AI_NUMERICHOST)`), named in the error.
+        for (host, read) in [
+            ("010.0.0.1", "8.0.0.1"),
+            ("127.1", "127.0.0.1"),
+            ("2130706433", "127.0.0.1"),
+            ("0x7f.1", "127.0.0.1"),
+            ("0X7f.0.0.1", "127.0.0.1"),
+            ("0177.0.0.1", "127.0.0.1"),
+            ("1.2.3.04", "1.2.3.4"),
+            ("1.2.65535", "1.2.255.255"),
+            ("1.16777215", "1.255.255.255"),
+            ("4294967295", "255.255.255.255"),
+            ("0xffffffff", "255.255.255.255"),
+            ("00", "0.0.0.0"),
+        ] {
+            refused(host, &format!("is read by resolvers as {read} "));
+        }
+        // Numbers that are no address (getaddrinfo: none either): refused in other words.
+        for host in [
+            "08.0.0.1",
+            "1.2.3.09",
+            "1.2.3.256",
+            "256.1.2.3",
+            "1.2.3.4.5",
+            "4294967296",
+            "1.16777216",
+            "0x",
+            "0x.1",
+            "127.0.0.1.",
+        ] {
+            refused(host, "is not an IP address");
+        }
+        // Addresses as written, and names (a label of letters makes a name), are taken.
+        for url in [
+            "http://10.0.0.1:3000/",
+            "http://0.0.0.0:3000/",
+            "https://127.0.0.1/",
+            "http://[::ffff:10.0.0.1]:3000/",
+            "http://app1.example:3000/",
+            "http://1e100.net/",
+            "http://123.example/",
+            "http://example.123/",
+            "http://0xapp.local/",
+            "http://app.svc.cluster.local.:3000/",
+        ] {
+            assert!(target(url).is_ok(), "{url}");
+        }
+        assert_eq!(
+            target("http://10.0.0.1:3000/").expect("taken").ip,
+            Some(Ipv4Addr::new(10, 0, 0, 1).into())
+        );
     }
 
     #[tokio::test]
