@@ -87,6 +87,14 @@ impl Target {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
+        // RFC 6874's zone (`[fe80::1%25eth0]`): no `IpAddr`, and no resolver finds it as a
+        // name, so every delivery would fail; refused here, where the operator sees it.
+        if host.starts_with('[') && bare_host.contains('%') {
+            return Err(format!(
+                "host [{bare_host}] names an IPv6 zone, which is not supported: give the app a \
+                 loopback or routable address"
+            ));
+        }
         let ip = bare_host.parse::<IpAddr>().ok();
         if ip.is_none() && is_numeric_host(&bare_host) {
             return Err(match resolver_reading(&bare_host) {
@@ -682,6 +690,8 @@ mod tests {
         ] {
             refused(host, "is not an IP address");
         }
+        let e = target("http://[fe80::1%25eth0]:3000/").expect_err("a zone");
+        assert!(e.contains("names an IPv6 zone"), "{e}");
         // Addresses as written, and names (a label of letters makes a name), are taken.
         for url in [
             "http://10.0.0.1:3000/",
